@@ -1,0 +1,84 @@
+"""The public Python surface: every CLI verb is one of these calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Config, DataConfig, load_config, starter_config
+from tunesmith.data.prepare import CheckedData
+from tunesmith.data.prepare import check_data as _check_rows
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks import causal_lm
+from tunesmith.training.run_folder import RunFolder
+
+
+def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[Config, str]:
+    if isinstance(config, Config):
+        return config, "run"
+    return load_config(config, overrides), Path(config).stem
+
+
+def init(kind: str = "sft") -> str:
+    """A commented starter config."""
+    return starter_config(kind)
+
+
+def check_data(target: Config | str | Path, overrides: list[str] | None = None) -> CheckedData:
+    """Validate a config's data, or one data file, without training; problems are in .problems."""
+    if isinstance(target, (str, Path)) and Path(target).suffix.lower() not in {".yaml", ".yml"}:
+        data_cfg = DataConfig(train_file=str(Path(target).resolve()), validation_ratio=0.0, on_error="skip")
+        return _check_rows(data_cfg)
+    cfg, _ = _config(target, overrides)
+    return _check_rows(cfg.data.model_copy(update={"on_error": "skip"}))
+
+
+def train(
+    config: Config | str | Path, overrides: list[str] | None = None, resume: bool = False, callbacks=()
+) -> dict:
+    """Fine-tune as the config says; returns the run summary (also in RUN/run.json)."""
+    cfg, name = _config(config, overrides)
+    return causal_lm.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+
+
+def generate(
+    run_dir: str | Path, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0
+) -> list[str]:
+    """Answer prompts with a run's tuned model, formatted exactly as in training."""
+    from tunesmith.evaluation.generation import generate as _generate
+
+    model, renderer, cfg = causal_lm.load_run_model(RunFolder.open(run_dir))
+    system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
+    conversations = [(*system, ("user", prompt)) for prompt in prompts]
+    return _generate(model, renderer, conversations, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def merge(run_dir: str | Path, output: str | Path | None = None) -> dict:
+    """Merge a run's LoRA/DoRA adapter into its base; write a standalone folder and check logits parity."""
+    run = RunFolder.open(run_dir)
+    target = Path(output) if output else run.path / "merged"
+    if target.exists():
+        raise TunesmithError(f"{target} already exists; remove it or pass --output to write elsewhere")
+    model, renderer, _ = causal_lm.load_run_model(run)
+    if not hasattr(model, "merge_and_unload"):
+        raise TunesmithError(
+            f"{run.path}: the run trained full weights ({run.read_summary().get('method')}); there is no adapter to merge"
+        )
+    probe = torch.tensor([renderer.encode_prompt((("user", "Write a headline about the weather."),))])
+    with torch.no_grad():
+        adapter_logits = model(input_ids=probe).logits
+        merged = model.merge_and_unload()
+        merged_logits = merged(input_ids=probe).logits
+    difference = (adapter_logits - merged_logits).abs().max().item()
+    tolerance = 1e-4 if merged_logits.dtype == torch.float32 else 5e-2
+    if difference > tolerance:
+        raise TunesmithError(
+            f"merge parity check failed: logits differ by {difference:.2e} (> {tolerance}); the adapter was not written"
+        )
+    merged.save_pretrained(target)
+    renderer.tokenizer.save_pretrained(target)
+    record = {"source_run": str(run.path), "max_abs_logit_difference": difference, "tolerance": tolerance}
+    (target / "merge.json").write_text(json.dumps(record, indent=2))
+    return {**record, "output": str(target)}

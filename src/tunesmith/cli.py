@@ -1,0 +1,135 @@
+"""The `tunesmith` command: parses arguments, calls tunesmith.api, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", description="Fine-tune a pre-trained model on your own data."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    init = verbs.add_parser("init", help="print a commented starter config")
+    init.add_argument("kind", choices=["sft"])
+    init.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
+
+    train = verbs.add_parser("train", help="fine-tune as CONFIG says")
+    train.add_argument("config")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run of this config from its last checkpoint",
+    )
+
+    data = verbs.add_parser("data", help="data tools")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    check = data_verbs.add_parser(
+        "check", help="validate every row of a config's data (or one file) and print the report"
+    )
+    check.add_argument("target", metavar="CONFIG_OR_FILE")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    generate = verbs.add_parser("generate", help="complete prompts with a run's tuned model")
+    generate.add_argument("run")
+    generate.add_argument("--prompt", action="append", default=[])
+    generate.add_argument("--file", help="JSONL with a 'prompt' field per line")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.0)
+
+    merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
+    merge.add_argument("run")
+    merge.add_argument("--output")
+
+    quick = verbs.add_parser("quickstart", help="the embedded demo: SmolLM2 learns BBC headlines")
+    quick.add_argument("--dir", default="quickstart")
+    quick.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _read_prompts(path: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunesmithError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise TunesmithError(f"{path}:{number}: expected an object with a string 'prompt' field")
+        prompts.append(record["prompt"])
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from tunesmith import api
+
+    if args.verb == "init":
+        text = api.init(args.kind)
+        if args.output:
+            target = Path(args.output)
+            if target.exists():
+                raise TunesmithError(f"{target} already exists; choose another --output")
+            target.write_text(text, encoding="utf-8")
+            print(f"wrote {target}")
+        else:
+            print(text, end="")
+        return 0
+    if args.verb == "train":
+        summary = api.train(args.config, args.overrides, resume=args.resume)
+        print(f"run: {summary['run_dir']} ({summary['status']})")
+        return 0
+    if args.verb == "data":
+        checked = api.check_data(args.target, args.overrides)
+        for problem in checked.problems:
+            print(problem)
+        report = {k: v for k, v in checked.report.items() if not k.endswith("_list")}
+        print(json.dumps(report, indent=2))
+        print(f"{len(checked.problems)} bad row(s)" if checked.problems else "all rows valid")
+        return 1 if checked.problems else 0
+    if args.verb == "generate":
+        prompts = args.prompt + (_read_prompts(args.file) if args.file else [])
+        if not prompts:
+            raise TunesmithError("generate: give --prompt TEXT or --file prompts.jsonl")
+        for prompt, answer in zip(
+            prompts, api.generate(args.run, prompts, args.max_new_tokens, args.temperature), strict=True
+        ):
+            print(json.dumps({"prompt": prompt, "completion": answer}) if len(prompts) > 1 else answer)
+        return 0
+    if args.verb == "merge":
+        result = api.merge(args.run, args.output)
+        print(
+            f"merged into {result['output']} (max logit difference vs adapter: {result['max_abs_logit_difference']:.2e})"
+        )
+        return 0
+    if args.verb == "quickstart":
+        from tunesmith import quickstart
+
+        summary = api.train(quickstart.prepare(args.dir), args.overrides)
+        quickstart.print_comparison(summary)
+        return 0
+    raise AssertionError(args.verb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except TunesmithError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

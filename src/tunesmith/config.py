@@ -1,0 +1,345 @@
+"""The YAML schema (pydantic models), loading, and --set overrides."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import TunesmithError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(description="local HF folder, hub id, or .gguf file")
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    attn_implementation: str | None = "sdpa"
+
+
+class DataConfig(Section):
+    train_file: str
+    validation_file: str | None = None
+    validation_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "text"] = "auto"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    text_field: str = "text"
+    template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
+    system_prompt: str | None = None
+    max_length: int = Field(1024, ge=8)
+    on_overflow: Literal["drop", "truncate"] = "drop"
+    on_error: Literal["stop", "skip"] = "stop"
+    deduplicate: bool = True
+    loss_on: Literal["response", "all"] = "response"
+    packing: bool = False
+    max_examples: int | None = Field(None, gt=0)
+    seed: int = 42
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class FreezeConfig(Section):
+    last_n: int = Field(2, ge=0, description="train the last N blocks plus the head")
+    train_embeddings: bool = False
+
+
+class MethodConfig(Section):
+    name: Literal["lora", "qlora", "dora", "freeze", "full"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    freeze: FreezeConfig = FreezeConfig()
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "cosine"
+    warmup: float = Field(0.03, ge=0, description="steps, or a fraction of total steps when < 1")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="default: once per epoch-ish")
+    save_steps: int | None = Field(None, gt=0, description="default: same as eval_steps")
+    save_total_limit: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    metric: str = "eval_loss"
+    greater_is_better: bool | None = None
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    num_threads: int | None = Field(None, gt=0)
+
+
+class EvalConfig(Section):
+    before_training: bool = True
+    batch_size: int = Field(8, gt=0)
+    samples: int = Field(3, ge=0, description="held-out examples generated before and after training")
+    max_new_tokens: int = Field(64, gt=0)
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    name: str | None = None
+    cache_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value in {".", ".."}):
+            raise ValueError("must be a plain folder name (no '/')")
+        return value
+
+
+class Config(Section):
+    task: Literal["causal-lm"] = "causal-lm"
+    model: ModelConfig
+    data: DataConfig
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.train.save_steps and self.train.eval_steps and self.train.save_steps % self.train.eval_steps:
+            raise ValueError(
+                "train.save_steps must be a multiple of train.eval_steps (the best checkpoint is chosen at evaluations)"
+            )
+        return self
+
+
+HINTS = {
+    "extra_forbidden": "remove it or fix its spelling",
+    "missing": "add this key",
+}
+
+
+def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent, key = error["loc"][:-1], str(error["loc"][-1])
+        allowed = _allowed_keys(parent)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(allowed))}"
+        return f"{path}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing; add it"
+    got = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    if (
+        kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
+        or kind.endswith("_type")
+        or kind.endswith("_parsing")
+    ):
+        return f"{path}: {message.lower()} (got {got!r})"
+    return f"{path}: {message}" if path else message
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in parent:
+        field = model.model_fields.get(str(part))
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """Parse `a.b.c=value` strings; values are YAML scalars (1e-4, true, [q_proj, v_proj])."""
+    parsed = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TunesmithError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+        try:
+            parsed_value = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed_value = value
+        parsed.append((key.strip().split("."), parsed_value))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for keys, value in parse_overrides(overrides):
+        node = raw
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise TunesmithError(
+                    f"--set {'.'.join(keys)}: '{'.'.join(keys[: depth + 1])}' is not a section"
+                )
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw mapping; every problem becomes one line naming its key path."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, raw) for e in exc.errors()]
+        raise TunesmithError(
+            f"{source}: {len(lines)} problem(s) in the config", [f"  {line}" for line in lines]
+        ) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TunesmithError(
+            f"{path}: config file not found; create one with `tunesmith init sft > {path.name}`"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TunesmithError(f"{path}{where}: {problem}; fix the YAML syntax there") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TunesmithError(
+            f"{path}: the top level must be a mapping with sections model, data, method, train, eval, output"
+        )
+    return raw
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make file paths relative to the config file absolute, so the saved config works from anywhere."""
+
+    def resolve(value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    config.data.train_file = resolve(config.data.train_file)
+    config.data.validation_file = resolve(config.data.validation_file)
+    config.output.dir = resolve(config.output.dir)
+    name = Path(config.model.name).expanduser()
+    if not name.is_absolute() and (base / name).exists():
+        config.model.name = str((base / name).resolve())
+    template = config.data.template
+    if template.endswith(".jinja") and not Path(template).is_absolute():
+        config.data.template = resolve(template)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a YAML config; raise TunesmithError with one line per problem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return _resolve_paths(validate(raw, source=str(path)), path.parent.resolve())
+
+
+def config_from_dict(
+    raw: dict[str, Any], base: str | Path = ".", overrides: list[str] | None = None
+) -> Config:
+    """Build a validated Config from a Python mapping (the notebook route)."""
+    raw = apply_overrides(dict(raw), overrides or [])
+    return _resolve_paths(validate(raw, source="config"), Path(base).resolve())
+
+
+def dump_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+STARTER_SFT = """\
+# tunesmith supervised fine-tuning config. Every key is optional unless marked required.
+# Validate your data alone with:  tunesmith data check this.yaml
+# Override any key at run time:   tunesmith train this.yaml --set train.learning_rate=1e-4
+task: causal-lm
+
+model:
+  name: path/to/model-folder        # required: a local HF folder, a hub id, or a .gguf file
+  dtype: float32                     # float32 | bfloat16 | float16 | auto (weights; compute precision is train.precision)
+  trust_remote_code: false           # never runs model code from the hub unless you turn this on
+
+data:
+  train_file: data/train.jsonl       # required: .jsonl, .json, .csv, .parquet, or a saved `datasets` folder
+  validation_file: null              # or split off validation_ratio of train_file (seeded)
+  validation_ratio: 0.1
+  format: auto                       # auto | prompt_response | alpaca | chat | text
+  prompt_field: prompt               # field names for prompt_response rows
+  response_field: response
+  template: auto                     # auto (chat template if the tokenizer has one) | classic | chat | my_template.jinja
+  max_length: 1024                   # tokens; longer examples are counted and reported
+  on_overflow: drop                  # drop | truncate
+  on_error: stop                     # stop (list every bad row) | skip (drop them, report the count)
+  deduplicate: true                  # drop exact duplicate examples (reported)
+  loss_on: response                  # response (prompt tokens masked) | all
+  packing: false                     # pack examples into max_length rows, no attention across examples
+
+method:
+  name: lora                         # lora | qlora | dora | freeze | full
+  lora:
+    r: 8
+    alpha: 16
+    dropout: 0.05
+    target_modules: all-linear       # or a list, e.g. [q_proj, v_proj]
+  freeze:
+    last_n: 2                        # for method freeze: train the last N blocks plus the head
+
+train:
+  batch_size: 4
+  grad_accum: 1
+  epochs: 1
+  max_steps: null                    # set to stop after N optimizer steps
+  learning_rate: 2.0e-4
+  scheduler: cosine
+  warmup: 0.03                       # steps, or a fraction of all steps when < 1
+  weight_decay: 0.0
+  max_grad_norm: 1.0
+  gradient_checkpointing: false
+  precision: auto                    # auto (bf16 where the hardware runs it fast) | fp32 | bf16 | fp16
+  seed: 42
+  logging_steps: 5
+  eval_steps: null                   # default: about 5 evaluations per run
+  save_steps: null                   # default: eval_steps
+  save_total_limit: 2                # the best checkpoint is always kept too
+  early_stopping_patience: null      # stop after N evaluations without improvement
+  metric: eval_loss
+  report_to: []                      # any of tensorboard, wandb, mlflow; metrics.jsonl is always written
+
+eval:
+  before_training: true              # validation loss of the untouched model, for comparison
+  samples: 3                         # held-out examples generated before and after training
+  max_new_tokens: 64
+
+output:
+  dir: runs                          # each run is a folder runs/<name>
+  name: null                         # default: the config file's name
+"""
+
+
+def starter_config(kind: str) -> str:
+    if kind != "sft":
+        raise TunesmithError(f"tunesmith init {kind}: unknown starter; available: sft")
+    return STARTER_SFT

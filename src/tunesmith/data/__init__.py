@@ -1,0 +1,1 @@
+"""Data: readers -> row validation -> templates -> tokenization -> collators."""

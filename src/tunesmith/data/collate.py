@@ -1,0 +1,90 @@
+"""Batching: dynamic padding, and packing with no attention or loss across example boundaries."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+class PadCollator:
+    """Pad each batch to its own longest example (never to max_length); pads are masked by position, not by id.
+
+    Masking by position matters when pad_token == eos_token: the real EOS stays in the labels.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.real_tokens = 0  # non-padding tokens handed to the model so far (for tokens/s)
+
+    def _width(self, features: list[dict]) -> int:
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = self._width(features)
+        batch = len(features)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.tensor(feature["input_ids"])
+            labels[row, :length] = torch.tensor(feature["labels"])
+            attention_mask[row, :length] = 1
+            self.real_tokens += length
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class PackedCollator(PadCollator):
+    """Batch packed rows. Position ids restart at each example; with no attention_mask, transformers
+    builds a block-diagonal causal mask from them, so examples never attend to each other."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = self._width(features)
+        batch = len(features)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE, dtype=torch.long)
+        # Padding is its own "sequence" (positions from 0), so no real token attends to it.
+        position_ids = torch.arange(width).repeat(batch, 1)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.tensor(feature["input_ids"])
+            labels[row, :length] = torch.tensor(feature["labels"])
+            position_ids[row, :length] = torch.tensor(feature["position_ids"])
+            position_ids[row, length:] = torch.arange(width - length)
+            self.real_tokens += length
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def pack(examples: list[dict], max_length: int) -> list[dict]:
+    """Greedy first-fit-decreasing packing of tokenized examples into rows of at most max_length tokens.
+
+    The first label of every example is masked: in a packed row it would be predicted from the previous
+    example's last token (unpacked, the shift drops it anyway), so the loss never crosses a boundary.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        length = len(examples[index]["input_ids"])
+        slot = next((r for r, free in enumerate(room) if free >= length), None)
+        if slot is None:
+            rows.append([])
+            room.append(max_length)
+            slot = len(rows) - 1
+        rows[slot].append(index)
+        room[slot] -= length
+    packed = []
+    for members in rows:
+        input_ids, labels, position_ids = [], [], []
+        for index in members:
+            example = examples[index]
+            input_ids += example["input_ids"]
+            labels += [IGNORE, *example["labels"][1:]]
+            position_ids += list(range(len(example["input_ids"])))
+        packed.append({"input_ids": input_ids, "labels": labels, "position_ids": position_ids})
+    return packed

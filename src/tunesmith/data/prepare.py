@@ -1,0 +1,240 @@
+"""The data pipeline: read -> validate -> deduplicate -> split -> tokenize (cached) -> report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.config import DataConfig
+from tunesmith.data.collate import IGNORE
+from tunesmith.data.readers import read_rows
+from tunesmith.data.templates import Renderer
+from tunesmith.data.validate import Example, detect_format, validate_rows
+from tunesmith.errors import TunesmithError
+
+CACHE_VERSION = "1"  # bump when tokenization logic changes, so old caches are never reused
+
+
+@dataclass
+class CheckedData:
+    """Valid examples split into train/validation, plus what happened to the rest."""
+
+    train: list[Example]
+    validation: list[Example]
+    report: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_data(cfg: DataConfig) -> CheckedData:
+    """Read and validate every row; raise (listing all bad rows) unless on_error is skip."""
+    rows = read_rows(cfg.train_file)
+    fmt = detect_format(rows, cfg)
+    train, problems = validate_rows(rows, cfg, fmt)
+    read = len(rows)
+    validation: list[Example] = []
+    if cfg.validation_file:
+        val_rows = read_rows(cfg.validation_file)
+        validation, val_problems = validate_rows(val_rows, cfg, fmt)
+        problems += val_problems
+        read += len(val_rows)
+    report = {
+        "train_file": cfg.train_file,
+        "validation_file": cfg.validation_file,
+        "format": fmt,
+        "rows_read": read,
+        "bad_rows": len(problems),
+        "bad_row_list": problems[:200],
+        "on_error": cfg.on_error,
+    }
+    if problems and cfg.on_error == "stop":
+        return CheckedData([], [], report, problems)
+    train, train_dupes = _deduplicate(train) if cfg.deduplicate else (train, [])
+    validation, val_dupes = _deduplicate(validation) if cfg.deduplicate else (validation, [])
+    report["duplicates_removed"] = len(train_dupes) + len(val_dupes)
+    report["duplicate_list"] = (train_dupes + val_dupes)[:50]
+    if not cfg.validation_file and cfg.validation_ratio > 0:
+        train, validation = _split(train, cfg.validation_ratio, cfg.seed)
+        report["split"] = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
+    else:
+        report["split"] = (
+            f"validation from {cfg.validation_file}" if cfg.validation_file else "no validation set"
+        )
+    if cfg.max_examples:
+        report["max_examples"] = cfg.max_examples
+        train = train[: cfg.max_examples]
+    if not train:
+        raise TunesmithError(f"{cfg.train_file}: no valid training examples left; see the data report")
+    # A leak from train into validation makes validation loss lie.
+    train_keys = {example.key for example in train}
+    leaked = [example for example in validation if example.key in train_keys]
+    validation = [example for example in validation if example.key not in train_keys]
+    report["validation_overlap_removed"] = len(leaked)
+    report["train_examples"] = len(train)
+    report["validation_examples"] = len(validation)
+    return CheckedData(train, validation, report, problems)
+
+
+def _deduplicate(examples: list[Example]) -> tuple[list[Example], list[str]]:
+    seen: dict[tuple, str] = {}
+    kept, dropped = [], []
+    for example in examples:
+        if example.key in seen:
+            dropped.append(f"{example.where}: duplicate of {seen[example.key]}")
+        else:
+            seen[example.key] = example.where
+            kept.append(example)
+    return kept, dropped
+
+
+def _split(examples: list[Example], ratio: float, seed: int) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(examples) * ratio)) if len(examples) > 1 else 0
+    val_index = set(order[:n_val])
+    train = [e for i, e in enumerate(examples) if i not in val_index]
+    validation = [e for i, e in enumerate(examples) if i in val_index]
+    return train, validation
+
+
+# -- tokenization -------------------------------------------------------------------------------
+
+
+def encode(example: Example, renderer: Renderer, loss_on: str) -> dict:
+    if example.text is not None:
+        ids = renderer.encode_text(example.text)
+        trained = [True] * len(ids)
+    else:
+        ids, trained = renderer.encode_conversation(example.messages)
+        if loss_on == "all":
+            trained = [True] * len(ids)
+    return {"input_ids": ids, "labels": [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]}
+
+
+def _fit(encoded: list[dict], examples: list[Example], cfg: DataConfig) -> tuple[list[dict], dict]:
+    """Apply max_length: truncate or drop, and count every case."""
+    kept, over, emptied = [], [], []
+    for item, example in zip(encoded, examples, strict=True):
+        if len(item["input_ids"]) > cfg.max_length:
+            over.append(f"{example.where}: {len(item['input_ids'])} tokens")
+            if cfg.on_overflow == "drop":
+                continue
+            item = {key: value[: cfg.max_length] for key, value in item.items()}
+            if all(label == IGNORE for label in item["labels"]):
+                emptied.append(example.where)
+                continue
+        kept.append(item)
+    return kept, {
+        "max_length": cfg.max_length,
+        "action": cfg.on_overflow,
+        "count": len(over),
+        "list": over[:50],
+        "dropped_with_no_answer_left": len(emptied),
+    }
+
+
+def _length_stats(items: list[dict]) -> dict:
+    if not items:
+        return {"examples": 0}
+    lengths = np.array([len(item["input_ids"]) for item in items])
+    supervised = sum(sum(label != IGNORE for label in item["labels"]) for item in items)
+    return {
+        "examples": len(items),
+        "tokens": int(lengths.sum()),
+        "supervised_tokens": int(supervised),
+        "min": int(lengths.min()),
+        "mean": round(float(lengths.mean()), 1),
+        "p95": int(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "histogram": np.histogram(lengths, bins=min(20, len(items)))[0].tolist(),
+    }
+
+
+def _eos_in_labels(items: list[dict], stop_ids: list[int]) -> dict:
+    with_eos = sum(any(label in stop_ids for label in item["labels"] if label != IGNORE) for item in items)
+    return {"count": with_eos, "of": len(items)}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    payload += (
+        str(getattr(tokenizer, "chat_template", "")) + str(tokenizer.eos_token) + str(tokenizer.bos_token)
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _cache_key(checked: CheckedData, cfg: DataConfig, renderer: Renderer) -> str:
+    digest = hashlib.sha256()
+    settings = [CACHE_VERSION, renderer.kind, cfg.max_length, cfg.on_overflow, cfg.loss_on]
+    digest.update(json.dumps(settings).encode())
+    digest.update(tokenizer_fingerprint(renderer.tokenizer).encode())
+    for split in (checked.train, checked.validation):
+        digest.update(b"|split|")
+        for example in split:
+            digest.update(json.dumps(example.key).encode())
+    return digest.hexdigest()[:24]
+
+
+def _save(path: Path, splits: dict[str, list[dict]], meta: dict) -> None:
+    arrays = {}
+    for name, items in splits.items():
+        arrays[f"{name}_ids"] = np.array([t for item in items for t in item["input_ids"]], dtype=np.int64)
+        arrays[f"{name}_labels"] = np.array([t for item in items for t in item["labels"]], dtype=np.int64)
+        arrays[f"{name}_offsets"] = np.cumsum([0] + [len(item["input_ids"]) for item in items]).astype(
+            np.int64
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, **arrays)
+    temporary.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def _load(path: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict]:
+    with np.load(path, allow_pickle=False) as arrays:
+        splits = {}
+        for name in names:
+            ids, labels, offsets = arrays[f"{name}_ids"], arrays[f"{name}_labels"], arrays[f"{name}_offsets"]
+            splits[name] = [
+                {"input_ids": ids[a:b].tolist(), "labels": labels[a:b].tolist()}
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+            ]
+    return splits, json.loads(path.with_suffix(".json").read_text())
+
+
+def tokenize_data(checked: CheckedData, cfg: DataConfig, renderer: Renderer, cache_dir: Path | None) -> dict:
+    """Tokenize both splits (or reuse a cache keyed by data, settings and tokenizer); return the splits and report."""
+    key = _cache_key(checked, cfg, renderer)
+    cache_file = cache_dir / "tokenized" / f"{key}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.exists():
+        splits, meta = _load(cache_file, ["train", "validation"])
+        meta["cache"] = {"key": key, "hit": True}
+        return {**splits, "report": meta}
+    stop_ids = renderer.stop_token_ids()
+    train_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.train]
+    val_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.validation]
+    train, train_over = _fit(train_encoded, checked.train, cfg)
+    validation, val_over = _fit(val_encoded, checked.validation, cfg)
+    meta = {
+        "template": renderer.kind,
+        "loss_on": cfg.loss_on,
+        "over_max_length": {"train": train_over, "validation": val_over},
+        "train_tokens": _length_stats(train),
+        "validation_tokens": _length_stats(validation),
+        "eos_in_labels": _eos_in_labels(train, stop_ids),
+        "stop_token_ids": stop_ids,
+    }
+    if not train:
+        raise TunesmithError(
+            f"{cfg.train_file}: every training example is longer than data.max_length={cfg.max_length}; "
+            "raise max_length or set data.on_overflow: truncate"
+        )
+    if cache_file is not None:
+        _save(cache_file, {"train": train, "validation": validation}, meta)
+    meta = {**meta, "cache": {"key": key, "hit": False}}
+    return {"train": train, "validation": validation, "report": meta}

@@ -1,0 +1,15 @@
+"""Full fine-tuning: every weight trains."""
+
+from __future__ import annotations
+
+from tunesmith.config import MethodConfig
+from tunesmith.methods import Method, register
+
+
+def apply_full(model, cfg: MethodConfig):
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+register(Method("full", apply_full, is_adapter=False))

@@ -1,0 +1,41 @@
+"""QLoRA: LoRA adapters on a 4-bit (NF4) base loaded through bitsandbytes."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.config import MethodConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.methods import Method, register
+from tunesmith.methods.lora import apply_lora
+
+
+def quantization_config(cfg: MethodConfig):
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken native library
+        raise TunesmithError(
+            f"method.name: qlora needs bitsandbytes, which cannot be loaded here ({type(exc).__name__}: {exc}); "
+            "install it with `pip install tunesmith[quantization]`, or use method.name: lora"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    compute = (
+        torch.float16 if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def apply_qlora(model, cfg: MethodConfig):
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return apply_lora(model, cfg)
+
+
+register(Method("qlora", apply_qlora, is_adapter=True, quantization_config=quantization_config))

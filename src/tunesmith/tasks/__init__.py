@@ -1,0 +1,1 @@
+"""Tasks: what differs per task (causal LM now; classification next) behind one interface."""

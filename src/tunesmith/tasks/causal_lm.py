@@ -1,0 +1,220 @@
+"""The supervised fine-tuning recipe for causal language models, read top to bottom."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Config
+from tunesmith.data.prepare import check_data, tokenize_data
+from tunesmith.data.templates import Renderer
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.generation import generate
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
+from tunesmith.training.loop import build_trainer, fit
+from tunesmith.training.run_folder import RunFolder
+
+
+def bad_rows_error(checked) -> TunesmithError:
+    shown = checked.problems[:100]
+    more = len(checked.problems) - len(shown)
+    details = [f"  {problem}" for problem in shown] + (
+        [f"  ... and {more} more (all in the data report)"] if more else []
+    )
+    return TunesmithError(
+        f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
+        details,
+    )
+
+
+def print_data_summary(report: dict) -> None:
+    line = (
+        f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report.get('duplicates_removed', 0)} duplicates removed; "
+        f"{report['train_examples']} train / {report['validation_examples']} validation ({report['format']} format)"
+    )
+    print(line)
+    for split in ("train", "validation"):
+        over = report.get("over_max_length", {}).get(split)
+        if over and over["count"]:
+            print(
+                f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were {over['action']}ped"
+                if over["action"] == "drop"
+                else f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were truncated"
+            )
+    eos = report.get("eos_in_labels")
+    if eos and eos["count"] < eos["of"]:
+        print(
+            f"data: warning: only {eos['count']} of {eos['of']} examples have an end-of-answer token in their labels; "
+            "the tuned model may not learn to stop"
+        )
+
+
+def sample_conversations(validation_examples, count: int):
+    picked = [e for e in validation_examples if e.messages and e.messages[-1][0] == "assistant"][:count]
+    return [(e.where, e.messages[:-1], e.messages[-1][1]) for e in picked]
+
+
+def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+    started = time.time()
+    checked = check_data(cfg.data)  # validate every row before anything heavy starts
+    if checked.problems and cfg.data.on_error == "stop":
+        raise bad_rows_error(checked)
+    run = RunFolder.for_training(cfg, default_name, resume)
+    print(f"run folder: {run.path}")
+    run.save_config(cfg)
+    cache_dir = default_cache_dir(cfg.output.cache_dir)
+
+    model_path = resolve_model(cfg.model, cache_dir)
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    renderer = Renderer(tokenizer, cfg.data.template)
+    data = tokenize_data(checked, cfg.data, renderer, cache_dir)
+    report = {**checked.report, **data["report"]}
+    run.write_json(run.data_report, report)
+    print_data_summary(report)
+    train_rows, validation_rows = data["train"], data["validation"]
+    if cfg.data.packing:
+        from tunesmith.data.collate import pack
+
+        before = len(train_rows)
+        train_rows = pack(train_rows, cfg.data.max_length)
+        print(
+            f"data: packed {before} examples into {len(train_rows)} rows of up to {cfg.data.max_length} tokens"
+        )
+
+    method = get_method(cfg.method.name)
+    model = load_model(model_path, cfg.model, method.quantization_config(cfg.method))
+    model = method.apply(model, cfg.method)
+    parameters = count_parameters(model)
+    print(
+        f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
+        f"({parameters['trainable_percent']}%)"
+    )
+    precision = pick_precision(cfg.train.precision)
+    resume_from = None
+    if resume:
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise TunesmithError(
+                f"--resume: {run.path} has no checkpoint yet; start the run again without --resume"
+            )
+        resume_from = str(checkpoint)
+        print(
+            f"resuming from {checkpoint.name} (step {checkpoint.name.split('-')[-1]}): weights, optimizer, LR schedule, RNG and data position"
+        )
+
+    trainer, counter = build_trainer(
+        cfg, run, model, tokenizer, train_rows, validation_rows, precision, callbacks
+    )
+    summary = run.update_summary(
+        status="running",
+        task=cfg.task,
+        base_model=cfg.model.name,
+        base_model_path=model_path,
+        method=method.name,
+        is_adapter=method.is_adapter,
+        parameters=parameters,
+        precision=precision,
+        template=renderer.kind,
+        stop_token_ids=renderer.stop_token_ids(),
+        hardware=describe_hardware(),
+        versions=library_versions(),
+    )
+    samples = sample_conversations(checked.validation, cfg.eval.samples)
+    if not resume:
+        if validation_rows and cfg.eval.before_training:
+            before = trainer.evaluate()
+            summary = run.update_summary(validation_loss_before=before["eval_loss"])
+            print(f"validation loss before training: {before['eval_loss']:.4f}")
+        if samples:
+            base_outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
+            run.write_json(run.path / "samples_base.json", {"outputs": base_outputs})
+
+    train_started = time.time()
+    output, stopped = fit(trainer, resume_from)
+    train_seconds = time.time() - train_started
+    if stopped:
+        run.update_summary(status="stopped", global_step=trainer.state.global_step)
+        print(f"stopped at step {trainer.state.global_step}; continue with --resume")
+        return run.read_summary() | {"run_dir": str(run.path)}
+
+    trainer.save_model(str(run.model_dir))
+    tokenizer.save_pretrained(str(run.model_dir))
+    result = {
+        "status": "finished",
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "train_seconds": round(train_seconds, 1),
+        "train_tokens": counter.tokens,
+        "tokens_per_second": round(counter.tokens / max(train_seconds, 1e-9), 1),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+    if validation_rows:
+        after = trainer.evaluate()
+        result["validation_loss_after"] = after["eval_loss"]
+        print(
+            f"validation loss after training: {after['eval_loss']:.4f}"
+            + (
+                f" (before: {summary['validation_loss_before']:.4f})"
+                if "validation_loss_before" in summary
+                else ""
+            )
+        )
+    if samples:
+        tuned = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
+        base_file = run.path / "samples_base.json"
+        base_outputs = (
+            json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(samples)
+        )
+        with run.samples.open("w", encoding="utf-8") as handle:
+            for (where, messages, reference), base, tuned_output in zip(
+                samples, base_outputs, tuned, strict=True
+            ):
+                record = {
+                    "where": where,
+                    "prompt": messages[-1][1],
+                    "reference": reference,
+                    "base": base,
+                    "tuned": tuned_output,
+                }
+                handle.write(json.dumps(record) + "\n")
+    result["wall_seconds"] = round(time.time() - started, 1)
+    return run.update_summary(**result) | {"run_dir": str(run.path)}
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def load_run_model(run: RunFolder):
+    """The tuned model of a finished run (base + adapter, or full weights), its config and renderer."""
+    cfg = run.load_config()
+    summary = run.read_summary()
+    if not run.model_dir.exists():
+        raise TunesmithError(
+            f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
+        )
+    tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
+    renderer = Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+    if (run.model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base_path = summary.get("base_model_path")
+        if not base_path or not Path(base_path).exists():
+            base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+        base = load_model(base_path, cfg.model)
+        model = PeftModel.from_pretrained(base, str(run.model_dir))
+    else:
+        model = load_model(str(run.model_dir), cfg.model)
+    model.eval()
+    return model, renderer, cfg

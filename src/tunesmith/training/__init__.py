@@ -1,0 +1,1 @@
+"""Training: run folders, hardware choices, callbacks, and the loop on transformers' Trainer."""

@@ -1,0 +1,124 @@
+"""Trainer callbacks: metrics.jsonl, a progress bar with tokens/s, and clean stops on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+
+class TokenCounter:
+    """Reads the collator's count of real (non-padding) tokens to report tokens per second."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.started_at = time.perf_counter()
+        self.tokens_at_start = collator.real_tokens
+
+    def restart(self) -> None:
+        self.started_at, self.tokens_at_start = time.perf_counter(), self.collator.real_tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.collator.real_tokens - self.tokens_at_start
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started_at, 1e-9)
+
+
+class MetricsLogger(TrainerCallback):
+    """Append every log (train and eval) to metrics.jsonl; a resumed run appends to the same curve."""
+
+    def __init__(self, path: Path, counter: TokenCounter):
+        self.path = path
+        self.counter = counter
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.counter.restart()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        if "loss" in logs:
+            record["tokens_per_second"] = round(self.counter.tokens_per_second, 1)
+        record["time"] = round(time.time(), 3)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class ProgressBar(TrainerCallback):
+    """One live bar: step, loss, learning rate, real tokens/s and ETA."""
+
+    def __init__(self, counter: TokenCounter):
+        self.counter = counter
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            self.bar.set_postfix_str(self._postfix(state), refresh=False)
+
+    def _postfix(self, state) -> str:
+        last = next((log for log in reversed(state.log_history) if "loss" in log), {})
+        parts = [f"tok/s={self.counter.tokens_per_second:.0f}"]
+        if "loss" in last:
+            parts.insert(0, f"loss={last['loss']:.4f}")
+        if "learning_rate" in last:
+            parts.append(f"lr={last['learning_rate']:.2e}")
+        return " ".join(parts)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.bar is not None and metrics and "eval_loss" in metrics:
+            self.bar.write(f"step {state.global_step}: validation loss {metrics['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class GracefulStop(TrainerCallback):
+    """SIGINT/SIGTERM: save a checkpoint at the next step boundary, then stop; a second signal exits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping (again to abort)."
+        )
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,75 @@
+"""What the machine can do: precision choice, device description, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+
+@cache
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_fast_bf16() -> bool:
+    # bf16 matmuls are only fast with AVX-512 BF16 or AMX; on AVX2-only CPUs they are far slower than fp32.
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_precision(requested: str) -> str:
+    """Resolve train.precision: 'auto' picks bf16 where it is fast, else fp16 on older GPUs, else fp32."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if requested == "fp16" and not cuda:
+        raise TunesmithError("train.precision: fp16 needs a CUDA GPU; on CPU use bf16 (if supported) or fp32")
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise TunesmithError("train.precision: this GPU has no bf16 support; use fp16 or fp32")
+    return requested
+
+
+def describe_hardware() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_fast_bf16": cpu_has_fast_bf16(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def library_versions() -> dict:
+    import accelerate
+    import datasets
+    import peft
+    import transformers
+
+    import tunesmith
+
+    return {
+        "tunesmith": tunesmith.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }

@@ -1,0 +1,125 @@
+"""The training loop: transformers' Trainer configured from our Config, with our data, callbacks and folders."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from tunesmith.config import Config
+from tunesmith.data.collate import PackedCollator, PadCollator
+from tunesmith.errors import TunesmithError
+from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
+from tunesmith.training.run_folder import RunFolder
+
+
+def planned_steps(cfg: Config, train_rows: int) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    steps_per_epoch = max(1, math.ceil(train_rows / cfg.train.batch_size) // cfg.train.grad_accum)
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+
+def training_arguments(
+    cfg: Config, run: RunFolder, train_rows: int, has_validation: bool, precision: str
+) -> TrainingArguments:
+    t = cfg.train
+    total = planned_steps(cfg, train_rows)
+    eval_steps = t.eval_steps or max(1, total // 5)
+    save_steps = t.save_steps or eval_steps
+    metric = t.metric.removeprefix("eval_")
+    greater = t.greater_is_better if t.greater_is_better is not None else not metric.endswith("loss")
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model=metric if has_validation else None,
+        greater_is_better=greater if has_validation else None,
+        report_to=list(t.report_to) or "none",
+        logging_dir=str(run.path / "tracking"),
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not _cuda(),
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_trainer(
+    cfg: Config,
+    run: RunFolder,
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    validation_rows: list[dict],
+    precision: str,
+    extra_callbacks=(),
+) -> tuple[Trainer, TokenCounter]:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
+    counter = TokenCounter(collator)
+    callbacks = [MetricsLogger(run.metrics, counter), ProgressBar(counter), *extra_callbacks]
+    if cfg.train.early_stopping_patience:
+        if not validation_rows:
+            raise TunesmithError(
+                "train.early_stopping_patience needs a validation set; set data.validation_ratio or data.validation_file"
+            )
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    args = training_arguments(cfg, run, len(train_rows), bool(validation_rows), precision)
+    model.config.use_cache = (
+        False  # a KV cache is useless in training and would disable packed attention masks
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_rows,
+        eval_dataset=validation_rows or None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer, counter
+
+
+def fit(trainer: Trainer, resume_from: str | None):
+    """Train, stopping cleanly on SIGINT/SIGTERM (a checkpoint is saved first)."""
+    stopper = GracefulStop()
+    trainer.add_callback(stopper)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        stopper.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if in_main_thread:
+            stopper.uninstall()
+    return output, stopper.requested
