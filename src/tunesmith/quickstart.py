@@ -76,7 +76,7 @@ def quickstart_config(folder: Path) -> dict:
         "data": {
             "train_file": "data/train.jsonl",
             "validation_file": "data/validation.jsonl",
-            "max_length": 384,
+            "max_length": 256,
         },
         "method": {
             "name": "lora",
@@ -95,7 +95,7 @@ def quickstart_config(folder: Path) -> dict:
     }
 
 
-def prepare(folder: str | Path = "quickstart", train: int = 320, validation: int = 40) -> Path:
+def prepare(folder: str | Path = "quickstart", train: int = 200, validation: int = 30) -> Path:
     """Write the data and config (keeping any config the user already edited); return the config path."""
     folder = Path(folder)
     train_rows, validation_rows = headline_examples(train, validation)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
 from tunesmith.config import Config
 from tunesmith.data.prepare import check_data, tokenize_data
@@ -87,6 +88,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         )
 
     method = get_method(cfg.method.name)
+    set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
     model = load_model(model_path, cfg.model, method.quantization_config(cfg.method))
     model = method.apply(model, cfg.method)
     parameters = count_parameters(model)

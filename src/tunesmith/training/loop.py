@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
@@ -58,12 +59,23 @@ def training_arguments(
         metric_for_best_model=metric if has_validation else None,
         greater_is_better=greater if has_validation else None,
         report_to=list(t.report_to) or "none",
-        logging_dir=str(run.path / "tracking"),
         remove_unused_columns=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not _cuda(),
     )
+
+
+def _point_trackers_at(run: RunFolder, cfg: Config) -> None:
+    """Keep tracker files inside the run folder; W&B runs offline unless the user chose otherwise."""
+    tracking = run.path / "tracking"
+    if "tensorboard" in cfg.train.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracking / "tensorboard")
+    if "wandb" in cfg.train.report_to:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(tracking))
+    if "mlflow" in cfg.train.report_to:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (tracking / "mlruns").as_uri())
 
 
 def _cuda() -> bool:
@@ -93,6 +105,7 @@ def build_trainer(
             )
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     args = training_arguments(cfg, run, len(train_rows), bool(validation_rows), precision)
+    _point_trackers_at(run, cfg)
     model.config.use_cache = (
         False  # a KV cache is useless in training and would disable packed attention masks
     )
@@ -122,4 +135,10 @@ def fit(trainer: Trainer, resume_from: str | None):
     finally:
         if in_main_thread:
             stopper.uninstall()
-    return output, stopper.requested
+    state = trainer.state
+    early_stopped = any(
+        isinstance(c, EarlyStoppingCallback) and c.early_stopping_patience_counter >= c.early_stopping_patience
+        for c in trainer.callback_handler.callbacks
+    )
+    interrupted = stopper.requested or (state.global_step < state.max_steps and not early_stopped)
+    return output, interrupted

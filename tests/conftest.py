@@ -1,0 +1,116 @@
+"""Tiny in-process models and data for fast tests; nothing here reaches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+WORDS = ("the cat sat on a mat while dogs ran to the park and birds sang songs about rain sun wind "
+         "write headline news article market shares rose fell team won lost match election vote").split()
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + ["### Instruction:\n### Response:\n"]
+    backend.train_from_iterator(corpus, trainer)
+    # pad == eos on purpose, as in SmolLM2: the collator must still keep the real EOS in the labels.
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_model_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_model_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def prompt_response_rows(count: int, seed: int = 0) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+        rows.append({"prompt": f"{prompt} {index}", "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model):
+    """Return a function building a raw config dict for the tiny model, with overrides per section."""
+
+    def make(rows: int = 40, **sections) -> dict:
+        data_file = write_jsonl(tmp_path / "train.jsonl", prompt_response_rows(rows))
+        raw = {
+            "model": {"name": str(tiny_model)},
+            "data": {"train_file": str(data_file), "validation_ratio": 0.2, "max_length": 128},
+            "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
+            "train": {"batch_size": 4, "max_steps": 6, "learning_rate": 1e-2, "precision": "fp32",
+                      "logging_steps": 1, "eval_steps": 3, "warmup": 0},
+            "eval": {"samples": 2, "max_new_tokens": 8},
+            "output": {"dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
+        }
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        return raw
+
+    return make

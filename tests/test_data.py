@@ -1,0 +1,161 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import prompt_response_rows, write_jsonl
+from tunesmith import api
+from tunesmith.cli import main
+from tunesmith.config import DataConfig, config_from_dict
+from tunesmith.data.collate import IGNORE, PadCollator
+from tunesmith.data.prepare import check_data, encode, tokenize_data
+from tunesmith.data.readers import read_rows
+from tunesmith.data.templates import Renderer
+from tunesmith.errors import TunesmithError
+
+
+def hundred_rows_with_three_broken(path):
+    rows = [json.dumps(r) for r in prompt_response_rows(100)]
+    rows[9] = '{"prompt": "unterminated'  # line 10: bad JSON
+    rows[41] = json.dumps({"prompt": "no answer here"})  # line 42: missing field
+    rows[76] = json.dumps({"prompt": "numbers", "response": 7})  # line 77: wrong type
+    return write_jsonl(path, rows)
+
+
+def test_broken_rows_stop_the_run_and_are_all_listed(tmp_path, make_config):
+    raw = make_config()
+    hundred_rows_with_three_broken(tmp_path / "train.jsonl")
+    with pytest.raises(TunesmithError) as caught:
+        api.train(config_from_dict(raw))
+    text = str(caught.value)
+    assert "3 bad row(s); nothing was trained" in text
+    assert f"{tmp_path / 'train.jsonl'}:10: invalid JSON" in text
+    assert f"{tmp_path / 'train.jsonl'}:42: missing field 'response'" in text
+    assert f"{tmp_path / 'train.jsonl'}:77: field 'response' must be a string, got int" in text
+    assert not (tmp_path / "runs").exists()  # nothing was trained, no run folder
+
+
+def test_skip_drops_broken_rows_and_reports_them(tmp_path):
+    path = hundred_rows_with_three_broken(tmp_path / "train.jsonl")
+    checked = check_data(DataConfig(train_file=str(path), on_error="skip", validation_ratio=0.0))
+    assert len(checked.train) == 97
+    assert checked.report["bad_rows"] == 3
+    assert [p.split(":")[1] for p in checked.report["bad_row_list"]] == ["10", "42", "77"]
+
+
+def test_data_check_cli_exit_codes(tmp_path, capsys):
+    bad = hundred_rows_with_three_broken(tmp_path / "bad.jsonl")
+    good = write_jsonl(tmp_path / "good.jsonl", prompt_response_rows(10))
+    assert main(["data", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert ":77: field 'response'" in out and "3 bad row(s)" in out
+    assert main(["data", "check", str(good)]) == 0
+
+
+def test_readers_report_file_positions(tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text('prompt,response\nhello,world\n"multi\nline",answer\nonly,too,many\n')
+    rows = read_rows(csv_file)
+    assert [(r.line, r.error is None) for r in rows] == [(2, True), (3, True), (5, False)]
+    json_file = tmp_path / "d.json"
+    json_file.write_text('[\n  {"prompt": "a", "response": "b"},\n\n  {"prompt": "c", "response": "d"}\n]\n')
+    assert [r.line for r in read_rows(json_file)] == [2, 4]
+    parquet_file = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "response": ["c", ""]}), parquet_file)
+    checked = check_data(DataConfig(train_file=str(parquet_file), on_error="skip", validation_ratio=0))
+    assert checked.report["bad_row_list"] == [f"{parquet_file}:2: field 'response' is empty"]
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt"),
+    [
+        ({"instruction": "do", "input": "this", "output": "done"}, "alpaca"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "chat"),
+        ({"text": "plain words"}, "text"),
+        ({"prompt": "p", "response": "r"}, "prompt_response"),
+    ],
+)
+def test_format_is_detected(tmp_path, row, fmt):
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    assert check_data(DataConfig(train_file=str(path), validation_ratio=0)).report["format"] == fmt
+
+
+def test_unknown_shape_names_fields_and_fix(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(TunesmithError, match=r"d\.jsonl:1: cannot tell the data format from the fields \['answer', 'question'\]; set data.format"):
+        check_data(DataConfig(train_file=str(path)))
+
+
+def test_duplicates_removed_and_counted(tmp_path):
+    rows = prompt_response_rows(5) + prompt_response_rows(2)
+    checked = check_data(DataConfig(train_file=str(write_jsonl(tmp_path / "d.jsonl", rows)), validation_ratio=0))
+    assert len(checked.train) == 5
+    assert checked.report["duplicates_removed"] == 2
+
+
+def test_prompt_tokens_and_padding_are_masked_and_eos_is_kept(tokenizer):
+    renderer = Renderer(tokenizer, "chat")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the trap: pad == eos
+    conversations = [(("user", "the cat sat"), ("assistant", "on a mat")), (("user", "dogs ran to the park and birds sang"), ("assistant", "rain"))]
+    from tunesmith.data.validate import Example
+
+    encoded = [encode(Example("x", c), renderer, "response") for c in conversations]
+    batch = PadCollator(tokenizer.pad_token_id)(encoded)
+    for row, conversation in enumerate(conversations):
+        prompt_length = len(renderer.encode_prompt(conversation[:-1]))
+        length = len(encoded[row]["input_ids"])
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        assert (labels[:prompt_length] == IGNORE).all()
+        assert torch.equal(labels[prompt_length:length], ids[prompt_length:length])
+        assert (labels[length:] == IGNORE).all()
+        assert (batch["attention_mask"][row, :length] == 1).all() and (batch["attention_mask"][row, length:] == 0).all()
+        assert tokenizer.eos_token_id in labels[prompt_length:length].tolist()
+        # Training sees exactly the tokens that generation will be given as a prompt.
+        assert ids[:prompt_length].tolist() == renderer.encode_prompt(conversation[:-1])
+
+
+def test_classic_template_appends_eos_to_answer(tokenizer):
+    renderer = Renderer(tokenizer, "classic")
+    text = renderer.render((("user", "cat"), ("assistant", "mat")), add_generation_prompt=False)
+    assert text == "### Instruction:\ncat\n\n### Response:\nmat<|im_end|>"
+    ids, trained = renderer.encode_conversation((("user", "cat"), ("assistant", "mat")))
+    assert ids[-1] == tokenizer.eos_token_id and trained[-1]
+
+
+def test_whole_sequence_loss_option(tokenizer):
+    from tunesmith.data.validate import Example
+
+    item = encode(Example("x", (("user", "cat"), ("assistant", "mat"))), Renderer(tokenizer, "chat"), "all")
+    assert item["labels"] == item["input_ids"]
+
+
+def test_overflow_is_counted_dropped_or_truncated(tmp_path, tokenizer):
+    long_row = {"prompt": "the cat sat " * 40, "response": "mat"}
+    path = write_jsonl(tmp_path / "d.jsonl", [*prompt_response_rows(5), long_row])
+    renderer = Renderer(tokenizer, "chat")
+    for action, kept in (("drop", 5), ("truncate", 5)):
+        cfg = DataConfig(train_file=str(path), validation_ratio=0, max_length=40, on_overflow=action)
+        out = tokenize_data(check_data(cfg), cfg, renderer, None)
+        over = out["report"]["over_max_length"]["train"]
+        assert over["count"] == 1 and over["list"][0].startswith(f"{path}:6:")
+        # Truncating the long example cuts off its whole answer: it is dropped and counted, not trained on silently.
+        assert len(out["train"]) == kept
+        assert all(len(item["input_ids"]) <= 40 for item in out["train"])
+    assert out["report"]["over_max_length"]["train"]["dropped_with_no_answer_left"] == 1
+
+
+def test_tokenization_cache_is_keyed_by_tokenizer(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(6))
+    cfg = DataConfig(train_file=str(path), validation_ratio=0)
+    checked = check_data(cfg)
+    first = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
+    second = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
+    assert not first["report"]["cache"]["hit"] and second["report"]["cache"]["hit"]
+    assert second["train"] == first["train"]
+    other = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    third = tokenize_data(checked, cfg, Renderer(other, "chat"), tmp_path)
+    assert not third["report"]["cache"]["hit"]
+    assert third["train"] != first["train"]

@@ -1,0 +1,141 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.tasks.causal_lm import load_run_model
+from tunesmith.training.run_folder import RunFolder
+
+PROBE = [[5, 17, 33, 2, 90, 41, 8]]
+
+
+class CaptureLogits(TrainerCallback):
+    """Logits of the in-memory model at the end of training (after the best checkpoint is loaded)."""
+
+    def __init__(self):
+        self.logits = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            self.logits = model(input_ids=torch.tensor(PROBE, device=model.device)).logits.cpu()
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def probe_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(PROBE)).logits
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model):
+    from conftest import prompt_response_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("lora-run")
+    data = write_jsonl(folder / "train.jsonl", prompt_response_rows(40))
+    raw = {
+        "model": {"name": str(tiny_model)},
+        "data": {"train_file": str(data), "validation_ratio": 0.2, "max_length": 128},
+        "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
+        "train": {"batch_size": 4, "max_steps": 6, "learning_rate": 1e-2, "precision": "fp32", "logging_steps": 1, "eval_steps": 3, "warmup": 0},
+        "eval": {"samples": 2, "max_new_tokens": 8},
+        "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
+    }
+    capture = CaptureLogits()
+    summary = api.train(config_from_dict(raw), callbacks=[capture])
+    return summary, capture
+
+
+def test_run_folder_explains_itself(lora_run):
+    summary, _ = lora_run
+    run = Path(summary["run_dir"])
+    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "run.json", "samples.jsonl", "model/adapter_config.json"):
+        assert (run / name).exists(), name
+    assert summary["status"] == "finished" and summary["global_step"] == 6
+    assert summary["parameters"]["trainable"] < summary["parameters"]["total"]
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["train_examples"] == 32 and report["validation_examples"] == 8
+    assert report["eos_in_labels"] == {"count": 32, "of": 32}
+    metrics = RunFolder(run).read_metrics()
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert metrics[0]["step"] == 0 and "eval_loss" in metrics[0]  # validation loss before training
+    assert summary["validation_loss_before"] == pytest.approx(metrics[0]["eval_loss"])
+    assert summary["validation_loss_after"] < summary["validation_loss_before"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and {"reference", "base", "tuned"} <= set(samples[0])
+
+
+def test_adapter_reloads_to_identical_logits(lora_run):
+    summary, capture = lora_run
+    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    assert torch.equal(probe_logits(model), capture.logits)
+
+
+def test_merge_matches_adapter(lora_run):
+    summary, capture = lora_run
+    result = api.merge(summary["run_dir"])
+    assert result["max_abs_logit_difference"] < 1e-4
+    merged = AutoModelForCausalLM.from_pretrained(result["output"])
+    assert (probe_logits(merged) - capture.logits).abs().max().item() < 1e-4
+    with pytest.raises(Exception, match="already exists"):
+        api.merge(summary["run_dir"])
+
+
+def test_generate_uses_the_run(lora_run):
+    summary, _ = lora_run
+    answers = api.generate(summary["run_dir"], ["the cat sat", "dogs ran"], max_new_tokens=5)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_resume_continues_step_count_and_loss_curve(make_config):
+    raw = make_config(rows=40, train={"max_steps": 8, "eval_steps": 2, "save_steps": 4})
+    raw["data"]["validation_ratio"] = 0.2
+    uninterrupted = api.train(config_from_dict(raw, overrides=["output.name=whole"]))
+    stopped = api.train(config_from_dict(raw, overrides=["output.name=split"]), callbacks=[StopAt(4)])
+    assert stopped["status"] == "stopped" and stopped["global_step"] == 4
+    resumed = api.train(config_from_dict(raw, overrides=["output.name=split"]), resume=True)
+    assert resumed["run_dir"] == stopped["run_dir"] and resumed["global_step"] == 8
+    whole = {m["step"]: m["loss"] for m in RunFolder(Path(uninterrupted["run_dir"])).read_metrics() if "loss" in m}
+    split = {m["step"]: m["loss"] for m in RunFolder(Path(resumed["run_dir"])).read_metrics() if "loss" in m}
+    assert sorted(split) == list(range(1, 9))
+    for step in range(1, 9):
+        assert split[step] == pytest.approx(whole[step], abs=1e-5), step
+
+
+def test_a_new_run_never_reuses_a_folder(make_config):
+    raw = make_config(rows=12, train={"max_steps": 1}, eval={"samples": 0, "before_training": False})
+    first = api.train(config_from_dict(raw, overrides=["output.name=same"]))
+    second = api.train(config_from_dict(raw, overrides=["output.name=same"]))
+    assert Path(first["run_dir"]).name == "same" and Path(second["run_dir"]).name == "same-2"
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("full", {}), ("freeze", {"freeze": {"last_n": 1}}), ("dora", {})],
+)
+def test_other_methods_train_and_count_parameters(make_config, method, extra):
+    raw = make_config(rows=16, train={"max_steps": 2}, eval={"samples": 0, "before_training": False})
+    raw["method"] = {"name": method, **extra}
+    summary = api.train(config_from_dict(raw))
+    parameters = summary["parameters"]
+    if method == "full":
+        assert parameters["trainable"] == parameters["total"]
+    else:
+        assert 0 < parameters["trainable"] < parameters["total"]
+    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    assert probe_logits(model).shape[-1] > 0
+    if method == "dora":
+        assert json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())["use_dora"] is True
