@@ -17,8 +17,42 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-WORDS = ("the cat sat on a mat while dogs ran to the park and birds sang songs about rain sun wind "
-         "write headline news article market shares rose fell team won lost match election vote").split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "to",
+    "the",
+    "park",
+    "and",
+    "birds",
+    "sang",
+    "songs",
+    "about",
+    "rain",
+    "sun",
+    "wind",
+    "write",
+    "headline",
+    "news",
+    "article",
+    "market",
+    "shares",
+    "rose",
+    "fell",
+    "team",
+    "won",
+    "lost",
+    "match",
+    "election",
+    "vote",
+]
 
 
 def build_tokenizer():
@@ -33,10 +67,14 @@ def build_tokenizer():
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + ["### Instruction:\n### Response:\n"]
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + [
+        "### Instruction:\n### Response:\n"
+    ]
     backend.train_from_iterator(corpus, trainer)
     # pad == eos on purpose, as in SmolLM2: the collator must still keep the real EOS in the labels.
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>"
+    )
     tokenizer.chat_template = CHATML
     return tokenizer
 
@@ -85,7 +123,12 @@ def prompt_response_rows(count: int, seed: int = 0) -> list[dict]:
     rows = []
     for index in range(count):
         prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
-        rows.append({"prompt": f"{prompt} {index}", "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))})
+        rows.append(
+            {
+                "prompt": f"{prompt} {index}",
+                "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))),
+            }
+        )
     return rows
 
 
@@ -104,8 +147,15 @@ def make_config(tmp_path, tiny_model):
             "model": {"name": str(tiny_model)},
             "data": {"train_file": str(data_file), "validation_ratio": 0.2, "max_length": 128},
             "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
-            "train": {"batch_size": 4, "max_steps": 6, "learning_rate": 1e-2, "precision": "fp32",
-                      "logging_steps": 1, "eval_steps": 3, "warmup": 0},
+            "train": {
+                "batch_size": 4,
+                "max_steps": 6,
+                "learning_rate": 1e-2,
+                "precision": "fp32",
+                "logging_steps": 1,
+                "eval_steps": 3,
+                "warmup": 0,
+            },
             "eval": {"samples": 2, "max_new_tokens": 8},
             "output": {"dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
         }

@@ -22,7 +22,9 @@ def with_section(section: str, **values) -> dict:
 
 
 def test_unknown_key_names_path_and_suggests_spelling():
-    assert problems(with_section("train", learnig_rate=1e-4)) == ["train.learnig_rate: unknown key; did you mean 'learning_rate'?"]
+    assert problems(with_section("train", learnig_rate=1e-4)) == [
+        "train.learnig_rate: unknown key; did you mean 'learning_rate'?"
+    ]
 
 
 def test_unknown_section_lists_known_keys():
@@ -35,7 +37,11 @@ def test_unknown_section_lists_known_keys():
     [
         ("method", {"lora": {"r": 0}}, "method.lora.r: input should be greater than 0 (got 0)"),
         ("train", {"learning_rate": -1}, "train.learning_rate: input should be greater than 0 (got -1)"),
-        ("train", {"batch_size": "four"}, "train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'four')"),
+        (
+            "train",
+            {"batch_size": "four"},
+            "train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'four')",
+        ),
         ("data", {"on_error": "ignore"}, "data.on_error: input should be 'stop' or 'skip' (got 'ignore')"),
         ("data", {"validation_ratio": 1.5}, "data.validation_ratio: input should be less than 1 (got 1.5)"),
     ],
@@ -56,7 +62,9 @@ def test_all_problems_reported_together():
 def test_set_overrides_are_typed_and_validated(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(BASE))
-    cfg = load_config(path, ["train.learning_rate=1e-4", "method.lora.target_modules=[q_proj, v_proj]", "data.packing=true"])
+    cfg = load_config(
+        path, ["train.learning_rate=1e-4", "method.lora.target_modules=[q_proj, v_proj]", "data.packing=true"]
+    )
     assert cfg.train.learning_rate == 1e-4
     assert cfg.method.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.data.packing is True

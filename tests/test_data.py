@@ -84,13 +84,18 @@ def test_format_is_detected(tmp_path, row, fmt):
 
 def test_unknown_shape_names_fields_and_fix(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
-    with pytest.raises(TunesmithError, match=r"d\.jsonl:1: cannot tell the data format from the fields \['answer', 'question'\]; set data.format"):
+    with pytest.raises(
+        TunesmithError,
+        match=r"d\.jsonl:1: cannot tell the data format from the fields \['answer', 'question'\]; set data.format",
+    ):
         check_data(DataConfig(train_file=str(path)))
 
 
 def test_duplicates_removed_and_counted(tmp_path):
     rows = prompt_response_rows(5) + prompt_response_rows(2)
-    checked = check_data(DataConfig(train_file=str(write_jsonl(tmp_path / "d.jsonl", rows)), validation_ratio=0))
+    checked = check_data(
+        DataConfig(train_file=str(write_jsonl(tmp_path / "d.jsonl", rows)), validation_ratio=0)
+    )
     assert len(checked.train) == 5
     assert checked.report["duplicates_removed"] == 2
 
@@ -98,7 +103,10 @@ def test_duplicates_removed_and_counted(tmp_path):
 def test_prompt_tokens_and_padding_are_masked_and_eos_is_kept(tokenizer):
     renderer = Renderer(tokenizer, "chat")
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the trap: pad == eos
-    conversations = [(("user", "the cat sat"), ("assistant", "on a mat")), (("user", "dogs ran to the park and birds sang"), ("assistant", "rain"))]
+    conversations = [
+        (("user", "the cat sat"), ("assistant", "on a mat")),
+        (("user", "dogs ran to the park and birds sang"), ("assistant", "rain")),
+    ]
     from tunesmith.data.validate import Example
 
     encoded = [encode(Example("x", c), renderer, "response") for c in conversations]
@@ -110,7 +118,9 @@ def test_prompt_tokens_and_padding_are_masked_and_eos_is_kept(tokenizer):
         assert (labels[:prompt_length] == IGNORE).all()
         assert torch.equal(labels[prompt_length:length], ids[prompt_length:length])
         assert (labels[length:] == IGNORE).all()
-        assert (batch["attention_mask"][row, :length] == 1).all() and (batch["attention_mask"][row, length:] == 0).all()
+        assert (batch["attention_mask"][row, :length] == 1).all() and (
+            batch["attention_mask"][row, length:] == 0
+        ).all()
         assert tokenizer.eos_token_id in labels[prompt_length:length].tolist()
         # Training sees exactly the tokens that generation will be given as a prompt.
         assert ids[:prompt_length].tolist() == renderer.encode_prompt(conversation[:-1])

@@ -50,7 +50,15 @@ def lora_run(tmp_path_factory, tiny_model):
         "model": {"name": str(tiny_model)},
         "data": {"train_file": str(data), "validation_ratio": 0.2, "max_length": 128},
         "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
-        "train": {"batch_size": 4, "max_steps": 6, "learning_rate": 1e-2, "precision": "fp32", "logging_steps": 1, "eval_steps": 3, "warmup": 0},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 6,
+            "learning_rate": 1e-2,
+            "precision": "fp32",
+            "logging_steps": 1,
+            "eval_steps": 3,
+            "warmup": 0,
+        },
         "eval": {"samples": 2, "max_new_tokens": 8},
         "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
     }
@@ -62,7 +70,14 @@ def lora_run(tmp_path_factory, tiny_model):
 def test_run_folder_explains_itself(lora_run):
     summary, _ = lora_run
     run = Path(summary["run_dir"])
-    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "run.json", "samples.jsonl", "model/adapter_config.json"):
+    for name in (
+        "config.yaml",
+        "data_report.json",
+        "metrics.jsonl",
+        "run.json",
+        "samples.jsonl",
+        "model/adapter_config.json",
+    ):
         assert (run / name).exists(), name
     assert summary["status"] == "finished" and summary["global_step"] == 6
     assert summary["parameters"]["trainable"] < summary["parameters"]["total"]
@@ -108,7 +123,9 @@ def test_resume_continues_step_count_and_loss_curve(make_config):
     assert stopped["status"] == "stopped" and stopped["global_step"] == 4
     resumed = api.train(config_from_dict(raw, overrides=["output.name=split"]), resume=True)
     assert resumed["run_dir"] == stopped["run_dir"] and resumed["global_step"] == 8
-    whole = {m["step"]: m["loss"] for m in RunFolder(Path(uninterrupted["run_dir"])).read_metrics() if "loss" in m}
+    whole = {
+        m["step"]: m["loss"] for m in RunFolder(Path(uninterrupted["run_dir"])).read_metrics() if "loss" in m
+    }
     split = {m["step"]: m["loss"] for m in RunFolder(Path(resumed["run_dir"])).read_metrics() if "loss" in m}
     assert sorted(split) == list(range(1, 9))
     for step in range(1, 9):
@@ -138,4 +155,7 @@ def test_other_methods_train_and_count_parameters(make_config, method, extra):
     model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
     assert probe_logits(model).shape[-1] > 0
     if method == "dora":
-        assert json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())["use_dora"] is True
+        assert (
+            json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())["use_dora"]
+            is True
+        )

@@ -95,7 +95,7 @@ def quickstart_config(folder: Path) -> dict:
     }
 
 
-def prepare(folder: str | Path = "quickstart", train: int = 200, validation: int = 30) -> Path:
+def prepare(folder: str | Path = "quickstart", train: int = 160, validation: int = 20) -> Path:
     """Write the data and config (keeping any config the user already edited); return the config path."""
     folder = Path(folder)
     train_rows, validation_rows = headline_examples(train, validation)

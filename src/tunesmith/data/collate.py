@@ -54,7 +54,8 @@ class PackedCollator(PadCollator):
             length = len(feature["input_ids"])
             input_ids[row, :length] = torch.tensor(feature["input_ids"])
             labels[row, :length] = torch.tensor(feature["labels"])
-            position_ids[row, :length] = torch.tensor(feature["position_ids"])
+            if "position_ids" in feature:  # evaluation rows are not packed: they keep plain positions
+                position_ids[row, :length] = torch.tensor(feature["position_ids"])
             position_ids[row, length:] = torch.arange(width - length)
             self.real_tokens += length
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}

@@ -158,7 +158,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": _peak_memory_mb(),
     }
     if validation_rows:
-        after = trainer.evaluate()
+        after = _evaluation_at(trainer, trainer.state.global_step) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
         print(
             f"validation loss after training: {after['eval_loss']:.4f}"
@@ -188,6 +188,16 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
                 handle.write(json.dumps(record) + "\n")
     result["wall_seconds"] = round(time.time() - started, 1)
     return run.update_summary(**result) | {"run_dir": str(run.path)}
+
+
+def _evaluation_at(trainer, step: int) -> dict | None:
+    """The evaluation already logged at `step` when the final weights are those of that step (saves a pass)."""
+    state = trainer.state
+    best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
+    wanted = best_step if best_step is not None else step
+    return next(
+        (log for log in reversed(state.log_history) if "eval_loss" in log and log.get("step") == wanted), None
+    )
 
 
 def _peak_memory_mb() -> float:

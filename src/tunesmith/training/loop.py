@@ -60,6 +60,7 @@ def training_arguments(
         greater_is_better=greater if has_validation else None,
         report_to=list(t.report_to) or "none",
         remove_unused_columns=False,
+        prediction_loss_only=True,  # never gather vocabulary-sized logits for a whole eval set: loss per batch
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not _cuda(),
@@ -137,7 +138,8 @@ def fit(trainer: Trainer, resume_from: str | None):
             stopper.uninstall()
     state = trainer.state
     early_stopped = any(
-        isinstance(c, EarlyStoppingCallback) and c.early_stopping_patience_counter >= c.early_stopping_patience
+        isinstance(c, EarlyStoppingCallback)
+        and c.early_stopping_patience_counter >= c.early_stopping_patience
         for c in trainer.callback_handler.callbacks
     )
     interrupted = stopper.requested or (state.global_step < state.max_steps and not early_stopped)

@@ -1,0 +1,65 @@
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pack
+from tunesmith.data.prepare import encode
+from tunesmith.data.templates import Renderer
+from tunesmith.data.validate import Example
+
+CONVERSATIONS = [
+    (("user", "the cat sat on"), ("assistant", "a mat")),
+    (("user", "dogs ran to the park and birds sang songs"), ("assistant", "about rain and sun")),
+    (("user", "write headline"), ("assistant", "market shares rose")),
+    (("user", "team won"), ("assistant", "the match")),
+]
+
+
+def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position loss of predicting labels[t] from position t-1, and the target labels."""
+    with torch.no_grad():
+        # use_cache=False as in training: with a KV cache transformers skips the packed (block-diagonal) mask
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    targets = batch["labels"][:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+    )
+    return losses, targets
+
+
+def test_packed_loss_per_example_equals_unpacked(tiny_model, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    renderer = Renderer(tokenizer, "chat")
+    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+
+    unpacked = []
+    for item in items:
+        losses, _ = token_losses(model, PadCollator(tokenizer.pad_token_id)([item]))
+        unpacked.append(losses.sum().item())
+
+    rows = pack(items, max_length=512)
+    assert len(rows) == 1  # all four fit in one row, so they would attend to each other without the mask
+    losses, targets = token_losses(model, PackedCollator(tokenizer.pad_token_id)(rows))
+    positions = rows[0]["position_ids"]
+    starts = [index for index, position in enumerate(positions) if position == 0] + [len(positions)]
+    packed = []
+    for start, end in zip(starts[:-1], starts[1:], strict=True):
+        # targets at t come from labels[t+1]: example tokens start..end-1 are targets start-1..end-2
+        packed.append(losses[0, start : end - 1].sum().item())
+        assert targets[0, start - 1].item() == IGNORE if start > 0 else True  # no loss across the boundary
+    order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
+    for slot, index in enumerate(order):
+        assert abs(packed[slot] - unpacked[index]) < 1e-4, (slot, packed[slot], unpacked[index])
+
+
+def test_padded_batch_rows_do_not_change_packed_losses(tiny_model, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    renderer = Renderer(tokenizer, "chat")
+    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+    rows = pack(items, max_length=40)
+    assert len(rows) > 1
+    collator = PackedCollator(tokenizer.pad_token_id)
+    together, _ = token_losses(model, collator(rows))
+    for index, row in enumerate(rows):
+        alone, _ = token_losses(model, collator([row]))
+        width = len(row["input_ids"]) - 1
+        assert torch.allclose(together[index, :width], alone[0, :width], atol=1e-5)
