@@ -87,6 +87,9 @@ class TrainConfig(Section):
     metric: str = "eval_loss"
     greater_is_better: bool | None = None
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    sparse_lm_head: bool = Field(
+        True, description="LM head and loss only at supervised positions (same loss, faster)"
+    )
     num_threads: int | None = Field(None, gt=0)
 
 
@@ -327,6 +330,7 @@ train:
   early_stopping_patience: null      # stop after N evaluations without improvement
   metric: eval_loss
   report_to: []                      # any of tensorboard, wandb, mlflow; metrics.jsonl is always written
+  sparse_lm_head: true               # LM head + loss only where answers are supervised: same loss, less compute
 
 eval:
   before_training: true              # validation loss of the untouched model, for comparison

@@ -6,11 +6,12 @@ import math
 import os
 import threading
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from tunesmith.config import Config
-from tunesmith.data.collate import PackedCollator, PadCollator
+from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator
 from tunesmith.errors import TunesmithError
 from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
 from tunesmith.training.run_folder import RunFolder
@@ -21,6 +22,37 @@ def planned_steps(cfg: Config, train_rows: int) -> int:
         return cfg.train.max_steps
     steps_per_epoch = max(1, math.ceil(train_rows / cfg.train.batch_size) // cfg.train.grad_accum)
     return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+
+class CausalLMTrainer(Trainer):
+    """Trainer that runs the LM head and loss only where the next token is supervised (train.sparse_lm_head).
+
+    With the prompt masked, most positions never reach the loss, yet the plain path projects every one onto
+    the whole vocabulary (49k columns for SmolLM2). The loss is the same sum over supervised tokens divided by
+    the same count, so results match the plain path; bench/ measures the time saved.
+    """
+
+    sparse_lm_head = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.sparse_lm_head or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[:, 1:]  # the token at t+1 is predicted at position t
+        keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        picked = targets[:, keep]
+        logits = outputs.logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else picked.ne(IGNORE).sum()
+        loss = loss / count
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = (
+                loss * self.accelerator.num_processes
+            )  # as the default path: gradients are averaged across ranks
+        return (loss, outputs) if return_outputs else loss
 
 
 def training_arguments(
@@ -80,8 +112,6 @@ def _point_trackers_at(run: RunFolder, cfg: Config) -> None:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -110,7 +140,7 @@ def build_trainer(
     model.config.use_cache = (
         False  # a KV cache is useless in training and would disable packed attention masks
     )
-    trainer = Trainer(
+    trainer = CausalLMTrainer(
         model=model,
         args=args,
         data_collator=collator,
@@ -119,6 +149,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.sparse_lm_head = cfg.train.sparse_lm_head
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer, counter

@@ -1,0 +1,49 @@
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from tunesmith.data.collate import PadCollator
+from tunesmith.data.prepare import encode
+from tunesmith.data.templates import Renderer
+from tunesmith.data.validate import Example
+from tunesmith.training.loop import CausalLMTrainer
+
+CONVERSATIONS = [
+    (("user", "the cat sat on"), ("assistant", "a mat")),
+    (("user", "dogs ran to the park and birds sang songs"), ("assistant", "about rain and sun")),
+    (("user", "write headline"), ("assistant", "market shares rose fell")),
+]
+
+
+def loss_and_grads(trainer, model, batch, sparse: bool, num_items):
+    trainer.sparse_lm_head = sparse
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def test_sparse_lm_head_matches_plain_loss_and_gradients(tmp_path, tiny_model, tokenizer):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # non-zero B so the adapter path carries gradient everywhere
+            torch.nn.init.normal_(parameter, std=0.02)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = CausalLMTrainer(model=model, args=args)
+    renderer = Renderer(tokenizer, "chat")
+    batch = PadCollator(tokenizer.pad_token_id)(
+        [encode(Example("x", c), renderer, "response") for c in CONVERSATIONS]
+    )
+    num_items = batch["labels"][:, 1:].ne(-100).sum()
+    plain_loss, plain_grads = loss_and_grads(trainer, model, batch, sparse=False, num_items=num_items)
+    sparse_loss, sparse_grads = loss_and_grads(trainer, model, batch, sparse=True, num_items=num_items)
+    assert abs(plain_loss.item() - sparse_loss.item()) < 1e-6
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, sparse_grads[name], atol=1e-6, rtol=1e-4), name
+    # without num_items (evaluation) both paths give the mean over supervised tokens
+    trainer.sparse_lm_head = True
+    with torch.no_grad():
+        assert abs(trainer.compute_loss(model, dict(batch)).item() - plain_loss.item()) < 1e-6
