@@ -76,7 +76,11 @@ def test_plain_text_and_packing_train(tmp_path, make_config):
     )
 
 
-def test_tensorboard_tracking_writes_into_the_run(make_config):
-    raw = make_config(train={**QUICK, "report_to": ["tensorboard"]}, eval=NO_EVAL)
-    summary = api.train(config_from_dict(raw))
-    assert list((Path(summary["run_dir"]) / "tracking" / "tensorboard").glob("events.out.tfevents.*"))
+def test_trackers_write_into_the_run_offline(make_config, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    raw = make_config(train={**QUICK, "report_to": ["tensorboard", "wandb", "mlflow"]}, eval=NO_EVAL)
+    run = Path(api.train(config_from_dict(raw))["run_dir"]) / "tracking"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*"))  # W&B offline: no network needed
+    assert list((run / "mlruns").glob("*/*/metrics/train_loss"))

@@ -44,3 +44,34 @@ def test_qlora_without_bitsandbytes_names_the_reason(monkeypatch):
 
 def test_trust_remote_code_is_off_by_default():
     assert ModelConfig(name="x").trust_remote_code is False
+
+
+def test_qlora_trains_a_4bit_base_on_cpu(tmp_path):
+    """bitsandbytes runs 4-bit layers on this CPU (see RESOURCES.md), so QLoRA is tested for real."""
+    pytest.importorskip("bitsandbytes")
+    from conftest import build_model_folder, prompt_response_rows, write_jsonl
+    from tunesmith import api
+    from tunesmith.config import config_from_dict
+    from tunesmith.tasks.causal_lm import load_run_model
+    from tunesmith.training.run_folder import RunFolder
+
+    model_dir = build_model_folder(tmp_path / "m", hidden=64)  # 4-bit blocks need wider layers than 32
+    data = write_jsonl(tmp_path / "t.jsonl", prompt_response_rows(20))
+    raw = {
+        "model": {"name": str(model_dir)},
+        "data": {"train_file": str(data), "validation_ratio": 0.2},
+        "method": {"name": "qlora", "lora": {"r": 4}},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 3,
+            "precision": "fp32",
+            "eval_steps": 3,
+            "learning_rate": 1e-2,
+        },
+        "eval": {"samples": 0},
+        "output": {"dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
+    }
+    summary = api.train(config_from_dict(raw))
+    assert summary["validation_loss_after"] < summary["validation_loss_before"]
+    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())

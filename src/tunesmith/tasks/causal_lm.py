@@ -224,7 +224,8 @@ def load_run_model(run: RunFolder):
         base_path = summary.get("base_model_path")
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
-        base = load_model(base_path, cfg.model)
+        # The adapter is applied to the base as it was trained on (4-bit for QLoRA), so answers match training.
+        base = load_model(base_path, cfg.model, get_method(cfg.method.name).quantization_config(cfg.method))
         model = PeftModel.from_pretrained(base, str(run.model_dir))
     else:
         model = load_model(str(run.model_dir), cfg.model)

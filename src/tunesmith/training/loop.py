@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
@@ -99,16 +100,33 @@ def training_arguments(
     )
 
 
+_ENV_WE_SET: dict[str, str] = {}
+
+
+def _set_env(name: str, value: str) -> None:
+    """Set a tracker variable unless the user set it themselves (ours from an earlier run are replaced)."""
+    current = os.environ.get(name)
+    if current is None or _ENV_WE_SET.get(name) == current:
+        os.environ[name] = _ENV_WE_SET[name] = value
+
+
 def _point_trackers_at(run: RunFolder, cfg: Config) -> None:
     """Keep tracker files inside the run folder; W&B runs offline unless the user chose otherwise."""
     tracking = run.path / "tracking"
+    for tracker in cfg.train.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise TunesmithError(
+                f"train.report_to: {tracker} is not installed; `pip install {tracker}` or remove it from report_to"
+            )
     if "tensorboard" in cfg.train.report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracking / "tensorboard")
+        _set_env("TENSORBOARD_LOGGING_DIR", str(tracking / "tensorboard"))
     if "wandb" in cfg.train.report_to:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(tracking))
+        _set_env("WANDB_MODE", "offline")
+        _set_env("WANDB_DIR", str(tracking))
     if "mlflow" in cfg.train.report_to:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (tracking / "mlruns").as_uri())
+        # A local file store needs no server; mlflow 3 asks for an explicit opt-in to it.
+        _set_env("MLFLOW_TRACKING_URI", (tracking / "mlruns").as_uri())
+        _set_env("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def _cuda() -> bool:
