@@ -12,6 +12,7 @@ from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks import causal_lm
+from tunesmith.training import distributed
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -36,10 +37,27 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
 
 
 def train(
-    config: Config | str | Path, overrides: list[str] | None = None, resume: bool = False, callbacks=()
+    config: Config | str | Path,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    callbacks=(),
+    nproc: int = 1,
 ) -> dict:
-    """Fine-tune as the config says; returns the run summary (also in RUN/run.json)."""
+    """Fine-tune as the config says; returns the run summary (also in RUN/run.json).
+
+    nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun.
+    """
     cfg, name = _config(config, overrides)
+    if nproc > 1 and distributed.world_size() == 1:
+        checked = _check_rows(cfg.data)  # fail fast, before starting any worker
+        if checked.problems and cfg.data.on_error == "stop":
+            raise causal_lm.bad_rows_error(checked)
+        distributed.per_device_batch_for(cfg.train.batch_size, nproc)
+        run = RunFolder.for_training(cfg, name, resume)
+        if not resume:
+            run.save_config(cfg)
+        distributed.launch(str(run.config_file), str(run.path), nproc, resume)
+        return run.read_summary() | {"run_dir": str(run.path)}
     return causal_lm.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
 

@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the latest run of this config from its last checkpoint",
     )
 
+    train.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes on this machine (gloo on CPU)"
+    )
+    train.add_argument(
+        "--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded with weights_only=True)"
+    )
     data = verbs.add_parser("data", help="data tools")
     data_verbs = data.add_subparsers(dest="data_verb", required=True)
     check = data_verbs.add_parser(
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             print(text, end="")
         return 0
     if args.verb == "train":
-        summary = api.train(args.config, args.overrides, resume=args.resume)
+        overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
+        summary = api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
         print(f"run: {summary['run_dir']} ({summary['status']})")
         return 0
     if args.verb == "data":

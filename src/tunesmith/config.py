@@ -21,6 +21,7 @@ class ModelConfig(Section):
     gguf_file: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # .bin/.pt weights can run code when unpickled: refused unless set
     revision: str | None = None
     attn_implementation: str | None = "sdpa"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,10 +190,13 @@ def _save(path: Path, splits: dict[str, list[dict]], meta: dict) -> None:
             np.int64
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
+    # Unique temporary names (ranks may write the same key at once); the .npz lands last, as the commit.
+    meta_temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.json")
+    meta_temporary.write_text(json.dumps(meta))
+    meta_temporary.replace(path.with_suffix(".json"))
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(temporary, **arrays)
     temporary.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta))
 
 
 def _load(path: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict]:

@@ -66,6 +66,22 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+
+
+def refuse_pickle_only(folder: Path, allow_pickle: bool) -> None:
+    """Weights must come from safetensors; pickle files can execute code when loaded."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or allow_pickle:
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise TunesmithError(
+            f"model.name: {folder} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+            "convert them to safetensors, or pass --allow-pickle (model.allow_pickle: true) to load them with "
+            "torch.load(weights_only=True)"
+        )
+
+
 def resolve_model(cfg: ModelConfig, cache_dir: Path) -> str:
     """A local folder path (possibly a converted GGUF) or a hub id to pass to from_pretrained."""
     gguf = _gguf_file(cfg)
@@ -73,6 +89,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: Path) -> str:
         return str(convert_gguf(gguf, cache_dir))
     path = Path(cfg.name).expanduser()
     if path.exists():
+        refuse_pickle_only(path, cfg.allow_pickle)
         if not (path / "config.json").exists():
             raise TunesmithError(
                 f"model.name: {path} is not a Hugging Face model folder (no config.json) and holds no .gguf file"
@@ -115,6 +132,8 @@ def load_model(path: str, cfg: ModelConfig, quantization_config=None):
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
     }
+    # transformers reads .bin files with torch.load(weights_only=True); without allow_pickle only safetensors load
+    kwargs["use_safetensors"] = None if cfg.allow_pickle else True
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if quantization_config is not None:

@@ -10,12 +10,15 @@ import torch
 from transformers import set_seed
 
 from tunesmith.config import Config
+from tunesmith.data.collate import pack
 from tunesmith.data.prepare import check_data, tokenize_data
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.training.checkpoints import latest_valid
+from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import build_trainer, fit
 from tunesmith.training.run_folder import RunFolder
@@ -38,21 +41,43 @@ def print_data_summary(report: dict) -> None:
         f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report.get('duplicates_removed', 0)} duplicates removed; "
         f"{report['train_examples']} train / {report['validation_examples']} validation ({report['format']} format)"
     )
-    print(line)
+    say(line)
     for split in ("train", "validation"):
         over = report.get("over_max_length", {}).get(split)
         if over and over["count"]:
-            print(
+            say(
                 f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were {over['action']}ped"
                 if over["action"] == "drop"
                 else f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were truncated"
             )
     eos = report.get("eos_in_labels")
     if eos and eos["count"] < eos["of"]:
-        print(
+        say(
             f"data: warning: only {eos['count']} of {eos['of']} examples have an end-of-answer token in their labels; "
             "the tuned model may not learn to stop"
         )
+
+
+def resume_point(run: RunFolder) -> str:
+    """The newest checkpoint that passes its manifest; the metrics log is cut back to its step."""
+    checkpoint, skipped = latest_valid(run.checkpoints)
+    for line in skipped:
+        say(f"resume: {line}")
+    if checkpoint is None:
+        raise TunesmithError(
+            f"--resume: {run.path} has no complete checkpoint; start the run again without --resume"
+        )
+    step = int(checkpoint.name.split("-")[-1])
+    dropped = run.truncate_metrics_after(step)
+    say(
+        f"resuming from {checkpoint.name}: weights, optimizer, LR schedule, RNG states and data position at step {step}"
+        + (
+            f" ({dropped} metric lines logged after it were dropped, they will be logged again)"
+            if dropped
+            else ""
+        )
+    )
+    return str(checkpoint)
 
 
 def sample_conversations(validation_examples, count: int):
@@ -66,7 +91,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if checked.problems and cfg.data.on_error == "stop":
         raise bad_rows_error(checked)
     run = RunFolder.for_training(cfg, default_name, resume)
-    print(f"run folder: {run.path}")
+    say(f"run folder: {run.path}")
     run.save_config(cfg)
     cache_dir = default_cache_dir(cfg.output.cache_dir)
 
@@ -79,35 +104,24 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     print_data_summary(report)
     train_rows, validation_rows = data["train"], data["validation"]
     if cfg.data.packing:
-        from tunesmith.data.collate import pack
-
-        before = len(train_rows)
-        train_rows = pack(train_rows, cfg.data.max_length)
-        print(
-            f"data: packed {before} examples into {len(train_rows)} rows of up to {cfg.data.max_length} tokens"
+        packed = pack(train_rows, cfg.data.max_length)
+        say(
+            f"data: packed {len(train_rows)} examples into {len(packed)} rows of up to {cfg.data.max_length} tokens"
         )
+        train_rows = packed
 
     method = get_method(cfg.method.name)
     set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
-    model = load_model(model_path, cfg.model, method.quantization_config(cfg.method))
-    model = method.apply(model, cfg.method)
+    model = method.apply(
+        load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
+    )
     parameters = count_parameters(model)
-    print(
+    say(
         f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
     precision = pick_precision(cfg.train.precision)
-    resume_from = None
-    if resume:
-        checkpoint = run.latest_checkpoint()
-        if checkpoint is None:
-            raise TunesmithError(
-                f"--resume: {run.path} has no checkpoint yet; start the run again without --resume"
-            )
-        resume_from = str(checkpoint)
-        print(
-            f"resuming from {checkpoint.name} (step {checkpoint.name.split('-')[-1]}): weights, optimizer, LR schedule, RNG and data position"
-        )
+    resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
         cfg, run, model, tokenizer, train_rows, validation_rows, precision, callbacks
@@ -121,31 +135,34 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         is_adapter=method.is_adapter,
         parameters=parameters,
         precision=precision,
+        processes=world_size(),
         template=renderer.kind,
         stop_token_ids=renderer.stop_token_ids(),
         hardware=describe_hardware(),
         versions=library_versions(),
     )
-    samples = sample_conversations(checked.validation, cfg.eval.samples)
+    samples = sample_conversations(checked.validation, cfg.eval.samples) if is_main() else []
     if not resume:
         if validation_rows and cfg.eval.before_training:
             before = trainer.evaluate()
             summary = run.update_summary(validation_loss_before=before["eval_loss"])
-            print(f"validation loss before training: {before['eval_loss']:.4f}")
+            say(f"validation loss before training: {before['eval_loss']:.4f}")
         if samples:
-            base_outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-            run.write_json(run.path / "samples_base.json", {"outputs": base_outputs})
+            outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
+            run.write_json(run.path / "samples_base.json", {"outputs": outputs})
 
     train_started = time.time()
     output, stopped = fit(trainer, resume_from)
     train_seconds = time.time() - train_started
     if stopped:
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        print(f"stopped at step {trainer.state.global_step}; continue with --resume")
-        return run.read_summary() | {"run_dir": str(run.path)}
+        say(f"stopped at step {trainer.state.global_step}; continue with --resume")
+        return run.update_summary(status="stopped", global_step=trainer.state.global_step) | {
+            "run_dir": str(run.path)
+        }
 
     trainer.save_model(str(run.model_dir))
-    tokenizer.save_pretrained(str(run.model_dir))
+    if is_main():
+        tokenizer.save_pretrained(str(run.model_dir))
     result = {
         "status": "finished",
         "global_step": trainer.state.global_step,
@@ -160,34 +177,35 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if validation_rows:
         after = _evaluation_at(trainer, trainer.state.global_step) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
-        print(
+        before = summary.get("validation_loss_before")
+        say(
             f"validation loss after training: {after['eval_loss']:.4f}"
-            + (
-                f" (before: {summary['validation_loss_before']:.4f})"
-                if "validation_loss_before" in summary
-                else ""
-            )
+            + (f" (before: {before:.4f})" if before else "")
         )
     if samples:
-        tuned = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        base_file = run.path / "samples_base.json"
-        base_outputs = (
-            json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(samples)
+        write_samples(
+            run, samples, generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
         )
-        with run.samples.open("w", encoding="utf-8") as handle:
-            for (where, messages, reference), base, tuned_output in zip(
-                samples, base_outputs, tuned, strict=True
-            ):
-                record = {
-                    "where": where,
-                    "prompt": messages[-1][1],
-                    "reference": reference,
-                    "base": base,
-                    "tuned": tuned_output,
-                }
-                handle.write(json.dumps(record) + "\n")
     result["wall_seconds"] = round(time.time() - started, 1)
     return run.update_summary(**result) | {"run_dir": str(run.path)}
+
+
+def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
+    """samples.jsonl: each held-out prompt with its reference, the base model's answer and the tuned one's."""
+    base_file = run.path / "samples_base.json"
+    base_outputs = (
+        json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(samples)
+    )
+    with run.samples.open("w", encoding="utf-8") as handle:
+        for (where, messages, reference), base, answer in zip(samples, base_outputs, tuned, strict=True):
+            record = {
+                "where": where,
+                "prompt": messages[-1][1],
+                "reference": reference,
+                "base": base,
+                "tuned": answer,
+            }
+            handle.write(json.dumps(record) + "\n")
 
 
 def _evaluation_at(trainer, step: int) -> dict | None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import threading
+from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from tunesmith.config import Config
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator
 from tunesmith.errors import TunesmithError
 from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
+from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
+from tunesmith.training.distributed import per_device_batch
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -55,6 +60,37 @@ class CausalLMTrainer(Trainer):
             )  # as the default path: gradients are averaged across ranks
         return (loss, outputs) if return_outputs else loss
 
+    def _save_checkpoint(self, model, trial):
+        """Stage the checkpoint in checkpoints/.partial, checksum it, then rename it into place."""
+        root = Path(self.args.output_dir)
+        staging = root / STAGING
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = str(root)
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            fault_point("before_checkpoint_commit", self.state.global_step)
+            write_manifest(staging / name, self.state.global_step)
+            shutil.rmtree(root / name, ignore_errors=True)  # a re-save of the same step (after a resume)
+            os.replace(staging / name, root / name)
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == staging:
+                self.state.best_model_checkpoint = str(root / Path(best).name)
+            rotate_checkpoints(
+                str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        fault_point("during_checkpoint_write", self.state.global_step)  # model written, optimizer not yet
+        super()._save_optimizer_and_scheduler(output_dir)
+
 
 def training_arguments(
     cfg: Config, run: RunFolder, train_rows: int, has_validation: bool, precision: str
@@ -67,7 +103,7 @@ def training_arguments(
     greater = t.greater_is_better if t.greater_is_better is not None else not metric.endswith("loss")
     return TrainingArguments(
         output_dir=str(run.checkpoints),
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=per_device_batch(t.batch_size),
         per_device_eval_batch_size=cfg.eval.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=t.epochs,

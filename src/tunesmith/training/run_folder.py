@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tunesmith.config import Config, dump_config, load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.training.distributed import RUN_DIR_ENV, is_main
 
 
 class RunFolder:
@@ -24,6 +26,9 @@ class RunFolder:
     @classmethod
     def for_training(cls, config: Config, default_name: str, resume: bool) -> RunFolder:
         """A new folder (name, name-2, name-3, ...: an earlier run is never reused), or with resume the latest."""
+        launched = os.environ.get(RUN_DIR_ENV)
+        if launched:  # a rank started by `--nproc`: the launcher already chose the folder
+            return cls(Path(launched))
         root = Path(config.output.dir)
         name = config.output.name or default_name
         candidates = [root / name] + [root / f"{name}-{n}" for n in range(2, 10_000)]
@@ -52,10 +57,14 @@ class RunFolder:
     def load_config(self) -> Config:
         return load_config(self.config_file)
 
+    # Only rank 0 writes the run folder; other ranks' writes are no-ops.
     def save_config(self, config: Config) -> None:
-        dump_config(config, self.config_file)
+        if is_main():
+            dump_config(config, self.config_file)
 
     def write_json(self, path: Path, payload: dict) -> None:
+        if not is_main():
+            return
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         temporary.replace(path)
@@ -68,9 +77,16 @@ class RunFolder:
         self.write_json(self.summary, summary)
         return summary
 
-    def latest_checkpoint(self) -> Path | None:
-        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    def truncate_metrics_after(self, step: int) -> int:
+        """Drop metric lines past `step` (work a resume will redo); return how many were dropped."""
+        records = self.read_metrics()
+        if not is_main():
+            return 0
+        kept = [r for r in records if r.get("step", 0) <= step]
+        temporary = self.metrics.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        temporary.replace(self.metrics)
+        return len(records) - len(kept)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():

@@ -1,0 +1,73 @@
+"""Checkpoints that cannot be half-written: staged, checksummed in a manifest, then renamed into place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+STAGING = ".partial"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    files = {
+        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    temporary = folder / (MANIFEST + ".tmp")
+    temporary.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    os.replace(temporary, folder / MANIFEST)
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file matches the manifest, else the reason the checkpoint cannot be trusted."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return "no manifest (the write never finished)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        return "unreadable manifest"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} fails its checksum"
+    return None
+
+
+def checkpoints_newest_first(root: Path) -> list[Path]:
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
+def latest_valid(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that passes its manifest, and one line for each newer one that was skipped."""
+    skipped = []
+    for folder in checkpoints_newest_first(root):
+        problem = verify(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append(f"{folder.name}: {problem}; skipped")
+    return None, skipped
+
+
+def fault_point(name: str, step: int) -> None:
+    """Fault injection for tests (TUNESMITH_FAULT=name:step): die with SIGKILL right here, like a power cut."""
+    if os.environ.get("TUNESMITH_FAULT") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)

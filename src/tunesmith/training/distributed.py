@@ -1,0 +1,64 @@
+"""Multi-process training: `--nproc N` relaunches the same run under torchrun; rank 0 alone writes the run folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tunesmith.errors import TunesmithError
+
+RUN_DIR_ENV = "TUNESMITH_RUN_DIR"  # set by the launcher so every rank uses the folder it created
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def say(message: str) -> None:
+    """Print once, from rank 0."""
+    if is_main():
+        print(message, flush=True)
+
+
+def per_device_batch(global_batch: int) -> int:
+    """train.batch_size is the global micro-batch, so one config gives the same steps with any process count."""
+    return per_device_batch_for(global_batch, world_size())
+
+
+def per_device_batch_for(global_batch: int, processes: int) -> int:
+    if global_batch % processes:
+        raise TunesmithError(
+            f"train.batch_size: {global_batch} does not split evenly over {processes} processes; use a multiple of {processes}"
+        )
+    return global_batch // processes
+
+
+def launch(config_file: str, run_dir: str, processes: int, resume: bool) -> None:
+    """Run `tunesmith train` on `processes` local ranks through torch.distributed.run (gloo on CPU, NCCL on GPU)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "tunesmith.cli",
+        "train",
+        config_file,
+    ]
+    if resume:
+        command.append("--resume")
+    result = subprocess.run(command, env={**os.environ, RUN_DIR_ENV: run_dir}, check=False)
+    if result.returncode != 0:
+        raise TunesmithError(
+            f"distributed training failed (exit code {result.returncode}); see the worker output above"
+        )
