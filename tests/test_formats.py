@@ -1,9 +1,13 @@
 """Other input shapes and templates, end to end on the tiny model."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
+import yaml
 
 from conftest import prompt_response_rows, write_jsonl
 from tunesmith import api
@@ -76,11 +80,21 @@ def test_plain_text_and_packing_train(tmp_path, make_config):
     )
 
 
-def test_trackers_write_into_the_run_offline(make_config, monkeypatch):
-    for name in ("WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "TENSORBOARD_LOGGING_DIR"):
-        monkeypatch.delenv(name, raising=False)
+def test_trackers_write_into_the_run_offline(make_config, tmp_path):
+    # A fresh process, as from the CLI: wandb caches its settings process-wide at first use.
     raw = make_config(train={**QUICK, "report_to": ["tensorboard", "wandb", "mlflow"]}, eval=NO_EVAL)
-    run = Path(api.train(config_from_dict(raw))["run_dir"]) / "tracking"
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "TENSORBOARD_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "train", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "runs" / "cfg" / "tracking"
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run / "wandb").glob("offline-run-*"))  # W&B offline: no network needed
     assert list((run / "mlruns").glob("*/*/metrics/train_loss"))

@@ -124,7 +124,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
-        cfg, run, model, tokenizer, train_rows, validation_rows, precision, callbacks
+        cfg, run, model, tokenizer, train_rows, validation_rows, precision, callbacks, resuming=resume
     )
     summary = run.update_summary(
         status="running",
@@ -142,18 +142,21 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         versions=library_versions(),
     )
     samples = sample_conversations(checked.validation, cfg.eval.samples) if is_main() else []
-    if not resume:
-        if validation_rows and cfg.eval.before_training:
-            before = trainer.evaluate()
-            summary = run.update_summary(validation_loss_before=before["eval_loss"])
-            say(f"validation loss before training: {before['eval_loss']:.4f}")
-        if samples:
-            outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-            run.write_json(run.path / "samples_base.json", {"outputs": outputs})
+    if samples and not resume:
+        outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
+        run.write_json(run.path / "samples_base.json", {"outputs": outputs})
 
+    # Evaluation and rank-0-only sample generation above may have drawn random numbers on some ranks only;
+    # re-seed so every rank (and a single-process run) shuffles the data identically.
+    set_seed(cfg.train.seed)
     train_started = time.time()
     output, stopped = fit(trainer, resume_from)
     train_seconds = time.time() - train_started
+    before = _evaluation_logged_at(
+        trainer, 0
+    )  # train.eval_on_start: evaluated inside the loop, before step 1
+    if before is not None and not resume:
+        summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
         say(f"stopped at step {trainer.state.global_step}; continue with --resume")
         return run.update_summary(status="stopped", global_step=trainer.state.global_step) | {
@@ -175,7 +178,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": _peak_memory_mb(),
     }
     if validation_rows:
-        after = _evaluation_at(trainer, trainer.state.global_step) or trainer.evaluate()
+        after = _evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
         before = summary.get("validation_loss_before")
         say(
@@ -208,14 +211,17 @@ def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
-def _evaluation_at(trainer, step: int) -> dict | None:
-    """The evaluation already logged at `step` when the final weights are those of that step (saves a pass)."""
+def _evaluation_logged_at(trainer, step: int) -> dict | None:
+    return next(
+        (log for log in trainer.state.log_history if "eval_loss" in log and log.get("step") == step), None
+    )
+
+
+def _evaluation_of_final_weights(trainer) -> dict | None:
+    """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
     state = trainer.state
     best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
-    wanted = best_step if best_step is not None else step
-    return next(
-        (log for log in reversed(state.log_history) if "eval_loss" in log and log.get("step") == wanted), None
-    )
+    return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
 
 
 def _peak_memory_mb() -> float:

@@ -93,7 +93,7 @@ class CausalLMTrainer(Trainer):
 
 
 def training_arguments(
-    cfg: Config, run: RunFolder, train_rows: int, has_validation: bool, precision: str
+    cfg: Config, run: RunFolder, train_rows: int, has_validation: bool, precision: str, resuming: bool = False
 ) -> TrainingArguments:
     t = cfg.train
     total = planned_steps(cfg, train_rows)
@@ -120,6 +120,9 @@ def training_arguments(
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_validation else "no",
+        # Evaluating through the Trainer before train() breaks DDP gradient sync (the model gets prepared
+        # for evaluation first); eval_on_start evaluates inside the loop, after wrapping.
+        eval_on_start=has_validation and cfg.eval.before_training and not resuming,
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=save_steps,
@@ -178,6 +181,7 @@ def build_trainer(
     validation_rows: list[dict],
     precision: str,
     extra_callbacks=(),
+    resuming: bool = False,
 ) -> tuple[Trainer, TokenCounter]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
@@ -189,11 +193,10 @@ def build_trainer(
                 "train.early_stopping_patience needs a validation set; set data.validation_ratio or data.validation_file"
             )
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    args = training_arguments(cfg, run, len(train_rows), bool(validation_rows), precision)
+    args = training_arguments(cfg, run, len(train_rows), bool(validation_rows), precision, resuming)
     _point_trackers_at(run, cfg)
-    model.config.use_cache = (
-        False  # a KV cache is useless in training and would disable packed attention masks
-    )
+    # A KV cache is useless in training and would disable packed attention masks.
+    model.config.use_cache = False
     trainer = CausalLMTrainer(
         model=model,
         args=args,
