@@ -1,4 +1,4 @@
-"""Data-parallel training on CPU with gloo: two processes follow the same loss curve as one."""
+"""Data-parallel training on CPU with gloo: two processes (DDP or FSDP) follow the same loss curve as one."""
 
 import json
 import os
@@ -24,25 +24,12 @@ def test_two_processes_match_one_at_the_same_global_batch(make_config, tmp_path)
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, nproc in (("one", 1), ("two", 2)):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tunesmith.cli",
-                "train",
-                str(config),
-                "--nproc",
-                str(nproc),
-                "--set",
-                f"output.name={name}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    for name, nproc, engine in (("one", 1, "ddp"), ("two", 2, "ddp"), ("fsdp", 2, "fsdp")):
+        command = [sys.executable, "-m", "tunesmith.cli", "train", str(config), "--nproc", str(nproc)]
+        command += ["--set", f"output.name={name}", "--set", f"train.distributed={engine}"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert result.stdout.count("run: ") == 1, result.stdout  # one final line, not one per rank
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     single, double = train_losses(one), train_losses(two)
     assert sorted(double) == list(range(1, 7))
@@ -58,6 +45,9 @@ def test_two_processes_match_one_at_the_same_global_batch(make_config, tmp_path)
         < 1e-4
     )
     # rank 0 alone wrote the folder: one run, one metrics line per step, one samples file
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fsdp", "one", "two"]
     assert len([line for line in (two / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 6
     assert len((two / "samples.jsonl").read_text().splitlines()) == 1
+    fsdp = train_losses(tmp_path / "runs" / "fsdp")  # FSDP (sharded) on gloo follows the same curve
+    for step in single:
+        assert abs(single[step] - fsdp[step]) < 1e-4, (step, single[step], fsdp[step])

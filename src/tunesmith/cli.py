@@ -77,6 +77,7 @@ def _read_prompts(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from tunesmith import api
+    from tunesmith.training import distributed
 
     if args.verb == "init":
         text = api.init(args.kind)
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "train":
         overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
         summary = api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
-        print(f"run: {summary['run_dir']} ({summary['status']})")
+        if distributed.world_size() == 1:  # not a worker rank: the launcher (or a single process) reports
+            print(f"run: {summary['run_dir']} ({summary['status']})")
         return 0
     if args.verb == "data":
         checked = api.check_data(args.target, args.overrides)

@@ -92,6 +92,7 @@ class TrainConfig(Section):
         True, description="LM head and loss only at supervised positions (same loss, faster)"
     )
     num_threads: int | None = Field(None, gt=0)
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"  # engine used when run on several processes
 
 
 class EvalConfig(Section):
@@ -331,6 +332,7 @@ train:
   early_stopping_patience: null      # stop after N evaluations without improvement
   metric: eval_loss
   report_to: []                      # any of tensorboard, wandb, mlflow; metrics.jsonl is always written
+  distributed: ddp                   # ddp | fsdp | deepspeed, used with `tunesmith train --nproc N` or torchrun
   sparse_lm_head: true               # LM head + loss only where answers are supervised: same loss, less compute
 
 eval:

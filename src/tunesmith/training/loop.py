@@ -17,9 +17,10 @@ from transformers.trainer_utils import rotate_checkpoints
 from tunesmith.config import Config
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator
 from tunesmith.errors import TunesmithError
+from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
 from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
-from tunesmith.training.distributed import per_device_batch
+from tunesmith.training.distributed import per_device_batch, world_size
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -79,9 +80,10 @@ class CausalLMTrainer(Trainer):
             write_manifest(staging / name, self.state.global_step)
             shutil.rmtree(root / name, ignore_errors=True)  # a re-save of the same step (after a resume)
             os.replace(staging / name, root / name)
-            best = self.state.best_model_checkpoint
-            if best and Path(best).parent == staging:
-                self.state.best_model_checkpoint = str(root / Path(best).name)
+        best = self.state.best_model_checkpoint  # every rank keeps this path: point it at the final name
+        if best and Path(best).parent == staging:
+            self.state.best_model_checkpoint = str(root / Path(best).name)
+        if self.args.should_save:
             rotate_checkpoints(
                 str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
             )
@@ -93,7 +95,13 @@ class CausalLMTrainer(Trainer):
 
 
 def training_arguments(
-    cfg: Config, run: RunFolder, train_rows: int, has_validation: bool, precision: str, resuming: bool = False
+    cfg: Config,
+    run: RunFolder,
+    train_rows: int,
+    has_validation: bool,
+    precision: str,
+    resuming: bool = False,
+    model_layer_class: str | None = None,
 ) -> TrainingArguments:
     t = cfg.train
     total = planned_steps(cfg, train_rows)
@@ -136,10 +144,35 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not _cuda(),
+        **engine_arguments(cfg, model_layer_class),
     )
 
 
 _ENV_WE_SET: dict[str, str] = {}
+
+
+def engine_arguments(cfg: Config, layer_class: str | None) -> dict:
+    """TrainingArguments for the distributed engine; a no-op on one process."""
+    if world_size() == 1 or cfg.train.distributed == "ddp":
+        return {"ddp_backend": None if _cuda() else "gloo"} if world_size() > 1 else {}
+    if cfg.train.distributed == "fsdp":
+        wrap = {"transformer_layer_cls_to_wrap": [layer_class]} if layer_class else {}
+        # use_orig_params lets FSDP shard a model whose parameters are partly frozen (LoRA, freeze).
+        return {"fsdp": "full_shard auto_wrap", "fsdp_config": {**wrap, "use_orig_params": True}}
+    if importlib.util.find_spec("deepspeed") is None:
+        raise TunesmithError(
+            "train.distributed: deepspeed is not installed; `pip install deepspeed` (GPU machines) or use ddp/fsdp"
+        )
+    return {
+        "deepspeed": {
+            "zero_optimization": {"stage": 2},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+        }
+    }
 
 
 def _set_env(name: str, value: str) -> None:
@@ -193,7 +226,10 @@ def build_trainer(
                 "train.early_stopping_patience needs a validation set; set data.validation_ratio or data.validation_file"
             )
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    args = training_arguments(cfg, run, len(train_rows), bool(validation_rows), precision, resuming)
+    layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
+    args = training_arguments(
+        cfg, run, len(train_rows), bool(validation_rows), precision, resuming, layer_class
+    )
     _point_trackers_at(run, cfg)
     # A KV cache is useless in training and would disable packed attention masks.
     model.config.use_cache = False
