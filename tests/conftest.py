@@ -137,30 +137,35 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def tiny_config(folder: Path, model: Path, rows: int = 40, **sections) -> dict:
+    """A raw config for the tiny model on `rows` generated examples, with per-section overrides."""
+    data_file = write_jsonl(folder / "train.jsonl", prompt_response_rows(rows))
+    raw = {
+        "model": {"name": str(model)},
+        "data": {"train_file": str(data_file), "validation_ratio": 0.2, "max_length": 128},
+        "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 6,
+            "learning_rate": 1e-2,
+            "precision": "fp32",
+            "logging_steps": 1,
+            "eval_steps": 3,
+            "warmup": 0,
+        },
+        "eval": {"samples": 2, "max_new_tokens": 8},
+        "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_model):
     """Return a function building a raw config dict for the tiny model, with overrides per section."""
 
     def make(rows: int = 40, **sections) -> dict:
-        data_file = write_jsonl(tmp_path / "train.jsonl", prompt_response_rows(rows))
-        raw = {
-            "model": {"name": str(tiny_model)},
-            "data": {"train_file": str(data_file), "validation_ratio": 0.2, "max_length": 128},
-            "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
-            "train": {
-                "batch_size": 4,
-                "max_steps": 6,
-                "learning_rate": 1e-2,
-                "precision": "fp32",
-                "logging_steps": 1,
-                "eval_steps": 3,
-                "warmup": 0,
-            },
-            "eval": {"samples": 2, "max_new_tokens": 8},
-            "output": {"dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
-        }
-        for section, values in sections.items():
-            raw.setdefault(section, {}).update(values)
-        return raw
+        return tiny_config(tmp_path, tiny_model, rows, **sections)
 
     return make

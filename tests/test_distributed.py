@@ -51,3 +51,17 @@ def test_two_processes_match_one_at_the_same_global_batch(make_config, tmp_path)
     fsdp = train_losses(tmp_path / "runs" / "fsdp")  # FSDP (sharded) on gloo follows the same curve
     for step in single:
         assert abs(single[step] - fsdp[step]) < 1e-4, (step, single[step], fsdp[step])
+
+
+def test_missing_engine_is_refused_before_workers_start(make_config, tmp_path, capsys):
+    import importlib.util
+
+    from tunesmith.cli import main
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        return
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(make_config(rows=8)))
+    assert main(["train", str(config), "--nproc", "2", "--set", "train.distributed=deepspeed"]) == 2
+    assert "train.distributed: deepspeed is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -42,26 +42,9 @@ def probe_logits(model) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model):
-    from conftest import prompt_response_rows, write_jsonl
+    from conftest import tiny_config
 
-    folder = tmp_path_factory.mktemp("lora-run")
-    data = write_jsonl(folder / "train.jsonl", prompt_response_rows(40))
-    raw = {
-        "model": {"name": str(tiny_model)},
-        "data": {"train_file": str(data), "validation_ratio": 0.2, "max_length": 128},
-        "method": {"name": "lora", "lora": {"r": 4, "alpha": 8}},
-        "train": {
-            "batch_size": 4,
-            "max_steps": 6,
-            "learning_rate": 1e-2,
-            "precision": "fp32",
-            "logging_steps": 1,
-            "eval_steps": 3,
-            "warmup": 0,
-        },
-        "eval": {"samples": 2, "max_new_tokens": 8},
-        "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
-    }
+    raw = tiny_config(tmp_path_factory.mktemp("lora-run"), tiny_model)
     capture = CaptureLogits()
     summary = api.train(config_from_dict(raw), callbacks=[capture])
     return summary, capture
@@ -159,3 +142,26 @@ def test_other_methods_train_and_count_parameters(make_config, method, extra):
             json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())["use_dora"]
             is True
         )
+
+
+def test_early_stopping_stops_at_patience_and_keeps_the_best(make_config):
+    # greater_is_better on a loss makes every improvement count as a worsening: best is the first evaluation
+    raw = make_config(
+        rows=40,
+        train={"max_steps": 20, "eval_steps": 2, "early_stopping_patience": 2, "greater_is_better": True},
+        eval={"samples": 0},
+    )
+    summary = api.train(config_from_dict(raw))
+    assert summary["status"] == "finished"  # an early stop is a finished run, not an interrupted one
+    assert summary["global_step"] == 6
+    assert summary["best_checkpoint"].endswith("checkpoint-2")
+    assert summary["validation_loss_after"] == pytest.approx(summary["best_metric"])
+
+
+def test_gradient_checkpointing_trains_lora(make_config):
+    raw = make_config(rows=16, train={"max_steps": 2, "gradient_checkpointing": True}, eval={"samples": 0})
+    summary = api.train(config_from_dict(raw))
+    assert (
+        summary["status"] == "finished"
+        and summary["validation_loss_after"] < summary["validation_loss_before"]
+    )

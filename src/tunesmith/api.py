@@ -53,6 +53,7 @@ def train(
         if checked.problems and cfg.data.on_error == "stop":
             raise causal_lm.bad_rows_error(checked)
         distributed.per_device_batch_for(cfg.train.batch_size, nproc)
+        distributed.check_engine(cfg.train.distributed)
         run = RunFolder.for_training(cfg, name, resume)
         if not resume:
             run.save_config(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -40,6 +41,14 @@ def per_device_batch_for(global_batch: int, processes: int) -> int:
             f"train.batch_size: {global_batch} does not split evenly over {processes} processes; use a multiple of {processes}"
         )
     return global_batch // processes
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an engine whose package is missing before any worker starts."""
+    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise TunesmithError(
+            "train.distributed: deepspeed is not installed; `pip install deepspeed` (GPU machines) or use ddp/fsdp"
+        )
 
 
 def launch(config_file: str, run_dir: str, processes: int, resume: bool) -> None:

@@ -20,7 +20,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
 from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
-from tunesmith.training.distributed import per_device_batch, world_size
+from tunesmith.training.distributed import check_engine, per_device_batch, world_size
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -121,7 +121,7 @@ def training_arguments(
         warmup_steps=t.warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=t.seed,
@@ -159,10 +159,7 @@ def engine_arguments(cfg: Config, layer_class: str | None) -> dict:
         wrap = {"transformer_layer_cls_to_wrap": [layer_class]} if layer_class else {}
         # use_orig_params lets FSDP shard a model whose parameters are partly frozen (LoRA, freeze).
         return {"fsdp": "full_shard auto_wrap", "fsdp_config": {**wrap, "use_orig_params": True}}
-    if importlib.util.find_spec("deepspeed") is None:
-        raise TunesmithError(
-            "train.distributed: deepspeed is not installed; `pip install deepspeed` (GPU machines) or use ddp/fsdp"
-        )
+    check_engine("deepspeed")
     return {
         "deepspeed": {
             "zero_optimization": {"stage": 2},
