@@ -75,3 +75,20 @@ def test_qlora_trains_a_4bit_base_on_cpu(tmp_path):
     assert summary["validation_loss_after"] < summary["validation_loss_before"]
     model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def test_precision_choice_follows_the_hardware(monkeypatch):
+    import torch
+
+    from tunesmith.training import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.pick_precision("auto") == "fp32"
+    hardware.cpu_flags.cache_clear()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(TunesmithError, match="bf16 on this CPU .* about 100x slower"):
+        hardware.pick_precision("bf16")
+    with pytest.raises(TunesmithError, match="fp16 needs a CUDA GPU"):
+        hardware.pick_precision("fp16")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
+    assert hardware.pick_precision("bf16") == "bf16"
