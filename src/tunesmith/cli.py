@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
@@ -128,8 +129,18 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.verb)
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bar and messages say what happens; library warnings stay, their chatter goes."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return run(args)
     except TunesmithError as exc:
