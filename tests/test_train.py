@@ -113,6 +113,12 @@ def test_resume_continues_step_count_and_loss_curve(make_config):
     assert sorted(split) == list(range(1, 9))
     for step in range(1, 9):
         assert split[step] == pytest.approx(whole[step], abs=1e-5), step
+    # the checkpoint's saved state names the final folder, not the staging one, so a resumed run finds its best
+    state = json.loads(
+        (Path(stopped["run_dir"]) / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text()
+    )
+    assert state["best_model_checkpoint"].endswith("/checkpoints/checkpoint-4")
+    assert Path(resumed["best_checkpoint"]).exists() and ".partial" not in resumed["best_checkpoint"]
 
 
 def test_a_new_run_never_reuses_a_folder(make_config):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
@@ -56,9 +57,8 @@ class CausalLMTrainer(Trainer):
         count = num_items_in_batch if num_items_in_batch is not None else picked.ne(IGNORE).sum()
         loss = loss / count
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = (
-                loss * self.accelerator.num_processes
-            )  # as the default path: gradients are averaged across ranks
+            # As the default path: DDP averages gradients over ranks, the count already covers all of them.
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
@@ -75,15 +75,16 @@ class CausalLMTrainer(Trainer):
         finally:
             self.args.output_dir = str(root)
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
-        if self.args.should_save:
-            fault_point("before_checkpoint_commit", self.state.global_step)
-            write_manifest(staging / name, self.state.global_step)
-            shutil.rmtree(root / name, ignore_errors=True)  # a re-save of the same step (after a resume)
-            os.replace(staging / name, root / name)
         best = self.state.best_model_checkpoint  # every rank keeps this path: point it at the final name
         if best and Path(best).parent == staging:
             self.state.best_model_checkpoint = str(root / Path(best).name)
         if self.args.should_save:
+            # trainer_state.json was written with the staging path; a resumed run reads it back
+            self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+            fault_point("before_checkpoint_commit", self.state.global_step)
+            write_manifest(staging / name, self.state.global_step)
+            shutil.rmtree(root / name, ignore_errors=True)  # a re-save of the same step (after a resume)
+            os.replace(staging / name, root / name)
             rotate_checkpoints(
                 str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
             )
