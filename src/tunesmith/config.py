@@ -133,13 +133,7 @@ class Config(Section):
         return self
 
 
-HINTS = {
-    "extra_forbidden": "remove it or fix its spelling",
-    "missing": "add this key",
-}
-
-
-def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -209,7 +203,7 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e, raw) for e in exc.errors()]
+        lines = [_describe(e) for e in exc.errors()]
         raise TunesmithError(
             f"{source}: {len(lines)} problem(s) in the config", [f"  {line}" for line in lines]
         ) from None
