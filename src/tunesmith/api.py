@@ -49,9 +49,7 @@ def train(
     """
     cfg, name = _config(config, overrides)
     if nproc > 1 and distributed.world_size() == 1:
-        checked = _check_rows(cfg.data)  # fail fast, before starting any worker
-        if checked.problems and cfg.data.on_error == "stop":
-            raise causal_lm.bad_rows_error(checked)
+        causal_lm.validated_data(cfg)  # fail fast, before starting any worker
         distributed.per_device_batch_for(cfg.train.batch_size, nproc)
         distributed.check_engine(cfg.train.distributed)
         run = RunFolder.for_training(cfg, name, resume)

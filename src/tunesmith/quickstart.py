@@ -70,7 +70,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
-def quickstart_config(folder: Path) -> dict:
+def quickstart_config() -> dict:
     return {
         "model": {"name": str(smollm2_folder())},
         "data": {
@@ -108,7 +108,7 @@ def prepare(folder: str | Path = "quickstart", train: int = 160, validation: int
             "# tunesmith quickstart: SmolLM2-135M-Instruct learns BBC News headlines (article -> headline).\n"
         )
         config_path.write_text(
-            header + yaml.safe_dump(quickstart_config(folder), sort_keys=False), encoding="utf-8"
+            header + yaml.safe_dump(quickstart_config(), sort_keys=False), encoding="utf-8"
         )
     return config_path
 

@@ -24,19 +24,25 @@ class PadCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         return width
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = self._width(features)
-        batch = len(features)
+    def _fill(self, features: list[dict]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """input_ids padded with pad_token_id and labels padded with IGNORE, plus each row's real length."""
+        width, batch = self._width(features), len(features)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, width), IGNORE, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        lengths = []
         for row, feature in enumerate(features):
             length = len(feature["input_ids"])
             input_ids[row, :length] = torch.tensor(feature["input_ids"])
             labels[row, :length] = torch.tensor(feature["labels"])
-            attention_mask[row, :length] = 1
-            self.real_tokens += length
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+            lengths.append(length)
+        self.real_tokens += sum(lengths)
+        return {"input_ids": input_ids, "labels": labels}, lengths
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch, lengths = self._fill(features)
+        positions = torch.arange(batch["input_ids"].shape[1])
+        batch["attention_mask"] = (positions < torch.tensor(lengths)[:, None]).long()
+        return batch
 
 
 class PackedCollator(PadCollator):
@@ -44,21 +50,16 @@ class PackedCollator(PadCollator):
     builds a block-diagonal causal mask from them, so examples never attend to each other."""
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = self._width(features)
-        batch = len(features)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, width), IGNORE, dtype=torch.long)
+        batch, lengths = self._fill(features)
+        width = batch["input_ids"].shape[1]
         # Padding is its own "sequence" (positions from 0), so no real token attends to it.
-        position_ids = torch.arange(width).repeat(batch, 1)
-        for row, feature in enumerate(features):
-            length = len(feature["input_ids"])
-            input_ids[row, :length] = torch.tensor(feature["input_ids"])
-            labels[row, :length] = torch.tensor(feature["labels"])
+        position_ids = torch.arange(width).repeat(len(features), 1)
+        for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
             if "position_ids" in feature:  # evaluation rows are not packed: they keep plain positions
                 position_ids[row, :length] = torch.tensor(feature["position_ids"])
             position_ids[row, length:] = torch.arange(width - length)
-            self.real_tokens += length
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        batch["position_ids"] = position_ids
+        return batch
 
 
 def pack(examples: list[dict], max_length: int) -> list[dict]:

@@ -17,7 +17,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.training.checkpoints import latest_valid
+from tunesmith.training.checkpoints import checkpoint_step, latest_valid
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import build_trainer, fit
@@ -34,6 +34,14 @@ def bad_rows_error(checked) -> TunesmithError:
         f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
         details,
     )
+
+
+def validated_data(cfg: Config):
+    """Read and validate every row before anything heavy starts; with on_error: stop, bad rows end the run."""
+    checked = check_data(cfg.data)
+    if checked.problems and cfg.data.on_error == "stop":
+        raise bad_rows_error(checked)
+    return checked
 
 
 def print_data_summary(report: dict) -> None:
@@ -67,7 +75,7 @@ def resume_point(run: RunFolder) -> str:
         raise TunesmithError(
             f"--resume: {run.path} has no complete checkpoint; start the run again without --resume"
         )
-    step = int(checkpoint.name.split("-")[-1])
+    step = checkpoint_step(checkpoint)
     dropped = run.truncate_metrics_after(step)
     say(
         f"resuming from {checkpoint.name}: weights, optimizer, LR schedule, RNG states and data position at step {step}"
@@ -87,9 +95,7 @@ def sample_conversations(validation_examples, count: int):
 
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
-    checked = check_data(cfg.data)  # validate every row before anything heavy starts
-    if checked.problems and cfg.data.on_error == "stop":
-        raise bad_rows_error(checked)
+    checked = validated_data(cfg)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
     run.save_config(cfg)
@@ -220,7 +226,7 @@ def _evaluation_logged_at(trainer, step: int) -> dict | None:
 def _evaluation_of_final_weights(trainer) -> dict | None:
     """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
     state = trainer.state
-    best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
+    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
     return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
 
 

@@ -51,9 +51,13 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.rsplit("-", 1)[-1])
+
+
 def checkpoints_newest_first(root: Path) -> list[Path]:
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def latest_valid(root: Path) -> tuple[Path | None, list[str]]:
