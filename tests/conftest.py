@@ -169,3 +169,92 @@ def make_config(tmp_path, tiny_model):
         return tiny_config(tmp_path, tiny_model, rows, **sections)
 
     return make
+
+
+# -- classification --------------------------------------------------------------------------------
+
+TOPICS = {
+    "sport": ["team", "won", "lost", "match"],
+    "business": ["market", "shares", "rose", "fell"],
+    "politics": ["election", "vote", "news", "article"],
+}
+
+
+def build_bert_folder(path: Path, hidden: int = 32, layers: int = 3) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS), *map(str, range(10))]
+    backend = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)  # a body with some (pretrained) head
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_bert_folder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def topic_rows(count: int, seed: int = 0) -> list[dict]:
+    """Short texts whose topic words give the label away, plus filler words: a tiny model learns them fast."""
+    import random
+
+    rng = random.Random(seed)
+    names = sorted(TOPICS)
+    filler = ["the", "a", "while", "and", "about", "to", "on"]
+    rows = []
+    for index in range(count):
+        label = names[index % len(names)]
+        words = [rng.choice(TOPICS[label]) for _ in range(3)] + [rng.choice(filler) for _ in range(3)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words) + f" {index % 10}", "label": label})
+    return rows
+
+
+def classification_config(folder: Path, model: Path, task: str, train_file, **sections) -> dict:
+    raw = {
+        "task": task,
+        "model": {"name": str(model)},
+        "data": {"train_file": str(train_file), "validation_ratio": 0.25, "max_length": 32},
+        "method": {"name": "full"},
+        "train": {
+            "batch_size": 8,
+            "epochs": 3,
+            "learning_rate": 5e-3,
+            "precision": "fp32",
+            "logging_steps": 2,
+            "warmup": 0,
+            "metric": "accuracy",
+        },
+        "eval": {"batch_size": 16},
+        "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw

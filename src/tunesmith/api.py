@@ -11,7 +11,7 @@ from tunesmith.config import Config, DataConfig, load_config, starter_config
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks import causal_lm
+from tunesmith.tasks import causal_lm, recipe
 from tunesmith.training import distributed
 from tunesmith.training.run_folder import RunFolder
 
@@ -33,7 +33,12 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
         data_cfg = DataConfig(train_file=str(Path(target).resolve()), validation_ratio=0.0, on_error="skip")
         return _check_rows(data_cfg)
     cfg, _ = _config(target, overrides)
-    return _check_rows(cfg.data.model_copy(update={"on_error": "skip"}))
+    data_cfg = cfg.data.model_copy(update={"on_error": "skip"})
+    if cfg.task != "causal-lm":
+        from tunesmith.data.labelled import check_labelled
+
+        return check_labelled(data_cfg, cfg.task)
+    return _check_rows(data_cfg)
 
 
 def train(
@@ -49,7 +54,7 @@ def train(
     """
     cfg, name = _config(config, overrides)
     if nproc > 1 and distributed.world_size() == 1:
-        causal_lm.validated_data(cfg)  # fail fast, before starting any worker
+        recipe(cfg.task).validated_data(cfg)  # fail fast, before starting any worker
         distributed.per_device_batch_for(cfg.train.batch_size, nproc)
         distributed.check_engine(cfg.train.distributed)
         run = RunFolder.for_training(cfg, name, resume)
@@ -57,7 +62,16 @@ def train(
             run.save_config(cfg)
         distributed.launch(str(run.config_file), str(run.path), nproc, resume)
         return run.read_summary() | {"run_dir": str(run.path)}
-    return causal_lm.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+    return recipe(cfg.task).train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+
+
+def predict(
+    run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
+) -> dict:
+    """Label a table's rows or a folder's files with a classification run; writes JSONL or CSV."""
+    from tunesmith.tasks.classification import predict as _predict
+
+    return _predict(run_dir, source, output, batch_size)
 
 
 def generate(

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.0)
 
+    predict = verbs.add_parser("predict", help="label data with a classification run")
+    predict.add_argument("run")
+    predict.add_argument("--input", required=True, metavar="FILE_OR_FOLDER")
+    predict.add_argument("--output", help=".jsonl or .csv (default: RUN/predictions/<input>.jsonl)")
+    predict.add_argument("--batch-size", type=int, default=32)
+
     merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
     merge.add_argument("run")
     merge.add_argument("--output")
@@ -113,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
             prompts, api.generate(args.run, prompts, args.max_new_tokens, args.temperature), strict=True
         ):
             print(json.dumps({"prompt": prompt, "completion": answer}) if len(prompts) > 1 else answer)
+        return 0
+    if args.verb == "predict":
+        result = api.predict(args.run, args.input, args.output, args.batch_size)
+        print(f"wrote {result['rows']} predictions to {result['output']}")
         return 0
     if args.verb == "merge":
         result = api.merge(args.run, args.output)

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunesmith.errors import TunesmithError
 
@@ -38,13 +46,26 @@ class DataConfig(Section):
     template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
     system_prompt: str | None = None
     max_length: int = Field(1024, ge=8)
-    on_overflow: Literal["drop", "truncate"] = "drop"
+    on_overflow: Literal["auto", "drop", "truncate"] = Field(
+        "auto", description="auto: drop for causal-lm, truncate for classification (counted either way)"
+    )
     on_error: Literal["stop", "skip"] = "stop"
     deduplicate: bool = True
     loss_on: Literal["response", "all"] = "response"
     packing: bool = False
     max_examples: int | None = Field(None, gt=0)
     seed: int = 42
+    # classification tasks
+    label_field: str = "label"
+    text_pair_field: str | None = None
+    file_field: str = Field(
+        "path", description="image/audio tables: the file path column (relative to the table)"
+    )
+    labels: list[str] | None = Field(None, description="the label set and its order; default: those in train")
+    multi_label: bool = False
+    label_separator: str = Field("|", description="multi-label CSV cells: labels joined by this")
+    augment: bool = Field(False, description="images: random resized crop and horizontal flip in training")
+    clip_seconds: float = Field(1.0, gt=0, description="audio: clips are cut or zero-padded to this length")
 
 
 class LoraConfig(Section):
@@ -59,10 +80,31 @@ class FreezeConfig(Section):
     train_embeddings: bool = False
 
 
+class FeaturesConfig(Section):
+    classifier: Literal["logistic_regression"] = "logistic_regression"
+    C: float = Field(1.0, gt=0, description="inverse regularization strength")
+    max_iter: int = Field(2000, gt=0)
+
+
+CLASSIFICATION_TASKS = ("text-classification", "image-classification", "audio-classification")
+
+
 class MethodConfig(Section):
-    name: Literal["lora", "qlora", "dora", "freeze", "full"] = "lora"
+    # `strategy` is accepted as another spelling of `name` (the word classification users look for).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    name: Literal["lora", "qlora", "dora", "last_n", "freeze", "head", "full", "features"] = Field(
+        "lora", validation_alias=AliasChoices("name", "strategy")
+    )
+    last_n: int | None = Field(None, ge=0, description="last_n: train the last N blocks plus the head")
     lora: LoraConfig = LoraConfig()
     freeze: FreezeConfig = FreezeConfig()
+    features: FeaturesConfig = FeaturesConfig()
+
+    @model_validator(mode="after")
+    def _last_n_in_one_place(self) -> MethodConfig:
+        if self.last_n is not None:
+            self.freeze.last_n = self.last_n
+        return self
 
 
 class TrainConfig(Section):
@@ -92,6 +134,13 @@ class TrainConfig(Section):
         True, description="LM head and loss only at supervised positions (same loss, faster)"
     )
     num_threads: int | None = Field(None, gt=0)
+    load_best: bool = Field(True, description="end with the best checkpoint's weights (train.metric)")
+    class_weights: bool = Field(
+        False, description="classification: weight the loss by inverse class frequency"
+    )
+    layer_lr_decay: float | None = Field(
+        None, gt=0, le=1, description="classification: each lower block's LR is this times the one above"
+    )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"  # engine used when run on several processes
 
 
@@ -116,7 +165,9 @@ class OutputConfig(Section):
 
 
 class Config(Section):
-    task: Literal["causal-lm"] = "causal-lm"
+    task: Literal["causal-lm", "text-classification", "image-classification", "audio-classification"] = (
+        "causal-lm"
+    )
     model: ModelConfig
     data: DataConfig
     method: MethodConfig = MethodConfig()
@@ -130,6 +181,17 @@ class Config(Section):
             raise ValueError(
                 "train.save_steps must be a multiple of train.eval_steps (the best checkpoint is chosen at evaluations)"
             )
+        classification = self.task in CLASSIFICATION_TASKS
+        if self.method.name == "features" and not classification:
+            raise ValueError("method.name: features (feature extraction) is for classification tasks")
+        if self.method.name == "qlora" and classification:
+            raise ValueError("method.name: qlora is for causal-lm; use lora for classification")
+        if (self.train.class_weights or self.train.layer_lr_decay) and not classification:
+            raise ValueError("train.class_weights and train.layer_lr_decay are for classification tasks")
+        if self.data.multi_label and self.task != "text-classification":
+            raise ValueError("data.multi_label is supported for text-classification")
+        if self.data.on_overflow == "auto":
+            self.data.on_overflow = "truncate" if classification else "drop"
         return self
 
 

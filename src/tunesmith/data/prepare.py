@@ -54,8 +54,8 @@ def check_data(cfg: DataConfig) -> CheckedData:
     }
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
-    train, train_dupes = _deduplicate(train) if cfg.deduplicate else (train, [])
-    validation, val_dupes = _deduplicate(validation) if cfg.deduplicate else (validation, [])
+    train, train_dupes = deduplicate(train) if cfg.deduplicate else (train, [])
+    validation, val_dupes = deduplicate(validation) if cfg.deduplicate else (validation, [])
     report["duplicates_removed"] = len(train_dupes) + len(val_dupes)
     report["duplicate_list"] = (train_dupes + val_dupes)[:50]
     if not cfg.validation_file and cfg.validation_ratio > 0:
@@ -80,7 +80,7 @@ def check_data(cfg: DataConfig) -> CheckedData:
     return CheckedData(train, validation, report, problems)
 
 
-def _deduplicate(examples: list[Example]) -> tuple[list[Example], list[str]]:
+def deduplicate(examples: list[Example]) -> tuple[list[Example], list[str]]:
     seen: dict[tuple, str] = {}
     kept, dropped = [], []
     for example in examples:

@@ -45,4 +45,4 @@ def count_parameters(model) -> dict[str, int | float]:
     }
 
 
-from tunesmith.methods import freeze, full, lora, qlora  # noqa: E402,F401  (each registers itself)
+from tunesmith.methods import features, freeze, full, lora, qlora  # noqa: E402,F401  (each registers itself)

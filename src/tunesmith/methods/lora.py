@@ -2,33 +2,57 @@
 
 from __future__ import annotations
 
+import torch
+
 from tunesmith.config import MethodConfig
+from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
+from tunesmith.methods.freeze import base_module, head_names
 
 
-def peft_config(cfg: MethodConfig, use_dora: bool = False):
+def _is_causal_lm(model) -> bool:
+    return model.__class__.__name__.endswith("ForCausalLM")
+
+
+def body_targets(model) -> list[str]:
+    """Full names of the body's linear layers (its convolutions where it has none, as in ResNet)."""
+    base = base_module(model)
+    prefix = next(name for name, child in model.named_children() if child is base)
+    for kinds in ((torch.nn.Linear,), (torch.nn.Conv2d,)):
+        names = [f"{prefix}.{name}" for name, module in base.named_modules() if isinstance(module, kinds)]
+        if names:
+            return names
+    raise TunesmithError(
+        "method.name: lora found no linear or convolution layer to adapt; use full or last_n"
+    )
+
+
+def peft_config(model, cfg: MethodConfig, use_dora: bool = False):
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        use_dora=use_dora,
-    )
+    common = {
+        "r": cfg.lora.r,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "use_dora": use_dora,
+    }
+    if _is_causal_lm(model):
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=cfg.lora.target_modules, **common)
+    # A classifier: adapters on the pretrained body only; the new head trains in full and is saved with them.
+    targets = body_targets(model) if cfg.lora.target_modules == "all-linear" else cfg.lora.target_modules
+    return LoraConfig(target_modules=targets, modules_to_save=head_names(model), **common)
 
 
 def apply_lora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(cfg))
+    return get_peft_model(model, peft_config(model, cfg))
 
 
 def apply_dora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(cfg, use_dora=True))
+    return get_peft_model(model, peft_config(model, cfg, use_dora=True))
 
 
 register(Method("lora", apply_lora, is_adapter=True))

@@ -124,10 +124,14 @@ def load_tokenizer(path: str, cfg: ModelConfig):
         raise _hub_error(path, exc) from None
 
 
-def load_model(path: str, cfg: ModelConfig, quantization_config=None):
-    from transformers import AutoModelForCausalLM
+def load_model(
+    path: str, cfg: ModelConfig, quantization_config=None, auto_class: str = "AutoModelForCausalLM", **extra
+):
+    """Load weights through a transformers Auto class; `extra` goes to from_pretrained (num_labels, id2label, ...)."""
+    import transformers
 
     kwargs = {
+        **extra,
         "dtype": DTYPES[cfg.dtype],
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
@@ -140,10 +144,15 @@ def load_model(path: str, cfg: ModelConfig, quantization_config=None):
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return getattr(transformers, auto_class).from_pretrained(path, **kwargs)
     except OSError as exc:
         raise _hub_error(path, exc) from None
     except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise TunesmithError(
+                f"model.name: {path}: transformers has no {auto_class} for this architecture; "
+                "pick a model made for the task (e.g. an encoder for text classification)"
+            ) from None
         if "trust_remote_code" in str(exc):
             raise TunesmithError(
                 f"model.name: {path} needs custom code from its repository; read that code, then set model.trust_remote_code: true"

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 
 from tunesmith.config import Config
@@ -17,23 +16,12 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.training.checkpoints import checkpoint_step, latest_valid
+from tunesmith.tasks.common import bad_rows_error, peak_memory_mb, resume_point
+from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import build_trainer, fit
 from tunesmith.training.run_folder import RunFolder
-
-
-def bad_rows_error(checked) -> TunesmithError:
-    shown = checked.problems[:100]
-    more = len(checked.problems) - len(shown)
-    details = [f"  {problem}" for problem in shown] + (
-        [f"  ... and {more} more (all in the data report)"] if more else []
-    )
-    return TunesmithError(
-        f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
-        details,
-    )
 
 
 def validated_data(cfg: Config):
@@ -64,28 +52,6 @@ def print_data_summary(report: dict) -> None:
             f"data: warning: only {eos['count']} of {eos['of']} examples have an end-of-answer token in their labels; "
             "the tuned model may not learn to stop"
         )
-
-
-def resume_point(run: RunFolder) -> str:
-    """The newest checkpoint that passes its manifest; the metrics log is cut back to its step."""
-    checkpoint, skipped = latest_valid(run.checkpoints)
-    for line in skipped:
-        say(f"resume: {line}")
-    if checkpoint is None:
-        raise TunesmithError(
-            f"--resume: {run.path} has no complete checkpoint; start the run again without --resume"
-        )
-    step = checkpoint_step(checkpoint)
-    dropped = run.truncate_metrics_after(step)
-    say(
-        f"resuming from {checkpoint.name}: weights, optimizer, LR schedule, RNG states and data position at step {step}"
-        + (
-            f" ({dropped} metric lines logged after it were dropped, they will be logged again)"
-            if dropped
-            else ""
-        )
-    )
-    return str(checkpoint)
 
 
 def sample_conversations(validation_examples, count: int):
@@ -181,7 +147,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "tokens_per_second": round(counter.tokens / max(train_seconds, 1e-9), 1),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,
-        "peak_memory_mb": _peak_memory_mb(),
+        "peak_memory_mb": peak_memory_mb(),
     }
     if validation_rows:
         after = _evaluation_of_final_weights(trainer) or trainer.evaluate()
@@ -228,14 +194,6 @@ def _evaluation_of_final_weights(trainer) -> dict | None:
     state = trainer.state
     best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
     return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def load_run_model(run: RunFolder):

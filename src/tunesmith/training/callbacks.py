@@ -23,6 +23,11 @@ class TokenCounter:
         self.started_at, self.tokens_at_start = time.perf_counter(), self.collator.real_tokens
 
     @property
+    def unit(self) -> str:
+        """What the collator counts: real tokens ('tok') or, for images and audio, examples ('ex')."""
+        return getattr(self.collator, "unit", "tok")
+
+    @property
     def tokens(self) -> int:
         return self.collator.real_tokens - self.tokens_at_start
 
@@ -46,7 +51,8 @@ class MetricsLogger(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         if "loss" in logs:
-            record["tokens_per_second"] = round(self.counter.tokens_per_second, 1)
+            key = "tokens_per_second" if self.counter.unit == "tok" else "examples_per_second"
+            record[key] = round(self.counter.tokens_per_second, 1)
         record["time"] = round(time.time(), 3)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -76,7 +82,7 @@ class ProgressBar(TrainerCallback):
 
     def _postfix(self, state) -> str:
         last = next((log for log in reversed(state.log_history) if "loss" in log), {})
-        parts = [f"tok/s={self.counter.tokens_per_second:.0f}"]
+        parts = [f"{self.counter.unit}/s={self.counter.tokens_per_second:.0f}"]
         if "loss" in last:
             parts.insert(0, f"loss={last['loss']:.4f}")
         if "learning_rate" in last:

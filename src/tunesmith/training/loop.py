@@ -136,7 +136,7 @@ def training_arguments(
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=has_validation,
+        load_best_model_at_end=has_validation and t.load_best,
         metric_for_best_model=metric if has_validation else None,
         greater_is_better=greater if has_validation else None,
         report_to=list(t.report_to) or "none",
@@ -180,7 +180,7 @@ def _set_env(name: str, value: str) -> None:
         os.environ[name] = _ENV_WE_SET[name] = value
 
 
-def _point_trackers_at(run: RunFolder, cfg: Config) -> None:
+def point_trackers_at(run: RunFolder, cfg: Config) -> None:
     """Keep tracker files inside the run folder; W&B runs offline unless the user chose otherwise."""
     tracking = run.path / "tracking"
     for tracker in cfg.train.report_to:
@@ -203,6 +203,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def standard_callbacks(
+    cfg: Config, run: RunFolder, counter: TokenCounter, extra, has_validation: bool
+) -> list:
+    """metrics.jsonl, the progress bar, the caller's callbacks, and early stopping when configured."""
+    callbacks = [MetricsLogger(run.metrics, counter), ProgressBar(counter), *extra]
+    if cfg.train.early_stopping_patience:
+        if not has_validation:
+            raise TunesmithError(
+                "train.early_stopping_patience needs a validation set; set data.validation_ratio or data.validation_file"
+            )
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return callbacks
+
+
 def build_trainer(
     cfg: Config,
     run: RunFolder,
@@ -217,18 +231,12 @@ def build_trainer(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
     counter = TokenCounter(collator)
-    callbacks = [MetricsLogger(run.metrics, counter), ProgressBar(counter), *extra_callbacks]
-    if cfg.train.early_stopping_patience:
-        if not validation_rows:
-            raise TunesmithError(
-                "train.early_stopping_patience needs a validation set; set data.validation_ratio or data.validation_file"
-            )
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, bool(validation_rows))
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
     args = training_arguments(
         cfg, run, len(train_rows), bool(validation_rows), precision, resuming, layer_class
     )
-    _point_trackers_at(run, cfg)
+    point_trackers_at(run, cfg)
     # A KV cache is useless in training and would disable packed attention masks.
     model.config.use_cache = False
     trainer = CausalLMTrainer(
@@ -241,9 +249,14 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.sparse_lm_head = cfg.train.sparse_lm_head
+    quiet(trainer)
+    return trainer, counter
+
+
+def quiet(trainer: Trainer) -> None:
+    """Our progress bar and metrics.jsonl replace the Trainer's printed dicts and its own bar."""
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    return trainer, counter
 
 
 def fit(trainer: Trainer, resume_from: str | None):

@@ -1,0 +1,288 @@
+"""Labelled examples for classification: tables of text or file paths, or one folder per class; every row checked."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import DataConfig
+from tunesmith.data.media import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    TEXT_SUFFIXES,
+    audio_problem,
+    image_problem,
+)
+from tunesmith.data.prepare import CheckedData, deduplicate
+from tunesmith.data.readers import Row, read_rows
+from tunesmith.errors import TunesmithError
+
+MODALITY = {"text-classification": "text", "image-classification": "image", "audio-classification": "audio"}
+SUFFIXES = {"text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    where: str
+    labels: tuple[str, ...]
+    text: str | None = None
+    text_pair: str | None = None
+    path: str | None = None  # an image or audio file
+
+    @property
+    def key(self) -> tuple:
+        return (self.text, self.text_pair, self.path)
+
+
+def natural_order(labels) -> list[str]:
+    """'2' before '10', then names alphabetically: the order id2label numbers them in."""
+    return sorted(labels, key=lambda label: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", label)])
+
+
+def _read_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # older corpora (BBC News among them) are Latin-1
+
+
+def read_class_folders(root: Path, modality: str) -> tuple[list[LabelledExample], list[str]]:
+    """root/<label>/<file>: every file below a class folder is one example; other files are reported."""
+    examples, problems = [], []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise TunesmithError(
+            f"{root}: a class-folder data set needs one sub-folder per label (e.g. {root}/cat/1.png)"
+        )
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if path.suffix.lower() not in SUFFIXES[modality]:
+                problems.append(
+                    f"{path}: not a {modality} file ({', '.join(sorted(SUFFIXES[modality]))}); move it out of the class folder"
+                )
+                continue
+            if modality == "text":
+                text = _read_text_file(path).strip()
+                if not text:
+                    problems.append(f"{path}: empty text; remove the file")
+                    continue
+                examples.append(LabelledExample(str(path), (folder.name,), text=text))
+            else:
+                examples.append(LabelledExample(str(path), (folder.name,), path=str(path)))
+    return examples, problems
+
+
+def _labels_of(value, cfg: DataConfig) -> tuple[str, ...] | str:
+    """The row's labels, or a message saying what is wrong with them."""
+    if isinstance(value, bool) or value is None:
+        return f"label field '{cfg.label_field}' must be a name or a number, got {value!r}"
+    if cfg.multi_label:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(cfg.label_separator) if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+            return f"label field '{cfg.label_field}' must be a list of labels (or '{cfg.label_separator}'-joined text)"
+        return tuple(dict.fromkeys(str(v) for v in value))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (str, int)) or not str(value).strip():
+        return f"label field '{cfg.label_field}' must be one label (a name or an integer), got {value!r}"
+    return (str(value).strip(),)
+
+
+def _example_from_row(
+    row: Row, cfg: DataConfig, modality: str, labelled: bool = True
+) -> LabelledExample | str:
+    data = row.data
+    present = ", ".join(sorted(data)) or "none"
+    labels: tuple[str, ...] | str = ()
+    if labelled:
+        if cfg.label_field not in data:
+            return (
+                f"missing label field '{cfg.label_field}' (fields present: {present}); set data.label_field"
+            )
+        labels = _labels_of(data[cfg.label_field], cfg)
+        if isinstance(labels, str):
+            return labels
+    if modality == "text":
+        text = data.get(cfg.text_field)
+        if text is None:
+            return f"missing text field '{cfg.text_field}' (fields present: {present}); set data.text_field"
+        if not isinstance(text, str) or not text.strip():
+            return f"empty text in field '{cfg.text_field}'; fill it or remove the row"
+        pair = None
+        if cfg.text_pair_field:
+            pair = data.get(cfg.text_pair_field)
+            if not isinstance(pair, str) or not pair.strip():
+                return f"missing or empty text pair field '{cfg.text_pair_field}'"
+        return LabelledExample(row.where, labels, text=text, text_pair=pair)
+    value = data.get(cfg.file_field)
+    if not isinstance(value, str) or not value.strip():
+        return f"missing file field '{cfg.file_field}' (fields present: {present}); set data.file_field"
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(row.source).parent / path  # paths in a table are relative to the table
+    if not path.is_file():
+        return f"file not found: {path}"
+    return LabelledExample(row.where, labels, path=str(path))
+
+
+def read_labelled(source: str, cfg: DataConfig, modality: str) -> tuple[list[LabelledExample], list[str]]:
+    path = Path(source)
+    if (
+        path.is_dir()
+        and not (path / "dataset_info.json").exists()
+        and not (path / "dataset_dict.json").exists()
+    ):
+        return read_class_folders(path, modality)
+    examples, problems = [], []
+    for row in read_rows(path):
+        result = f"{row.where}: {row.error}" if row.error else _example_from_row(row, cfg, modality)
+        if isinstance(result, str):
+            problems.append(result if row.error else f"{row.where}: {result}")
+        else:
+            examples.append(result)
+    return examples, problems
+
+
+def read_inputs(source: str, cfg: DataConfig, modality: str) -> tuple[list[LabelledExample], list[str]]:
+    """Prediction inputs, labels not needed: a table (the training config's fields) or a folder of files."""
+    path = Path(source)
+    if not path.exists():
+        raise TunesmithError(f"{path}: input not found; pass a data file or a folder of files")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES[modality])
+        if not files:
+            raise TunesmithError(
+                f"{path}: no {modality} files ({', '.join(sorted(SUFFIXES[modality]))}) in it"
+            )
+        if modality == "text":
+            return [LabelledExample(str(p), (), text=_read_text_file(p).strip()) for p in files], []
+        examples = [LabelledExample(str(p), (), path=str(p)) for p in files]
+        return examples, unreadable_files(examples, modality)
+    examples, problems = [], []
+    for row in read_rows(path):
+        result = row.error if row.error else _example_from_row(row, cfg, modality, labelled=False)
+        if isinstance(result, str):
+            problems.append(f"{row.where}: {result}")
+        else:
+            examples.append(result)
+    return examples, problems + unreadable_files(examples, modality)
+
+
+def unreadable_files(examples: list[LabelledExample], modality: str) -> list[str]:
+    """Open every image or audio file once, so a broken one is named before training, not mid-epoch."""
+    check = {"image": image_problem, "audio": audio_problem}.get(modality)
+    if check is None:
+        return []
+    problems = []
+    for example in examples:
+        problem = check(Path(example.path))
+        if problem:
+            problems.append(f"{example.where}: {problem}")
+    return problems
+
+
+def stratified_split(examples, ratio: float, seed: int):
+    """Hold out `ratio` of each class (seeded), so validation has the training set's class balance."""
+    by_label: dict[tuple, list] = {}
+    for example in examples:
+        by_label.setdefault(example.labels, []).append(example)
+    rng = random.Random(seed)
+    held_out: set[int] = set()
+    for group in by_label.values():
+        order = list(range(len(group)))
+        rng.shuffle(order)
+        count = round(len(group) * ratio) if len(group) > 1 else 0
+        held_out.update(id(group[i]) for i in order[:count])
+    train = [e for e in examples if id(e) not in held_out]
+    validation = [e for e in examples if id(e) in held_out]
+    rng.shuffle(train)
+    return train, validation
+
+
+def class_report(examples: list[LabelledExample], label_names: list[str]) -> dict:
+    counts = Counter(label for example in examples for label in example.labels)
+    ordered = {name: counts.get(name, 0) for name in label_names}
+    present = [count for count in ordered.values() if count]
+    return {
+        "counts": ordered,
+        "imbalance_ratio": round(max(present) / min(present), 2) if present else None,
+        "missing_classes": [name for name, count in ordered.items() if not count],
+    }
+
+
+def check_labelled(cfg: DataConfig, task: str) -> CheckedData:
+    """Read, validate, deduplicate and split a classification data set; label names go in report['labels']."""
+    modality = MODALITY[task]
+    train, problems = read_labelled(cfg.train_file, cfg, modality)
+    validation: list[LabelledExample] = []
+    if cfg.validation_file:
+        validation, more = read_labelled(cfg.validation_file, cfg, modality)
+        problems += more
+    problems += unreadable_files(train + validation, modality)
+    broken = {p.split(": ", 1)[0] for p in problems}
+    train = [e for e in train if e.where not in broken]
+    validation = [e for e in validation if e.where not in broken]
+
+    seen = natural_order({label for example in train for label in example.labels})
+    label_names = list(cfg.labels) if cfg.labels else seen
+    known = set(label_names)
+    for split in (train, validation):
+        for example in split:
+            unknown = [label for label in example.labels if label not in known]
+            if unknown:
+                where = "data.labels" if cfg.labels else "the training data"
+                problems.append(
+                    f"{example.where}: unknown label {unknown[0]!r} (not in {where}: {', '.join(label_names)}); "
+                    "fix the label or add it to data.labels"
+                )
+    bad = {p.split(": ", 1)[0] for p in problems}
+    train = [e for e in train if e.where not in bad]
+    validation = [e for e in validation if e.where not in bad]
+    report = {
+        "task": task,
+        "train_file": cfg.train_file,
+        "validation_file": cfg.validation_file,
+        "rows_read": len(train) + len(validation) + len(problems),
+        "bad_rows": len(problems),
+        "bad_row_list": problems[:200],
+        "on_error": cfg.on_error,
+        "labels": label_names,
+        "multi_label": cfg.multi_label,
+    }
+    if problems and cfg.on_error == "stop":
+        return CheckedData([], [], report, problems)
+    train, train_dupes = deduplicate(train) if cfg.deduplicate else (train, [])
+    validation, val_dupes = deduplicate(validation) if cfg.deduplicate else (validation, [])
+    report["duplicates_removed"] = len(train_dupes) + len(val_dupes)
+    report["duplicate_list"] = (train_dupes + val_dupes)[:50]
+    if not cfg.validation_file and cfg.validation_ratio > 0:
+        train, validation = stratified_split(train, cfg.validation_ratio, cfg.seed)
+        report["split"] = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
+    else:
+        report["split"] = (
+            f"validation from {cfg.validation_file}" if cfg.validation_file else "no validation set"
+        )
+    if cfg.max_examples:
+        report["max_examples"] = cfg.max_examples
+        train = train[: cfg.max_examples]
+    if not train:
+        raise TunesmithError(f"{cfg.train_file}: no valid training examples left; see the data report")
+    if len(label_names) < 2 and not cfg.multi_label:
+        raise TunesmithError(
+            f"{cfg.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "
+            f"classification needs at least 2 (label field '{cfg.label_field}')"
+        )
+    train_keys = {example.key for example in train}
+    leaked = [example for example in validation if example.key in train_keys]
+    validation = [example for example in validation if example.key not in train_keys]
+    report["validation_overlap_removed"] = len(leaked)
+    report["train_examples"] = len(train)
+    report["validation_examples"] = len(validation)
+    report["train_classes"] = class_report(train, label_names)
+    report["validation_classes"] = class_report(validation, label_names)
+    return CheckedData(train, validation, report, problems)

@@ -1,0 +1,360 @@
+"""The classification recipe (text, image, audio), read top to bottom; modalities.py holds what differs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from transformers import set_seed
+
+from tunesmith.config import Config
+from tunesmith.data.labelled import check_labelled
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.classification import full_report, predicted, probabilities, write_evaluation
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
+from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
+from tunesmith.tasks.common import bad_rows_error, peak_memory_mb, resume_point
+from tunesmith.tasks.modalities import MODALITIES
+from tunesmith.training.classification_loop import build_classification_trainer
+from tunesmith.training.distributed import is_main, say, world_size
+from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
+from tunesmith.training.loop import fit
+from tunesmith.training.run_folder import RunFolder
+
+
+def validated_data(cfg: Config):
+    checked = check_labelled(cfg.data, cfg.task)
+    if checked.problems and cfg.data.on_error == "stop":
+        raise bad_rows_error(checked)
+    return checked
+
+
+def print_data_summary(report: dict) -> None:
+    say(
+        f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report['duplicates_removed']} duplicates removed; "
+        f"{report['train_examples']} train / {report['validation_examples']} validation, {len(report['labels'])} labels"
+    )
+    classes = report["train_classes"]
+    say("data: train classes " + ", ".join(f"{k}={v}" for k, v in classes["counts"].items()))
+    if classes["imbalance_ratio"] and classes["imbalance_ratio"] >= 3:
+        say(
+            f"data: warning: the largest class is {classes['imbalance_ratio']}x the smallest; "
+            "consider train.class_weights: true and watch macro-F1"
+        )
+    for split in ("train", "validation"):
+        text = report.get("preprocessing", {}).get(split, {})
+        if text.get("over_max_length"):
+            say(
+                f"data: {text['over_max_length']} {split} example(s) longer than max_length={text['max_length']} "
+                f"tokens were {text['action']}"
+            )
+
+
+def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
+    """from_pretrained arguments that size the new head from the data and make the saved model predict names."""
+    arguments = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "ignore_mismatched_sizes": True,  # a pretrained head for other classes is replaced
+    }
+    if cfg.data.multi_label:
+        arguments["problem_type"] = "multi_label_classification"
+    return arguments
+
+
+def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+    started = time.time()
+    checked = validated_data(cfg)
+    run = RunFolder.for_training(cfg, default_name, resume)
+    say(f"run folder: {run.path}")
+    run.save_config(cfg)
+    cache_dir = default_cache_dir(cfg.output.cache_dir)
+
+    model_path = resolve_model(cfg.model, cache_dir)
+    modality = MODALITIES[cfg.task](model_path, cfg.model, cfg.data)
+    labels = checked.report["labels"]
+    label_ids = {label: i for i, label in enumerate(labels)}
+    train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
+    validation_set = modality.prepare(checked.validation, label_ids, cfg.data.multi_label, training=False)
+    report = checked.report | {
+        "preprocessing": {"train": train_set.report, "validation": validation_set.report}
+    }
+    run.write_json(run.data_report, report)
+    print_data_summary(report)
+
+    method = get_method(cfg.method.name)
+    set_seed(cfg.train.seed)  # the new head's initialisation is random
+    model = load_model(model_path, cfg.model, None, modality.auto_class, **classifier_arguments(cfg, labels))
+    model = method.apply(model, cfg.method)
+    parameters = count_parameters(model)
+    say(
+        f"strategy {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
+        f"({parameters['trainable_percent']}%)"
+    )
+    run.update_summary(
+        status="running",
+        task=cfg.task,
+        base_model=cfg.model.name,
+        base_model_path=model_path,
+        method=method.name,
+        is_adapter=method.is_adapter,
+        labels=labels,
+        multi_label=cfg.data.multi_label,
+        parameters=parameters,
+        processes=world_size(),
+        hardware=describe_hardware(),
+        versions=library_versions(),
+    )
+    if method.name == "features":
+        result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
+    else:
+        result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
+    if result.get("status") == "stopped":
+        return run.update_summary(**result) | {"run_dir": str(run.path)}
+    if is_main():
+        modality.save(run.model_dir)
+    result["peak_memory_mb"] = peak_memory_mb()
+    result["wall_seconds"] = round(time.time() - started, 1)
+    return run.update_summary(**result) | {"run_dir": str(run.path)}
+
+
+def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
+    """Train with the Trainer (full, head, last_n, lora, dora); evaluate the final weights on validation."""
+    precision = pick_precision(cfg.train.precision)
+    resume_from = resume_point(run) if resume else None
+    trainer, counter = build_classification_trainer(
+        cfg,
+        run,
+        model,
+        train_set.dataset,
+        validation_set.dataset,
+        modality.collator(model),
+        train_set.targets,
+        model.config.num_labels,
+        precision,
+        callbacks,
+        resuming=resume,
+    )
+    set_seed(cfg.train.seed)
+    train_started = time.time()
+    output, stopped = fit(trainer, resume_from)
+    seconds = time.time() - train_started
+    if stopped:
+        say(f"stopped at step {trainer.state.global_step}; continue with --resume")
+        return {"status": "stopped", "global_step": trainer.state.global_step}
+    trainer.save_model(str(run.model_dir))
+    rate_key = "tokens_per_second" if counter.unit == "tok" else "examples_per_second"
+    result = {
+        "status": "finished",
+        "precision": precision,
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "train_seconds": round(seconds, 1),
+        rate_key: round(counter.tokens / max(seconds, 1e-9), 1),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+    }
+    if len(validation_set.dataset):
+        prediction = trainer.predict(validation_set.dataset, metric_key_prefix="final")
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
+        result |= evaluate_logits(cfg, run, logits, np.asarray(validation_set.targets), model.config.id2label)
+    return result
+
+
+def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> dict:
+    """Write evaluation.json and the confusion matrix; return the headline numbers for run.json."""
+    names = [id2label[i] for i in range(len(id2label))]
+    predictions = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
+    report = full_report(targets, predictions, names, cfg.data.multi_label)
+    if is_main():
+        write_evaluation(report, run.path, cfg.data.multi_label)
+    say(
+        f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f} "
+        f"on {report['examples']} examples (run folder: evaluation.json, confusion_matrix.png)"
+    )
+    return {"validation": {k: report[k] for k in report if isinstance(report[k], float)}}
+
+
+def fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir) -> dict:
+    """Embed every example once with the frozen network (cached), then fit a scikit-learn classifier."""
+    if world_size() > 1:
+        raise TunesmithError("method.name: features runs in one process; drop --nproc")
+    collator = modality.collator(model)
+    settings = [
+        cfg.task,
+        model_fingerprint(model_path),
+        cfg.data.max_length,
+        cfg.data.on_overflow,
+        cfg.data.clip_seconds,
+    ]
+
+    def features_of(prepared, examples_key):
+        def compute():
+            return embed(model, prepared.dataset, collator, cfg.eval.batch_size, modality.name == "text")
+
+        return cached_embeddings(cache_dir, [*settings, examples_key], compute)
+
+    started = time.time()
+    train_features, cached = features_of(train_set, _dataset_key(train_set))
+    say(
+        f"features: {train_features.shape[0]} train embeddings of size {train_features.shape[1]}"
+        + (" (cached)" if cached else "")
+    )
+    head, _ = FeatureHead.fit(
+        train_features, np.asarray(train_set.targets), cfg.method, cfg.data.multi_label, cfg.train.seed
+    )
+    seconds = time.time() - started
+    run.model_dir.mkdir(parents=True, exist_ok=True)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    head.save(run.model_dir, labels, {"pooling": "mean" if modality.name == "text" else "pooler-or-mean"})
+    result = {"status": "finished", "train_seconds": round(seconds, 1), "global_step": 0}
+    if len(validation_set.dataset):
+        validation_features, _ = features_of(validation_set, _dataset_key(validation_set))
+        logits = head.logits(validation_features)
+        result |= evaluate_logits(cfg, run, logits, np.asarray(validation_set.targets), model.config.id2label)
+        record = {"step": 0, **{f"eval_{k}": v for k, v in result["validation"].items()}}
+        run.metrics.write_text(json.dumps(record) + "\n")
+    return result
+
+
+def _dataset_key(prepared) -> str:
+    """Token ids for text; for files their path, size and modification time (an edited file is re-embedded)."""
+    items = getattr(prepared.dataset, "items", prepared.dataset)
+    keyed = [
+        item
+        | (
+            {"stat": [Path(item["path"]).stat().st_size, Path(item["path"]).stat().st_mtime_ns]}
+            if "path" in item
+            else {}
+        )
+        for item in items
+    ]
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RunClassifier:
+    """A finished run's classifier: the network (full weights, or base + adapter) or base + feature head."""
+
+    def __init__(self, run: RunFolder):
+        cfg = run.load_config()
+        summary = run.read_summary()
+        if summary.get("status") != "finished" or not run.model_dir.exists():
+            raise TunesmithError(
+                f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
+            )
+        self.cfg, self.labels = cfg, summary["labels"]
+        self.multi_label = summary.get("multi_label", False)
+        base_path = summary.get("base_model_path")
+        if not base_path or not Path(base_path).exists():
+            base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+        self.head = None
+        if summary["method"] == "features":
+            self.head, _ = FeatureHead.load(run.model_dir)
+            weights = base_path
+        elif summary.get("is_adapter"):
+            weights = base_path
+        else:
+            weights = str(run.model_dir)
+        self.modality = MODALITIES[cfg.task](str(run.model_dir), cfg.model, cfg.data)
+        auto_class = self.modality.auto_class
+        self.model = load_model(
+            weights, cfg.model, None, auto_class, **classifier_arguments(cfg, self.labels)
+        )
+        if summary.get("is_adapter"):
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(run.model_dir))
+        self.model.eval()
+
+    def logits(self, examples: list, batch_size: int, progress: bool = True) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        prepared = self.modality.prepare(examples, {}, self.multi_label, training=False)
+        collator = self.modality.collator(self.model)
+        if self.head is not None:
+            features = embed(self.model, prepared.dataset, collator, batch_size, self.modality.name == "text")
+            return self.head.logits(features)
+        chunks = []
+        dataset = prepared.dataset
+        with torch.no_grad():
+            for start in tqdm(
+                range(0, len(dataset), batch_size), desc="predict", unit="batch", disable=not progress
+            ):
+                batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+                chunks.append(self.model(**batch).logits.float().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)))
+
+
+def predict(
+    run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
+) -> dict:
+    """Label every row of a table (or every file in a folder); write label and probabilities as JSONL or CSV."""
+    from tunesmith.data.labelled import MODALITY, read_inputs
+
+    run = RunFolder.open(run_dir)
+    classifier = RunClassifier(run)
+    cfg = classifier.cfg
+    examples, problems = read_inputs(str(source), cfg.data, MODALITY[cfg.task])
+    if problems:
+        raise TunesmithError(
+            f"{len(problems)} unreadable input(s); nothing was predicted", [f"  {p}" for p in problems[:50]]
+        )
+    if cfg.task == "text-classification" and cfg.data.on_overflow == "drop":
+        cfg.data.on_overflow = "truncate"  # every input gets an answer; over-long ones are counted below
+    target = Path(output) if output else _free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
+    if target.exists():
+        raise TunesmithError(f"{target} already exists; choose another --output")
+    if target.suffix.lower() not in {".jsonl", ".csv"}:
+        raise TunesmithError(f"--output {target}: use a .jsonl or .csv file name")
+    probs = probabilities(classifier.logits(examples, batch_size), classifier.multi_label)
+    chosen = predicted(probs, classifier.multi_label)
+    records = []
+    for example, row, pick in zip(examples, probs, chosen, strict=True):
+        names = classifier.labels
+        label = [names[i] for i, on in enumerate(pick) if on] if classifier.multi_label else names[int(pick)]
+        records.append(
+            {
+                "input": example.where,
+                "label": label,
+                "probabilities": {name: round(float(p), 6) for name, p in zip(names, row, strict=True)},
+            }
+        )
+    _write_predictions(target, records, classifier.labels)
+    return {"output": str(target), "rows": len(records)}
+
+
+def _free_path(path: Path) -> Path:
+    candidates = [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(2, 10_000)]
+    return next(candidate for candidate in candidates if not candidate.exists())
+
+
+def _write_predictions(target: Path, records: list[dict], labels: list[str]) -> None:
+    import csv
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    with temporary.open("w", encoding="utf-8", newline="") as handle:
+        if target.suffix.lower() == ".csv":
+            writer = csv.writer(handle)
+            writer.writerow(["input", "label", *[f"p_{name}" for name in labels]])
+            for record in records:
+                label = record["label"]
+                writer.writerow(
+                    [
+                        record["input"],
+                        "|".join(label) if isinstance(label, list) else label,
+                        *record["probabilities"].values(),
+                    ]
+                )
+        else:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+    temporary.replace(target)

@@ -1,0 +1,52 @@
+"""What every task's recipe shares: the bad-rows error, resuming, peak memory."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.training.checkpoints import checkpoint_step, latest_valid
+from tunesmith.training.distributed import say
+from tunesmith.training.run_folder import RunFolder
+
+
+def bad_rows_error(checked) -> TunesmithError:
+    shown = checked.problems[:100]
+    more = len(checked.problems) - len(shown)
+    details = [f"  {problem}" for problem in shown] + (
+        [f"  ... and {more} more (all in the data report)"] if more else []
+    )
+    return TunesmithError(
+        f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
+        details,
+    )
+
+
+def resume_point(run: RunFolder) -> str:
+    """The newest checkpoint that passes its manifest; the metrics log is cut back to its step."""
+    checkpoint, skipped = latest_valid(run.checkpoints)
+    for line in skipped:
+        say(f"resume: {line}")
+    if checkpoint is None:
+        raise TunesmithError(
+            f"--resume: {run.path} has no complete checkpoint; start the run again without --resume"
+        )
+    step = checkpoint_step(checkpoint)
+    dropped = run.truncate_metrics_after(step)
+    say(
+        f"resuming from {checkpoint.name}: weights, optimizer, LR schedule, RNG states and data position at step {step}"
+        + (
+            f" ({dropped} metric lines logged after it were dropped, they will be logged again)"
+            if dropped
+            else ""
+        )
+    )
+    return str(checkpoint)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

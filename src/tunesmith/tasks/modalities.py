@@ -1,0 +1,235 @@
+"""What differs between text, image and audio classification: the Auto class, the processor, and batching."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from tunesmith.config import DataConfig, ModelConfig
+from tunesmith.data.labelled import LabelledExample
+from tunesmith.data.media import augment_image, load_audio, load_image
+from tunesmith.errors import TunesmithError
+
+
+def label_target(example: LabelledExample, label_ids: dict[str, int], multi_label: bool):
+    if multi_label:
+        target = [0.0] * len(label_ids)
+        for label in example.labels:
+            target[label_ids[label]] = 1.0
+        return target
+    return label_ids[example.labels[0]]
+
+
+def labels_of(example: LabelledExample, label_ids: dict[str, int], multi_label: bool) -> dict:
+    """{"labels": target}, or {} for an unlabelled example (prediction input)."""
+    return {"labels": label_target(example, label_ids, multi_label)} if example.labels else {}
+
+
+def forward_inputs(model) -> set[str]:
+    """The keyword arguments the model's forward accepts (Whisper's encoder takes no attention_mask)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Decodes files lazily (one batch at a time); augmentation draws from a seeded generator."""
+
+    def __init__(self, items: list[dict], load):
+        self.items, self.load = items, load
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.load(self.items[index])
+
+
+@dataclass
+class Prepared:
+    dataset: torch.utils.data.Dataset | list
+    targets: list  # each kept example's label id (or multi-hot row), in dataset order
+    report: dict = field(default_factory=dict)
+
+
+class TextModality:
+    name = "text"
+    auto_class = "AutoModelForSequenceClassification"
+    unit = "tok"
+
+    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+        from tunesmith.models.loading import load_tokenizer
+
+        self.processor = load_tokenizer(model_path, model_cfg)
+        self.data_cfg = data_cfg
+        limit = getattr(self.processor, "model_max_length", None) or data_cfg.max_length
+        self.max_length = min(data_cfg.max_length, limit if limit < 1_000_000 else data_cfg.max_length)
+        if self.processor.pad_token_id is None:
+            self.processor.pad_token = self.processor.eos_token or self.processor.unk_token
+
+    def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
+        """Tokenize once; over-long examples are counted and truncated or dropped (data.on_overflow)."""
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair for e in examples] if self.data_cfg.text_pair_field else None
+        full = self.processor(texts, pairs, truncation=False)["input_ids"]
+        long_rows = {i for i, ids in enumerate(full) if len(ids) > self.max_length}
+        cut = self.processor(texts, pairs, truncation=True, max_length=self.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in cut]
+        rows = []
+        for i, example in enumerate(examples):
+            if i in long_rows and self.data_cfg.on_overflow == "drop":
+                continue
+            rows.append({k: cut[k][i] for k in keys} | labels_of(example, label_ids, multi_label))
+        lengths = sorted(len(ids) for ids in full)
+        report = {
+            "max_length": self.max_length,
+            "over_max_length": len(long_rows),
+            "action": "dropped" if self.data_cfg.on_overflow == "drop" else "truncated",
+            "median_tokens": lengths[len(lengths) // 2] if lengths else 0,
+            "max_tokens": lengths[-1] if lengths else 0,
+        }
+        return Prepared(rows, [row["labels"] for row in rows if "labels" in row], report)
+
+    def collator(self, model) -> TextCollator:
+        return TextCollator(self.processor.pad_token_id)
+
+    def save(self, folder) -> None:
+        self.processor.save_pretrained(folder)
+
+
+class TextCollator:
+    unit = "tok"
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        token_types = (
+            torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
+        )
+        for i, row in enumerate(rows):
+            length = len(row["input_ids"])
+            input_ids[i, :length] = torch.tensor(row["input_ids"])
+            attention_mask[i, :length] = 1
+            if token_types is not None:
+                token_types[i, :length] = torch.tensor(row["token_type_ids"])
+        self.real_tokens += int(attention_mask.sum())
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_types is not None:
+            batch["token_type_ids"] = token_types
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([row["labels"] for row in rows])
+        return batch
+
+
+class MediaCollator:
+    """Runs the model's image or audio processor on a batch of decoded files."""
+
+    unit = "ex"
+
+    def __init__(self, process, accepted: set[str]):
+        self.process, self.accepted = process, accepted
+        self.real_tokens = 0  # examples, for images and audio
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {k: v for k, v in self.process([row["input"] for row in rows]).items() if k in self.accepted}
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([row["labels"] for row in rows])
+        self.real_tokens += len(rows)
+        return batch
+
+
+class ImageModality:
+    name = "image"
+    auto_class = "AutoModelForImageClassification"
+    unit = "ex"
+
+    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+        from transformers import AutoConfig, AutoImageProcessor
+
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(model_path, revision=model_cfg.revision)
+        except (OSError, ValueError) as exc:
+            raise TunesmithError(
+                f"model.name: {model_path} has no image processor ({exc.__class__.__name__}); save one next to the "
+                "weights (e.g. ViTImageProcessor(size=...).save_pretrained(folder))"
+            ) from None
+        self.channels = getattr(AutoConfig.from_pretrained(model_path), "num_channels", 3)
+        self.data_cfg = data_cfg
+
+    def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
+        rng = random.Random(self.data_cfg.seed)
+        augment = training and self.data_cfg.augment
+
+        def load(item: dict) -> dict:
+            image = load_image(item["path"], self.channels)
+            return {"input": augment_image(image, rng) if augment else image} | (
+                {"labels": item["labels"]} if "labels" in item else {}
+            )
+
+        items = [{"path": e.path} | labels_of(e, label_ids, multi_label) for e in examples]
+        targets = [item["labels"] for item in items if "labels" in item]
+        return Prepared(ExampleDataset(items, load), targets, {"augmentation": augment})
+
+    def collator(self, model) -> MediaCollator:
+        return MediaCollator(
+            lambda images: self.processor(images=images, return_tensors="pt"), forward_inputs(model)
+        )
+
+    def save(self, folder) -> None:
+        self.processor.save_pretrained(folder)
+
+
+class AudioModality:
+    name = "audio"
+    auto_class = "AutoModelForAudioClassification"
+    unit = "ex"
+
+    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+        from transformers import AutoFeatureExtractor
+
+        try:
+            self.processor = AutoFeatureExtractor.from_pretrained(model_path, revision=model_cfg.revision)
+        except (OSError, ValueError) as exc:
+            raise TunesmithError(
+                f"model.name: {model_path} has no feature extractor ({exc.__class__.__name__}); save one next to the "
+                "weights (e.g. Wav2Vec2FeatureExtractor().save_pretrained(folder))"
+            ) from None
+        self.rate = self.processor.sampling_rate
+        self.data_cfg = data_cfg
+
+    def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
+        rng = random.Random(self.data_cfg.seed) if training else None
+        seconds = self.data_cfg.clip_seconds
+
+        def load(item: dict) -> dict:
+            return {"input": load_audio(item["path"], self.rate, seconds, rng)} | (
+                {"labels": item["labels"]} if "labels" in item else {}
+            )
+
+        items = [{"path": e.path} | labels_of(e, label_ids, multi_label) for e in examples]
+        targets = [item["labels"] for item in items if "labels" in item]
+        return Prepared(
+            ExampleDataset(items, load), targets, {"sampling_rate": self.rate, "clip_seconds": seconds}
+        )
+
+    def collator(self, model) -> MediaCollator:
+        def process(clips):
+            return self.processor(clips, sampling_rate=self.rate, return_tensors="pt")
+
+        return MediaCollator(process, forward_inputs(model))
+
+    def save(self, folder) -> None:
+        self.processor.save_pretrained(folder)
+
+
+MODALITIES = {
+    "text-classification": TextModality,
+    "image-classification": ImageModality,
+    "audio-classification": AudioModality,
+}

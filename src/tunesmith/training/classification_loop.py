@@ -1,0 +1,130 @@
+"""The classification loop: the same Trainer set-up as causal LM, plus class weighting and layer-wise LR decay."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import Trainer
+
+from tunesmith.config import Config
+from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
+from tunesmith.methods.freeze import transformer_blocks
+from tunesmith.training.callbacks import TokenCounter
+from tunesmith.training.loop import point_trackers_at, quiet, standard_callbacks, training_arguments
+from tunesmith.training.run_folder import RunFolder
+
+
+def class_weights(targets: list, num_labels: int, multi_label: bool) -> torch.Tensor:
+    """Inverse frequency (n / (classes * count)); for multi-label, negatives / positives per label."""
+    if multi_label:
+        matrix = np.asarray(targets, dtype=np.float64)
+        positives = matrix.sum(axis=0).clip(min=1)
+        return torch.tensor((len(matrix) - positives) / positives, dtype=torch.float32)
+    counts = np.bincount(np.asarray(targets), minlength=num_labels).clip(min=1)
+    return torch.tensor(len(targets) / (num_labels * counts), dtype=torch.float32)
+
+
+def layerwise_groups(
+    model, learning_rate: float, decay: float, weight_decay: float, no_decay: set[str]
+) -> list:
+    """Parameter groups whose LR shrinks by `decay` per block going down; embeddings get the lowest rate."""
+    blocks = list(transformer_blocks(model))
+    depth_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    groups: dict[tuple[float, float], list] = {}
+    seen_block = False
+    for name, parameter in model.named_parameters():
+        depth = depth_of.get(id(parameter))
+        seen_block = seen_block or depth is not None
+        if not parameter.requires_grad:
+            continue
+        if depth is not None:
+            scale = decay ** (len(blocks) - depth)
+        else:
+            scale = 1.0 if seen_block else decay ** (len(blocks) + 1)  # head and final norm, or embeddings
+        key = (learning_rate * scale, 0.0 if name in no_decay else weight_decay)
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+
+
+class ClassificationTrainer(Trainer):
+    loss_weights: torch.Tensor | None = None
+    multi_label = False
+    layer_lr_decay: float | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weights = self.loss_weights.to(outputs.logits.device)
+        if self.multi_label:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                outputs.logits.float(), labels.float(), pos_weight=weights
+            )
+        else:
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if not self.layer_lr_decay or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = model or self.model
+        optimizer_class, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        kwargs.pop("lr", None)
+        no_decay = set(self.get_decay_parameter_names(model))
+        no_decay = {name for name, _ in model.named_parameters() if name not in no_decay}
+        groups = layerwise_groups(
+            model, self.args.learning_rate, self.layer_lr_decay, self.args.weight_decay, no_decay
+        )
+        self.optimizer = optimizer_class(groups, lr=self.args.learning_rate, **kwargs)
+        return self.optimizer
+
+
+def metrics_function(multi_label: bool):
+    def compute(evaluation) -> dict[str, float]:
+        logits = (
+            evaluation.predictions[0] if isinstance(evaluation.predictions, tuple) else evaluation.predictions
+        )
+        return summary_metrics(
+            evaluation.label_ids, predicted(probabilities(logits, multi_label), multi_label)
+        )
+
+    return compute
+
+
+def build_classification_trainer(
+    cfg: Config,
+    run: RunFolder,
+    model,
+    train_set,
+    validation_set,
+    collator,
+    targets: list,
+    num_labels: int,
+    precision: str,
+    extra_callbacks=(),
+    resuming: bool = False,
+) -> tuple[ClassificationTrainer, TokenCounter]:
+    counter = TokenCounter(collator)
+    has_validation = len(validation_set) > 0
+    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
+    layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
+    args = training_arguments(cfg, run, len(train_set), has_validation, precision, resuming, layer_class)
+    args.prediction_loss_only = False  # logits are (examples x classes): small, and the metrics need them
+    point_trackers_at(run, cfg)
+    trainer = ClassificationTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_set,
+        eval_dataset=validation_set if has_validation else None,
+        compute_metrics=metrics_function(cfg.data.multi_label),
+        callbacks=callbacks,
+    )
+    trainer.multi_label = cfg.data.multi_label
+    trainer.layer_lr_decay = cfg.train.layer_lr_decay
+    if cfg.train.class_weights:
+        trainer.loss_weights = class_weights(targets, num_labels, cfg.data.multi_label)
+    quiet(trainer)
+    return trainer, counter
