@@ -100,6 +100,13 @@ class MethodConfig(Section):
     freeze: FreezeConfig = FreezeConfig()
     features: FeaturesConfig = FeaturesConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "name" in raw and "strategy" in raw:
+            raise ValueError("method: give either name or strategy (two spellings of one key), not both")
+        return raw
+
     @model_validator(mode="after")
     def _last_n_in_one_place(self) -> MethodConfig:
         if self.last_n is not None:
