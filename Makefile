@@ -11,9 +11,19 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean system-deps
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set.
+DEBIAN_PACKAGES := espeak-ng
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +37,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart
 
-lint: $(STAMP)
+lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
@@ -39,7 +49,7 @@ format: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -p no:cacheprovider || [ $$? -eq 5 ]
 
-bench: $(STAMP)
+bench: setup
 	$(PY) bench/run.py
 
 clean:

@@ -190,7 +190,9 @@ def build_bert_folder(path: Path, hidden: int = 32, layers: int = 3) -> Path:
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -258,3 +260,64 @@ def classification_config(folder: Path, model: Path, task: str, train_file, **se
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def synthesize_spoken_digits(folder: Path, voices, variants, speeds, pitches) -> Path:
+    """A spoken-digit set in class folders: espeak-ng says each digit in every voice, variant, speed, pitch."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed; `make setup` installs it (apt-get install espeak-ng)")
+    for digit, word in enumerate(DIGIT_WORDS):
+        target = folder / str(digit)
+        target.mkdir(parents=True, exist_ok=True)
+        for voice in voices:
+            for variant in variants:
+                for speed in speeds:
+                    for pitch in pitches:
+                        name = f"{voice}-{variant}-{speed}-{pitch}.wav"
+                        subprocess.run(
+                            [
+                                "espeak-ng",
+                                "-v",
+                                f"{voice}+{variant}",
+                                "-s",
+                                str(speed),
+                                "-p",
+                                str(pitch),
+                                "-w",
+                                str(target / name),
+                                word,
+                            ],
+                            check=True,
+                        )
+    return folder
+
+
+def build_whisper_classifier_folder(path: Path, seconds: float = 1.0) -> Path:
+    """A tiny Whisper encoder classifier (log-mel input) with a feature extractor cut to `seconds`."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    extractor = WhisperFeatureExtractor(feature_size=40, chunk_length=int(seconds))
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        num_mel_bins=40,
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        max_source_positions=extractor.nb_max_frames // 2,
+        classifier_proj_size=64,
+        num_labels=2,
+    )
+    WhisperForAudioClassification(config).save_pretrained(path)
+    extractor.save_pretrained(path)
+    return path

