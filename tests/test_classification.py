@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def test_predict_writes_labels_and_probabilities(tmp_path, tiny_bert):
     summary = _train(tmp_path, tiny_bert)
     inputs = write_jsonl(tmp_path / "new.jsonl", [{"text": "market shares rose"}, {"text": "team won match"}])
     result = api.predict(summary["run_dir"], inputs)
-    records = [json.loads(line) for line in open(result["output"])]
+    records = [json.loads(line) for line in Path(result["output"]).read_text().splitlines()]
     assert [r["label"] for r in records] == ["business", "sport"]
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
     assert records[0]["input"].endswith("new.jsonl:1")
@@ -158,7 +159,8 @@ def test_multi_label_text(tmp_path, tiny_bert):
     assert summary["labels"] == ["business", "numbered", "politics", "sport"]
     assert summary["validation"]["f1_macro"] > 0.5
     inputs = write_jsonl(tmp_path / "new.jsonl", [{"text": "market shares rose 4"}])
-    record = json.loads(open(api.predict(summary["run_dir"], inputs)["output"]).readline())
+    output = Path(api.predict(summary["run_dir"], inputs)["output"])
+    record = json.loads(output.read_text().splitlines()[0])
     assert isinstance(record["label"], list) and "business" in record["label"]
 
 
@@ -260,3 +262,33 @@ def test_config_rules_for_classification(tmp_path, tiny_bert):
         config_from_dict(
             {"model": {"name": "m"}, "data": {"train_file": "x"}, "method": {"name": "features"}}
         )
+
+
+def test_a_head_for_other_labels_is_replaced_and_one_for_the_same_labels_kept(tmp_path, tiny_bert):
+    from tunesmith.tasks.classification import fresh_head_unless_same_labels
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)  # saved with 2 generic labels
+    before = model.classifier.weight.clone()
+    assert fresh_head_unless_same_labels(model, str(tiny_bert), ["neg", "pos"]).startswith("new")
+    assert not torch.equal(before, model.classifier.weight)
+    summary = _train(tmp_path, tiny_bert, train={"epochs": 1})
+    tuned = f"{summary['run_dir']}/model"
+    model = AutoModelForSequenceClassification.from_pretrained(tuned)
+    before = model.classifier.weight.clone()
+    assert fresh_head_unless_same_labels(model, tuned, ["business", "politics", "sport"]).startswith("kept")
+    assert torch.equal(before, model.classifier.weight)
+
+
+def test_truncation_is_counted_in_the_data_report(tmp_path, tiny_bert):
+    rows = topic_rows(40)
+    rows[0]["text"] = " ".join(["market"] * 80)  # 82 tokens with [CLS]/[SEP], max_length is 32
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    raw = classification_config(tmp_path, tiny_bert, "text-classification", data, train=FAST | {"epochs": 1})
+    summary = api.train(config_from_dict(raw))
+    report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
+    counts = [report["preprocessing"][split]["over_max_length"] for split in ("train", "validation")]
+    assert sum(counts) == 1 and report["preprocessing"]["train"]["action"] == "truncated"
+    assert (
+        report["preprocessing"]["train"]["max_tokens"] == 82
+        or report["preprocessing"]["validation"]["max_tokens"] == 82
+    )

@@ -79,7 +79,10 @@ def test_run_folder_explains_itself(lora_run):
 def test_adapter_reloads_to_identical_logits(lora_run):
     summary, capture = lora_run
     model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
-    assert torch.equal(probe_logits(model), capture.logits)
+    if torch.cuda.is_available():  # trained on the GPU, reloaded on the CPU: other kernels, same weights
+        assert torch.allclose(probe_logits(model), capture.logits, atol=1e-5)
+    else:
+        assert torch.equal(probe_logits(model), capture.logits)
 
 
 def test_merge_matches_adapter(lora_run):

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from tunesmith.config import STARTERS
 from tunesmith.errors import TunesmithError
 
 
@@ -18,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     init = verbs.add_parser("init", help="print a commented starter config")
-    init.add_argument("kind", choices=["sft"])
+    init.add_argument("kind", choices=list(STARTERS))
     init.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
 
     train = verbs.add_parser("train", help="fine-tune as CONFIG says")

@@ -409,7 +409,79 @@ output:
 """
 
 
+STARTER_CLASSIFICATION = """\
+# tunesmith {task} config. Every key is optional unless marked required.
+# Validate your data alone with:  tunesmith data check this.yaml
+# Label new data with the result:  tunesmith predict runs/<name> --input new_data{input_hint}
+task: {task}
+
+model:
+  name: {model_hint}   # required: a local HF folder or a hub id
+
+data:
+  train_file: {data_hint}   # required: a folder with one sub-folder per label, or a table{table_hint}
+  validation_file: null              # or hold out validation_ratio of each class (seeded)
+  validation_ratio: 0.2
+  label_field: label                 # tables: the label column{fields}
+  labels: null                       # fix the label set and order; default: the labels found in train_file
+  on_error: stop                     # stop (list every bad row or unreadable file) | skip (drop and count them)
+{extra}
+method:
+  strategy: full                     # full | head (transfer learning) | last_n | lora | features
+  last_n: 2                          # for last_n: the last N blocks plus the head train
+  lora: {{r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
+  features: {{C: 1.0}}                 # for features: logistic regression on frozen embeddings
+
+train:
+  batch_size: 16
+  epochs: 3
+  learning_rate: 5.0e-5              # lower for full, higher for head and lora
+  scheduler: linear
+  warmup: 0.06
+  weight_decay: 0.01
+  metric: f1_macro                   # accuracy | f1_macro | f1_weighted | precision_macro | recall_macro | eval_loss
+  early_stopping_patience: null
+  class_weights: false               # weight the loss by inverse class frequency (imbalanced data)
+  layer_lr_decay: null               # e.g. 0.9: each lower block learns 0.9x as fast as the one above
+  precision: auto
+
+output:
+  dir: runs
+"""
+
+_CLASSIFICATION_HINTS = {
+    "text-classification": {
+        "input_hint": ".csv",
+        "model_hint": "path/to/encoder-folder     ",
+        "data_hint": "data/train.csv          ",
+        "table_hint": " (.csv/.jsonl/.parquet)",
+        "fields": "\n  text_field: text                   # tables: the text column\n  text_pair_field: null              # a second text column for pair tasks (e.g. NLI)\n  multi_label: false                 # several labels per row: a list, or 'a|b' in CSV",
+        "extra": "  max_length: 256                    # tokens; longer texts are truncated and counted in the data report\n",
+    },
+    "image-classification": {
+        "input_hint": "/ (a folder of images)",
+        "model_hint": "path/to/vision-model-folder",
+        "data_hint": "data/images/            ",
+        "table_hint": " of paths",
+        "fields": "\n  file_field: path                   # tables: the image path column (relative to the table)",
+        "extra": "  augment: false                     # random resized crop + horizontal flip in training\n",
+    },
+    "audio-classification": {
+        "input_hint": "/ (a folder of clips)",
+        "model_hint": "path/to/audio-model-folder ",
+        "data_hint": "data/clips/             ",
+        "table_hint": " of paths",
+        "fields": "\n  file_field: path                   # tables: the audio path column (relative to the table)",
+        "extra": "  clip_seconds: 1.0                  # clips are resampled to the model's rate, then cut or padded\n",
+    },
+}
+
+STARTERS = ("sft", *_CLASSIFICATION_HINTS)
+
+
 def starter_config(kind: str) -> str:
-    if kind != "sft":
-        raise TunesmithError(f"tunesmith init {kind}: unknown starter; available: sft")
-    return STARTER_SFT
+    if kind == "sft":
+        return STARTER_SFT
+    if kind in _CLASSIFICATION_HINTS:
+        return STARTER_CLASSIFICATION.format(task=kind, **_CLASSIFICATION_HINTS[kind])
+    raise TunesmithError(f"tunesmith init {kind}: unknown starter; available: {', '.join(STARTERS)}")

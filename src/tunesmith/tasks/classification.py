@@ -16,6 +16,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.classification import full_report, predicted, probabilities, write_evaluation
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
+from tunesmith.methods.freeze import head_names
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.tasks.common import bad_rows_error, peak_memory_mb, resume_point
 from tunesmith.tasks.modalities import MODALITIES
@@ -67,6 +68,20 @@ def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
     return arguments
 
 
+def fresh_head_unless_same_labels(model, model_path: str, labels: list[str]) -> str:
+    """A checkpoint's head is kept only when it was trained for exactly these labels, in this order."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(model_path).id2label or {}
+    if [saved.get(i) for i in range(len(saved))] == labels:
+        return "kept (the checkpoint was trained on the same labels)"
+    for name in head_names(model):
+        for module in getattr(model, name).modules():  # same shape, other labels: start from scratch
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return f"new ({', '.join(head_names(model))}), sized for {len(labels)} labels"
+
+
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
     checked = validated_data(cfg)
@@ -90,6 +105,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     method = get_method(cfg.method.name)
     set_seed(cfg.train.seed)  # the new head's initialisation is random
     model = load_model(model_path, cfg.model, None, modality.auto_class, **classifier_arguments(cfg, labels))
+    head = fresh_head_unless_same_labels(model, model_path, labels)
     model = method.apply(model, cfg.method)
     parameters = count_parameters(model)
     say(
@@ -105,6 +121,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         is_adapter=method.is_adapter,
         labels=labels,
         multi_label=cfg.data.multi_label,
+        head=head,
         parameters=parameters,
         processes=world_size(),
         hardware=describe_hardware(),

@@ -72,7 +72,7 @@ class TextModality:
         """Tokenize once; over-long examples are counted and truncated or dropped (data.on_overflow)."""
         texts = [e.text for e in examples]
         pairs = [e.text_pair for e in examples] if self.data_cfg.text_pair_field else None
-        full = self.processor(texts, pairs, truncation=False)["input_ids"]
+        full = self.processor(texts, pairs, truncation=False, verbose=False)["input_ids"]
         long_rows = {i for i, ids in enumerate(full) if len(ids) > self.max_length}
         cut = self.processor(texts, pairs, truncation=True, max_length=self.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in cut]

@@ -64,18 +64,15 @@ def describe_hardware() -> dict:
 
 
 def library_versions() -> dict:
-    import accelerate
-    import datasets
-    import peft
-    import transformers
+    """Versions of the libraries a run depends on ("not installed" where one is absent)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import tunesmith
 
-    return {
-        "tunesmith": tunesmith.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-    }
+    versions = {"tunesmith": tunesmith.__version__, "torch": torch.__version__}
+    for name in ("transformers", "peft", "accelerate", "datasets", "scikit-learn"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

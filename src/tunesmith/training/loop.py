@@ -122,7 +122,7 @@ def training_arguments(
         warmup_steps=t.warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        activation_checkpointing=t.gradient_checkpointing,
+        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=t.seed,
@@ -148,6 +148,13 @@ def training_arguments(
         **engine_arguments(cfg, model_layer_class),
     )
 
+
+# transformers renamed gradient_checkpointing to activation_checkpointing in 5.2x; accept either release.
+_CHECKPOINTING_ARGUMENT = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 _ENV_WE_SET: dict[str, str] = {}
 
