@@ -202,6 +202,7 @@ def build_bert_folder(path: Path, hidden: int = 32, layers: int = 3) -> Path:
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=64,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

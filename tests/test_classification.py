@@ -292,3 +292,46 @@ def test_truncation_is_counted_in_the_data_report(tmp_path, tiny_bert):
         report["preprocessing"]["train"]["max_tokens"] == 82
         or report["preprocessing"]["validation"]["max_tokens"] == 82
     )
+
+
+def test_text_pairs_reach_the_model_as_two_segments(tmp_path, tiny_bert):
+    from tunesmith.tasks.modalities import TextModality
+
+    rows = [
+        {"premise": "team won", "hypothesis": "match lost", "label": "no"},
+        {"premise": "vote", "label": "yes"},
+        {"premise": "team won", "hypothesis": "team won", "label": "yes"},
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = _data_cfg(
+        tmp_path,
+        train_file=str(data),
+        text_field="premise",
+        text_pair_field="hypothesis",
+        validation_ratio=0.0,
+    )
+    checked = check_labelled(cfg.model_copy(update={"on_error": "skip"}), "text-classification")
+    assert checked.problems == [f"{data}:2: missing or empty text pair field 'hypothesis'"]
+    modality = TextModality(
+        str(tiny_bert),
+        config_from_dict({"model": {"name": str(tiny_bert)}, "data": {"train_file": "x"}}).model,
+        cfg,
+    )
+    prepared = modality.prepare(checked.train[:1], {"no": 0, "yes": 1}, False, training=True)
+    assert prepared.dataset[0]["token_type_ids"] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+    ]  # [CLS] team won [SEP] match lost [SEP]
+
+
+def test_generate_and_merge_refuse_classification_runs(tmp_path, tiny_bert):
+    summary = _train(tmp_path, tiny_bert, method={"name": "features"})
+    with pytest.raises(TunesmithError, match="use `tunesmith predict`"):
+        api.generate(summary["run_dir"], ["hello"])
+    with pytest.raises(TunesmithError, match="use `tunesmith predict`"):
+        api.merge(summary["run_dir"])

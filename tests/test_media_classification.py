@@ -160,3 +160,38 @@ def test_bad_audio_files_are_named(tmp_path):
         f"{data}/5/noise.wav",
     ]
     assert all("unreadable audio" in p or "empty audio" in p for p in checked.problems)
+
+
+def test_audio_is_resampled_and_cut_or_padded(tmp_path):
+    import random
+
+    import soundfile
+
+    from tunesmith.data.media import load_audio
+
+    tone = np.sin(np.linspace(0, 2 * np.pi * 440, 22050 * 2)).astype(np.float32)  # 2 s at 22.05 kHz
+    soundfile.write(tmp_path / "tone.wav", np.stack([tone, tone], axis=1), 22050)  # stereo
+    clip = load_audio(str(tmp_path / "tone.wav"), 16000, 1.0)
+    assert clip.shape == (16000,) and clip.dtype == np.float32
+    assert abs(clip).max() > 0.9  # a full-scale tone survives resampling
+    window = load_audio(str(tmp_path / "tone.wav"), 16000, 1.0, random.Random(0))
+    assert window.shape == (16000,)
+    padded = load_audio(str(tmp_path / "tone.wav"), 16000, 3.0)
+    assert padded.shape == (48000,) and not padded[33000:].any()  # 2 s of sound, then zeros
+
+
+def test_image_augmentation_keeps_size_and_is_seeded():
+    import random
+
+    from PIL import Image
+
+    from tunesmith.data.media import augment_image
+
+    image = Image.fromarray((np.arange(256).reshape(16, 16) % 255).astype(np.uint8), mode="L")
+    first = augment_image(image, random.Random(1))
+    again = augment_image(image, random.Random(1))
+    assert first.size == image.size and np.array_equal(np.asarray(first), np.asarray(again))
+    assert not all(
+        np.array_equal(np.asarray(augment_image(image, random.Random(s))), np.asarray(image))
+        for s in range(5)
+    )

@@ -22,6 +22,14 @@ def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[C
     return load_config(config, overrides), Path(config).stem
 
 
+def _causal_lm_run(run_dir: str | Path, verb: str, instead: str) -> RunFolder:
+    run = RunFolder.open(run_dir)
+    task = run.load_config().task
+    if task != "causal-lm":
+        raise TunesmithError(f"{verb}: {run.path} is a {task} run; use `tunesmith {instead}` for it")
+    return run
+
+
 def init(kind: str = "sft") -> str:
     """A commented starter config."""
     return starter_config(kind)
@@ -80,7 +88,8 @@ def generate(
     """Answer prompts with a run's tuned model, formatted exactly as in training."""
     from tunesmith.evaluation.generation import generate as _generate
 
-    model, renderer, cfg = causal_lm.load_run_model(RunFolder.open(run_dir))
+    run = _causal_lm_run(run_dir, "generate", "predict")
+    model, renderer, cfg = causal_lm.load_run_model(run)
     system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
     conversations = [(*system, ("user", prompt)) for prompt in prompts]
     return _generate(model, renderer, conversations, max_new_tokens=max_new_tokens, temperature=temperature)
@@ -88,7 +97,7 @@ def generate(
 
 def merge(run_dir: str | Path, output: str | Path | None = None) -> dict:
     """Merge a run's LoRA/DoRA adapter into its base; write a standalone folder and check logits parity."""
-    run = RunFolder.open(run_dir)
+    run = _causal_lm_run(run_dir, "merge", "predict")
     target = Path(output) if output else run.path / "merged"
     if target.exists():
         raise TunesmithError(f"{target} already exists; remove it or pass --output to write elsewhere")

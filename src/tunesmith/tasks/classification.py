@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import set_seed
 
 from tunesmith.config import Config
@@ -75,9 +76,14 @@ def fresh_head_unless_same_labels(model, model_path: str, labels: list[str]) -> 
     saved = AutoConfig.from_pretrained(model_path).id2label or {}
     if [saved.get(i) for i in range(len(saved))] == labels:
         return "kept (the checkpoint was trained on the same labels)"
+    std = getattr(model.config, "initializer_range", 0.02)
     for name in head_names(model):
         for module in getattr(model, name).modules():  # same shape, other labels: start from scratch
-            if hasattr(module, "reset_parameters"):
+            if isinstance(module, torch.nn.Linear):  # as transformers initializes a new head
+                torch.nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+            elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return f"new ({', '.join(head_names(model))}), sized for {len(labels)} labels"
 
