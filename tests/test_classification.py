@@ -335,3 +335,28 @@ def test_generate_and_merge_refuse_classification_runs(tmp_path, tiny_bert):
         api.generate(summary["run_dir"], ["hello"])
     with pytest.raises(TunesmithError, match="use `tunesmith predict`"):
         api.merge(summary["run_dir"])
+
+
+def test_classification_run_resumes_exactly_where_it_stopped(tmp_path, tiny_bert):
+    from test_train import StopAt
+
+    data = write_jsonl(tmp_path / "train.jsonl", topic_rows(48))
+    raw = classification_config(
+        tmp_path,
+        tiny_bert,
+        "text-classification",
+        data,
+        train={"max_steps": 8, "eval_steps": 2, "save_steps": 4},
+    )
+    whole = api.train(config_from_dict(raw, overrides=["output.name=whole"]))
+    stopped = api.train(config_from_dict(raw, overrides=["output.name=split"]), callbacks=[StopAt(4)])
+    assert stopped["status"] == "stopped" and stopped["global_step"] == 4
+    resumed = api.train(config_from_dict(raw, overrides=["output.name=split"]), resume=True)
+    assert resumed["global_step"] == 8 and resumed["status"] == "finished"
+
+    def losses(summary):
+        metrics = (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, metrics) if "loss" in r}
+
+    assert losses(resumed) == pytest.approx(losses(whole), abs=1e-5)
+    assert resumed["validation"]["accuracy"] == pytest.approx(whole["validation"]["accuracy"])

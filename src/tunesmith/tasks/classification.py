@@ -294,10 +294,10 @@ class RunClassifier:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(run.model_dir))
-        self.model.eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device).eval()
 
     def logits(self, examples: list, batch_size: int, progress: bool = True) -> np.ndarray:
-        import torch
         from tqdm.auto import tqdm
 
         prepared = self.modality.prepare(examples, {}, self.multi_label, training=False)
@@ -312,7 +312,8 @@ class RunClassifier:
                 range(0, len(dataset), batch_size), desc="predict", unit="batch", disable=not progress
             ):
                 batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-                chunks.append(self.model(**batch).logits.float().numpy())
+                inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+                chunks.append(self.model(**inputs).logits.float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)))
 
 

@@ -10,7 +10,13 @@ from tunesmith.config import Config
 from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
 from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import TokenCounter
-from tunesmith.training.loop import point_trackers_at, quiet, standard_callbacks, training_arguments
+from tunesmith.training.loop import (
+    AtomicCheckpoints,
+    point_trackers_at,
+    quiet,
+    standard_callbacks,
+    training_arguments,
+)
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -46,7 +52,7 @@ def layerwise_groups(
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
-class ClassificationTrainer(Trainer):
+class ClassificationTrainer(AtomicCheckpoints, Trainer):
     loss_weights: torch.Tensor | None = None
     multi_label = False
     layer_lr_decay: float | None = None

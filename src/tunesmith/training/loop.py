@@ -32,34 +32,8 @@ def planned_steps(cfg: Config, train_rows: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
 
-class CausalLMTrainer(Trainer):
-    """Trainer that runs the LM head and loss only where the next token is supervised (train.sparse_lm_head).
-
-    With the prompt masked, most positions never reach the loss, yet the plain path projects every one onto
-    the whole vocabulary (49k columns for SmolLM2). The loss is the same sum over supervised tokens divided by
-    the same count, so results match the plain path; bench/ measures the time saved.
-    """
-
-    sparse_lm_head = True
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.sparse_lm_head or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
-        targets = inputs.pop("labels")[:, 1:]  # the token at t+1 is predicted at position t
-        keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, logits_to_keep=keep)
-        picked = targets[:, keep]
-        logits = outputs.logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        )
-        count = num_items_in_batch if num_items_in_batch is not None else picked.ne(IGNORE).sum()
-        loss = loss / count
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # As the default path: DDP averages gradients over ranks, the count already covers all of them.
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+class AtomicCheckpoints:
+    """Trainer mixin: checkpoints are staged, checksummed (manifest) and renamed into place, never half-written."""
 
     def _save_checkpoint(self, model, trial):
         """Stage the checkpoint in checkpoints/.partial, checksum it, then rename it into place."""
@@ -93,6 +67,36 @@ class CausalLMTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir):
         fault_point("during_checkpoint_write", self.state.global_step)  # model written, optimizer not yet
         super()._save_optimizer_and_scheduler(output_dir)
+
+
+class CausalLMTrainer(AtomicCheckpoints, Trainer):
+    """Trainer that runs the LM head and loss only where the next token is supervised (train.sparse_lm_head).
+
+    With the prompt masked, most positions never reach the loss, yet the plain path projects every one onto
+    the whole vocabulary (49k columns for SmolLM2). The loss is the same sum over supervised tokens divided by
+    the same count, so results match the plain path; bench/ measures the time saved.
+    """
+
+    sparse_lm_head = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.sparse_lm_head or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[:, 1:]  # the token at t+1 is predicted at position t
+        keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        picked = targets[:, keep]
+        logits = outputs.logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else picked.ne(IGNORE).sum()
+        loss = loss / count
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As the default path: DDP averages gradients over ranks, the count already covers all of them.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
 
 def training_arguments(
