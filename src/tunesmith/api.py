@@ -77,7 +77,7 @@ def predict(
     run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
 ) -> dict:
     """Label a table's rows or a folder's files with a classification run; writes JSONL or CSV."""
-    from tunesmith.tasks.classification import predict as _predict
+    from tunesmith.tasks.classification_predict import predict as _predict
 
     return _predict(run_dir, source, output, batch_size)
 
