@@ -122,3 +122,12 @@ def merge(run_dir: str | Path, output: str | Path | None = None) -> dict:
     record = {"source_run": str(run.path), "max_abs_logit_difference": difference, "tolerance": tolerance}
     (target / "merge.json").write_text(json.dumps(record, indent=2))
     return {**record, "output": str(target)}
+
+
+def export(
+    run_dir: str | Path, fmt: str, output: str | Path | None = None, quantize: str | None = None
+) -> dict:
+    """Write a run's model as safetensors, ONNX or TorchScript, checked against PyTorch; writes export.json."""
+    from tunesmith.export.formats import export as _export
+
+    return _export(run_dir, fmt, output, quantize)

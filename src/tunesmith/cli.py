@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help=".jsonl or .csv (default: RUN/predictions/<input>.jsonl)")
     predict.add_argument("--batch-size", type=int, default=32)
 
+    export = verbs.add_parser(
+        "export", help="write a run's model as safetensors, ONNX or TorchScript (parity-checked)"
+    )
+    export.add_argument("run")
+    export.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
+    export.add_argument("--output", help="folder to create (default: RUN/export/FORMAT)")
+    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: dynamic int8 for CPUs")
+
     merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
     merge.add_argument("run")
     merge.add_argument("--output")
@@ -124,6 +132,17 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "predict":
         result = api.predict(args.run, args.input, args.output, args.batch_size)
         print(f"wrote {result['rows']} predictions to {result['output']}")
+        return 0
+    if args.verb == "export":
+        result = api.export(args.run, args.format, args.output, args.quantize)
+        line = f"exported {args.format} to {result['output']} (max logit difference vs PyTorch: {result['parity']['max_abs_logit_difference']:.2e})"
+        quantization = result.get("quantization")
+        if quantization:
+            line += (
+                f"; int8: {quantization['size_mb_before']} -> {quantization['size_mb_after']} MB, "
+                f"{quantization['metric']} {quantization['before']} -> {quantization['after']}"
+            )
+        print(line)
         return 0
     if args.verb == "merge":
         result = api.merge(args.run, args.output)

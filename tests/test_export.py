@@ -1,0 +1,66 @@
+"""Exports: every format reloads and matches PyTorch's logits; int8 reports size and metric change."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import classification_config, topic_rows, write_jsonl
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.errors import TunesmithError
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, tiny_model):
+    from conftest import tiny_config
+
+    folder = tmp_path_factory.mktemp("lm")
+    raw = tiny_config(folder, tiny_model, 24, train={"max_steps": 2}, eval={"samples": 0})
+    return api.train(config_from_dict(raw))["run_dir"]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory, tiny_bert):
+    folder = tmp_path_factory.mktemp("classifier")
+    data = write_jsonl(folder / "train.jsonl", topic_rows(60))
+    raw = classification_config(
+        folder,
+        tiny_bert,
+        "text-classification",
+        data,
+        method={"name": "lora", "lora": {"r": 4, "alpha": 8}},
+        train={"epochs": 4, "learning_rate": 1e-2, "eval_steps": 1000, "save_steps": 1000},
+    )
+    return api.train(config_from_dict(raw))["run_dir"]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "torchscript"])
+def test_causal_lm_exports_match_pytorch(lm_run, fmt):
+    result = api.export(lm_run, fmt)
+    assert result["parity"]["max_abs_logit_difference"] < 1e-4
+    record = json.loads((Path(result["output"]) / "export.json").read_text())
+    assert record["format"] == fmt and record["source_run"] == lm_run
+    assert (Path(result["output"]) / "tokenizer.json").exists()  # the tokenizer travels with the model
+    with pytest.raises(TunesmithError, match="already exists"):
+        api.export(lm_run, fmt)  # never overwrites
+
+
+def test_lora_classifier_onnx_int8_reports_size_and_accuracy(classifier_run):
+    result = api.export(classifier_run, "onnx", quantize="int8")
+    assert result["parity"]["max_abs_logit_difference"] < 1e-4  # adapters merged before export
+    quantization = result["quantization"]
+    assert quantization["size_mb_after"] < quantization["size_mb_before"]
+    assert quantization["metric"] == "validation_accuracy" and 0 <= quantization["after"] <= 1
+    assert quantization["change"] == pytest.approx(quantization["after"] - quantization["before"])
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(Path(result["output"]) / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == result["inputs"]
+
+
+def test_export_refuses_what_it_cannot_do(lm_run):
+    with pytest.raises(TunesmithError, match="applies to --format onnx"):
+        api.export(lm_run, "torchscript", quantize="int8")
+    with pytest.raises(TunesmithError, match="unknown"):
+        api.export(lm_run, "tflite")
