@@ -112,7 +112,10 @@ def _classifier(run: RunFolder) -> Exportable:
         for s in range(0, len(examples), 16)
     ]
     names = [name for name in batches[0] if name != "labels"]
-    probes = [{k: batches[0][k][:1] for k in names}, {k: batches[0][k][:3] for k in names}]
+    alone = collate(
+        [prepared.dataset[0]]
+    )  # one example at its own length: another sequence length than the batch
+    probes = [{k: alone[k] for k in names}, {k: batches[0][k][:3] for k in names}]
     validation = [({k: b[k] for k in names}, b["labels"]) for b in batches]
     return Exportable(cfg.task, model, modality.processor, names, probes, validation)
 
