@@ -64,3 +64,25 @@ def test_export_refuses_what_it_cannot_do(lm_run):
         api.export(lm_run, "torchscript", quantize="int8")
     with pytest.raises(TunesmithError, match="unknown"):
         api.export(lm_run, "tflite")
+
+
+def test_push_dry_run_writes_model_and_card(classifier_run, tmp_path):
+    result = api.push(classifier_run, "someone/topics", dry_run=True, output=tmp_path / "upload")
+    folder = Path(result["folder"])
+    assert not result["uploaded"]
+    assert (folder / "adapter_model.safetensors").exists() and (folder / "tunesmith_config.yaml").exists()
+    card = (folder / "README.md").read_text()
+    summary = json.loads((Path(classifier_run) / "run.json").read_text())
+    assert "library_name: peft" in card and "pipeline_tag: text-classification" in card
+    assert f"validation accuracy: {summary['validation']['accuracy']:.4f}" in card
+    assert "business (" in card and "## Limitations" in card and "task: text-classification" in card
+
+
+def test_push_offline_is_a_clear_error(classifier_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        TunesmithError, match="HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; the folder is ready"
+    ):
+        api.push(classifier_run, "someone/topics", output=tmp_path / "upload")
+    with pytest.raises(TunesmithError, match="expected OWNER/NAME"):
+        api.push(classifier_run, "no-owner", dry_run=True)

@@ -131,3 +131,16 @@ def export(
     from tunesmith.export.formats import export as _export
 
     return _export(run_dir, fmt, output, quantize)
+
+
+def push(
+    run_dir: str | Path,
+    repo: str,
+    dry_run: bool = False,
+    private: bool = False,
+    output: str | Path | None = None,
+) -> dict:
+    """Upload a run's model with a generated model card; dry_run writes the folder that would be uploaded."""
+    from tunesmith.export.hub import push as _push
+
+    return _push(run_dir, repo, dry_run, private, output)

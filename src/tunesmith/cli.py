@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", help="folder to create (default: RUN/export/FORMAT)")
     export.add_argument("--quantize", choices=["int8"], help="with --format onnx: dynamic int8 for CPUs")
 
+    push = verbs.add_parser("push", help="upload a run's model with a generated model card to the hub")
+    push.add_argument("run")
+    push.add_argument("--repo", required=True, metavar="OWNER/NAME")
+    push.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--output", help="where to write the upload folder (default: RUN/push/OWNER--NAME)")
+
     merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
     merge.add_argument("run")
     merge.add_argument("--output")
@@ -143,6 +150,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{quantization['metric']} {quantization['before']} -> {quantization['after']}"
             )
         print(line)
+        return 0
+    if args.verb == "push":
+        result = api.push(args.run, args.repo, args.dry_run, args.private, args.output)
+        print(
+            f"uploaded {result['folder']} to {args.repo}"
+            if result["uploaded"]
+            else f"wrote {result['folder']} (dry run: nothing uploaded)"
+        )
         return 0
     if args.verb == "merge":
         result = api.merge(args.run, args.output)

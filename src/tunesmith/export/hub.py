@@ -1,0 +1,149 @@
+"""`tunesmith push RUN --repo ID`: the run's model folder plus a generated model card, uploaded with huggingface_hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from tunesmith.errors import TunesmithError
+from tunesmith.training.run_folder import RunFolder
+
+PIPELINE_TAGS = {
+    "causal-lm": "text-generation",
+    "text-classification": "text-classification",
+    "image-classification": "image-classification",
+    "audio-classification": "audio-classification",
+}
+
+
+def _metrics_lines(summary: dict) -> list[str]:
+    lines = []
+    if "validation_loss_after" in summary:
+        before = summary.get("validation_loss_before")
+        lines.append(
+            f"- validation loss: {summary['validation_loss_after']:.4f}"
+            + (f" (base model: {before:.4f})" if before is not None else "")
+        )
+    for name, value in (summary.get("validation") or {}).items():
+        lines.append(f"- validation {name.replace('_', ' ')}: {value:.4f}")
+    if summary.get("train_loss") is not None:
+        lines.append(f"- final training loss: {summary['train_loss']:.4f}")
+    return lines or ["- no validation set was used; the run reports no held-out metric"]
+
+
+def model_card(run: RunFolder, repo: str) -> str:
+    """README.md for the hub: what it is, how it was made, how it scores, what it is for and not for."""
+    summary = run.read_summary()
+    config_text = run.config_file.read_text()
+    report = json.loads(run.data_report.read_text()) if run.data_report.exists() else {}
+    task, method = summary.get("task", "causal-lm"), summary.get("method")
+    adapter = bool(summary.get("is_adapter"))
+    front = {
+        "library_name": "peft" if adapter else "transformers",
+        "pipeline_tag": PIPELINE_TAGS.get(task),
+        "tags": ["tunesmith", task, *([method] if method else [])],
+    }
+    base = summary.get("base_model", "")
+    if base and not Path(base).exists():
+        front["base_model"] = base  # a hub id; local paths mean nothing to readers
+    parameters = summary.get("parameters", {})
+    data_lines = [
+        f"- {report.get('train_examples', '?')} training and {report.get('validation_examples', '?')} validation examples "
+        f"({report.get('rows_read', '?')} rows read, {report.get('bad_rows', 0)} bad, "
+        f"{report.get('duplicates_removed', 0)} duplicates removed); split: {report.get('split', 'n/a')}",
+    ]
+    if report.get("labels"):
+        counts = report.get("train_classes", {}).get("counts", {})
+        data_lines.append("- labels (training count): " + ", ".join(f"{k} ({v})" for k, v in counts.items()))
+    load = (
+        f'from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained("{repo}")'
+        if adapter
+        else f'from transformers import AutoModel\nmodel = AutoModel.from_pretrained("{repo}")'
+    )
+    sections = [
+        "---\n" + yaml.safe_dump({k: v for k, v in front.items() if v}, sort_keys=False) + "---",
+        f"# {repo.split('/')[-1]}",
+        f"A {task} model fine-tuned with [tunesmith](https://pypi.org/project/tunesmith/) from `{base}` "
+        f"using **{method}** ({parameters.get('trainable', '?'):,} of {parameters.get('total', '?'):,} parameters trained"
+        + (", saved as an adapter over the base model" if adapter else "")
+        + ").",
+        "## Training data\n" + "\n".join(data_lines),
+        "## Evaluation (held-out validation split)\n" + "\n".join(_metrics_lines(summary)),
+        "## Intended use\nThe task and data described above: "
+        + (
+            "completing prompts in the format it was trained on (the chat template or prompt format in the config)."
+            if task == "causal-lm"
+            else f"assigning one of the labels above to new {task.split('-')[0]} inputs like the training data."
+        ),
+        "## Limitations\n- It was evaluated only on the validation split above, drawn from the same source as the "
+        "training data; expect lower scores on data that differs from it.\n- It inherits the base model's "
+        "limitations and biases; fine-tuning on a small set can also make it forget general abilities.\n"
+        "- The metrics above are the run's own, not an independent benchmark.",
+        "## How to use\n```python\n" + load + "\n```",
+        "## Training config (tunesmith)\n```yaml\n" + config_text.rstrip() + "\n```",
+        f"Trained with tunesmith {summary.get('versions', {}).get('tunesmith', '')} on "
+        f"{summary.get('hardware', {}).get('platform', 'unknown hardware')} "
+        f"(torch {summary.get('versions', {}).get('torch', '?')}, transformers {summary.get('versions', {}).get('transformers', '?')}).",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def prepare_upload(run: RunFolder, repo: str, folder: Path) -> Path:
+    """The folder that would be uploaded: the model files, README.md (model card), the tunesmith config and reports."""
+    if not run.model_dir.exists() or run.read_summary().get("status") != "finished":
+        raise TunesmithError(f"{run.path}: no finished model to push; finish training (or --resume) first")
+    if folder.exists():
+        raise TunesmithError(f"{folder} already exists; remove it or pass --output to write elsewhere")
+    shutil.copytree(run.model_dir, folder)
+    (folder / "README.md").write_text(model_card(run, repo), encoding="utf-8")
+    (folder / "tunesmith_config.yaml").write_text(run.config_file.read_text())
+    for name in ("evaluation.json", "data_report.json", "confusion_matrix.png"):
+        if (run.path / name).exists():
+            shutil.copy2(run.path / name, folder / name)
+    return folder
+
+
+def push(
+    run_dir: str | Path,
+    repo: str,
+    dry_run: bool = False,
+    private: bool = False,
+    output: str | Path | None = None,
+) -> dict:
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise TunesmithError(f"--repo {repo!r}: expected OWNER/NAME, e.g. my-user/my-model")
+    run = RunFolder.open(run_dir)
+    folder = prepare_upload(
+        run, repo, Path(output) if output else run.path / "push" / repo.replace("/", "--")
+    )
+    if dry_run:
+        return {"folder": str(folder), "uploaded": False}
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise TunesmithError(
+            f"push: HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; the folder is ready at {folder} "
+            "(unset HF_HUB_OFFLINE on a connected machine, or upload that folder yourself)"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo, folder_path=str(folder), commit_message=f"tunesmith: {run.path.name}"
+        )
+    except HfHubHTTPError as exc:
+        raise TunesmithError(
+            f"push: the hub refused the upload ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+            "check HF_TOKEN (`hf auth login`) and the repo name"
+        ) from None
+    except OSError as exc:  # no network: connection errors are OSErrors
+        raise TunesmithError(
+            f"push: cannot reach the hub ({exc.__class__.__name__}); the folder is ready at {folder}; "
+            "retry on a connected machine or with --dry-run"
+        ) from None
+    return {"folder": str(folder), "uploaded": True, "url": getattr(commit, "commit_url", None)}
