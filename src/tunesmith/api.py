@@ -144,3 +144,27 @@ def push(
     from tunesmith.export.hub import push as _push
 
     return _push(run_dir, repo, dry_run, private, output)
+
+
+def serve_app(
+    run_dirs: list[str | Path],
+    api_key: str | None = None,
+    max_concurrency: int = 4,
+    max_tokens_cap: int = 512,
+    max_prompt_tokens: int = 2048,
+):
+    """The FastAPI app serving these runs (OpenAI-compatible); LoRA runs over one base share it in memory."""
+    import os
+
+    from tunesmith.serving.app import create_app
+    from tunesmith.serving.registry import Registry
+
+    key = api_key or os.environ.get("TUNESMITH_API_KEY") or None
+    return create_app(Registry(run_dirs), key, max_concurrency, max_tokens_cap, max_prompt_tokens)
+
+
+def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+    """Serve runs over HTTP with uvicorn until interrupted; options as for serve_app."""
+    import uvicorn
+
+    uvicorn.run(serve_app(run_dirs, **options), host=host, port=port, log_level="info")

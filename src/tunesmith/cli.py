@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--output", help="where to write the upload folder (default: RUN/push/OWNER--NAME)")
 
+    serve = verbs.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API")
+    serve.add_argument("runs", nargs="+", metavar="RUN")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNESMITH_API_KEY)")
+    serve.add_argument(
+        "--max-concurrency", type=int, default=4, help="requests answered at once; more get 429"
+    )
+    serve.add_argument(
+        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
+    )
+
     merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
     merge.add_argument("run")
     merge.add_argument("--output")
@@ -157,6 +169,16 @@ def run(args: argparse.Namespace) -> int:
             f"uploaded {result['folder']} to {args.repo}"
             if result["uploaded"]
             else f"wrote {result['folder']} (dry run: nothing uploaded)"
+        )
+        return 0
+    if args.verb == "serve":
+        api.serve(
+            args.runs,
+            args.host,
+            args.port,
+            api_key=args.api_key,
+            max_concurrency=args.max_concurrency,
+            max_tokens_cap=args.max_tokens,
         )
         return 0
     if args.verb == "merge":

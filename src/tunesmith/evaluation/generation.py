@@ -51,3 +51,41 @@ def generate(
             outputs.append(tokenizer.decode(answer, skip_special_tokens=True).strip())
     model.train(was_training)
     return outputs
+
+
+def stream(
+    model, renderer: Renderer, conversation: Messages, max_new_tokens: int = 64, temperature: float = 0.0
+):
+    """Yield the answer to one conversation piece by piece; joined, the pieces equal generate()'s answer."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    tokenizer = renderer.tokenizer
+    prompt = renderer.encode_prompt(conversation)
+    device = next(model.parameters()).device
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    arguments = {
+        "input_ids": torch.tensor([prompt], device=device),
+        "attention_mask": torch.ones(1, len(prompt), dtype=torch.long, device=device),
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": renderer.stop_token_ids(),
+        "pad_token_id": pad_id,
+        "streamer": streamer,
+        **sampling,
+    }
+    worker = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**arguments), daemon=True)
+    worker.start()
+    # generate() strips the whole answer: drop leading whitespace, and hold trailing whitespace back until
+    # more text follows it, so the joined pieces equal generate()'s answer.
+    started, pending = False, ""
+    for piece in streamer:
+        text = pending + (piece if started else piece.lstrip())
+        started = started or bool(text)
+        body = text.rstrip()
+        pending = text[len(body) :]
+        if body:
+            yield body
+    worker.join()

@@ -196,8 +196,8 @@ def _evaluation_of_final_weights(trainer) -> dict | None:
     return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
 
 
-def load_run_model(run: RunFolder):
-    """The tuned model of a finished run (base + adapter, or full weights), its config and renderer."""
+def load_run_renderer(run: RunFolder) -> Renderer:
+    """The run's tokenizer and template: prompts are rendered exactly as in training."""
     cfg = run.load_config()
     summary = run.read_summary()
     if not run.model_dir.exists():
@@ -205,7 +205,14 @@ def load_run_model(run: RunFolder):
             f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
         )
     tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
-    renderer = Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+    return Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+
+
+def load_run_model(run: RunFolder, adapter_name: str = "default"):
+    """The tuned model of a finished run (base + adapter, or full weights), its config and renderer."""
+    cfg = run.load_config()
+    summary = run.read_summary()
+    renderer = load_run_renderer(run)
     if (run.model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
@@ -214,7 +221,7 @@ def load_run_model(run: RunFolder):
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         # The adapter is applied to the base as it was trained on (4-bit for QLoRA), so answers match training.
         base = load_model(base_path, cfg.model, get_method(cfg.method.name).quantization_config(cfg.method))
-        model = PeftModel.from_pretrained(base, str(run.model_dir))
+        model = PeftModel.from_pretrained(base, str(run.model_dir), adapter_name=adapter_name)
     else:
         model = load_model(str(run.model_dir), cfg.model)
     model.eval()
