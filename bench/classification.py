@@ -27,7 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 STRATEGIES = {
     "full": ({"name": "full"}, 1e-4),
     "last_n": ({"name": "last_n", "last_n": 2}, 3e-4),
-    "head": ({"name": "head"}, 1e-2),
+    "head": ({"name": "head"}, 2e-3),
     "lora": ({"name": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}}, 5e-4),
     "features": ({"name": "features"}, 1e-4),
 }
