@@ -207,3 +207,20 @@ def test_openapi_fuzz_finds_no_server_error(server):
 
         check()
     assert not failures, failures[:3]
+
+
+def test_a_client_hanging_up_mid_stream_frees_the_model(server, client):
+    body = {
+        "model": "cats",
+        "messages": [{"role": "user", "content": "say something"}],
+        "max_tokens": 16,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", server[1] + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as response:
+        next(response.iter_lines())  # read one event, then hang up
+    answer = client.chat.completions.create(
+        model="dogs", messages=[{"role": "user", "content": "say something"}], max_tokens=8
+    )
+    assert "dogs" in answer.choices[0].message.content  # the shared base's lock was released

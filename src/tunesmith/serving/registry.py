@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,13 +113,25 @@ class Registry:
             )[0]
 
     def stream(self, served: ServedModel, messages, max_tokens: int, temperature: float):
+        """Pieces of the answer. A producer thread holds the model's lock for exactly one generation, so a
+        client that hangs up mid-stream (and never resumes this generator) cannot keep the model locked."""
         from tunesmith.evaluation.generation import stream
 
-        with served.lock:
-            self._select(served)
-            yield from stream(
-                served.model, served.renderer, self.conversation(served, messages), max_tokens, temperature
-            )
+        pieces: queue.Queue = queue.Queue()
+        conversation = self.conversation(served, messages)
+
+        def produce() -> None:
+            try:
+                with served.lock:
+                    self._select(served)
+                    for piece in stream(served.model, served.renderer, conversation, max_tokens, temperature):
+                        pieces.put(piece)
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=produce, daemon=True).start()
+        while (piece := pieces.get()) is not None:
+            yield piece
 
     def classify(self, served: ServedModel, texts: list[str]) -> list[dict]:
         from tunesmith.data.labelled import LabelledExample
