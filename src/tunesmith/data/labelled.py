@@ -16,7 +16,7 @@ from tunesmith.data.media import (
     audio_problem,
     image_problem,
 )
-from tunesmith.data.prepare import CheckedData, deduplicate
+from tunesmith.data.prepare import CheckedData, clean_and_split
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -256,33 +256,13 @@ def check_labelled(cfg: DataConfig, task: str) -> CheckedData:
     }
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
-    train, train_dupes = deduplicate(train) if cfg.deduplicate else (train, [])
-    validation, val_dupes = deduplicate(validation) if cfg.deduplicate else (validation, [])
-    report["duplicates_removed"] = len(train_dupes) + len(val_dupes)
-    report["duplicate_list"] = (train_dupes + val_dupes)[:50]
-    if not cfg.validation_file and cfg.validation_ratio > 0:
-        train, validation = stratified_split(train, cfg.validation_ratio, cfg.seed)
-        report["split"] = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
-    else:
-        report["split"] = (
-            f"validation from {cfg.validation_file}" if cfg.validation_file else "no validation set"
-        )
-    if cfg.max_examples:
-        report["max_examples"] = cfg.max_examples
-        train = train[: cfg.max_examples]
-    if not train:
-        raise TunesmithError(f"{cfg.train_file}: no valid training examples left; see the data report")
+    held_out = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
+    train, validation = clean_and_split(train, validation, cfg, report, stratified_split, held_out)
     if len(label_names) < 2 and not cfg.multi_label:
         raise TunesmithError(
             f"{cfg.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "
             f"classification needs at least 2 (label field '{cfg.label_field}')"
         )
-    train_keys = {example.key for example in train}
-    leaked = [example for example in validation if example.key in train_keys]
-    validation = [example for example in validation if example.key not in train_keys]
-    report["validation_overlap_removed"] = len(leaked)
-    report["train_examples"] = len(train)
-    report["validation_examples"] = len(validation)
     report["train_classes"] = class_report(train, label_names)
     report["validation_classes"] = class_report(validation, label_names)
     return CheckedData(train, validation, report, problems)

@@ -54,13 +54,23 @@ def check_data(cfg: DataConfig) -> CheckedData:
     }
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
+    held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
+    train, validation = clean_and_split(train, validation, cfg, report, _split, held_out)
+    return CheckedData(train, validation, report, problems)
+
+
+def clean_and_split(train: list, validation: list, cfg: DataConfig, report: dict, split, held_out: str):
+    """Deduplicate, split off validation (without a validation file), cap, drop train/validation overlap.
+
+    Every step is counted in `report`; `split(examples, ratio, seed)` is the task's way of holding out.
+    """
     train, train_dupes = deduplicate(train) if cfg.deduplicate else (train, [])
     validation, val_dupes = deduplicate(validation) if cfg.deduplicate else (validation, [])
     report["duplicates_removed"] = len(train_dupes) + len(val_dupes)
     report["duplicate_list"] = (train_dupes + val_dupes)[:50]
     if not cfg.validation_file and cfg.validation_ratio > 0:
-        train, validation = _split(train, cfg.validation_ratio, cfg.seed)
-        report["split"] = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
+        train, validation = split(train, cfg.validation_ratio, cfg.seed)
+        report["split"] = held_out
     else:
         report["split"] = (
             f"validation from {cfg.validation_file}" if cfg.validation_file else "no validation set"
@@ -77,7 +87,7 @@ def check_data(cfg: DataConfig) -> CheckedData:
     report["validation_overlap_removed"] = len(leaked)
     report["train_examples"] = len(train)
     report["validation_examples"] = len(validation)
-    return CheckedData(train, validation, report, problems)
+    return train, validation
 
 
 def deduplicate(examples: list[Example]) -> tuple[list[Example], list[str]]:

@@ -144,88 +144,92 @@ class MediaCollator:
         return batch
 
 
-class ImageModality:
-    name = "image"
-    auto_class = "AutoModelForImageClassification"
+class MediaModality:
+    """Images and audio: files decoded one batch at a time, then the model's own processor."""
+
     unit = "ex"
+    processor_class = ""  # the transformers Auto class that loads the processor
+    processor_hint = ""  # how to save one, for the error message
 
     def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
-        from transformers import AutoConfig, AutoImageProcessor
+        import transformers
 
         try:
-            self.processor = AutoImageProcessor.from_pretrained(model_path, revision=model_cfg.revision)
+            loader = getattr(transformers, self.processor_class)
+            self.processor = loader.from_pretrained(model_path, revision=model_cfg.revision)
         except (OSError, ValueError) as exc:
             raise TunesmithError(
-                f"model.name: {model_path} has no image processor ({exc.__class__.__name__}); save one next to the "
-                "weights (e.g. ViTImageProcessor(size=...).save_pretrained(folder))"
+                f"model.name: {model_path} has no {self.processor_hint[0]} ({exc.__class__.__name__}); save one next "
+                f"to the weights (e.g. {self.processor_hint[1]}.save_pretrained(folder))"
             ) from None
-        self.channels = getattr(AutoConfig.from_pretrained(model_path), "num_channels", 3)
         self.data_cfg = data_cfg
+
+    def decode(self, path: str, rng: random.Random, training: bool):
+        raise NotImplementedError
+
+    def report(self, training: bool) -> dict:
+        raise NotImplementedError
 
     def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
         rng = random.Random(self.data_cfg.seed)
-        augment = training and self.data_cfg.augment
 
         def load(item: dict) -> dict:
-            image = load_image(item["path"], self.channels)
-            return {"input": augment_image(image, rng) if augment else image} | (
-                {"labels": item["labels"]} if "labels" in item else {}
-            )
+            labels = {"labels": item["labels"]} if "labels" in item else {}
+            return {"input": self.decode(item["path"], rng, training)} | labels
 
         items = [{"path": e.path} | labels_of(e, label_ids, multi_label) for e in examples]
         targets = [item["labels"] for item in items if "labels" in item]
-        return Prepared(ExampleDataset(items, load), targets, {"augmentation": augment})
+        return Prepared(ExampleDataset(items, load), targets, self.report(training))
+
+    def save(self, folder) -> None:
+        self.processor.save_pretrained(folder)
+
+
+class ImageModality(MediaModality):
+    name = "image"
+    auto_class = "AutoModelForImageClassification"
+    processor_class = "AutoImageProcessor"
+    processor_hint = ("image processor", "ViTImageProcessor(size=...)")
+
+    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+        from transformers import AutoConfig
+
+        super().__init__(model_path, model_cfg, data_cfg)
+        self.channels = getattr(AutoConfig.from_pretrained(model_path), "num_channels", 3)
+
+    def decode(self, path: str, rng: random.Random, training: bool):
+        image = load_image(path, self.channels)
+        return augment_image(image, rng) if training and self.data_cfg.augment else image
+
+    def report(self, training: bool) -> dict:
+        return {"augmentation": training and self.data_cfg.augment}
 
     def collator(self, model) -> MediaCollator:
         return MediaCollator(
             lambda images: self.processor(images=images, return_tensors="pt"), forward_inputs(model)
         )
 
-    def save(self, folder) -> None:
-        self.processor.save_pretrained(folder)
 
-
-class AudioModality:
+class AudioModality(MediaModality):
     name = "audio"
     auto_class = "AutoModelForAudioClassification"
-    unit = "ex"
+    processor_class = "AutoFeatureExtractor"
+    processor_hint = ("feature extractor", "Wav2Vec2FeatureExtractor()")
 
-    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
-        from transformers import AutoFeatureExtractor
-
-        try:
-            self.processor = AutoFeatureExtractor.from_pretrained(model_path, revision=model_cfg.revision)
-        except (OSError, ValueError) as exc:
-            raise TunesmithError(
-                f"model.name: {model_path} has no feature extractor ({exc.__class__.__name__}); save one next to the "
-                "weights (e.g. Wav2Vec2FeatureExtractor().save_pretrained(folder))"
-            ) from None
-        self.rate = self.processor.sampling_rate
-        self.data_cfg = data_cfg
-
-    def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
-        rng = random.Random(self.data_cfg.seed) if training else None
-        seconds = self.data_cfg.clip_seconds
-
-        def load(item: dict) -> dict:
-            return {"input": load_audio(item["path"], self.rate, seconds, rng)} | (
-                {"labels": item["labels"]} if "labels" in item else {}
-            )
-
-        items = [{"path": e.path} | labels_of(e, label_ids, multi_label) for e in examples]
-        targets = [item["labels"] for item in items if "labels" in item]
-        return Prepared(
-            ExampleDataset(items, load), targets, {"sampling_rate": self.rate, "clip_seconds": seconds}
+    def decode(self, path: str, rng: random.Random, training: bool):
+        # a random window of a longer clip in training, its start otherwise
+        return load_audio(
+            path, self.processor.sampling_rate, self.data_cfg.clip_seconds, rng if training else None
         )
+
+    def report(self, training: bool) -> dict:
+        return {"sampling_rate": self.processor.sampling_rate, "clip_seconds": self.data_cfg.clip_seconds}
 
     def collator(self, model) -> MediaCollator:
         def process(clips):
-            return self.processor(clips, sampling_rate=self.rate, return_tensors="pt")
+            return self.processor(clips, sampling_rate=self.processor.sampling_rate, return_tensors="pt")
 
         return MediaCollator(process, forward_inputs(model))
-
-    def save(self, folder) -> None:
-        self.processor.save_pretrained(folder)
 
 
 MODALITIES = {
