@@ -15,10 +15,11 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP) system-deps
 
-# Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set.
-DEBIAN_PACKAGES := espeak-ng
+# Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set; chromium and its
+# chromedriver render report.html headless.
+DEBIAN_PACKAGES := espeak-ng chromium chromium-driver
 system-deps:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -168,3 +168,42 @@ def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     uvicorn.run(serve_app(run_dirs, **options), host=host, port=port, log_level="info")
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    baseline: bool = False,
+    generations: int | None = None,
+) -> dict:
+    """Score a finished run on its validation split (or `data`); with baseline, the untouched base model too."""
+    from tunesmith.evaluation.evaluate import evaluate_run
+
+    return evaluate_run(RunFolder.open(run_dir), data, baseline, generations)
+
+
+def report(run_dir: str | Path) -> Path:
+    """(Re)write RUN/report.html from the run folder's own files."""
+    from tunesmith.report.run_report import write_run_report
+
+    return write_run_report(RunFolder.open(run_dir))
+
+
+def compare(run_dirs: list[str | Path], output: str | Path | None = None) -> Path:
+    """One HTML page comparing runs: curves, final metrics, settings that differ."""
+    from tunesmith.report.compare import write_comparison
+
+    return write_comparison([RunFolder.open(r) for r in run_dirs], output)
+
+
+def sweep(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> dict:
+    """Hyperparameter search over the config's `sweep.space` with Optuna; returns the best trial and paths."""
+    from tunesmith.evaluation.sweep import run_sweep
+
+    return run_sweep(Path(config), overrides or [], trials, storage, study_name)

@@ -85,6 +85,36 @@ def _parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
     )
 
+    evaluate = verbs.add_parser(
+        "eval", help="score a run: loss/perplexity, ROUGE/BLEU, or classification metrics"
+    )
+    evaluate.add_argument("run")
+    evaluate.add_argument(
+        "--data", help="a data file in the run's format (default: the run's validation split)"
+    )
+    evaluate.add_argument(
+        "--baseline", action="store_true", help="also score the untouched base model, side by side"
+    )
+    evaluate.add_argument("--generations", type=int, help="examples to generate (default: eval.generations)")
+
+    report = verbs.add_parser("report", help="rebuild RUN/report.html from the run folder")
+    report.add_argument("run")
+
+    compare = verbs.add_parser("compare", help="write one HTML page comparing several runs")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    compare.add_argument(
+        "--output", help="HTML file to write (default: comparison.html beside the first run)"
+    )
+
+    sweep = verbs.add_parser("sweep", help="hyperparameter search over the config's sweep.space (Optuna)")
+    sweep.add_argument("config")
+    sweep.add_argument("--trials", type=int, help="total trials in the study (default: sweep.trials)")
+    sweep.add_argument(
+        "--storage", help="Optuna database URL shared by workers (default: SQLite in the sweep folder)"
+    )
+    sweep.add_argument("--study", dest="study_name", help="study name (default: the config's name)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
     merge.add_argument("run")
     merge.add_argument("--output")
@@ -179,6 +209,26 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             max_concurrency=args.max_concurrency,
             max_tokens_cap=args.max_tokens,
+        )
+        return 0
+    if args.verb == "eval":
+        result = api.evaluate(args.run, args.data, args.baseline, args.generations)
+        print(result["table"])
+        print(f"wrote {result['folder']}")
+        return 0
+    if args.verb == "report":
+        print(f"wrote {api.report(args.run)}")
+        return 0
+    if args.verb == "compare":
+        print(f"wrote {api.compare(args.runs, args.output)}")
+        return 0
+    if args.verb == "sweep":
+        result = api.sweep(args.config, args.overrides, args.trials, args.storage, args.study_name)
+        best = result.get("best")
+        if best:
+            print(f"best trial {best['number']}: {result['metric']} = {best['value']:.6g} {best['params']}")
+        print(
+            f"wrote {result['best_config']} and {result['report']}" if best else f"wrote {result['report']}"
         )
         return 0
     if args.verb == "merge":

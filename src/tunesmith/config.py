@@ -156,6 +156,64 @@ class EvalConfig(Section):
     batch_size: int = Field(8, gt=0)
     samples: int = Field(3, ge=0, description="held-out examples generated before and after training")
     max_new_tokens: int = Field(64, gt=0)
+    generations: int = Field(
+        32, ge=0, description="`tunesmith eval`: examples generated for ROUGE/BLEU/exact match (0: none)"
+    )
+    reference: str | None = Field(
+        None, description="general text scored before and after training: the forgetting check"
+    )
+    reference_field: str = "text"
+    reference_max_examples: int = Field(200, gt=0)
+    forgetting_threshold: float = Field(
+        10.0, gt=0, description="warn when the reference perplexity (or accuracy) drifts by more, in percent"
+    )
+    overfit_patience: int = Field(
+        3,
+        gt=0,
+        description="flag overfitting after this many rising validation losses while train loss falls",
+    )
+
+
+class SearchDimension(Section):
+    """One dimension of a sweep: a numeric range (low..high, optionally log-scaled or integer) or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchDimension:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices: give at least one value")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices (a list)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+class SweepConfig(Section):
+    space: dict[str, SearchDimension] = Field(
+        default_factory=dict, description="config key (e.g. train.learning_rate) -> range or choices"
+    )
+    trials: int = Field(10, gt=0)
+    metric: str | None = Field(None, description="default: train.metric")
+    direction: Literal["minimize", "maximize"] | None = Field(None, description="default: from the metric")
+    storage: str | None = Field(
+        None, description="an Optuna database URL; default: SQLite in the sweep folder"
+    )
+    study_name: str | None = None
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(2, ge=0, description="trials finished before pruning starts")
 
 
 class OutputConfig(Section):
@@ -181,6 +239,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    sweep: SweepConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -195,6 +254,10 @@ class Config(Section):
             raise ValueError("method.name: qlora is for causal-lm; use lora for classification")
         if (self.train.class_weights or self.train.layer_lr_decay) and not classification:
             raise ValueError("train.class_weights and train.layer_lr_decay are for classification tasks")
+        if self.eval.reference and classification:
+            raise ValueError(
+                "eval.reference (the forgetting check) scores general text with a causal LM; remove it for classification"
+            )
         if self.data.multi_label and self.task != "text-classification":
             raise ValueError("data.multi_label is supported for text-classification")
         if self.data.on_overflow == "auto":
@@ -310,6 +373,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
     config.data.train_file = resolve(config.data.train_file)
     config.data.validation_file = resolve(config.data.validation_file)
+    config.eval.reference = resolve(config.eval.reference)
     config.output.dir = resolve(config.output.dir)
     name = Path(config.model.name).expanduser()
     if not name.is_absolute() and (base / name).exists():
@@ -402,6 +466,21 @@ eval:
   before_training: true              # validation loss of the untouched model, for comparison
   samples: 3                         # held-out examples generated before and after training
   max_new_tokens: 64
+  generations: 32                    # `tunesmith eval`: examples generated for ROUGE, BLEU and exact match
+  reference: null                    # general text (.txt, or a table with a `text` field) scored before and
+                                     # after training: the forgetting check (perplexity drift, in percent)
+  forgetting_threshold: 10.0         # warn when the reference perplexity drifts by more than this percent
+  overfit_patience: 3                # flag overfitting after N rising validation losses while train loss falls
+
+# Hyperparameter search (`tunesmith sweep this.yaml --trials 20`): uncomment and edit.
+# sweep:
+#   trials: 20
+#   space:
+#     train.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}
+#     method.lora.r: {choices: [4, 8, 16, 32]}
+#     train.warmup: {low: 0, high: 0.1}
+#   pruner: median                   # stop trials whose validation metric trails the median
+#   storage: null                    # default: SQLite in the sweep folder; any Optuna URL shares the study
 
 output:
   dir: runs                          # each run is a folder runs/<name>

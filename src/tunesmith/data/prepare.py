@@ -18,7 +18,7 @@ from tunesmith.data.templates import Renderer
 from tunesmith.data.validate import Example, detect_format, validate_rows
 from tunesmith.errors import TunesmithError
 
-CACHE_VERSION = "1"  # bump when tokenization logic changes, so old caches are never reused
+CACHE_VERSION = "2"  # bump when tokenization logic changes, so old caches are never reused
 
 
 @dataclass
@@ -161,8 +161,13 @@ def _length_stats(items: list[dict]) -> dict:
         "mean": round(float(lengths.mean()), 1),
         "p95": int(np.percentile(lengths, 95)),
         "max": int(lengths.max()),
-        "histogram": np.histogram(lengths, bins=min(20, len(items)))[0].tolist(),
+        **dict(zip(("histogram", "histogram_edges"), _histogram(lengths), strict=True)),
     }
+
+
+def _histogram(lengths: np.ndarray) -> tuple[list[int], list[float]]:
+    counts, edges = np.histogram(lengths, bins=min(20, len(lengths)))
+    return counts.tolist(), [round(float(edge), 2) for edge in edges]
 
 
 def _eos_in_labels(items: list[dict], stop_ids: list[int]) -> dict:

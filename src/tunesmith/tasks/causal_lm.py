@@ -13,10 +13,12 @@ from tunesmith.data.collate import pack
 from tunesmith.data.prepare import check_data, tokenize_data
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
+from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.tasks.common import bad_rows_error, peak_memory_mb, resume_point
+from tunesmith.tasks.common import bad_rows_error, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
@@ -29,6 +31,8 @@ def validated_data(cfg: Config):
     checked = check_data(cfg.data)
     if checked.problems and cfg.data.on_error == "stop":
         raise bad_rows_error(checked)
+    if cfg.eval.reference:  # a bad reference file fails now, not after the model is loaded
+        read_reference_texts(cfg.eval.reference, cfg.eval.reference_field, cfg.eval.reference_max_examples)
     return checked
 
 
@@ -113,6 +117,15 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         hardware=describe_hardware(),
         versions=library_versions(),
     )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reference = Reference.load(cfg, renderer.encode_text) if cfg.eval.reference else None
+    if reference is not None and "reference_before" not in summary:  # a resumed run keeps its first score
+        before = reference.score(model, pad_id, cfg.eval.batch_size)
+        summary = run.update_summary(reference_before=before)
+        say(
+            f"forgetting check: reference perplexity before training {before['perplexity']:.4g} "
+            f"({reference.texts_used} of {reference.texts_total} texts, {before['tokens']} tokens)"
+        )
     samples = sample_conversations(checked.validation, cfg.eval.samples) if is_main() else []
     if samples and not resume:
         outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
@@ -131,9 +144,8 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
         say(f"stopped at step {trainer.state.global_step}; continue with --resume")
-        return run.update_summary(status="stopped", global_step=trainer.state.global_step) | {
-            "run_dir": str(run.path)
-        }
+        run.update_summary(status="stopped", global_step=trainer.state.global_step)
+        return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
 
     trainer.save_model(str(run.model_dir))
     if is_main():
@@ -161,8 +173,14 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         write_samples(
             run, samples, generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
         )
+    if reference is not None:
+        after = reference.score(model, pad_id, cfg.eval.batch_size)
+        result["forgetting"] = drift(summary["reference_before"], after, cfg.eval.forgetting_threshold)
+        result["forgetting"]["reference"] = reference.path
+        say(describe_drift(result["forgetting"], reference.path))
     result["wall_seconds"] = round(time.time() - started, 1)
-    return run.update_summary(**result) | {"run_dir": str(run.path)}
+    run.update_summary(**result)
+    return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
 
 
 def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:

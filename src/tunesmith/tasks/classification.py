@@ -19,7 +19,7 @@ from tunesmith.methods import count_parameters, get_method
 from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
 from tunesmith.methods.freeze import head_names
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.tasks.common import bad_rows_error, peak_memory_mb, resume_point
+from tunesmith.tasks.common import bad_rows_error, finish_run, peak_memory_mb, resume_point
 from tunesmith.tasks.modalities import MODALITIES
 from tunesmith.training.classification_loop import build_classification_trainer
 from tunesmith.training.distributed import is_main, say, world_size
@@ -138,12 +138,14 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     else:
         result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
     if result.get("status") == "stopped":
-        return run.update_summary(**result) | {"run_dir": str(run.path)}
+        run.update_summary(**result)
+        return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
     if is_main():
         modality.save(run.model_dir)
     result["peak_memory_mb"] = peak_memory_mb()
     result["wall_seconds"] = round(time.time() - started, 1)
-    return run.update_summary(**result) | {"run_dir": str(run.path)}
+    run.update_summary(**result)
+    return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
 
 
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:

@@ -50,3 +50,24 @@ def peak_memory_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def finish_run(run: RunFolder, cfg, summary: dict) -> dict:
+    """Every run's last step: the overfitting verdict from metrics.jsonl, then report.html."""
+    from tunesmith.evaluation.overfitting import overfitting_signal
+    from tunesmith.training.distributed import is_main
+
+    if not is_main():
+        return summary
+    summary = run.update_summary(
+        overfitting=overfitting_signal(run.read_metrics(), cfg.eval.overfit_patience)
+    )
+    try:
+        from tunesmith.report.run_report import write_run_report
+
+        say(f"report: {write_run_report(run)}")
+    except Exception as exc:  # the trained model is saved: a report problem must not lose the run
+        say(
+            f"report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with `tunesmith report {run.path}`"
+        )
+    return summary

@@ -128,3 +128,23 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class OverfitWatch(TrainerCallback):
+    """Say once, live, when validation loss has risen for eval.overfit_patience evaluations while train loss fell."""
+
+    def __init__(self, patience: int, early_stopping: bool):
+        self.patience = patience
+        self.early_stopping = early_stopping
+        self.records: list[dict] = []
+        self.signal: dict | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.records.append({"step": state.global_step, **logs})
+        if self.signal is None and logs and "eval_loss" in logs:
+            from tunesmith.evaluation.overfitting import describe, overfitting_signal
+
+            self.signal = overfitting_signal(self.records, self.patience)
+            if self.signal is not None and state.is_world_process_zero:
+                print(describe(self.signal, self.early_stopping))

@@ -19,7 +19,13 @@ from tunesmith.config import Config
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.freeze import transformer_blocks
-from tunesmith.training.callbacks import GracefulStop, MetricsLogger, ProgressBar, TokenCounter
+from tunesmith.training.callbacks import (
+    GracefulStop,
+    MetricsLogger,
+    OverfitWatch,
+    ProgressBar,
+    TokenCounter,
+)
 from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
 from tunesmith.training.distributed import check_engine, per_device_batch, world_size
 from tunesmith.training.run_folder import RunFolder
@@ -218,7 +224,12 @@ def standard_callbacks(
     cfg: Config, run: RunFolder, counter: TokenCounter, extra, has_validation: bool
 ) -> list:
     """metrics.jsonl, the progress bar, the caller's callbacks, and early stopping when configured."""
-    callbacks = [MetricsLogger(run.metrics, counter), ProgressBar(counter), *extra]
+    callbacks = [
+        MetricsLogger(run.metrics, counter),
+        ProgressBar(counter),
+        OverfitWatch(cfg.eval.overfit_patience, bool(cfg.train.early_stopping_patience)),
+        *extra,
+    ]
     if cfg.train.early_stopping_patience:
         if not has_validation:
             raise TunesmithError(

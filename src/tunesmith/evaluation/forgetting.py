@@ -1,0 +1,90 @@
+"""The forgetting check: score general reference text before and after training and report the drift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import Config
+from tunesmith.data.readers import read_rows
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.lm import language_model_loss
+
+
+def read_reference_texts(path: str, field: str, limit: int) -> tuple[list[str], int]:
+    """The first `limit` texts of a .txt file (one per non-empty line) or a table's `field`; and how many exist."""
+    source = Path(path)
+    if source.suffix.lower() == ".txt":
+        if not source.is_file():
+            raise TunesmithError(f"eval.reference: {source} not found; give a .txt file or a table")
+        texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        texts = []
+        for row in read_rows(source):
+            value = None if row.data is None else row.data.get(field)
+            if row.error or not isinstance(value, str) or not value.strip():
+                problem = row.error or f"no text in field '{field}'"
+                raise TunesmithError(
+                    f"eval.reference: {row.where}: {problem}; fix the row or set eval.reference_field"
+                )
+            texts.append(value.strip())
+    if not texts:
+        raise TunesmithError(f"eval.reference: {source} has no text; give general text to score")
+    return texts[:limit], len(texts)
+
+
+@dataclass
+class Reference:
+    """Reference text tokenized into windows of at most max_length tokens (long texts are split, not cut)."""
+
+    path: str
+    rows: list[dict]
+    texts_used: int
+    texts_total: int
+
+    @classmethod
+    def load(cls, cfg: Config, encode) -> Reference:
+        texts, total = read_reference_texts(
+            cfg.eval.reference, cfg.eval.reference_field, cfg.eval.reference_max_examples
+        )
+        width = cfg.data.max_length
+        rows = []
+        for text in texts:
+            ids = encode(text)
+            for start in range(0, len(ids), width):
+                window = ids[start : start + width]
+                if len(window) > 1:
+                    rows.append({"input_ids": window, "labels": window})
+        return cls(cfg.eval.reference, rows, len(texts), total)
+
+    def score(self, model, pad_token_id: int, batch_size: int) -> dict:
+        return language_model_loss(model, self.rows, pad_token_id, batch_size)
+
+
+def drift(before: dict, after: dict, threshold_percent: float, key: str = "perplexity") -> dict:
+    """Relative change of the reference score, in percent; a warning above the threshold."""
+    change = 100.0 * (after[key] - before[key]) / before[key]
+    # For perplexity a rise is forgetting; for accuracy (the classification probe) a fall is.
+    worse = change if key == "perplexity" else -change
+    return {
+        "metric": key,
+        "before": before,
+        "after": after,
+        "drift_percent": round(change, 3),
+        "threshold_percent": threshold_percent,
+        "warning": worse > threshold_percent,
+    }
+
+
+def describe(result: dict, reference: str) -> str:
+    metric = result["metric"]
+    line = (
+        f"forgetting check: reference {metric} {result['before'][metric]:.4g} -> {result['after'][metric]:.4g} "
+        f"({result['drift_percent']:+.2f}%) on {reference}"
+    )
+    if result["warning"]:
+        line += (
+            f"; warning: drift beyond {result['threshold_percent']}%: the model may have forgotten general "
+            "knowledge (lower the learning rate, train fewer steps, or use LoRA with a smaller rank)"
+        )
+    return line
