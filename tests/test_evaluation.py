@@ -302,3 +302,29 @@ def test_report_renders_in_headless_chromium(browser, forgetting_run, gentle_run
     assert not [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     comparison = api.compare([forgetting_run["run_dir"], gentle_run["run_dir"]], tmp_path / "comparison.html")
     assert {"plot-validation-loss", "plot-train-loss"} <= set(_check_page(browser, comparison))
+
+
+def test_classification_forgetting_probe(tmp_path, tiny_bert):
+    """A labelled reference task is probed (linear probe, cross-validated) before and after fine-tuning."""
+    from conftest import classification_config, topic_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "topics.jsonl", topic_rows(60))
+    reference = write_jsonl(
+        tmp_path / "reference.jsonl",
+        [
+            {"text": f"{'even' if i % 2 == 0 else 'odd'} number {i} about", "label": str(i % 2)}
+            for i in range(40)
+        ],
+    )
+    raw = classification_config(
+        tmp_path, tiny_bert, "text-classification", data, eval={"reference": str(reference)}
+    )
+    summary = api.train(config_from_dict(raw))
+    result = summary["forgetting"]
+    assert result["metric"] == "accuracy" and result["before"]["examples"] == 40
+    before, after = result["before"]["accuracy"], result["after"]["accuracy"]
+    assert 0 <= before <= 1 and 0 <= after <= 1
+    assert result["drift_percent"] == pytest.approx(100 * (after - before) / before, abs=1e-2)
+    assert result["warning"] == (-result["drift_percent"] > result["threshold_percent"])
+    page = (Path(summary["run_dir"]) / "report.html").read_text()
+    assert "Linear probe" in page and _text_of(page, "forgetting-drift") == f"{result['drift_percent']:+.2f}%"

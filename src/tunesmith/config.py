@@ -160,7 +160,9 @@ class EvalConfig(Section):
         32, ge=0, description="`tunesmith eval`: examples generated for ROUGE/BLEU/exact match (0: none)"
     )
     reference: str | None = Field(
-        None, description="general text scored before and after training: the forgetting check"
+        None,
+        description="forgetting check: general text (causal-lm perplexity) or a labelled reference task "
+        "(classification: linear-probe accuracy), scored before and after training",
     )
     reference_field: str = "text"
     reference_max_examples: int = Field(200, gt=0)
@@ -254,9 +256,9 @@ class Config(Section):
             raise ValueError("method.name: qlora is for causal-lm; use lora for classification")
         if (self.train.class_weights or self.train.layer_lr_decay) and not classification:
             raise ValueError("train.class_weights and train.layer_lr_decay are for classification tasks")
-        if self.eval.reference and classification:
+        if self.eval.reference and self.method.name == "features":
             raise ValueError(
-                "eval.reference (the forgetting check) scores general text with a causal LM; remove it for classification"
+                "eval.reference: method features never changes the network, so nothing can be forgotten"
             )
         if self.data.multi_label and self.task != "text-classification":
             raise ValueError("data.multi_label is supported for text-classification")

@@ -61,6 +61,69 @@ class Reference:
         return language_model_loss(model, self.rows, pad_token_id, batch_size)
 
 
+@dataclass
+class ProbeReference:
+    """Classification's forgetting check: how well a linear probe on the encoder's pooled features solves a
+    reference labelled task (5-fold cross-validated accuracy), before and after fine-tuning."""
+
+    path: str
+    prepared: object  # tasks.modalities.Prepared
+    texts_used: int
+    texts_total: int
+
+    @classmethod
+    def load(cls, cfg: Config, modality) -> ProbeReference:
+        from tunesmith.data.labelled import check_labelled
+        from tunesmith.tasks.common import bad_rows_error
+
+        settings = cfg.data.model_copy(
+            update={
+                "train_file": cfg.eval.reference,
+                "validation_file": None,
+                "validation_ratio": 0.0,
+                "labels": None,
+                "multi_label": False,
+                "max_examples": None,
+                "on_error": "stop",
+            }
+        )
+        checked = check_labelled(settings, cfg.task)
+        if checked.problems:
+            raise TunesmithError(f"eval.reference: {bad_rows_error(checked)}", checked.problems[:20])
+        examples = checked.train[: cfg.eval.reference_max_examples]
+        counts = {}
+        for example in examples:
+            counts[example.labels[0]] = counts.get(example.labels[0], 0) + 1
+        if len(counts) < 2 or min(counts.values()) < 5:
+            raise TunesmithError(
+                f"eval.reference: {cfg.eval.reference} needs at least 2 labels with 5 examples each for the probe "
+                f"(found {counts})"
+            )
+        label_ids = {label: i for i, label in enumerate(sorted(counts))}
+        prepared = modality.prepare(examples, label_ids, False, training=False)
+        return cls(cfg.eval.reference, prepared, len(examples), len(checked.train))
+
+    def score(self, model, collator, batch_size: int, text: bool, seed: int) -> dict:
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from tunesmith.methods.features import embed
+
+        was_training = model.training
+        features = embed(model, self.prepared.dataset, collator, batch_size, text, desc="probe")
+        model.train(was_training)
+        targets = np.asarray(self.prepared.targets)
+        folds = StratifiedKFold(
+            n_splits=min(5, int(np.bincount(targets).min())), shuffle=True, random_state=seed
+        )
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        accuracy = cross_val_score(probe, features, targets, cv=folds).mean()
+        return {"accuracy": round(float(accuracy), 6), "examples": len(targets), "tokens": None}
+
+
 def drift(before: dict, after: dict, threshold_percent: float, key: str = "perplexity") -> dict:
     """Relative change of the reference score, in percent; a warning above the threshold."""
     change = 100.0 * (after[key] - before[key]) / before[key]
@@ -81,6 +144,7 @@ def describe(result: dict, reference: str) -> str:
     line = (
         f"forgetting check: reference {metric} {result['before'][metric]:.4g} -> {result['after'][metric]:.4g} "
         f"({result['drift_percent']:+.2f}%) on {reference}"
+        + (" (linear probe, 5-fold cross-validated)" if metric == "accuracy" else "")
     )
     if result["warning"]:
         line += (

@@ -15,6 +15,8 @@ from tunesmith.config import Config
 from tunesmith.data.labelled import check_labelled
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.classification import full_report, predicted, probabilities, write_evaluation
+from tunesmith.evaluation.forgetting import ProbeReference, drift
+from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
 from tunesmith.methods.freeze import head_names
@@ -133,10 +135,23 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         hardware=describe_hardware(),
         versions=library_versions(),
     )
+    reference = ProbeReference.load(cfg, modality) if cfg.eval.reference else None
+    probe = (modality.collator(model), cfg.eval.batch_size, modality.name == "text", cfg.train.seed)
+    if reference is not None and "reference_before" not in run.read_summary():
+        before = reference.score(model, *probe)
+        run.update_summary(reference_before=before)
+        say(f"forgetting check: reference probe accuracy before training {before['accuracy']:.4f}")
     if method.name == "features":
         result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
     else:
         result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
+    if reference is not None and result.get("status") == "finished":
+        before = run.read_summary()["reference_before"]
+        result["forgetting"] = drift(
+            before, reference.score(model, *probe), cfg.eval.forgetting_threshold, "accuracy"
+        )
+        result["forgetting"]["reference"] = reference.path
+        say(describe_drift(result["forgetting"], reference.path))
     if result.get("status") == "stopped":
         run.update_summary(**result)
         return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
