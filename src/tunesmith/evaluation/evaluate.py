@@ -188,7 +188,8 @@ def _evaluate_classifier(run: RunFolder, cfg: Config, summary: dict, data, basel
     label_ids = {label: i for i, label in enumerate(labels)}
     targets = np.asarray([label_target(e, label_ids, cfg.data.multi_label) for e in examples])
     classifier = RunClassifier(run)
-    inputs = [replace(e, labels=()) for e in examples]  # the network sees inputs only; targets are scored here
+    # The network sees the inputs only; the targets are scored here.
+    inputs = [replace(e, labels=()) for e in examples]
 
     def scores(logits) -> dict:
         chosen = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
