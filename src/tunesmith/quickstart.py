@@ -129,3 +129,6 @@ def print_comparison(summary: dict) -> None:
         print(f"    real:  {sample['reference']}")
         print(f"    base:  {sample['base']}")
         print(f"    tuned: {sample['tuned']}")
+    report = Path(summary["run_dir"]) / "report.html"
+    if report.exists():
+        print(f"\nthe whole run on one page: {report}")
