@@ -61,6 +61,8 @@ def train(
     nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun.
     """
     cfg, name = _config(config, overrides)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     if nproc > 1 and distributed.world_size() == 1:
         recipe(cfg.task).validated_data(cfg)  # fail fast, before starting any worker
         distributed.per_device_batch_for(cfg.train.batch_size, nproc)

@@ -402,7 +402,8 @@ def config_from_dict(
 
 
 def dump_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    raw = config.model_dump(mode="json", exclude={"sweep"} if config.sweep is None else None)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
 STARTER_SFT = """\
