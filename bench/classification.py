@@ -48,12 +48,13 @@ def config(strategy: str, args, workdir: Path) -> dict:
             "max_length": args.max_length,
             "seed": 42,
             "deduplicate": not args.keep_duplicates,
+            "on_overflow": args.overflow,
         },
         "method": method,
         "train": {
             "batch_size": 16,
             "epochs": args.epochs,
-            "learning_rate": learning_rate,
+            "learning_rate": args.learning_rate or learning_rate,
             "scheduler": "linear",
             "warmup": 0.06,
             "weight_decay": 0.01,
@@ -96,6 +97,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument(
+        "--overflow",
+        default="truncate",
+        choices=["truncate", "head_tail"],
+        help="data.on_overflow for long articles",
+    )
+    parser.add_argument("--learning-rate", type=float, help="instead of each strategy's own")
+    parser.add_argument(
         "--keep-duplicates",
         action="store_true",
         help="keep the corpus's 98 repeated articles (as the usual split does: copies land on both sides)",
@@ -133,6 +141,7 @@ def main() -> None:
         )
         + ", stratified, seed 42",
         "max_length": args.max_length,
+        "overflow": args.overflow,
         "epochs": args.epochs,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "rows": rows,
@@ -145,7 +154,8 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens, "
+        f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens "
+        f"({result.get('overflow', 'truncate')}), "
         f"{result['epochs']:g} epochs; {result['machine']}.",
         "",
         "| strategy | accuracy | macro-F1 | training time | trainable parameters |",

@@ -360,3 +360,26 @@ def test_classification_run_resumes_exactly_where_it_stopped(tmp_path, tiny_bert
 
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-5)
     assert resumed["validation"]["accuracy"] == pytest.approx(whole["validation"]["accuracy"])
+
+
+def test_head_tail_keeps_the_opening_and_the_end(tiny_bert):
+    from tunesmith.config import DataConfig, ModelConfig
+    from tunesmith.data.labelled import LabelledExample
+    from tunesmith.tasks.modalities import TextModality, head_and_tail
+
+    assert head_and_tail(list(range(100)), 16) == list(range(12)) + list(range(96, 100))
+    data_cfg = DataConfig(train_file="unused.csv", max_length=16, on_overflow="head_tail")
+    modality = TextModality(str(tiny_bert), ModelConfig(name=str(tiny_bert)), data_cfg)
+    text = "team " * 40 + "election vote"  # the label-bearing words come last
+    prepared = modality.prepare([LabelledExample("t:1", ("politics",), text)], {"politics": 0}, False, False)
+    ids = prepared.dataset[0]["input_ids"]
+    tokenizer = modality.processor
+    assert len(ids) == 16 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.decode(ids[-3:-1]) == "election vote"
+    assert (
+        prepared.report["over_max_length"] == 1 and prepared.report["action"] == "cut to their head and tail"
+    )
+    with pytest.raises(TunesmithError, match="head_tail is for text-classification"):
+        config_from_dict(
+            {"model": {"name": "m"}, "data": {"train_file": "t.jsonl", "on_overflow": "head_tail"}}
+        )

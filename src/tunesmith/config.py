@@ -46,8 +46,10 @@ class DataConfig(Section):
     template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
     system_prompt: str | None = None
     max_length: int = Field(1024, ge=8)
-    on_overflow: Literal["auto", "drop", "truncate"] = Field(
-        "auto", description="auto: drop for causal-lm, truncate for classification (counted either way)"
+    on_overflow: Literal["auto", "drop", "truncate", "head_tail"] = Field(
+        "auto",
+        description="auto: drop for causal-lm, truncate for classification (counted either way); head_tail "
+        "(text classification): keep the first 3/4 and the last 1/4 of max_length tokens",
     )
     on_error: Literal["stop", "skip"] = "stop"
     deduplicate: bool = True
@@ -262,6 +264,12 @@ class Config(Section):
             )
         if self.data.multi_label and self.task != "text-classification":
             raise ValueError("data.multi_label is supported for text-classification")
+        if self.data.on_overflow == "head_tail" and (
+            self.task != "text-classification" or self.data.text_pair_field
+        ):
+            raise ValueError(
+                "data.on_overflow: head_tail is for text-classification of single texts (no text pair)"
+            )
         if self.data.on_overflow == "auto":
             self.data.on_overflow = "truncate" if classification else "drop"
         return self

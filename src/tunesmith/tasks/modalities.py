@@ -53,6 +53,13 @@ class Prepared:
     report: dict = field(default_factory=dict)
 
 
+def head_and_tail(ids: list[int], max_length: int) -> list[int]:
+    """The first 3/4 and the last 1/4 of the allowed tokens (Sun et al. 2019: the end of a long text carries
+    information the opening lacks); the leading [CLS] and the closing [SEP] are kept by construction."""
+    tail = max_length // 4
+    return ids[: max_length - tail] + ids[len(ids) - tail :]
+
+
 class TextModality:
     name = "text"
     auto_class = "AutoModelForSequenceClassification"
@@ -80,12 +87,20 @@ class TextModality:
         for i, example in enumerate(examples):
             if i in long_rows and self.data_cfg.on_overflow == "drop":
                 continue
-            rows.append({k: cut[k][i] for k in keys} | labels_of(example, label_ids, multi_label))
+            row = {k: cut[k][i] for k in keys}
+            if i in long_rows and self.data_cfg.on_overflow == "head_tail":
+                row = {
+                    k: head_and_tail(full[i] if k == "input_ids" else [0] * len(full[i]), self.max_length)
+                    for k in keys
+                }
+            rows.append(row | labels_of(example, label_ids, multi_label))
         lengths = sorted(len(ids) for ids in full)
         report = {
             "max_length": self.max_length,
             "over_max_length": len(long_rows),
-            "action": "dropped" if self.data_cfg.on_overflow == "drop" else "truncated",
+            "action": {"drop": "dropped", "head_tail": "cut to their head and tail"}.get(
+                self.data_cfg.on_overflow, "truncated"
+            ),
             "median_tokens": lengths[len(lengths) // 2] if lengths else 0,
             "max_tokens": lengths[-1] if lengths else 0,
         }
