@@ -328,3 +328,19 @@ def test_classification_forgetting_probe(tmp_path, tiny_bert):
     assert result["warning"] == (-result["drift_percent"] > result["threshold_percent"])
     page = (Path(summary["run_dir"]) / "report.html").read_text()
     assert "Linear probe" in page and _text_of(page, "forgetting-drift") == f"{result['drift_percent']:+.2f}%"
+
+
+def test_cli_report_compare_and_eval(gentle_run, forgetting_run, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    run = gentle_run["run_dir"]
+    (Path(run) / "report.html").unlink()
+    assert main(["report", run]) == 0
+    assert (Path(run) / "report.html").exists() and "wrote" in capsys.readouterr().out
+    assert main(["compare", run, forgetting_run["run_dir"], "--output", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").exists()
+    assert main(["eval", run, "--generations", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^loss\s+\d+\.\d{4}$", printed, re.M) and "perplexity" in printed
+    assert main(["eval", str(tmp_path)]) == 2  # not a run folder: a one-line error, no traceback
+    assert "not a tunesmith run folder" in capsys.readouterr().err

@@ -63,11 +63,7 @@ def evaluate_run(
     run: RunFolder, data: str | Path | None, baseline: bool, generations: int | None = None
 ) -> dict:
     cfg = run.load_config()
-    summary = run.read_summary()
-    if summary.get("status") != "finished":
-        raise TunesmithError(
-            f"eval: {run.path} has not finished training (status: {summary.get('status', 'unknown')}); finish or --resume it"
-        )
+    summary = run.finished_summary("eval")
     if cfg.task == "causal-lm":
         result = _evaluate_causal_lm(
             run, cfg, data, baseline, cfg.eval.generations if generations is None else generations

@@ -46,11 +46,7 @@ def _merged(model) -> torch.nn.Module:
 
 def load_exportable(run: RunFolder) -> Exportable:
     cfg = run.load_config()
-    summary = run.read_summary()
-    if summary.get("status") != "finished":
-        raise TunesmithError(
-            f"{run.path}: the run has not finished (status: {summary.get('status')}); nothing to export"
-        )
+    summary = run.finished_summary("export")
     if cfg.task == "causal-lm":
         return _causal_lm(run)
     if summary.get("method") == "features":

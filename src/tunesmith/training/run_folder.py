@@ -72,6 +72,16 @@ class RunFolder:
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.exists() else {}
 
+    def finished_summary(self, verb: str) -> dict:
+        """run.json of a run that finished training; anything else is refused, naming what `verb` needs."""
+        summary = self.read_summary()
+        if summary.get("status") != "finished":
+            raise TunesmithError(
+                f"{verb}: {self.path} has not finished training (status: {summary.get('status', 'unknown')}); "
+                "finish it, or continue it with `tunesmith train CONFIG --resume`"
+            )
+        return summary
+
     def update_summary(self, **fields) -> dict:
         summary = {**self.read_summary(), **fields}
         self.write_json(self.summary, summary)
