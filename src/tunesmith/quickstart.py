@@ -43,13 +43,35 @@ def _lead(body: str, limit: int) -> str:
     return text[: cut + 1] if cut > limit // 3 else text[:limit]
 
 
+def _shuffled_articles(seed: int) -> list[Path]:
+    files = sorted(bbc_folder().glob("*/*.txt"))
+    random.Random(seed).shuffle(files)
+    return files
+
+
+def _source(path: Path) -> str:
+    return path.parent.name + "/" + path.name
+
+
+def reference_texts(count: int, used: set[str], seed: int = 0, body_chars: int = 600) -> list[str]:
+    """Plain news prose from articles the headline data does not use: the forgetting check's text."""
+    texts = []
+    for path in _shuffled_articles(seed):
+        if _source(path) in used:
+            continue
+        body = " ".join(path.read_text(encoding="latin-1").strip().splitlines()[1:])
+        if len(body) > 200:
+            texts.append(_lead(body, body_chars))
+        if len(texts) == count:
+            break
+    return texts
+
+
 def headline_examples(
     train: int, validation: int, seed: int = 0, body_chars: int = 600
 ) -> tuple[list[dict], list[dict]]:
-    files = sorted(bbc_folder().glob("*/*.txt"))
-    random.Random(seed).shuffle(files)
     examples = []
-    for path in files:
+    for path in _shuffled_articles(seed):
         lines = path.read_text(encoding="latin-1").strip().splitlines()
         headline, body = lines[0].strip(), " ".join(lines[1:])
         if headline and len(body) > 200:
@@ -57,7 +79,7 @@ def headline_examples(
                 {
                     "prompt": PROMPT.format(body=_lead(body, body_chars)),
                     "response": headline,
-                    "source": path.parent.name + "/" + path.name,
+                    "source": _source(path),
                 }
             )
         if len(examples) == train + validation:
@@ -90,7 +112,8 @@ def quickstart_config() -> dict:
             "logging_steps": 5,
             "eval_steps": 10,
         },
-        "eval": {"samples": 3, "max_new_tokens": 32},
+        # The forgetting check: does learning to write headlines damage how the model reads ordinary prose?
+        "eval": {"samples": 3, "max_new_tokens": 32, "reference": "data/reference.txt"},
         "output": {"dir": "runs", "name": "headlines"},
     }
 
@@ -102,6 +125,10 @@ def prepare(folder: str | Path = "quickstart", train: int = 160, validation: int
     for name, rows in (("train", train_rows), ("validation", validation_rows)):
         if not (folder / "data" / f"{name}.jsonl").exists():
             _write_jsonl(folder / "data" / f"{name}.jsonl", rows)
+    reference = folder / "data" / "reference.txt"
+    if not reference.exists():
+        used = {row["source"] for row in train_rows + validation_rows}
+        reference.write_text("\n".join(reference_texts(50, used)) + "\n", encoding="utf-8")
     config_path = folder / "config.yaml"
     if not config_path.exists():
         header = (
