@@ -1,0 +1,195 @@
+"""Scaling: real tokens/s and peak memory of tunesmith's default LoRA fine-tune of SmolLM2-135M against sequence
+length (128 to 2048 tokens) and against data set size; writes bench/results/scaling.{json,md} and two PNG curves.
+
+Each point runs in its own process (its peak resident memory is its own): plain-text examples of BBC articles,
+cut to exactly the sequence length (loss on every token), batch 1, a few optimizer steps after one warm-up step.
+Run: .venv/bin/python bench/scaling.py [--lengths 128 256 512 1024 2048] [--sizes 100 300 700] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def articles(count: int) -> list[str]:
+    from tunesmith import quickstart
+
+    files = sorted(quickstart.bbc_folder().glob("*/*.txt"))[: count * 3]
+    texts = [" ".join(f.read_text(encoding="latin-1").split()) for f in files]
+    # Three articles joined: long enough for 2048 tokens (the corpus gives at most ~740 such examples).
+    return [texts[i] + " " + texts[i + 1] + " " + texts[i + 2] for i in range(0, len(texts) - 2, 3)][:count]
+
+
+def point(length: int, size: int, steps: int, folder: Path) -> dict:
+    """One measurement, in this process."""
+    from tunesmith import api, quickstart
+    from tunesmith.config import ModelConfig, config_from_dict
+    from tunesmith.models.loading import default_cache_dir, resolve_model
+
+    model_dir = resolve_model(ModelConfig(name=str(quickstart.smollm2_folder())), default_cache_dir())
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles(size)))
+    raw = {
+        "model": {"name": model_dir},
+        "data": {
+            "train_file": str(data),
+            "format": "text",
+            "loss_on": "all",
+            "validation_ratio": 0,
+            "max_length": length,
+            "on_overflow": "truncate",
+        },
+        "method": {"name": "lora", "lora": {"r": 8, "alpha": 32, "target_modules": ["q_proj", "v_proj"]}},
+        "train": {
+            "batch_size": 1,
+            "max_steps": steps,
+            "learning_rate": 2e-4,
+            "warmup": 0,
+            "logging_steps": 1,
+            "precision": "fp32",
+            "save_steps": 10_000,
+        },
+        "eval": {"samples": 0},
+        "output": {"dir": str(folder / "runs"), "name": "point", "cache_dir": str(folder / "cache")},
+    }
+    started = time.time()
+    checked = api.check_data(config_from_dict(raw))
+    check_seconds = time.time() - started
+    summary = api.train(config_from_dict(raw))
+    records = [
+        json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
+    # Steady state: tokens/s from the second logged step on (the first pays for one-time allocations).
+    timed = [r for r in records if "loss" in r and "time" in r]
+    steady = (len(timed) - 1) * length / (timed[-1]["time"] - timed[0]["time"]) if len(timed) > 2 else None
+    report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
+    return {
+        "length": length,
+        "size": size,
+        "examples": report["train_examples"],
+        "truncated": report["over_max_length"]["train"]["count"],
+        "check_seconds": round(check_seconds, 2),
+        "tokens_per_second": summary["tokens_per_second"],
+        # Valid only when every example was cut to exactly `length` tokens.
+        "steady_tokens_per_second": round(steady, 1)
+        if steady and report["over_max_length"]["train"]["count"] == report["train_examples"]
+        else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "examples_read": len(checked.train),
+    }
+
+
+def run_point(length: int, size: int, steps: int) -> dict | None:
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            sys.executable,
+            __file__,
+            "--point",
+            str(length),
+            str(size),
+            "--steps",
+            str(steps),
+            "--folder",
+            folder,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
+    if line is None:
+        print(f"length {length}, size {size}: failed\n{done.stderr[-2000:]}")
+        return None
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def plot(rows: list[dict], x: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, speed = plt.subplots(figsize=(7, 3.6))
+    xs = [r[x] for r in rows]
+    speed.plot(
+        xs, [r["steady_tokens_per_second"] or r["tokens_per_second"] for r in rows], "o-", color="tab:blue"
+    )
+    speed.set_xscale("log", base=2)
+    speed.set_xlabel("sequence length (tokens)" if x == "length" else "training examples")
+    speed.set_ylabel("real tokens/s", color="tab:blue")
+    memory = speed.twinx()
+    memory.plot(xs, [r["peak_rss_mb"] for r in rows], "s--", color="tab:red")
+    memory.set_ylabel("peak RSS (MB)", color="tab:red")
+    speed.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 700])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--point", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        print("RESULT " + json.dumps(point(*args.point, args.steps, Path(args.folder))), flush=True)
+        return
+    by_length = [r for r in (run_point(n, 64, args.steps) for n in args.lengths) if r]
+    for r in by_length:
+        print(
+            f"length {r['length']}: {r['steady_tokens_per_second']} tok/s steady, peak {r['peak_rss_mb']} MB",
+            flush=True,
+        )
+    by_size = [r for r in (run_point(256, n, args.steps) for n in args.sizes) if r]
+    for r in by_size:
+        print(
+            f"size {r['size']}: data check {r['check_seconds']} s, {r['steady_tokens_per_second']} tok/s, peak {r['peak_rss_mb']} MB",
+            flush=True,
+        )
+    RESULTS.mkdir(exist_ok=True)
+    result = {
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "by_length": by_length,
+        "by_size": by_size,
+    }
+    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2))
+    plot(by_length, "length", RESULTS / "scaling_length.png", "tokens/s and peak memory vs sequence length")
+    plot(
+        by_size,
+        "size",
+        RESULTS / "scaling_size.png",
+        "tokens/s and peak memory vs data set size (256 tokens)",
+    )
+    lines = [
+        f"SmolLM2-135M-Instruct, LoRA r=8 q/v, fp32, batch 1, {args.steps} steps per point, {torch.get_num_threads()} threads.",
+        "",
+        "| sequence length | steady real tokens/s | peak RSS MB |",
+        "|---|---|---|",
+        *[f"| {r['length']} | {r['steady_tokens_per_second']} | {r['peak_rss_mb']} |" for r in by_length],
+        "",
+        "| training examples (256 tokens) | data check s | steady real tokens/s | peak RSS MB |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['examples']} | {r['check_seconds']} | {r['steady_tokens_per_second']} | {r['peak_rss_mb']} |"
+            for r in by_size
+        ],
+    ]
+    (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
