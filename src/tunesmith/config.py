@@ -128,7 +128,9 @@ class TrainConfig(Section):
     warmup: float = Field(0.03, ge=0, description="steps, or a fraction of total steps when < 1")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto: on when a step's estimated activations exceed half the free memory"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 42
     logging_steps: int = Field(5, gt=0)
@@ -460,7 +462,7 @@ train:
   warmup: 0.03                       # steps, or a fraction of all steps when < 1
   weight_decay: 0.0
   max_grad_norm: 1.0
-  gradient_checkpointing: false
+  gradient_checkpointing: auto       # auto: on when a step's activations would not fit in memory | true | false
   precision: auto                    # auto (bf16 where the hardware runs it fast) | fp32 | bf16 | fp16
   seed: 42
   logging_steps: 5

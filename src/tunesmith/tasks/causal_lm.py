@@ -18,7 +18,13 @@ from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.tasks.common import bad_rows_error, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import (
+    bad_rows_error,
+    decide_checkpointing,
+    finish_run,
+    peak_memory_mb,
+    resume_point,
+)
 from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
@@ -97,6 +103,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         f"({parameters['trainable_percent']}%)"
     )
     precision = pick_precision(cfg.train.precision)
+    checkpointing = decide_checkpointing(
+        cfg, model.config, max(len(r["input_ids"]) for r in train_rows), precision
+    )
     resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
@@ -111,6 +120,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         is_adapter=method.is_adapter,
         parameters=parameters,
         precision=precision,
+        gradient_checkpointing=checkpointing,
         processes=world_size(),
         template=renderer.kind,
         stop_token_ids=renderer.stop_token_ids(),

@@ -21,7 +21,13 @@ from tunesmith.methods import count_parameters, get_method
 from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
 from tunesmith.methods.freeze import head_names
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.tasks.common import bad_rows_error, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import (
+    bad_rows_error,
+    decide_checkpointing,
+    finish_run,
+    peak_memory_mb,
+    resume_point,
+)
 from tunesmith.tasks.modalities import MODALITIES
 from tunesmith.training.classification_loop import build_classification_trainer
 from tunesmith.training.distributed import is_main, say, world_size
@@ -166,6 +172,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
     """Train with the Trainer (full, head, last_n, lora, dora); evaluate the final weights on validation."""
     precision = pick_precision(cfg.train.precision)
+    text = modality.name == "text"
+    longest = max((len(row["input_ids"]) for row in train_set.dataset), default=0) if text else None
+    checkpointing = decide_checkpointing(cfg, model.config, longest, precision)
     resume_from = resume_point(run) if resume else None
     trainer, counter = build_classification_trainer(
         cfg,
@@ -192,6 +201,7 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
     result = {
         "status": "finished",
         "precision": precision,
+        "gradient_checkpointing": checkpointing,
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
         "train_seconds": round(seconds, 1),

@@ -71,3 +71,20 @@ def finish_run(run: RunFolder, cfg, summary: dict) -> dict:
             f"report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with `tunesmith report {run.path}`"
         )
     return summary
+
+
+def decide_checkpointing(cfg, model_config, longest: int | None, precision: str) -> dict:
+    """Resolve train.gradient_checkpointing ('auto' from the memory estimate); the Trainer then reads a bool."""
+    from tunesmith.training.distributed import per_device_batch
+    from tunesmith.training.memory import choose_checkpointing
+
+    setting = cfg.train.gradient_checkpointing
+    if setting == "auto" and longest is None:
+        decision = {"enabled": False, "reason": "auto: estimated for text models only; off"}
+    else:
+        batch = per_device_batch(cfg.train.batch_size)
+        decision = choose_checkpointing(setting, model_config, batch, longest or 0, precision)
+    cfg.train.gradient_checkpointing = decision["enabled"]
+    if setting == "auto" and decision["enabled"]:
+        say(f"gradient checkpointing on: {decision['reason'].removeprefix('auto: ')}")
+    return decision

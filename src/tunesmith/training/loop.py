@@ -132,7 +132,7 @@ def training_arguments(
         warmup_steps=t.warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
+        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing is True},  # "auto" is decided before this
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=t.seed,
