@@ -344,3 +344,12 @@ def test_cli_report_compare_and_eval(gentle_run, forgetting_run, tmp_path, capsy
     assert re.search(r"^loss\s+\d+\.\d{4}$", printed, re.M) and "perplexity" in printed
     assert main(["eval", str(tmp_path)]) == 2  # not a run folder: a one-line error, no traceback
     assert "not a tunesmith run folder" in capsys.readouterr().err
+
+
+def test_baseline_of_a_full_fine_tune_reloads_the_base(forgetting_run, gentle_run):
+    """Full fine-tuning has no adapter to switch off: the base is loaded again. Both runs share base and data,
+    so their baselines agree to the last digit, whichever way the base was obtained."""
+    full = api.evaluate(forgetting_run["run_dir"], baseline=True, generations=0)
+    lora = api.evaluate(gentle_run["run_dir"], baseline=True, generations=0)
+    assert full["baseline"]["loss"] == pytest.approx(lora["baseline"]["loss"], abs=1e-6)
+    assert full["tuned"]["loss"] != pytest.approx(full["baseline"]["loss"], abs=1e-3)
