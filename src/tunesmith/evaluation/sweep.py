@@ -346,6 +346,7 @@ class PruningCallback(TrainerCallback):
         self.trial = trial
         self.metric = metric
         self.pruned_at: int | None = None
+        self.stop_reason: str | None = None  # the recipe prints it instead of its --resume hint
         self.last_value: float | None = None
         self.reported: set[int] = set()
 
@@ -361,6 +362,7 @@ class PruningCallback(TrainerCallback):
         # At the last step there is nothing left to save: the trial completes with its value.
         if step < state.max_steps and self.trial.should_prune():
             self.pruned_at = step
+            self.stop_reason = f"pruned: {self.metric} {self.last_value:.6g} trails the other trials' median"
             control.should_training_stop = True
 
 

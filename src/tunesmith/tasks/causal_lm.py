@@ -28,7 +28,7 @@ from tunesmith.tasks.common import (
 from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
-from tunesmith.training.loop import build_trainer, fit
+from tunesmith.training.loop import build_trainer, fit, stop_message
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -153,7 +153,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if before is not None and not resume:
         summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
-        say(f"stopped at step {trainer.state.global_step}; continue with --resume")
+        say(stop_message(trainer))
         run.update_summary(status="stopped", global_step=trainer.state.global_step)
         return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
 

@@ -32,7 +32,7 @@ from tunesmith.tasks.modalities import MODALITIES
 from tunesmith.training.classification_loop import build_classification_trainer
 from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
-from tunesmith.training.loop import fit
+from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.run_folder import RunFolder
 
 
@@ -194,7 +194,7 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
     output, stopped = fit(trainer, resume_from)
     seconds = time.time() - train_started
     if stopped:
-        say(f"stopped at step {trainer.state.global_step}; continue with --resume")
+        say(stop_message(trainer))
         return {"status": "stopped", "global_step": trainer.state.global_step}
     trainer.save_model(str(run.model_dir))
     rate_key = "tokens_per_second" if counter.unit == "tok" else "examples_per_second"

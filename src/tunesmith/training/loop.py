@@ -301,3 +301,13 @@ def fit(trainer: Trainer, resume_from: str | None):
     )
     interrupted = stopper.requested or (state.global_step < state.max_steps and not early_stopped)
     return output, interrupted
+
+
+def stop_message(trainer: Trainer) -> str:
+    """Why a run stopped early: a callback's own `stop_reason` (e.g. a sweep's pruning), else how to continue."""
+    step = trainer.state.global_step
+    reasons = [getattr(c, "stop_reason", None) for c in trainer.callback_handler.callbacks]
+    reason = next((r for r in reasons if r), None)
+    return (
+        f"stopped at step {step}: {reason}" if reason else f"stopped at step {step}; continue with --resume"
+    )
