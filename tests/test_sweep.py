@@ -77,6 +77,9 @@ def test_sweep_prunes_and_its_best_config_reproduces_the_best_trial(tmp_path, ti
         summary = json.loads(Path(record["run_dir"], "run.json").read_text())
         assert summary["status"] == {"COMPLETE": "finished", "PRUNED": "pruned"}[record["state"]]
         assert Path(record["run_dir"]).name == f"trial-{record['number']:03d}"
+        # Finished trials give their checkpoints back to the disk (sweep.keep_checkpoints: false); models stay.
+        assert not Path(record["run_dir"], "checkpoints").exists()
+        assert Path(record["run_dir"], "model").exists() == (record["state"] == "COMPLETE")
     pruned = next(r for r in records if r["state"] == "PRUNED")
     assert pruned["pruned_at_step"] < 8
 

@@ -220,6 +220,9 @@ class SweepConfig(Section):
     study_name: str | None = None
     pruner: Literal["median", "none"] = "median"
     startup_trials: int = Field(2, ge=0, description="trials finished before pruning starts")
+    keep_checkpoints: bool = Field(
+        False, description="keep each finished trial's checkpoints/ (its model/ and reports are always kept)"
+    )
 
 
 class OutputConfig(Section):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -386,6 +387,7 @@ def run_trial(study: optuna.Study, sweep: Sweep) -> FrozenTrial:
                 status="pruned", pruned_at_step=pruning.pruned_at
             )
             trial.set_user_attr("pruned_at_step", pruning.pruned_at)
+            _drop_checkpoints(summary["run_dir"], sweep)
             print(f"trial {trial.number}: {_describe(trial.params)} -> pruned at step {pruning.pruned_at}")
             return study.tell(trial, state=TrialState.PRUNED)
         if summary.get("status") == "stopped":
@@ -404,7 +406,16 @@ def run_trial(study: optuna.Study, sweep: Sweep) -> FrozenTrial:
     finally:
         _release_memory()
     print(f"trial {trial.number}: {_describe(trial.params)} -> {sweep.metric} {value:.6g}")
-    return study.tell(trial, value)
+    frozen = study.tell(trial, value)
+    _drop_checkpoints(summary["run_dir"], sweep)
+    return frozen
+
+
+def _drop_checkpoints(run_dir: str, sweep: Sweep) -> None:
+    """A finished trial's checkpoints are only for resuming it: without sweep.keep_checkpoints they go, so a long
+    sweep of full fine-tunes does not fill the disk (the trial's model/, metrics and report stay)."""
+    if not sweep.settings.keep_checkpoints:
+        shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
 
 
 def trial_config(sweep: Sweep, values: dict[str, Any], output_dir: str, name: str) -> Config:
