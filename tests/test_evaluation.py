@@ -353,3 +353,30 @@ def test_baseline_of_a_full_fine_tune_reloads_the_base(forgetting_run, gentle_ru
     lora = api.evaluate(gentle_run["run_dir"], baseline=True, generations=0)
     assert full["baseline"]["loss"] == pytest.approx(lora["baseline"]["loss"], abs=1e-6)
     assert full["tuned"]["loss"] != pytest.approx(full["baseline"]["loss"], abs=1e-3)
+
+
+def test_reports_of_a_stopped_run_and_a_features_run(tmp_path, tiny_bert, make_config, capsys):
+    from transformers import TrainerCallback
+
+    from conftest import classification_config, topic_rows, write_jsonl
+
+    class StopAtTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_save = control.should_training_stop = True
+
+    stopped = api.train(config_from_dict(make_config(eval={"samples": 0})), callbacks=[StopAtTwo()])
+    assert stopped["status"] == "stopped"
+    page = (Path(stopped["run_dir"]) / "report.html").read_text()
+    assert _text_of(page, "status") == "stopped" and int(_text_of(page, "global-step")) == 2
+    assert "could not be written" not in capsys.readouterr().out
+
+    data = write_jsonl(tmp_path / "topics.jsonl", topic_rows(60))
+    raw = classification_config(tmp_path, tiny_bert, "text-classification", data, method={"name": "features"})
+    summary = api.train(config_from_dict(raw))
+    page = (Path(summary["run_dir"]) / "report.html").read_text()
+    plots = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1))["plots"]
+    assert "plot-confusion" in plots and "plot-loss" not in plots and "No losses were logged" in page
+    assert float(_text_of(page, "validation-accuracy")) == pytest.approx(
+        summary["validation"]["accuracy"], abs=1e-4
+    )
