@@ -380,3 +380,15 @@ def test_reports_of_a_stopped_run_and_a_features_run(tmp_path, tiny_bert, make_c
     assert float(_text_of(page, "validation-accuracy")) == pytest.approx(
         summary["validation"]["accuracy"], abs=1e-4
     )
+
+
+def test_model_card_carries_forgetting_and_eval_results(gentle_run):
+    from tunesmith.export.hub import model_card
+    from tunesmith.training.run_folder import RunFolder
+
+    run = RunFolder.open(gentle_run["run_dir"])
+    result = api.evaluate(run.path, baseline=True, generations=0)
+    card = model_card(run, "me/tiny")
+    drift = gentle_run["forgetting"]["drift_percent"]
+    assert f"({drift:+.2f}%)" in card and "forgetting check (reference perplexity" in card
+    assert f"loss {result['tuned']['loss']:.4g} (base {result['baseline']['loss']:.4g})" in card

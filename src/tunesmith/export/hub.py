@@ -32,7 +32,33 @@ def _metrics_lines(summary: dict) -> list[str]:
         lines.append(f"- validation {name.replace('_', ' ')}: {value:.4f}")
     if summary.get("train_loss") is not None:
         lines.append(f"- final training loss: {summary['train_loss']:.4f}")
+    forgetting = summary.get("forgetting")
+    if forgetting:
+        metric = forgetting["metric"]
+        lines.append(
+            f"- forgetting check (reference {metric}, general data not trained on): "
+            f"{forgetting['before'][metric]:.4g} before, {forgetting['after'][metric]:.4g} after "
+            f"({forgetting['drift_percent']:+.2f}%{', beyond the warning threshold' if forgetting['warning'] else ''})"
+        )
     return lines or ["- no validation set was used; the run reports no held-out metric"]
+
+
+def _eval_lines(run: RunFolder) -> list[str]:
+    """`tunesmith eval` results, tuned vs base where measured, newest evaluation of each data set."""
+    lines = []
+    for path in sorted((run.path / "eval").glob("*/evaluation.json")):
+        result = json.loads(path.read_text())
+        tuned, base = result["tuned"], result.get("baseline") or {}
+        scores = [
+            f"{name} {value:.4g}"
+            + (f" (base {base[name]:.4g})" if isinstance(base.get(name), (int, float)) else "")
+            for name, value in tuned.items()
+            if isinstance(value, float) and name not in {"tokens", "examples", "generated_examples"}
+        ]
+        lines.append(
+            f"- `tunesmith eval` on {result['data']} ({result['examples']} examples): " + ", ".join(scores)
+        )
+    return lines
 
 
 def model_card(run: RunFolder, repo: str) -> str:
@@ -72,7 +98,7 @@ def model_card(run: RunFolder, repo: str) -> str:
         + (", saved as an adapter over the base model" if adapter else "")
         + ").",
         "## Training data\n" + "\n".join(data_lines),
-        "## Evaluation (held-out validation split)\n" + "\n".join(_metrics_lines(summary)),
+        "## Evaluation (held-out validation split)\n" + "\n".join(_metrics_lines(summary) + _eval_lines(run)),
         "## Intended use\nThe task and data described above: "
         + (
             "completing prompts in the format it was trained on (the chat template or prompt format in the config)."
