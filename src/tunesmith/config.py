@@ -331,17 +331,20 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     return parsed
 
 
+def set_key(raw: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
+    """Set raw[k1][k2]...[kn] = value, creating sections; `where` names the setting in the error."""
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise TunesmithError(f"{where}: '{'.'.join(keys[: depth + 1])}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for keys, value in parse_overrides(overrides):
-        node = raw
-        for depth, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise TunesmithError(
-                    f"--set {'.'.join(keys)}: '{'.'.join(keys[: depth + 1])}' is not a section"
-                )
-            node = child
-        node[keys[-1]] = value
+        set_key(raw, keys, value, f"--set {'.'.join(keys)}")
     return raw
 
 

@@ -7,6 +7,12 @@ import torch
 IGNORE = -100
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, or its EOS where it has none (pads are masked
+    by position, so an EOS used as padding never hides the real one)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class PadCollator:
     """Pad each batch to its own longest example (never to max_length); pads are masked by position, not by id.
 

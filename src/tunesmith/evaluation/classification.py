@@ -62,27 +62,36 @@ def full_report(labels: np.ndarray, predictions: np.ndarray, names: list[str], m
     }
 
 
-def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_confusion_matrix(figure, axes, matrix: list[list[int]], names: list[str]) -> None:
+    """Counts on a blue scale, true label down, predicted across (the PNG file and the run report share it)."""
     values = np.asarray(matrix)
-    size = max(4.0, 0.6 * len(names) + 2)
-    figure, axes = plt.subplots(figsize=(size, size * 0.85))
     image = axes.imshow(values, cmap="Blues")
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(title)
     threshold = values.max() / 2 if values.size else 0
     for (row, column), count in np.ndenumerate(values):
         axes.text(
             column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black"
         )
     figure.colorbar(image, ax=axes)
+
+
+def confusion_figure_size(names: list[str]) -> tuple[float, float]:
+    size = max(4.0, 0.6 * len(names) + 2)
+    return size, size * 0.85
+
+
+def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=confusion_figure_size(names))
+    draw_confusion_matrix(figure, axes, matrix, names)
+    axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -14,7 +14,7 @@ from tunesmith.config import Config
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.common import bad_rows_error
 from tunesmith.training.distributed import say
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.training.run_folder import RunFolder, free_path
 
 
 def _data_config(cfg: Config, data: str | Path | None, labels: list[str] | None = None):
@@ -37,9 +37,7 @@ def _data_config(cfg: Config, data: str | Path | None, labels: list[str] | None 
 
 def _output_folder(run: RunFolder, data: str | Path | None) -> Path:
     """RUN/eval/<data name>; an earlier evaluation is never overwritten (-2, -3, ...)."""
-    stem = Path(data).stem if data else "validation"
-    candidates = [run.path / "eval" / stem] + [run.path / "eval" / f"{stem}-{n}" for n in range(2, 10_000)]
-    folder = next(c for c in candidates if not c.exists())
+    folder = free_path(run.path / "eval" / (Path(data).stem if data else "validation"))
     folder.mkdir(parents=True)
     return folder
 
@@ -96,12 +94,13 @@ def evaluate_run(
 
 
 def _evaluate_causal_lm(run: RunFolder, cfg: Config, data, baseline: bool, generations: int) -> dict:
+    from tunesmith.data.collate import pad_token_id
     from tunesmith.data.prepare import check_data, tokenize_data
     from tunesmith.evaluation.generation import generate
     from tunesmith.evaluation.lm import language_model_loss
     from tunesmith.evaluation.text_metrics import generation_scores
     from tunesmith.models.loading import default_cache_dir, load_model
-    from tunesmith.tasks.causal_lm import load_run_model, sample_conversations
+    from tunesmith.tasks.causal_lm import load_run_model, overflow_line, sample_conversations
 
     data_cfg = _data_config(cfg, data)
     checked = check_data(data_cfg)
@@ -116,13 +115,9 @@ def _evaluate_causal_lm(run: RunFolder, cfg: Config, data, baseline: bool, gener
         raise TunesmithError(f"eval: no examples to score in {data or 'the validation split'}")
     over = tokenized["report"]["over_max_length"][split]
     if over["count"]:
-        say(
-            f"eval: {over['count']} example(s) longer than max_length={over['max_length']} were {over['action']}ped"
-            if over["action"] == "drop"
-            else f"eval: {over['count']} example(s) longer than max_length={over['max_length']} were truncated"
-        )
+        say(f"eval: {overflow_line(over, 'evaluated')}")
     tokenizer = renderer.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     prompts = sample_conversations(examples, generations)
 
     def score(network) -> tuple[dict, list[str]]:

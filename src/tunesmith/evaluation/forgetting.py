@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,13 +92,11 @@ class ProbeReference:
         if checked.problems:
             raise TunesmithError(f"eval.reference: {bad_rows_error(checked)}", checked.problems[:20])
         examples = checked.train[: cfg.eval.reference_max_examples]
-        counts = {}
-        for example in examples:
-            counts[example.labels[0]] = counts.get(example.labels[0], 0) + 1
+        counts = Counter(example.labels[0] for example in examples)
         if len(counts) < 2 or min(counts.values()) < 5:
             raise TunesmithError(
                 f"eval.reference: {cfg.eval.reference} needs at least 2 labels with 5 examples each for the probe "
-                f"(found {counts})"
+                f"(found {dict(counts)})"
             )
         label_ids = {label: i for i, label in enumerate(sorted(counts))}
         prepared = modality.prepare(examples, label_ids, False, training=False)

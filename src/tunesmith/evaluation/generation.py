@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.data.collate import pad_token_id
 from tunesmith.data.templates import Messages, Renderer
 
 
@@ -18,7 +19,7 @@ def generate(
 ) -> list[str]:
     """Complete each conversation (ending with a user turn) and return the decoded answers."""
     tokenizer = renderer.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     stop_ids = renderer.stop_token_ids()
     device = next(model.parameters()).device
     was_training = model.training
@@ -66,7 +67,7 @@ def stream(
     device = next(model.parameters()).device
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     arguments = {
         "input_ids": torch.tensor([prompt], device=device),
         "attention_mask": torch.ones(1, len(prompt), dtype=torch.long, device=device),

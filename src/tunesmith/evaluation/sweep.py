@@ -42,6 +42,7 @@ from tunesmith.config import (
     dump_config,
     load_config,
     read_yaml,
+    set_key,
 )
 from tunesmith.errors import TunesmithError
 from tunesmith.report.sweep_report import best_record, write_sweep_report
@@ -199,13 +200,7 @@ def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     result = copy.deepcopy(raw)
     result.pop("sweep", None)
     for key, value in values.items():
-        parts = key.split(".")
-        node = result
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise TunesmithError(f"sweep.space.{key}: '{'.'.join(parts[: depth + 1])}' is not a section")
-        node[parts[-1]] = value
+        set_key(result, key.split("."), value, f"sweep.space.{key}")
     return result
 
 

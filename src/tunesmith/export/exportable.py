@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tunesmith.data.collate import pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.training.run_folder import RunFolder
 
@@ -72,7 +73,7 @@ def _causal_lm(run: RunFolder) -> Exportable:
     ):
         ids = [renderer.encode_prompt(p) for p in prompts]
         width = max(map(len, ids))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token_id(tokenizer)
         probes.append(
             {
                 "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),

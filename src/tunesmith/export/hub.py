@@ -45,6 +45,8 @@ def _metrics_lines(summary: dict) -> list[str]:
 
 def _eval_lines(run: RunFolder) -> list[str]:
     """`tunesmith eval` results, tuned vs base where measured, newest evaluation of each data set."""
+    from tunesmith.evaluation.evaluate import COUNTS
+
     lines = []
     for path in sorted((run.path / "eval").glob("*/evaluation.json")):
         result = json.loads(path.read_text())
@@ -53,7 +55,7 @@ def _eval_lines(run: RunFolder) -> list[str]:
             f"{name} {value:.4g}"
             + (f" (base {base[name]:.4g})" if isinstance(base.get(name), (int, float)) else "")
             for name, value in tuned.items()
-            if isinstance(value, float) and name not in {"tokens", "examples", "generated_examples"}
+            if isinstance(value, float) and name not in COUNTS
         ]
         lines.append(
             f"- `tunesmith eval` on {result['data']} ({result['examples']} examples): " + ", ".join(scores)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from contextlib import contextmanager
-from pathlib import Path
 
 
 def _pyplot():
@@ -33,7 +32,3 @@ def data_uri(fig) -> str:
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def file_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")

@@ -111,27 +111,13 @@ def class_counts(counts: dict[str, int], title: str) -> str | None:
 
 
 def confusion(matrix: list[list[int]], labels: list[str]) -> str | None:
+    from tunesmith.evaluation.classification import confusion_figure_size, draw_confusion_matrix
+
     values = np.asarray(matrix)
     if values.ndim != 2 or not values.size:
         return None
-    size = max(4.0, 0.6 * len(labels) + 2)
-    with figure(size, size * 0.85) as (fig, axes):
-        image = axes.imshow(values, cmap="Blues")
-        axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        axes.set_yticks(range(len(labels)), labels)
-        axes.set_xlabel("predicted")
-        axes.set_ylabel("true")
-        threshold = values.max() / 2
-        for (row, column), count in np.ndenumerate(values):
-            axes.text(
-                column,
-                row,
-                str(count),
-                ha="center",
-                va="center",
-                color="white" if count > threshold else "black",
-            )
-        fig.colorbar(image, ax=axes)
+    with figure(*confusion_figure_size(labels)) as (fig, axes):
+        draw_confusion_matrix(fig, axes, matrix, labels)
         return data_uri(fig)
 
 

@@ -20,12 +20,6 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def best_step(summary: dict, records: list[dict], metric: str, greater: bool) -> int | None:
     """The best checkpoint's step (run.json), else the evaluation with the best train.metric."""
     if summary.get("best_checkpoint"):
@@ -116,7 +110,7 @@ def collect(run: RunFolder) -> dict:
         "first_train_loss": train_losses[0] if train_losses else None,
         "last_train_loss": train_losses[-1] if train_losses else None,
         "evaluation": evaluation,
-        "samples": _read_jsonl(run.samples),
+        "samples": run.read_jsonl(run.samples),
         "eval_results": latest_evaluations(run),
     }
 

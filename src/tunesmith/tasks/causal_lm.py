@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from tunesmith.config import Config
-from tunesmith.data.collate import pack
+from tunesmith.data.collate import pack, pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
@@ -42,6 +42,12 @@ def validated_data(cfg: Config):
     return checked
 
 
+def overflow_line(over: dict, split: str) -> str:
+    """'N <split> example(s) longer than max_length=M were dropped' (or truncated), from the data report."""
+    action = "dropped" if over["action"] == "drop" else "truncated"
+    return f"{over['count']} {split} example(s) longer than max_length={over['max_length']} were {action}"
+
+
 def print_data_summary(report: dict) -> None:
     line = (
         f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report.get('duplicates_removed', 0)} duplicates removed; "
@@ -51,11 +57,7 @@ def print_data_summary(report: dict) -> None:
     for split in ("train", "validation"):
         over = report.get("over_max_length", {}).get(split)
         if over and over["count"]:
-            say(
-                f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were {over['action']}ped"
-                if over["action"] == "drop"
-                else f"data: {over['count']} {split} example(s) longer than max_length={over['max_length']} were truncated"
-            )
+            say(f"data: {overflow_line(over, split)}")
     eos = report.get("eos_in_labels")
     if eos and eos["count"] < eos["of"]:
         say(
@@ -127,7 +129,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         hardware=describe_hardware(),
         versions=library_versions(),
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     reference = Reference.load(cfg, renderer.encode_text) if cfg.eval.reference else None
     if reference is not None and "reference_before" not in summary:  # a resumed run keeps its first score
         before = reference.score(model, pad_id, cfg.eval.batch_size)

@@ -14,7 +14,7 @@ from tunesmith.methods.features import FeatureHead, embed
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.tasks.classification import classifier_arguments
 from tunesmith.tasks.modalities import MODALITIES
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.training.run_folder import RunFolder, free_path
 
 
 class RunClassifier:
@@ -88,7 +88,7 @@ def predict(
         )
     if cfg.task == "text-classification" and cfg.data.on_overflow == "drop":
         cfg.data.on_overflow = "truncate"  # every input gets an answer; over-long ones are counted below
-    target = Path(output) if output else _free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
+    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
     if target.exists():
         raise TunesmithError(f"{target} already exists; choose another --output")
     if target.suffix.lower() not in {".jsonl", ".csv"}:
@@ -108,11 +108,6 @@ def predict(
         )
     _write_predictions(target, records, classifier.labels)
     return {"output": str(target), "rows": len(records)}
-
-
-def _free_path(path: Path) -> Path:
-    candidates = [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(2, 10_000)]
-    return next(candidate for candidate in candidates if not candidate.exists())
 
 
 def _write_predictions(target: Path, records: list[dict], labels: list[str]) -> None:

@@ -136,15 +136,14 @@ class OverfitWatch(TrainerCallback):
     def __init__(self, patience: int, early_stopping: bool):
         self.patience = patience
         self.early_stopping = early_stopping
-        self.records: list[dict] = []
         self.signal: dict | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.records.append({"step": state.global_step, **logs})
-        if self.signal is None and logs and "eval_loss" in logs:
-            from tunesmith.evaluation.overfitting import describe, overfitting_signal
+        if self.signal is not None or not logs or "eval_loss" not in logs:
+            return
+        from tunesmith.evaluation.overfitting import describe, overfitting_signal
 
-            self.signal = overfitting_signal(self.records, self.patience)
-            if self.signal is not None and state.is_world_process_zero:
-                print(describe(self.signal, self.early_stopping))
+        # The Trainer's log_history holds every train and eval log with its step (restored on resume).
+        self.signal = overfitting_signal(state.log_history, self.patience)
+        if self.signal is not None and state.is_world_process_zero:
+            print(describe(self.signal, self.early_stopping))

@@ -16,7 +16,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from tunesmith.config import Config
-from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator
+from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import (
@@ -250,7 +250,7 @@ def build_trainer(
     extra_callbacks=(),
     resuming: bool = False,
 ) -> tuple[Trainer, TokenCounter]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
     counter = TokenCounter(collator)
     callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, bool(validation_rows))

@@ -11,6 +11,12 @@ from tunesmith.errors import TunesmithError
 from tunesmith.training.distributed import RUN_DIR_ENV, is_main
 
 
+def free_path(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... (before the suffix) that does not exist: nothing is overwritten."""
+    candidates = [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(2, 10_000)]
+    return next(candidate for candidate in candidates if not candidate.exists())
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = path
@@ -99,6 +105,11 @@ class RunFolder:
         return len(records) - len(kept)
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics.exists():
+        return self.read_jsonl(self.metrics)
+
+    @staticmethod
+    def read_jsonl(path: Path) -> list[dict]:
+        """One record per non-empty line (metrics.jsonl, samples.jsonl); none when the file is absent."""
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
