@@ -46,10 +46,18 @@ class DataConfig(Section):
     template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
     system_prompt: str | None = None
     max_length: int = Field(1024, ge=8)
-    on_overflow: Literal["auto", "drop", "truncate", "head_tail"] = Field(
+    on_overflow: Literal["auto", "drop", "truncate", "head_tail", "windows"] = Field(
         "auto",
         description="auto: drop for causal-lm, truncate for classification (counted either way); head_tail "
-        "(text classification): keep the first 3/4 and the last 1/4 of max_length tokens",
+        "(text classification): keep the first 3/4 and the last 1/4 of max_length tokens; windows (text "
+        "classification): cut long texts into consecutive max_length windows, train on each, and predict a "
+        "text from the mean of its windows' log-probabilities",
+    )
+    max_windows: int = Field(
+        4,
+        ge=1,
+        description="on_overflow windows: the most windows of one text used in training (the first ones); "
+        "evaluation and prediction read every window",
     )
     on_error: Literal["stop", "skip"] = "stop"
     deduplicate: bool = True
@@ -269,11 +277,11 @@ class Config(Section):
             )
         if self.data.multi_label and self.task != "text-classification":
             raise ValueError("data.multi_label is supported for text-classification")
-        if self.data.on_overflow == "head_tail" and (
+        if self.data.on_overflow in ("head_tail", "windows") and (
             self.task != "text-classification" or self.data.text_pair_field
         ):
             raise ValueError(
-                "data.on_overflow: head_tail is for text-classification of single texts (no text pair)"
+                f"data.on_overflow: {self.data.on_overflow} is for text-classification of single texts (no text pair)"
             )
         if self.data.on_overflow == "auto":
             self.data.on_overflow = "truncate" if classification else "drop"
@@ -554,7 +562,9 @@ _CLASSIFICATION_HINTS = {
         "data_hint": "data/train.csv          ",
         "table_hint": " (.csv/.jsonl/.parquet)",
         "fields": "\n  text_field: text                   # tables: the text column\n  text_pair_field: null              # a second text column for pair tasks (e.g. NLI)\n  multi_label: false                 # several labels per row: a list, or 'a|b' in CSV",
-        "extra": "  max_length: 256                    # tokens; longer texts are truncated and counted in the data report\n",
+        "extra": "  max_length: 256                    # tokens per text (or per window); longer texts are counted in the data report\n"
+        "  on_overflow: truncate              # truncate | head_tail | windows (train on each window, predict from all)\n"
+        "  max_windows: 4                     # windows: the most windows of one text used in training\n",
     },
     "image-classification": {
         "input_hint": "/ (a folder of images)",

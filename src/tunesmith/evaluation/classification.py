@@ -16,6 +16,16 @@ def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def window_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Scores a text's windows are averaged in: log-probabilities (so a text's softmax is the normalized
+    geometric mean of its windows' probabilities), or the logits themselves for multi-label."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return logits
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def predicted(probs: np.ndarray, multi_label: bool) -> np.ndarray:
     return (probs >= 0.5).astype(int) if multi_label else probs.argmax(axis=-1)
 

@@ -114,7 +114,8 @@ class ProbeReference:
         was_training = model.training
         features = embed(model, self.prepared.dataset, collator, batch_size, text, desc="probe")
         model.train(was_training)
-        targets = np.asarray(self.prepared.targets)
+        features = self.prepared.per_text(features)  # windows: one mean embedding per text
+        targets = np.asarray(self.prepared.text_targets)
         folds = StratifiedKFold(
             n_splits=min(5, int(np.bincount(targets).min())), shuffle=True, random_state=seed
         )

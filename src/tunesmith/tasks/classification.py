@@ -14,7 +14,13 @@ from transformers import set_seed
 from tunesmith.config import Config
 from tunesmith.data.labelled import check_labelled
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import full_report, predicted, probabilities, write_evaluation
+from tunesmith.evaluation.classification import (
+    full_report,
+    predicted,
+    probabilities,
+    window_scores,
+    write_evaluation,
+)
 from tunesmith.evaluation.forgetting import ProbeReference, drift
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.methods import count_parameters, get_method
@@ -62,6 +68,14 @@ def print_data_summary(report: dict) -> None:
                 f"data: {text['over_max_length']} {split} example(s) longer than max_length={text['max_length']} "
                 f"tokens were {text['action']}"
             )
+        if "windows" in text:
+            capped = (
+                f"; training reads the first {text['max_windows']} of each text "
+                f"({text['texts_over_max_windows']} text(s) have more, data.max_windows)"
+                if "max_windows" in text
+                else ""
+            )
+            say(f"data: {split}: {text['windows']} windows of up to {text['max_length']} tokens{capped}")
 
 
 def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
@@ -181,7 +195,7 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
         run,
         model,
         train_set.dataset,
-        validation_set.dataset,
+        validation_set,
         modality.collator(model),
         train_set.targets,
         model.config.num_labels,
@@ -214,12 +228,15 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
         logits = (
             prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         )
-        result |= evaluate_logits(cfg, run, logits, np.asarray(validation_set.targets), model.config.id2label)
+        per_text = validation_set.per_text(window_scores(logits, cfg.data.multi_label))  # windows: averaged
+        result |= evaluate_logits(
+            cfg, run, per_text, np.asarray(validation_set.text_targets), model.config.id2label
+        )
     return result
 
 
 def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> dict:
-    """Write evaluation.json and the confusion matrix; return the headline numbers for run.json."""
+    """Write evaluation.json and the confusion matrix (one row of logits per text); return the headline numbers."""
     names = [id2label[i] for i in range(len(id2label))]
     predictions = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
     report = full_report(targets, predictions, names, cfg.data.multi_label)
@@ -257,8 +274,12 @@ def fit_features(cfg, run, model, modality, train_set, validation_set, model_pat
         f"features: {train_features.shape[0]} train embeddings of size {train_features.shape[1]}"
         + (" (cached)" if cached else "")
     )
-    head, _ = FeatureHead.fit(
-        train_features, np.asarray(train_set.targets), cfg.method, cfg.data.multi_label, cfg.train.seed
+    head, _ = FeatureHead.fit(  # with windows, a text's embedding is the mean of its windows'
+        train_set.per_text(train_features),
+        np.asarray(train_set.text_targets),
+        cfg.method,
+        cfg.data.multi_label,
+        cfg.train.seed,
     )
     seconds = time.time() - started
     run.model_dir.mkdir(parents=True, exist_ok=True)
@@ -267,8 +288,10 @@ def fit_features(cfg, run, model, modality, train_set, validation_set, model_pat
     result = {"status": "finished", "train_seconds": round(seconds, 1), "global_step": 0}
     if len(validation_set.dataset):
         validation_features, _ = features_of(validation_set, _dataset_key(validation_set))
-        logits = head.logits(validation_features)
-        result |= evaluate_logits(cfg, run, logits, np.asarray(validation_set.targets), model.config.id2label)
+        logits = head.logits(validation_set.per_text(validation_features))
+        result |= evaluate_logits(
+            cfg, run, logits, np.asarray(validation_set.text_targets), model.config.id2label
+        )
         record = {"step": 0, **{f"eval_{k}": v for k, v in result["validation"].items()}}
         run.metrics.write_text(json.dumps(record) + "\n")
     return result

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import predicted, probabilities
+from tunesmith.evaluation.classification import predicted, probabilities, window_scores
 from tunesmith.methods.features import FeatureHead, embed
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.tasks.classification import classifier_arguments
@@ -59,7 +59,7 @@ class RunClassifier:
         collator = self.modality.collator(self.model)
         if self.head is not None:
             features = embed(self.model, prepared.dataset, collator, batch_size, self.modality.name == "text")
-            return self.head.logits(features)
+            return self.head.logits(prepared.per_text(features))
         chunks = []
         dataset = prepared.dataset
         with torch.no_grad():
@@ -69,7 +69,10 @@ class RunClassifier:
                 batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
                 inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
                 chunks.append(self.model(**inputs).logits.float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)))
+        if not chunks:
+            return np.zeros((0, len(self.labels)))
+        # one row per input: with data.on_overflow windows, the mean of its windows' log-probabilities
+        return prepared.per_text(window_scores(np.concatenate(chunks), self.multi_label))
 
 
 def predict(

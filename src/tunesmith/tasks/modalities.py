@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from tunesmith.config import DataConfig, ModelConfig
@@ -49,8 +51,28 @@ class ExampleDataset(torch.utils.data.Dataset):
 @dataclass
 class Prepared:
     dataset: torch.utils.data.Dataset | list
-    targets: list  # each kept example's label id (or multi-hot row), in dataset order
+    targets: list  # each kept row's label id (or multi-hot row), in dataset order
     report: dict = field(default_factory=dict)
+    groups: list[int] | None = None  # data.on_overflow windows: the text each row (a window) was cut from
+
+    @property
+    def text_targets(self) -> list:
+        """One target per text (a text's windows share its label)."""
+        if self.groups is None:
+            return self.targets
+        first: dict[int, int] = {}
+        for row, text in enumerate(self.groups):
+            first.setdefault(text, row)
+        return [self.targets[first[text]] for text in sorted(first)]
+
+    def per_text(self, values: np.ndarray) -> np.ndarray:
+        """Rows of `values` (one per window) averaged into one row per text; unchanged without windows."""
+        if self.groups is None:
+            return values
+        groups = np.asarray(self.groups)
+        sums = np.zeros((groups.max() + 1, values.shape[1]), dtype=np.float64)
+        np.add.at(sums, groups, values)
+        return sums / np.bincount(groups)[:, None]
 
 
 def head_and_tail(ids: list[int], max_length: int) -> list[int]:
@@ -81,6 +103,20 @@ class TextModality:
         pairs = [e.text_pair for e in examples] if self.data_cfg.text_pair_field else None
         full = self.processor(texts, pairs, truncation=False, verbose=False)["input_ids"]
         long_rows = {i for i, ids in enumerate(full) if len(ids) > self.max_length}
+        lengths = sorted(len(ids) for ids in full)
+        report = {
+            "max_length": self.max_length,
+            "over_max_length": len(long_rows),
+            "action": {
+                "drop": "dropped",
+                "head_tail": "cut to their head and tail",
+                "windows": "split into windows",
+            }.get(self.data_cfg.on_overflow, "truncated"),
+            "median_tokens": lengths[len(lengths) // 2] if lengths else 0,
+            "max_tokens": lengths[-1] if lengths else 0,
+        }
+        if self.data_cfg.on_overflow == "windows":
+            return self.windows(examples, label_ids, multi_label, training, report)
         cut = self.processor(texts, pairs, truncation=True, max_length=self.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in cut]
         rows = []
@@ -94,17 +130,44 @@ class TextModality:
                     for k in keys
                 }
             rows.append(row | labels_of(example, label_ids, multi_label))
-        lengths = sorted(len(ids) for ids in full)
-        report = {
-            "max_length": self.max_length,
-            "over_max_length": len(long_rows),
-            "action": {"drop": "dropped", "head_tail": "cut to their head and tail"}.get(
-                self.data_cfg.on_overflow, "truncated"
-            ),
-            "median_tokens": lengths[len(lengths) // 2] if lengths else 0,
-            "max_tokens": lengths[-1] if lengths else 0,
-        }
         return Prepared(rows, [row["labels"] for row in rows if "labels" in row], report)
+
+    def windows(self, examples, label_ids, multi_label: bool, training: bool, report: dict) -> Prepared:
+        """Every text cut into consecutive max_length windows, each with the model's special tokens (the
+        tokenizer's own overflow handling); training keeps the first data.max_windows of each text, evaluation
+        and prediction read them all and average (Prepared.per_text)."""
+        encoded = self.processor(
+            [e.text for e in examples],
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,
+            verbose=False,
+        )
+        if "overflow_to_sample_mapping" not in encoded:
+            raise TunesmithError(
+                "data.on_overflow: windows needs a fast tokenizer (a tokenizer.json next to the model); "
+                "use truncate or head_tail"
+            )
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        rows, groups, seen = [], [], Counter()
+        for window, text in enumerate(encoded["overflow_to_sample_mapping"]):
+            seen[text] += 1
+            if training and seen[text] > self.data_cfg.max_windows:
+                continue
+            rows.append(
+                {k: encoded[k][window] for k in keys} | labels_of(examples[text], label_ids, multi_label)
+            )
+            groups.append(text)
+        report |= {
+            "windows": len(rows),
+            "windows_per_text_max": max(seen.values(), default=0),
+        }
+        if training:
+            report |= {
+                "max_windows": self.data_cfg.max_windows,
+                "texts_over_max_windows": sum(count > self.data_cfg.max_windows for count in seen.values()),
+            }
+        return Prepared(rows, [row["labels"] for row in rows if "labels" in row], report, groups)
 
     def collator(self, model) -> TextCollator:
         return TextCollator(self.processor.pad_token_id)

@@ -7,7 +7,7 @@ import torch
 from transformers import Trainer
 
 from tunesmith.config import Config
-from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
+from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics, window_scores
 from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import TokenCounter
 from tunesmith.training.loop import (
@@ -87,14 +87,18 @@ class ClassificationTrainer(AtomicCheckpoints, Trainer):
         return self.optimizer
 
 
-def metrics_function(multi_label: bool):
+def metrics_function(multi_label: bool, validation=None):
+    """Metrics per text: with data.on_overflow windows, a text's windows are averaged first."""
+
     def compute(evaluation) -> dict[str, float]:
         logits = (
             evaluation.predictions[0] if isinstance(evaluation.predictions, tuple) else evaluation.predictions
         )
-        return summary_metrics(
-            evaluation.label_ids, predicted(probabilities(logits, multi_label), multi_label)
-        )
+        labels = evaluation.label_ids
+        if validation is not None and validation.groups is not None:
+            logits = validation.per_text(window_scores(logits, multi_label))
+            labels = np.asarray(validation.text_targets)
+        return summary_metrics(labels, predicted(probabilities(logits, multi_label), multi_label))
 
     return compute
 
@@ -104,7 +108,7 @@ def build_classification_trainer(
     run: RunFolder,
     model,
     train_set,
-    validation_set,
+    validation,
     collator,
     targets: list,
     num_labels: int,
@@ -113,6 +117,7 @@ def build_classification_trainer(
     resuming: bool = False,
 ) -> tuple[ClassificationTrainer, TokenCounter]:
     counter = TokenCounter(collator)
+    validation_set = validation.dataset  # a Prepared: its rows, and which text each row belongs to
     has_validation = len(validation_set) > 0
     callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
@@ -125,7 +130,7 @@ def build_classification_trainer(
         data_collator=collator,
         train_dataset=train_set,
         eval_dataset=validation_set if has_validation else None,
-        compute_metrics=metrics_function(cfg.data.multi_label),
+        compute_metrics=metrics_function(cfg.data.multi_label, validation),
         callbacks=callbacks,
     )
     trainer.multi_label = cfg.data.multi_label
