@@ -85,6 +85,7 @@ def config(strategy: str, args, workdir: Path) -> dict:
         },
         "method": method,
         "train": {
+            "seed": args.train_seed,  # the new head's initialisation, dropout and batch order
             "batch_size": 16,
             "epochs": args.epochs,
             "learning_rate": args.learning_rate or learning_rate,
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument(
         "--max-windows", type=int, default=4, help="data.max_windows (with --overflow windows)"
     )
+    parser.add_argument("--train-seed", type=int, default=42, help="train.seed (the split stays seed 42)")
     parser.add_argument("--learning-rate", type=float, help="instead of each strategy's own")
     parser.add_argument(
         "--keep-duplicates",
@@ -200,6 +202,7 @@ def main() -> None:
         "max_length": args.max_length,
         "overflow": args.overflow,
         "epochs": args.epochs,
+        "train_seed": args.train_seed,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "rows": rows,
     }
@@ -229,7 +232,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens "
         f"({result.get('overflow', 'truncate')}), "
-        f"{result['epochs']:g} epochs; {result['machine']}.",
+        f"{result['epochs']:g} epochs, train seed {result.get('train_seed', 42)}; {result['machine']}.",
         "",
         "| strategy | accuracy | macro-F1 | training time | trainable parameters |",
         "|---|---|---|---|---|",

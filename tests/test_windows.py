@@ -101,6 +101,7 @@ def test_windows_read_what_truncation_cuts_off_and_predict_whole_texts(tmp_path,
     assert evaluation["examples"] == 24  # texts, not windows
     report = json.loads((run / "data_report.json").read_text())["preprocessing"]
     assert report["validation"]["windows"] == 2 * 24 and report["train"]["windows"] == 2 * 72
+    assert "<th>train: windows</th>" in (run / "report.html").read_text()
 
     inputs = write_jsonl(tmp_path / "new.jsonl", [{"text": r["text"]} for r in _label_at_the_end(6, seed=9)])
     result = api.predict(run, inputs)
