@@ -1,9 +1,11 @@
 """MiniLM (all-MiniLM-L6-v2) on BBC News, one run per layer strategy, plus the TF-IDF + LinearSVC baseline.
 
-Every strategy trains on the same seeded, stratified 80/20 split (tunesmith's data step: exact duplicate
-articles removed, so no article is in both halves), on this machine's CPU. Writes
-bench/results/classification.json and .md.
-Run: .venv/bin/python bench/classification.py [--strategies full head] [--max-length 256]
+Every strategy trains on the same seeded, stratified 80/20 split, on this machine's CPU: tunesmith's own split
+of the class folders (exact duplicate articles removed, so no article is in both halves), or with
+--split sklearn the usual notebook split (scikit-learn's train_test_split, random_state 42) written as two
+tables, where tunesmith removes the validation articles that repeat a training article. --overflow windows
+reads whole articles (data.on_overflow: windows). Writes bench/results/classification.json and .md (--output).
+Run: .venv/bin/python bench/classification.py [--strategies full head] [--max-length 128] [--overflow windows]
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens "
         f"({result.get('overflow', 'truncate')}), "
-        f"{result['epochs']:g} epochs, train seed {result.get('train_seed', 42)}; {result['machine']}.",
+        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''}, train seed {result.get('train_seed', 42)}; {result['machine']}.",
         "",
         "| strategy | accuracy | macro-F1 | training time | trainable parameters |",
         "|---|---|---|---|---|",
