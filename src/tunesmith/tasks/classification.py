@@ -18,7 +18,6 @@ from tunesmith.evaluation.classification import (
     full_report,
     predicted,
     probabilities,
-    window_scores,
     write_evaluation,
 )
 from tunesmith.evaluation.forgetting import ProbeReference, drift
@@ -228,9 +227,12 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
         logits = (
             prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         )
-        per_text = validation_set.per_text(window_scores(logits, cfg.data.multi_label))  # windows: averaged
         result |= evaluate_logits(
-            cfg, run, per_text, np.asarray(validation_set.text_targets), model.config.id2label
+            cfg,
+            run,
+            validation_set.text_scores(logits, cfg.data.multi_label),
+            np.asarray(validation_set.text_targets),
+            model.config.id2label,
         )
     return result
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import predicted, probabilities, window_scores
+from tunesmith.evaluation.classification import predicted, probabilities
 from tunesmith.methods.features import FeatureHead, embed
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.tasks.classification import classifier_arguments
@@ -72,7 +72,7 @@ class RunClassifier:
         if not chunks:
             return np.zeros((0, len(self.labels)))
         # one row per input: with data.on_overflow windows, the mean of its windows' log-probabilities
-        return prepared.per_text(window_scores(np.concatenate(chunks), self.multi_label))
+        return prepared.text_scores(np.concatenate(chunks), self.multi_label)
 
 
 def predict(

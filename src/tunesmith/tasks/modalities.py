@@ -74,6 +74,12 @@ class Prepared:
         np.add.at(sums, groups, values)
         return sums / np.bincount(groups)[:, None]
 
+    def text_scores(self, logits: np.ndarray, multi_label: bool) -> np.ndarray:
+        """One row of scores per text: a text's windows' log-probabilities averaged (plain logits without windows)."""
+        from tunesmith.evaluation.classification import window_scores
+
+        return logits if self.groups is None else self.per_text(window_scores(logits, multi_label))
+
 
 def head_and_tail(ids: list[int], max_length: int) -> list[int]:
     """The first 3/4 and the last 1/4 of the allowed tokens (Sun et al. 2019: the end of a long text carries

@@ -7,7 +7,7 @@ import torch
 from transformers import Trainer
 
 from tunesmith.config import Config
-from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics, window_scores
+from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
 from tunesmith.methods.freeze import transformer_blocks
 from tunesmith.training.callbacks import TokenCounter
 from tunesmith.training.loop import (
@@ -96,7 +96,7 @@ def metrics_function(multi_label: bool, validation=None):
         )
         labels = evaluation.label_ids
         if validation is not None and validation.groups is not None:
-            logits = validation.per_text(window_scores(logits, multi_label))
+            logits = validation.text_scores(logits, multi_label)
             labels = np.asarray(validation.text_targets)
         return summary_metrics(labels, predicted(probabilities(logits, multi_label), multi_label))
 
