@@ -246,6 +246,27 @@ class OutputConfig(Section):
         return value
 
 
+class PreferenceConfig(Section):
+    """task: preference. The objective, its strength, and the names of the data's fields."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "kto"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="how far from the reference the policy may move (ipo: tau)")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo, simpo: chance a preference is flipped"
+    )
+    gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")
+    precompute_reference: bool = Field(
+        False, description="reference log-probabilities computed once before training and cached"
+    )
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    completion_field: str = Field("completion", description="kto's unpaired rows: the answer")
+    label_field: str = Field("label", description="kto's unpaired rows: true (desirable) or false")
+
+
 class Config(Section):
     task: Literal["causal-lm", "text-classification", "image-classification", "audio-classification"] = (
         "causal-lm"
@@ -256,6 +277,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    preference: PreferenceConfig = PreferenceConfig()
     sweep: SweepConfig | None = None
 
     @model_validator(mode="after")

@@ -1,0 +1,193 @@
+"""Preference training on transformers' Trainer: chosen and rejected answers in one forward, the reference from
+the same weights with the adapter switched off (or a frozen copy), and the rewards logged at every evaluation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from tunesmith.config import PreferenceConfig
+from tunesmith.data.collate import IGNORE
+from tunesmith.training.loop import AtomicCheckpoints
+from tunesmith.training.preference_losses import (
+    NEEDS_REFERENCE,
+    PreferenceLoss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    orpo_loss,
+    simpo_loss,
+)
+
+
+@dataclass
+class SequenceLogps:
+    logps: torch.Tensor  # per row: the summed log-probability of its answer tokens
+    lengths: torch.Tensor  # per row: how many answer tokens
+    nll: torch.Tensor | None = None  # mean token NLL of the first nll_rows rows, prompt included (ORPO)
+
+
+def sequence_logps(model, batch: dict, prefix: str = "", nll_rows: int = 0) -> SequenceLogps:
+    """Log-probabilities of every row's answer (labels != IGNORE) in one forward pass.
+
+    As CausalLMTrainer does, the LM head runs only at positions some row scores: with long prompts that is a
+    fraction of the sequence, and the vocabulary-wide log-softmax is the largest tensor of the step.
+    """
+    input_ids, attention_mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
+    answer = batch[f"{prefix}labels"][:, 1:].ne(IGNORE)  # the token at t+1 is predicted at position t
+    scored = answer.clone()
+    if nll_rows:  # TRL's ORPO takes its NLL term over the chosen rows' prompt and answer
+        scored[:nll_rows] |= attention_mask[:nll_rows, 1:].bool()
+    keep = scored.any(dim=0).nonzero().squeeze(-1)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits.float()
+    targets = torch.where(scored, input_ids[:, 1:], IGNORE)[:, keep]
+    per_token = -F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    answer = answer[:, keep]
+    logps, lengths = (per_token * answer).sum(-1), answer.sum(-1)
+    nll = None
+    if nll_rows:
+        whole = scored[:nll_rows, keep]
+        nll = -(per_token[:nll_rows] * whole).sum() / whole.sum().clamp(min=1)
+    return SequenceLogps(logps, lengths, nll)
+
+
+def pair_loss(
+    pref: PreferenceConfig, policy: SequenceLogps, reference: torch.Tensor | None
+) -> PreferenceLoss:
+    """The configured loss for a batch of rows laid out as [chosen..., rejected...]."""
+    pairs = policy.logps.shape[0] // 2
+    chosen, rejected = policy.logps[:pairs], policy.logps[pairs:]
+    chosen_lengths, rejected_lengths = policy.lengths[:pairs], policy.lengths[pairs:]
+    if pref.loss == "orpo":
+        return orpo_loss(chosen, rejected, chosen_lengths, rejected_lengths, policy.nll, pref.beta)
+    if pref.loss == "simpo":
+        return simpo_loss(
+            chosen, rejected, chosen_lengths, rejected_lengths, pref.beta, pref.gamma, pref.label_smoothing
+        )
+    ref_chosen, ref_rejected = reference[:pairs], reference[pairs:]
+    if pref.loss == "ipo":
+        return ipo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths, pref.beta
+        )
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, pref.beta, pref.label_smoothing)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout would make the policy's log-probabilities noisy against the reference's (TRL's default too)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class PreferenceTrainer(AtomicCheckpoints, Trainer):
+    """Trainer whose loss is a preference loss; rewards, margins, accuracy and log-probabilities are averaged
+    over each logging window (train) and each whole evaluation (eval_*), into metrics.jsonl."""
+
+    def __init__(self, *args, preference: PreferenceConfig, reference_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.preference = preference
+        self.reference_model = reference_model
+        if reference_model is not None:
+            reference_model.eval().requires_grad_(False)
+            self.reference_model = reference_model.to(self.accelerator.device)
+        disable_dropout(self.model)
+        # The loss is a mean over pairs, not a sum over tokens: let the Trainer divide by accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._sums: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # -- the reference ------------------------------------------------------------------------------------------
+    def reference_logps(self, batch: dict, prefix: str = "") -> torch.Tensor | None:
+        """The reference's summed answer log-probabilities: precomputed in the batch, a frozen copy, or the
+        trained model itself with its adapter switched off (no second copy of the base in memory)."""
+        if not NEEDS_REFERENCE[self.preference.loss]:
+            return None
+        cached = batch.get(f"ref_{prefix}logps")
+        if cached is not None:
+            return cached
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return sequence_logps(self.reference_model, batch, prefix).logps
+            model = self.accelerator.unwrap_model(self.model)
+            with model.disable_adapter():
+                return sequence_logps(model, batch, prefix).logps
+
+    # -- the loss -----------------------------------------------------------------------------------------------
+    def preference_step(self, model, batch: dict) -> tuple[PreferenceLoss, SequenceLogps]:
+        if self.preference.loss == "kto":
+            return self._kto_step(model, batch)
+        pairs = batch["input_ids"].shape[0] // 2
+        policy = sequence_logps(model, batch, nll_rows=pairs if self.preference.loss == "orpo" else 0)
+        return pair_loss(self.preference, policy, self.reference_logps(batch)), policy
+
+    def _kto_step(self, model, batch: dict) -> tuple[PreferenceLoss, SequenceLogps]:
+        pref = self.preference
+        with torch.no_grad():
+            kl_logps = sequence_logps(model, batch, "kl_").logps
+        policy = sequence_logps(model, batch)
+        result = kto_loss(
+            policy.logps,
+            self.reference_logps(batch),
+            batch["desirable"],
+            kl_logps,
+            self.reference_logps(batch, "kl_"),
+            pref.beta,
+            pref.desirable_weight,
+            pref.undesirable_weight,
+        )
+        return result, policy
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result, policy = self.preference_step(model, inputs)
+        self._record("train" if model.training else "eval", result, policy, inputs)
+        return (result.loss, {}) if return_outputs else result.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- metrics ------------------------------------------------------------------------------------------------
+    def _record(self, mode: str, result: PreferenceLoss, policy: SequenceLogps, inputs: dict) -> None:
+        sums = self._sums[mode]
+        sums["rewards/chosen"].append(result.chosen_rewards)
+        sums["rewards/rejected"].append(result.rejected_rewards)
+        if self.preference.loss == "kto":
+            desirable = inputs["desirable"]
+            sums["logps/chosen"].append(policy.logps[desirable].detach())
+            sums["logps/rejected"].append(policy.logps[~desirable].detach())
+            sums["kl"].append(result.kl.reshape(1))
+        else:
+            pairs = policy.logps.shape[0] // 2
+            sums["logps/chosen"].append(policy.logps[:pairs].detach())
+            sums["logps/rejected"].append(policy.logps[pairs:].detach())
+            sums["rewards/accuracies"].append((result.chosen_rewards > result.rejected_rewards).float())
+
+    def averages(self, mode: str) -> dict[str, float]:
+        """Each metric averaged over every example recorded since the last log (all ranks)."""
+        values = {}
+        for key, parts in self._sums[mode].items():
+            gathered = self.accelerator.gather_for_metrics(torch.cat(parts).float())
+            if gathered.numel():
+                values[key] = round(gathered.mean().item(), 6)
+        if "rewards/chosen" in values and "rewards/rejected" in values:
+            values["rewards/margins"] = round(values["rewards/chosen"] - values["rewards/rejected"], 6)
+        return values
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # An evaluation's log carries eval_loss; Trainer.evaluate returns this same dict, so the rewards
+        # reach metric_for_best_model, the sweep's objective and metrics.jsonl alike.
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        if mode == "train" and "loss" not in logs:
+            return super().log(logs, start_time)
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({f"{prefix}{key}": value for key, value in self.averages(mode).items()})
+        self._sums[mode].clear()
+        super().log(logs, start_time)
