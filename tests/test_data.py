@@ -169,3 +169,92 @@ def test_tokenization_cache_is_keyed_by_tokenizer(tmp_path, tokenizer):
     third = tokenize_data(checked, cfg, Renderer(other, "chat"), tmp_path)
     assert not third["report"]["cache"]["hit"]
     assert third["train"] != first["train"]
+
+
+# -- encodings and empty values ------------------------------------------------------------------
+
+
+def test_invalid_utf8_row_is_reported_with_its_line_never_replaced(tmp_path):
+    lines = [json.dumps(row).encode() for row in prompt_response_rows(4)]
+    lines[2] = b'{"prompt": "caf\xe9 au lait", "response": "latin-1 slipped in"}'  # line 3: not UTF-8
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    checked = check_data(DataConfig(train_file=str(path), on_error="skip", validation_ratio=0))
+    assert checked.report["bad_row_list"] == [
+        f"{path}:3: invalid UTF-8 (byte 0xe9 at column 16); re-save the file as UTF-8"
+    ]
+    assert checked.report["rows_read"] == 4 and len(checked.train) == 3
+    assert not any("\ufffd" in turn for example in checked.train for _, turn in example.messages)
+    stopped = check_data(DataConfig(train_file=str(path), validation_ratio=0))
+    assert stopped.problems == checked.problems and stopped.train == []
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_byte_order_mark_is_read(tmp_path, suffix):
+    rows = prompt_response_rows(3)
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    elif suffix == ".json":
+        text = json.dumps(rows, indent=1)
+    else:
+        text = "prompt,response\r\n" + "".join(f"{r['prompt']},{r['response']}\r\n" for r in rows)
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel and Notepad on Windows write UTF-8
+    checked = check_data(DataConfig(train_file=str(path), validation_ratio=0))
+    assert checked.problems == []
+    assert [e.messages[0][1] for e in checked.train] == [r["prompt"] for r in rows]
+
+
+def test_invalid_utf8_in_csv_and_json_names_the_row(tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_bytes(b"prompt,response\nhello,world\nna\xefve,answer\n")
+    checked = check_data(DataConfig(train_file=str(csv_file), on_error="skip", validation_ratio=0))
+    assert checked.problems == [
+        f"{csv_file}:3: invalid UTF-8 (byte 0xef at column 3); re-save the file as UTF-8"
+    ]
+    json_file = tmp_path / "d.json"
+    json_file.write_bytes(b'[\n {"prompt": "a", "response": "b"},\n {"prompt": "\xff", "response": "d"}\n]\n')
+    checked = check_data(DataConfig(train_file=str(json_file), on_error="skip", validation_ratio=0))
+    assert [p.split(": ", 1)[0] for p in checked.problems] == [f"{json_file}:3"]
+    assert len(checked.train) == 1
+
+
+def test_null_and_empty_fields_are_named_as_such(tmp_path):
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": None, "response": "r"},
+            {"prompt": "p"},
+            {"prompt": "p", "response": "  "},
+            {"prompt": "p", "response": "r"},
+        ],
+    )
+    checked = check_data(DataConfig(train_file=str(path), on_error="skip", validation_ratio=0))
+    assert checked.problems == [
+        f"{path}:1: field 'prompt' is null; give it a value or remove the row",
+        f"{path}:2: missing field 'response' (fields present: prompt)",
+        f"{path}:3: field 'response' is empty",
+    ]
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("prompt,response\nhello,\nhello,world\n")
+    checked = check_data(DataConfig(train_file=str(csv_file), on_error="skip", validation_ratio=0))
+    assert checked.problems == [f"{csv_file}:2: field 'response' is empty"]
+
+
+def test_empty_and_null_labels_are_named_as_such(tmp_path):
+    from tunesmith.data.labelled import read_labelled
+
+    cfg = DataConfig(train_file="unused", validation_ratio=0)
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("text,label\nteam won,sport\nshares rose,\n,business\n")
+    _, problems = read_labelled(str(csv_file), cfg, "text")
+    assert problems == [
+        f"{csv_file}:3: label field 'label' is empty; give the row its label or remove it",
+        f"{csv_file}:4: empty text in field 'text'; fill it or remove the row",
+    ]
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": None}, {"text": None, "label": "x"}])
+    _, problems = read_labelled(str(jsonl), cfg, "text")
+    assert problems == [
+        f"{jsonl}:1: label field 'label' is null; give the row its label or remove it",
+        f"{jsonl}:2: text field 'text' is null; fill it or remove the row",
+    ]

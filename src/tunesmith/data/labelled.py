@@ -78,7 +78,11 @@ def read_class_folders(root: Path, modality: str) -> tuple[list[LabelledExample]
 
 def _labels_of(value, cfg: DataConfig) -> tuple[str, ...] | str:
     """The row's labels, or a message saying what is wrong with them."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return f"label field '{cfg.label_field}' is null; give the row its label or remove it"
+    if isinstance(value, str) and not value.strip():
+        return f"label field '{cfg.label_field}' is empty; give the row its label or remove it"
+    if isinstance(value, bool):
         return f"label field '{cfg.label_field}' must be a name or a number, got {value!r}"
     if cfg.multi_label:
         if isinstance(value, str):
@@ -109,8 +113,10 @@ def _example_from_row(
             return labels
     if modality == "text":
         text = data.get(cfg.text_field)
-        if text is None:
+        if cfg.text_field not in data:
             return f"missing text field '{cfg.text_field}' (fields present: {present}); set data.text_field"
+        if text is None:
+            return f"text field '{cfg.text_field}' is null; fill it or remove the row"
         if not isinstance(text, str) or not text.strip():
             return f"empty text in field '{cfg.text_field}'; fill it or remove the row"
         pair = None
@@ -120,6 +126,9 @@ def _example_from_row(
                 return f"missing or empty text pair field '{cfg.text_pair_field}'"
         return LabelledExample(row.where, labels, text=text, text_pair=pair)
     value = data.get(cfg.file_field)
+    if cfg.file_field in data and (value is None or (isinstance(value, str) and not value.strip())):
+        state = "null" if value is None else "empty"
+        return f"file field '{cfg.file_field}' is {state}; give the row its file or remove it"
     if not isinstance(value, str) or not value.strip():
         return f"missing file field '{cfg.file_field}' (fields present: {present}); set data.file_field"
     path = Path(value).expanduser()

@@ -37,11 +37,31 @@ def read_rows(path: str | Path) -> list[Row]:
     return reader(path)
 
 
+# "utf-8-sig" drops the byte-order mark spreadsheet tools on Windows write; "surrogateescape" keeps each
+# undecodable byte as a lone surrogate, so the row holding it is reported instead of silently altered.
+ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+
+
+def undecodable(text: str) -> str | None:
+    """The problem with a line holding bytes that are not UTF-8, or None."""
+    for column, char in enumerate(text, start=1):
+        if "\udc80" <= char <= "\udcff":
+            return (
+                f"invalid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at column {column}); "
+                "re-save the file as UTF-8"
+            )
+    return None
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open(**ENCODING) as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
+                continue
+            problem = undecodable(text)
+            if problem:
+                rows.append(Row(str(path), number, None, problem))
                 continue
             try:
                 value = json.loads(text)
@@ -58,7 +78,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 
 def _read_json(path: Path) -> list[Row]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(**ENCODING)
     decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
     if text[start : start + 1] != "[":
@@ -71,6 +91,7 @@ def _read_json(path: Path) -> list[Row]:
         if index >= len(text) or text[index] == "]":
             break
         line = text.count("\n", 0, index) + 1
+        start_of_value = index
         try:
             value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as exc:
@@ -84,7 +105,10 @@ def _read_json(path: Path) -> list[Row]:
                 )
             )
             break
-        if isinstance(value, dict):
+        problem = undecodable(text[start_of_value:index])
+        if problem:
+            rows.append(Row(str(path), line, None, problem))
+        elif isinstance(value, dict):
             rows.append(Row(str(path), line, value))
         else:
             rows.append(Row(str(path), line, None, f"expected a JSON object, got {type(value).__name__}"))
@@ -93,8 +117,11 @@ def _read_json(path: Path) -> list[Row]:
 
 def _read_csv(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    with path.open(newline="", **ENCODING) as handle:
         reader = csv.DictReader(handle)
+        header_problem = undecodable(",".join(reader.fieldnames or []))
+        if header_problem:
+            raise TunesmithError(f"{path}:1: the header has {header_problem}")
         line = 1
         for record in reader:
             start, line = line + 1, reader.line_num
@@ -103,7 +130,12 @@ def _read_csv(path: Path) -> list[Row]:
                     Row(str(path), start, None, "more values than header columns (an unquoted comma?)")
                 )
                 continue
-            rows.append(Row(str(path), start, {k: v for k, v in record.items() if v not in (None, "")}))
+            problem = undecodable("".join(value or "" for value in record.values()))
+            if problem:
+                rows.append(Row(str(path), start, None, problem))
+                continue
+            # A short row leaves its last columns None: missing. An empty cell stays "": empty, said so.
+            rows.append(Row(str(path), start, {k: v for k, v in record.items() if v is not None}))
     return rows
 
 

@@ -54,6 +54,8 @@ def _text(data: dict, field: str, required: bool = True) -> tuple[str | None, st
     if field not in data or data[field] is None:
         if not required:
             return "", None
+        if field in data:
+            return None, f"field '{field}' is null; give it a value or remove the row"
         present = ", ".join(sorted(data)) or "none"
         return None, f"missing field '{field}' (fields present: {present})"
     value = data[field]
@@ -66,6 +68,8 @@ def _text(data: dict, field: str, required: bool = True) -> tuple[str | None, st
 
 def _messages(data: dict, field: str) -> tuple[tuple | None, str | None]:
     value = data.get(field)
+    if field in data and value is None:
+        return None, f"field '{field}' is null; give it a list of {{role, content}} objects or remove the row"
     if not isinstance(value, list) or not value:
         return None, f"field '{field}' must be a non-empty list of {{role, content}} objects"
     turns = []
