@@ -41,6 +41,7 @@ demo: $(STAMP)
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports   # the package's floors (pyproject.toml [tool.importlinter])
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests bench

@@ -123,7 +123,7 @@ def tfidf(train: list[tuple[str, str]], validation: list[tuple[str, str]]) -> di
 
 def tfidf_baseline(raw: dict) -> dict:
     """TF-IDF + LinearSVC on exactly the split the strategies use."""
-    checked = check_labelled(config_from_dict(raw).data, "text-classification")
+    checked = check_labelled(config_from_dict(raw).data, "text")
     pairs = [[(e.text, e.labels[0]) for e in part] for part in (checked.train, checked.validation)]
     return tfidf(*pairs) | {"report": checked.report}
 

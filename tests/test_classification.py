@@ -205,7 +205,7 @@ def test_bad_text_rows_are_named_with_file_and_line(tmp_path):
         "not json",
     ]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train)), "text-classification")
+    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train)), "text")
     problems = "\n".join(checked.problems)
     assert f"{train}:2: empty text in field 'text'" in problems
     assert f"{train}:3: missing text field 'text'" in problems and "set data.text_field" in problems
@@ -218,16 +218,14 @@ def test_bad_text_rows_are_named_with_file_and_line(tmp_path):
 def test_unknown_validation_label_and_too_few_labels(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", topic_rows(12))
     val = write_jsonl(tmp_path / "val.jsonl", [{"text": "weather rain", "label": "weather"}])
-    checked = check_labelled(
-        _data_cfg(tmp_path, train_file=str(train), validation_file=str(val)), "text-classification"
-    )
+    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train), validation_file=str(val)), "text")
     assert checked.problems == [
         f"{val}:1: unknown label 'weather' (not in the training data: business, politics, sport); "
         "fix the label or add it to data.labels"
     ]
     one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"a {i}", "label": "x"} for i in range(4)])
     with pytest.raises(TunesmithError, match="needs at least 2"):
-        check_labelled(_data_cfg(tmp_path, train_file=str(one)), "text-classification")
+        check_labelled(_data_cfg(tmp_path, train_file=str(one)), "text")
 
 
 def test_csv_multi_label_cells_and_class_report(tmp_path):
@@ -236,7 +234,7 @@ def test_csv_multi_label_cells_and_class_report(tmp_path):
         "text,label\nteam won,sport|news\nshares rose,business\nvote,politics|news\nmarket,business\n"
     )
     data = _data_cfg(tmp_path, train_file=str(path), multi_label=True, validation_ratio=0.0)
-    checked = check_labelled(data, "text-classification")
+    checked = check_labelled(data, "text")
     assert checked.report["labels"] == ["business", "news", "politics", "sport"]
     assert checked.report["train_classes"]["counts"] == {"business": 2, "news": 2, "politics": 1, "sport": 1}
     assert checked.report["train_classes"]["imbalance_ratio"] == 2.0
@@ -244,9 +242,7 @@ def test_csv_multi_label_cells_and_class_report(tmp_path):
 
 def test_stratified_split_keeps_every_class(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", topic_rows(60))
-    checked = check_labelled(
-        _data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text-classification"
-    )
+    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text")
     assert checked.report["validation_classes"]["counts"] == {"business": 4, "politics": 4, "sport": 4}
 
 
@@ -310,7 +306,7 @@ def test_text_pairs_reach_the_model_as_two_segments(tmp_path, tiny_bert):
         text_pair_field="hypothesis",
         validation_ratio=0.0,
     )
-    checked = check_labelled(cfg.model_copy(update={"on_error": "skip"}), "text-classification")
+    checked = check_labelled(cfg.model_copy(update={"on_error": "skip"}), "text")
     assert checked.problems == [f"{data}:2: missing or empty text pair field 'hypothesis'"]
     modality = TextModality(
         str(tiny_bert),

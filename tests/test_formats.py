@@ -13,7 +13,7 @@ from conftest import prompt_response_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.templates import Renderer
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder
 
 QUICK = {"max_steps": 2, "eval_steps": 2}
 NO_EVAL = {"samples": 0, "before_training": False}
@@ -42,9 +42,9 @@ def test_user_jinja_template_is_used_for_training_and_generation(tmp_path, make_
     raw["data"]["template"] = str(template)
     summary = api.train(config_from_dict(raw))
     run = RunFolder.open(summary["run_dir"])
-    from tunesmith.tasks.causal_lm import load_run_model
+    from tunesmith.tasks.causal_lm_run import load_run
 
-    _, renderer, _ = load_run_model(run)
+    renderer = load_run(run).renderer
     assert renderer.prompt((("user", "hi"),)) == "Q: hi\nA: "
     assert len(api.generate(run.path, ["hi"], max_new_tokens=3)) == 1
 

@@ -68,7 +68,7 @@ def test_bad_image_files_are_named(tmp_path, vit):
     folder = write_digits(tmp_path / "digits", count=40)
     (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "3" / "notes.txt").write_text("not an image")
-    checked = check_labelled(config_from_dict(_image_cfg(tmp_path, vit, folder)).data, "image-classification")
+    checked = check_labelled(config_from_dict(_image_cfg(tmp_path, vit, folder)).data, "image")
     assert len(checked.problems) == 2
     assert any(p.startswith(f"{folder}/3/broken.png: unreadable image") for p in checked.problems)
     assert any(p.startswith(f"{folder}/3/notes.txt: not a image file") for p in checked.problems)
@@ -85,7 +85,7 @@ def test_image_table_paths_are_relative_to_the_table(tmp_path, vit):
     rows.append({"file": "x.png", "label": "1"})
     table = write_jsonl(tmp_path / "images.jsonl", rows)
     raw = _image_cfg(tmp_path, vit, table, data={"on_error": "skip"})
-    checked = check_labelled(config_from_dict(raw).data, "image-classification")
+    checked = check_labelled(config_from_dict(raw).data, "image")
     assert checked.problems == [
         f"{table}:31: file not found: {tmp_path}/digits/9/missing.png",
         f"{table}:32: missing file field 'path' (fields present: file, label); set data.file_field",
@@ -154,7 +154,7 @@ def test_bad_audio_files_are_named(tmp_path):
     (data / "5" / "noise.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     model = build_whisper_classifier_folder(tmp_path / "whisper")
     cfg = config_from_dict(classification_config(tmp_path, model, "audio-classification", data))
-    checked = check_labelled(cfg.data, "audio-classification")
+    checked = check_labelled(cfg.data, "audio")
     assert sorted(p.split(": ")[0] for p in checked.problems) == [
         f"{data}/4/empty.wav",
         f"{data}/5/noise.wav",

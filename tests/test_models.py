@@ -52,8 +52,8 @@ def test_qlora_trains_a_4bit_base_on_cpu(tmp_path):
     from conftest import build_model_folder, prompt_response_rows, write_jsonl
     from tunesmith import api
     from tunesmith.config import config_from_dict
-    from tunesmith.tasks.causal_lm import load_run_model
-    from tunesmith.training.run_folder import RunFolder
+    from tunesmith.run_folder import RunFolder
+    from tunesmith.tasks.causal_lm_run import load_run
 
     model_dir = build_model_folder(tmp_path / "m", hidden=64)  # 4-bit blocks need wider layers than 32
     data = write_jsonl(tmp_path / "t.jsonl", prompt_response_rows(20))
@@ -73,7 +73,7 @@ def test_qlora_trains_a_4bit_base_on_cpu(tmp_path):
     }
     summary = api.train(config_from_dict(raw))
     assert summary["validation_loss_after"] < summary["validation_loss_before"]
-    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    model = load_run(RunFolder.open(summary["run_dir"])).model
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 

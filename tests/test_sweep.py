@@ -15,9 +15,9 @@ import yaml
 from optuna.trial import TrialState
 
 from tunesmith import api
+from tunesmith.commands.sweep import config_value, distribution, objective_value, plan_sweep
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.sweep import config_value, distribution, objective_value, plan_sweep
 from tunesmith.report.sweep_report import write_sweep_report
 
 SPACE = {

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tunesmith import api
 from tunesmith.config import config_from_dict
-from tunesmith.tasks.causal_lm import load_run_model
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.causal_lm_run import load_run
 
 PROBE = [[5, 17, 33, 2, 90, 41, 8]]
 
@@ -78,7 +78,7 @@ def test_run_folder_explains_itself(lora_run):
 
 def test_adapter_reloads_to_identical_logits(lora_run):
     summary, capture = lora_run
-    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    model = load_run(RunFolder.open(summary["run_dir"])).model
     if torch.cuda.is_available():  # trained on the GPU, reloaded on the CPU: other kernels, same weights
         assert torch.allclose(probe_logits(model), capture.logits, atol=1e-5)
     else:
@@ -144,7 +144,7 @@ def test_other_methods_train_and_count_parameters(make_config, method, extra):
         assert parameters["trainable"] == parameters["total"]
     else:
         assert 0 < parameters["trainable"] < parameters["total"]
-    model, _, _ = load_run_model(RunFolder.open(summary["run_dir"]))
+    model = load_run(RunFolder.open(summary["run_dir"])).model
     assert probe_logits(model).shape[-1] > 0
     if method == "dora":
         assert (

@@ -1,4 +1,4 @@
-"""The public Python surface: every CLI verb is one of these calls."""
+"""The public Python surface: every CLI verb is one of these calls (cli.VERBS maps each verb to its function)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import Config, DataConfig, load_config, starter_config
+from tunesmith.console import world_size
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks import causal_lm, recipe
+from tunesmith.registry import get_task
+from tunesmith.run_folder import RunFolder
 from tunesmith.training import distributed
-from tunesmith.training.run_folder import RunFolder
 
 
 def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[Config, str]:
@@ -22,12 +23,12 @@ def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[C
     return load_config(config, overrides), Path(config).stem
 
 
-def _causal_lm_run(run_dir: str | Path, verb: str, instead: str) -> RunFolder:
+def _run_for(run_dir: str | Path, verb: str) -> tuple[RunFolder, object]:
+    """The run folder and its Task, refusing a verb the task's runs do not answer."""
     run = RunFolder.open(run_dir)
-    task = run.load_config().task
-    if task != "causal-lm":
-        raise TunesmithError(f"{verb}: {run.path} is a {task} run; use `tunesmith {instead}` for it")
-    return run
+    task = get_task(run.load_config().task)
+    task.require(verb, run)
+    return run, task
 
 
 def init(kind: str = "sft") -> str:
@@ -41,12 +42,7 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
         data_cfg = DataConfig(train_file=str(Path(target).resolve()), validation_ratio=0.0, on_error="skip")
         return _check_rows(data_cfg)
     cfg, _ = _config(target, overrides)
-    data_cfg = cfg.data.model_copy(update={"on_error": "skip"})
-    if cfg.task != "causal-lm":
-        from tunesmith.data.labelled import check_labelled
-
-        return check_labelled(data_cfg, cfg.task)
-    return _check_rows(data_cfg)
+    return get_task(cfg.task).check_data(cfg.data.model_copy(update={"on_error": "skip"}))
 
 
 def train(
@@ -61,10 +57,11 @@ def train(
     nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun.
     """
     cfg, name = _config(config, overrides)
+    task = get_task(cfg.task)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if nproc > 1 and distributed.world_size() == 1:
-        recipe(cfg.task).validated_data(cfg)  # fail fast, before starting any worker
+    if nproc > 1 and world_size() == 1:
+        task.validated_data(cfg)  # fail fast, before starting any worker
         distributed.per_device_batch_for(cfg.train.batch_size, nproc)
         distributed.check_engine(cfg.train.distributed)
         run = RunFolder.for_training(cfg, name, resume)
@@ -72,67 +69,62 @@ def train(
             run.save_config(cfg)
         distributed.launch(str(run.config_file), str(run.path), nproc, resume)
         return run.read_summary() | {"run_dir": str(run.path)}
-    return recipe(cfg.task).train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+    return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
 
 def predict(
     run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
 ) -> dict:
     """Label a table's rows or a folder's files with a classification run; writes JSONL or CSV."""
-    from tunesmith.tasks.classification_predict import predict as _predict
-
-    return _predict(run_dir, source, output, batch_size)
+    run, task = _run_for(run_dir, "predict")
+    return task.predict(run, source, output, batch_size)
 
 
 def generate(
     run_dir: str | Path, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0
 ) -> list[str]:
     """Answer prompts with a run's tuned model, formatted exactly as in training."""
-    from tunesmith.evaluation.generation import generate as _generate
-
-    run = _causal_lm_run(run_dir, "generate", "predict")
-    model, renderer, cfg = causal_lm.load_run_model(run)
-    system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
-    conversations = [(*system, ("user", prompt)) for prompt in prompts]
-    return _generate(model, renderer, conversations, max_new_tokens=max_new_tokens, temperature=temperature)
+    run, task = _run_for(run_dir, "generate")
+    return task.load_run(run).answer(prompts, max_new_tokens, temperature)
 
 
 def merge(run_dir: str | Path, output: str | Path | None = None) -> dict:
     """Merge a run's LoRA/DoRA adapter into its base; write a standalone folder and check logits parity."""
-    run = _causal_lm_run(run_dir, "merge", "predict")
+    from tunesmith.export.merge import merge_adapter
+
+    run, task = _run_for(run_dir, "merge")
     target = Path(output) if output else run.path / "merged"
     if target.exists():
         raise TunesmithError(f"{target} already exists; remove it or pass --output to write elsewhere")
-    model, renderer, _ = causal_lm.load_run_model(run)
-    if not hasattr(model, "merge_and_unload"):
+    tuned = task.load_run(run)
+    if not hasattr(tuned.model, "merge_and_unload"):
         raise TunesmithError(
             f"{run.path}: the run trained full weights ({run.read_summary().get('method')}); there is no adapter to merge"
         )
-    probe = torch.tensor([renderer.encode_prompt((("user", "Write a headline about the weather."),))])
-    with torch.no_grad():
-        adapter_logits = model(input_ids=probe).logits
-        merged = model.merge_and_unload()
-        merged_logits = merged(input_ids=probe).logits
-    difference = (adapter_logits - merged_logits).abs().max().item()
-    tolerance = 1e-4 if merged_logits.dtype == torch.float32 else 5e-2
-    if difference > tolerance:
-        raise TunesmithError(
-            f"merge parity check failed: logits differ by {difference:.2e} (> {tolerance}); the adapter was not written"
-        )
+    merged, parity = merge_adapter(tuned.model, tuned.renderer)
     merged.save_pretrained(target)
-    renderer.tokenizer.save_pretrained(target)
-    record = {"source_run": str(run.path), "max_abs_logit_difference": difference, "tolerance": tolerance}
+    tuned.renderer.tokenizer.save_pretrained(target)
+    record = {"source_run": str(run.path), **parity}
     (target / "merge.json").write_text(json.dumps(record, indent=2))
     return {**record, "output": str(target)}
 
 
 def export(
-    run_dir: str | Path, fmt: str, output: str | Path | None = None, quantize: str | None = None
+    run_dir: str | Path,
+    fmt: str,
+    output: str | Path | None = None,
+    quantize: str | None = None,
+    max_drop: float | None = None,
+    max_kl: float | None = None,
 ) -> dict:
-    """Write a run's model as safetensors, ONNX or TorchScript, checked against PyTorch; writes export.json."""
+    """Write a run's model as safetensors, ONNX, TorchScript or GGUF, proven against PyTorch; writes export.json.
+
+    Quantized exports are refused beyond a quality loss: `max_drop` (int8: accuracy points or validation-loss
+    increase; GGUF: top-1 disagreement) and, for GGUF, `max_kl` (mean KL divergence per token).
+    """
     from tunesmith.export.formats import export as _export
 
-    return _export(run_dir, fmt, output, quantize)
+    return _export(run_dir, fmt, output, quantize, max_drop, max_kl)
 
 
 def push(
@@ -179,7 +171,7 @@ def evaluate(
     generations: int | None = None,
 ) -> dict:
     """Score a finished run on its validation split (or `data`); with baseline, the untouched base model too."""
-    from tunesmith.evaluation.evaluate import evaluate_run
+    from tunesmith.commands.evaluate import evaluate_run
 
     return evaluate_run(RunFolder.open(run_dir), data, baseline, generations)
 
@@ -188,7 +180,8 @@ def report(run_dir: str | Path) -> Path:
     """(Re)write RUN/report.html from the run folder's own files."""
     from tunesmith.report.run_report import write_run_report
 
-    return write_run_report(RunFolder.open(run_dir))
+    run = RunFolder.open(run_dir)
+    return write_run_report(run, get_task(run.load_config().task))
 
 
 def compare(run_dirs: list[str | Path], output: str | Path | None = None) -> Path:
@@ -206,6 +199,15 @@ def sweep(
     study_name: str | None = None,
 ) -> dict:
     """Hyperparameter search over the config's `sweep.space` with Optuna; returns the best trial and paths."""
-    from tunesmith.evaluation.sweep import run_sweep
+    from tunesmith.commands.sweep import run_sweep
 
     return run_sweep(Path(config), overrides or [], trials, storage, study_name)
+
+
+def quickstart(directory: str | Path = "quickstart", overrides: list[str] | None = None) -> dict:
+    """The embedded demo: build the data and config under `directory`, train, print base vs tuned."""
+    from tunesmith import quickstart as demo
+
+    summary = train(demo.prepare(directory), overrides)
+    demo.print_comparison(summary)
+    return summary

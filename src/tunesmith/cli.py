@@ -1,4 +1,8 @@
-"""The `tunesmith` command: parses arguments, calls tunesmith.api, prints. No logic of its own."""
+"""The `tunesmith` command: parses arguments, calls tunesmith.api, prints. No logic of its own.
+
+VERBS is the one table of verbs: each names its API function, its help line, its arguments and how its
+result is printed (litgpt's PARSER_DATA is the model); tests/test_cli.py checks it stays in sync with api.
+"""
 
 from __future__ import annotations
 
@@ -6,123 +10,115 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import STARTERS
 from tunesmith.errors import TunesmithError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tunesmith", description="Fine-tune a pre-trained model on your own data."
+@dataclass(frozen=True)
+class Verb:
+    function: str  # the tunesmith.api function it calls
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    call: Callable[[object, argparse.Namespace], object]  # (api module, args) -> result
+    show: Callable[[argparse.Namespace, object], int]  # prints the result; returns the exit code
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)",
     )
-    verbs = parser.add_subparsers(dest="verb", required=True)
 
-    init = verbs.add_parser("init", help="print a commented starter config")
-    init.add_argument("kind", choices=list(STARTERS))
-    init.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
 
-    train = verbs.add_parser("train", help="fine-tune as CONFIG says")
-    train.add_argument("config")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument(
+def _run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run folder that `tunesmith train` created")
+
+
+# -- init ------------------------------------------------------------------------------------------------
+def _init_arguments(parser):
+    from tunesmith.config import starter_names
+
+    parser.add_argument("kind", choices=starter_names(), help="which starter config to print")
+    parser.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
+
+
+def _show_init(args, text) -> int:
+    if not args.output:
+        print(text, end="")
+        return 0
+    target = Path(args.output)
+    if target.exists():
+        raise TunesmithError(f"{target} already exists; choose another --output")
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------------------
+def _train_arguments(parser):
+    parser.add_argument("config", help="the YAML config (`tunesmith init` writes a commented one)")
+    _overrides(parser)
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the latest run of this config from its last checkpoint",
     )
-
-    train.add_argument(
+    parser.add_argument(
         "--nproc", type=int, default=1, help="data-parallel processes on this machine (gloo on CPU)"
     )
-    train.add_argument(
+    parser.add_argument(
         "--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded with weights_only=True)"
     )
-    data = verbs.add_parser("data", help="data tools")
-    data_verbs = data.add_subparsers(dest="data_verb", required=True)
-    check = data_verbs.add_parser(
+
+
+def _call_train(api, args):
+    overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
+    return api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
+
+
+def _show_train(args, summary) -> int:
+    from tunesmith.console import world_size
+
+    if world_size() == 1:  # not a worker rank: the launcher (or a single process) reports
+        print(f"run: {summary['run_dir']} ({summary['status']})")
+    return 0
+
+
+# -- data check ------------------------------------------------------------------------------------------
+def _data_arguments(parser):
+    checks = parser.add_subparsers(dest="data_verb", required=True)
+    check = checks.add_parser(
         "check", help="validate every row of a config's data (or one file) and print the report"
     )
-    check.add_argument("target", metavar="CONFIG_OR_FILE")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("target", metavar="CONFIG_OR_FILE", help="a YAML config, or one data file")
+    _overrides(check)
 
-    generate = verbs.add_parser("generate", help="complete prompts with a run's tuned model")
-    generate.add_argument("run")
-    generate.add_argument("--prompt", action="append", default=[])
-    generate.add_argument("--file", help="JSONL with a 'prompt' field per line")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--temperature", type=float, default=0.0)
 
-    predict = verbs.add_parser("predict", help="label data with a classification run")
-    predict.add_argument("run")
-    predict.add_argument("--input", required=True, metavar="FILE_OR_FOLDER")
-    predict.add_argument("--output", help=".jsonl or .csv (default: RUN/predictions/<input>.jsonl)")
-    predict.add_argument("--batch-size", type=int, default=32)
+def _show_data(args, checked) -> int:
+    for problem in checked.problems:
+        print(problem)
+    report = {k: v for k, v in checked.report.items() if not k.endswith("_list")}
+    print(json.dumps(report, indent=2))
+    print(f"{len(checked.problems)} bad row(s)" if checked.problems else "all rows valid")
+    return 1 if checked.problems else 0
 
-    export = verbs.add_parser(
-        "export", help="write a run's model as safetensors, ONNX or TorchScript (parity-checked)"
+
+# -- generate --------------------------------------------------------------------------------------------
+def _generate_arguments(parser):
+    _run_argument(parser)
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt to answer (repeatable)")
+    parser.add_argument("--file", help="a JSONL file with a 'prompt' field per line")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="the longest answer, in tokens")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 answers greedily; higher samples more freely"
     )
-    export.add_argument("run")
-    export.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
-    export.add_argument("--output", help="folder to create (default: RUN/export/FORMAT)")
-    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: dynamic int8 for CPUs")
-
-    push = verbs.add_parser("push", help="upload a run's model with a generated model card to the hub")
-    push.add_argument("run")
-    push.add_argument("--repo", required=True, metavar="OWNER/NAME")
-    push.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--output", help="where to write the upload folder (default: RUN/push/OWNER--NAME)")
-
-    serve = verbs.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API")
-    serve.add_argument("runs", nargs="+", metavar="RUN")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNESMITH_API_KEY)")
-    serve.add_argument(
-        "--max-concurrency", type=int, default=4, help="requests answered at once; more get 429"
-    )
-    serve.add_argument(
-        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
-    )
-
-    evaluate = verbs.add_parser(
-        "eval", help="score a run: loss/perplexity, ROUGE/BLEU, or classification metrics"
-    )
-    evaluate.add_argument("run")
-    evaluate.add_argument(
-        "--data", help="a data file in the run's format (default: the run's validation split)"
-    )
-    evaluate.add_argument(
-        "--baseline", action="store_true", help="also score the untouched base model, side by side"
-    )
-    evaluate.add_argument("--generations", type=int, help="examples to generate (default: eval.generations)")
-
-    report = verbs.add_parser("report", help="rebuild RUN/report.html from the run folder")
-    report.add_argument("run")
-
-    compare = verbs.add_parser("compare", help="write one HTML page comparing several runs")
-    compare.add_argument("runs", nargs="+", metavar="RUN")
-    compare.add_argument(
-        "--output", help="HTML file to write (default: comparison.html beside the first run)"
-    )
-
-    sweep = verbs.add_parser("sweep", help="hyperparameter search over the config's sweep.space (Optuna)")
-    sweep.add_argument("config")
-    sweep.add_argument("--trials", type=int, help="total trials in the study (default: sweep.trials)")
-    sweep.add_argument(
-        "--storage", help="Optuna database URL shared by workers (default: SQLite in the sweep folder)"
-    )
-    sweep.add_argument("--study", dest="study_name", help="study name (default: the config's name)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-    merge = verbs.add_parser("merge", help="merge a run's adapter into its base model")
-    merge.add_argument("run")
-    merge.add_argument("--output")
-
-    quick = verbs.add_parser("quickstart", help="the embedded demo: SmolLM2 learns BBC headlines")
-    quick.add_argument("--dir", default="quickstart")
-    quick.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    return parser
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -140,110 +136,291 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _call_generate(api, args):
+    args.prompts = args.prompt + (_read_prompts(args.file) if args.file else [])
+    if not args.prompts:
+        raise TunesmithError("generate: give --prompt TEXT or --file prompts.jsonl")
+    return api.generate(args.run, args.prompts, args.max_new_tokens, args.temperature)
+
+
+def _show_generate(args, answers) -> int:
+    for prompt, answer in zip(args.prompts, answers, strict=True):
+        print(json.dumps({"prompt": prompt, "completion": answer}) if len(args.prompts) > 1 else answer)
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------------------
+def _predict_arguments(parser):
+    _run_argument(parser)
+    parser.add_argument(
+        "--input", required=True, metavar="FILE_OR_FOLDER", help="a table (.csv/.jsonl/.parquet) or a folder"
+    )
+    parser.add_argument("--output", help=".jsonl or .csv (default: RUN/predictions/<input>.jsonl)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
+
+
+# -- export, push, merge ---------------------------------------------------------------------------------
+def _export_arguments(parser):
+    from tunesmith.export.formats import FORMATS
+
+    _run_argument(parser)
+    parser.add_argument("--format", required=True, choices=list(FORMATS), help="the file format to write")
+    parser.add_argument("--output", help="folder to create (default: RUN/export/FORMAT)")
+    from tunesmith.export.gguf_writer import QUANTIZATIONS
+
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", *QUANTIZATIONS],
+        help="onnx: int8 (dynamic, for CPUs); gguf: f32, f16 (default), q8_0, or k-quants with llama.cpp installed",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        help="largest quality loss a quantized export may show before it is refused: int8 accuracy points "
+        "(classifiers) or validation-loss increase (causal LM); GGUF top-1 disagreement",
+    )
+    parser.add_argument("--max-kl", type=float, help="gguf: largest mean KL divergence from the tuned model")
+
+
+def _show_export(args, result) -> int:
+    if args.format == "gguf":
+        checks = result["checks"]
+        print(f"exported gguf {result['quantization']} to {result['output']}")
+        for name in ("reload", "llama_cpp"):
+            print(f"  {name}: {checks[name].get('verdict') or checks[name].get('skipped')}")
+        template = checks["template"]
+        print(f"  template: {template['equal']} of {template['prompts']} prompts give training's token ids")
+        return 0
+    line = (
+        f"exported {args.format} to {result['output']} "
+        f"(max logit difference vs PyTorch: {result['parity']['max_abs_logit_difference']:.2e})"
+    )
+    quantization = result.get("quantization")
+    if quantization:
+        line += (
+            f"; int8: {quantization['size_mb_before']} -> {quantization['size_mb_after']} MB, "
+            f"{quantization['metric']} {quantization['before']} -> {quantization['after']} "
+            f"({quantization['gate']['verdict']})"
+        )
+    print(line)
+    return 0
+
+
+def _push_arguments(parser):
+    _run_argument(parser)
+    parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the hub repository to upload to")
+    parser.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--output", help="where to write the upload folder (default: RUN/push/OWNER--NAME)")
+
+
+def _show_push(args, result) -> int:
+    print(
+        f"uploaded {result['folder']} to {args.repo}"
+        if result["uploaded"]
+        else f"wrote {result['folder']} (dry run: nothing uploaded)"
+    )
+    return 0
+
+
+def _merge_arguments(parser):
+    _run_argument(parser)
+    parser.add_argument("--output", help="folder to create (default: RUN/merged)")
+
+
+# -- serve -----------------------------------------------------------------------------------------------
+def _serve_arguments(parser):
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders to serve (each is one model id)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNESMITH_API_KEY)")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=4, help="requests answered at once; more get 429"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
+    )
+
+
+def _call_serve(api, args):
+    options = {
+        "api_key": args.api_key,
+        "max_concurrency": args.max_concurrency,
+        "max_tokens_cap": args.max_tokens,
+    }
+    return api.serve(args.runs, args.host, args.port, **options)
+
+
+# -- eval, report, compare, sweep, quickstart ------------------------------------------------------------
+def _eval_arguments(parser):
+    _run_argument(parser)
+    parser.add_argument(
+        "--data", help="a data file in the run's format (default: the run's validation split)"
+    )
+    parser.add_argument(
+        "--baseline", action="store_true", help="also score the untouched base model, side by side"
+    )
+    parser.add_argument("--generations", type=int, help="examples to generate (default: eval.generations)")
+
+
+def _show_eval(args, result) -> int:
+    print(result["table"])
+    print(f"wrote {result['folder']}")
+    return 0
+
+
+def _compare_arguments(parser):
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders to compare")
+    parser.add_argument("--output", help="HTML file to write (default: comparison.html beside the first run)")
+
+
+def _sweep_arguments(parser):
+    parser.add_argument("config", help="a YAML config with a sweep: section")
+    parser.add_argument("--trials", type=int, help="total trials in the study (default: sweep.trials)")
+    parser.add_argument(
+        "--storage", help="Optuna database URL shared by workers (default: SQLite in the sweep folder)"
+    )
+    parser.add_argument("--study", dest="study_name", help="study name (default: the config's name)")
+    _overrides(parser)
+
+
+def _show_sweep(args, result) -> int:
+    best = result.get("best")
+    if best:
+        print(f"best trial {best['number']}: {result['metric']} = {best['value']:.6g} {best['params']}")
+    print(f"wrote {result['best_config']} and {result['report']}" if best else f"wrote {result['report']}")
+    return 0
+
+
+def _quickstart_arguments(parser):
+    parser.add_argument("--dir", default="quickstart", help="where the demo writes its data, config and runs")
+    _overrides(parser)
+
+
+def _wrote(args, path) -> int:
+    print(f"wrote {path}")
+    return 0
+
+
+def _done(args, result) -> int:
+    return 0
+
+
+VERBS: dict[str, Verb] = {
+    "init": Verb(
+        "init",
+        "print a commented starter config",
+        _init_arguments,
+        lambda api, a: api.init(a.kind),
+        _show_init,
+    ),
+    "train": Verb("train", "fine-tune as CONFIG says", _train_arguments, _call_train, _show_train),
+    "data": Verb(
+        "check_data",
+        "data tools",
+        _data_arguments,
+        lambda api, a: api.check_data(a.target, a.overrides),
+        _show_data,
+    ),
+    "generate": Verb(
+        "generate",
+        "complete prompts with a run's tuned model",
+        _generate_arguments,
+        _call_generate,
+        _show_generate,
+    ),
+    "predict": Verb(
+        "predict",
+        "label data with a classification run",
+        _predict_arguments,
+        lambda api, a: api.predict(a.run, a.input, a.output, a.batch_size),
+        lambda a, r: print(f"wrote {r['rows']} predictions to {r['output']}") or 0,
+    ),
+    "export": Verb(
+        "export",
+        "write a run's model as safetensors, ONNX, TorchScript or GGUF (parity-checked)",
+        _export_arguments,
+        lambda api, a: api.export(a.run, a.format, a.output, a.quantize, a.max_drop, a.max_kl),
+        _show_export,
+    ),
+    "push": Verb(
+        "push",
+        "upload a run's model with a generated model card to the hub",
+        _push_arguments,
+        lambda api, a: api.push(a.run, a.repo, a.dry_run, a.private, a.output),
+        _show_push,
+    ),
+    "serve": Verb(
+        "serve", "serve runs behind an OpenAI-compatible HTTP API", _serve_arguments, _call_serve, _done
+    ),
+    "eval": Verb(
+        "evaluate",
+        "score a run: loss/perplexity, ROUGE/BLEU, or classification metrics",
+        _eval_arguments,
+        lambda api, a: api.evaluate(a.run, a.data, a.baseline, a.generations),
+        _show_eval,
+    ),
+    "report": Verb(
+        "report",
+        "rebuild RUN/report.html from the run folder",
+        _run_argument,
+        lambda api, a: api.report(a.run),
+        _wrote,
+    ),
+    "compare": Verb(
+        "compare",
+        "write one HTML page comparing several runs",
+        _compare_arguments,
+        lambda api, a: api.compare(a.runs, a.output),
+        _wrote,
+    ),
+    "sweep": Verb(
+        "sweep",
+        "hyperparameter search over the config's sweep.space (Optuna)",
+        _sweep_arguments,
+        lambda api, a: api.sweep(a.config, a.overrides, a.trials, a.storage, a.study_name),
+        _show_sweep,
+    ),
+    "merge": Verb(
+        "merge",
+        "merge a run's adapter into its base model",
+        _merge_arguments,
+        lambda api, a: api.merge(a.run, a.output),
+        lambda a, r: (
+            print(
+                f"merged into {r['output']} (max logit difference vs adapter: {r['max_abs_logit_difference']:.2e})"
+            )
+            or 0
+        ),
+    ),
+    "quickstart": Verb(
+        "quickstart",
+        "the embedded demo: SmolLM2 learns BBC headlines",
+        _quickstart_arguments,
+        lambda api, a: api.quickstart(a.dir, a.overrides),
+        _done,
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", description="Fine-tune a pre-trained model on your own data."
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the libraries' own warnings and log lines too"
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for name, verb in VERBS.items():
+        verb.arguments(verbs.add_parser(name, help=verb.help, description=verb.help))
+    return parser
+
+
 def run(args: argparse.Namespace) -> int:
     from tunesmith import api
-    from tunesmith.training import distributed
 
-    if args.verb == "init":
-        text = api.init(args.kind)
-        if args.output:
-            target = Path(args.output)
-            if target.exists():
-                raise TunesmithError(f"{target} already exists; choose another --output")
-            target.write_text(text, encoding="utf-8")
-            print(f"wrote {target}")
-        else:
-            print(text, end="")
-        return 0
-    if args.verb == "train":
-        overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
-        summary = api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
-        if distributed.world_size() == 1:  # not a worker rank: the launcher (or a single process) reports
-            print(f"run: {summary['run_dir']} ({summary['status']})")
-        return 0
-    if args.verb == "data":
-        checked = api.check_data(args.target, args.overrides)
-        for problem in checked.problems:
-            print(problem)
-        report = {k: v for k, v in checked.report.items() if not k.endswith("_list")}
-        print(json.dumps(report, indent=2))
-        print(f"{len(checked.problems)} bad row(s)" if checked.problems else "all rows valid")
-        return 1 if checked.problems else 0
-    if args.verb == "generate":
-        prompts = args.prompt + (_read_prompts(args.file) if args.file else [])
-        if not prompts:
-            raise TunesmithError("generate: give --prompt TEXT or --file prompts.jsonl")
-        for prompt, answer in zip(
-            prompts, api.generate(args.run, prompts, args.max_new_tokens, args.temperature), strict=True
-        ):
-            print(json.dumps({"prompt": prompt, "completion": answer}) if len(prompts) > 1 else answer)
-        return 0
-    if args.verb == "predict":
-        result = api.predict(args.run, args.input, args.output, args.batch_size)
-        print(f"wrote {result['rows']} predictions to {result['output']}")
-        return 0
-    if args.verb == "export":
-        result = api.export(args.run, args.format, args.output, args.quantize)
-        line = f"exported {args.format} to {result['output']} (max logit difference vs PyTorch: {result['parity']['max_abs_logit_difference']:.2e})"
-        quantization = result.get("quantization")
-        if quantization:
-            line += (
-                f"; int8: {quantization['size_mb_before']} -> {quantization['size_mb_after']} MB, "
-                f"{quantization['metric']} {quantization['before']} -> {quantization['after']}"
-            )
-        print(line)
-        return 0
-    if args.verb == "push":
-        result = api.push(args.run, args.repo, args.dry_run, args.private, args.output)
-        print(
-            f"uploaded {result['folder']} to {args.repo}"
-            if result["uploaded"]
-            else f"wrote {result['folder']} (dry run: nothing uploaded)"
-        )
-        return 0
-    if args.verb == "serve":
-        api.serve(
-            args.runs,
-            args.host,
-            args.port,
-            api_key=args.api_key,
-            max_concurrency=args.max_concurrency,
-            max_tokens_cap=args.max_tokens,
-        )
-        return 0
-    if args.verb == "eval":
-        result = api.evaluate(args.run, args.data, args.baseline, args.generations)
-        print(result["table"])
-        print(f"wrote {result['folder']}")
-        return 0
-    if args.verb == "report":
-        print(f"wrote {api.report(args.run)}")
-        return 0
-    if args.verb == "compare":
-        print(f"wrote {api.compare(args.runs, args.output)}")
-        return 0
-    if args.verb == "sweep":
-        result = api.sweep(args.config, args.overrides, args.trials, args.storage, args.study_name)
-        best = result.get("best")
-        if best:
-            print(f"best trial {best['number']}: {result['metric']} = {best['value']:.6g} {best['params']}")
-        print(
-            f"wrote {result['best_config']} and {result['report']}" if best else f"wrote {result['report']}"
-        )
-        return 0
-    if args.verb == "merge":
-        result = api.merge(args.run, args.output)
-        print(
-            f"merged into {result['output']} (max logit difference vs adapter: {result['max_abs_logit_difference']:.2e})"
-        )
-        return 0
-    if args.verb == "quickstart":
-        from tunesmith import quickstart
-
-        summary = api.train(quickstart.prepare(args.dir), args.overrides)
-        quickstart.print_comparison(summary)
-        return 0
-    raise AssertionError(args.verb)
+    verb = VERBS[args.verb]
+    return verb.show(args, verb.call(api, args))
 
 
 def _quiet_libraries() -> None:
@@ -257,7 +434,8 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries()
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return run(args)
     except TunesmithError as exc:

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunesmith import registry
 from tunesmith.errors import TunesmithError
 
 
@@ -96,14 +97,13 @@ class FeaturesConfig(Section):
     max_iter: int = Field(2000, gt=0)
 
 
-CLASSIFICATION_TASKS = ("text-classification", "image-classification", "audio-classification")
-
-
 class MethodConfig(Section):
     # `strategy` is accepted as another spelling of `name` (the word classification users look for).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-    name: Literal["lora", "qlora", "dora", "last_n", "freeze", "head", "full", "features"] = Field(
-        "lora", validation_alias=AliasChoices("name", "strategy")
+    name: str = Field(
+        "lora",
+        validation_alias=AliasChoices("name", "strategy"),
+        description="a registered method: lora, qlora, dora, last_n (freeze), head, full, features",
     )
     last_n: int | None = Field(None, ge=0, description="last_n: train the last N blocks plus the head")
     lora: LoraConfig = LoraConfig()
@@ -116,6 +116,12 @@ class MethodConfig(Section):
         if isinstance(raw, dict) and "name" in raw and "strategy" in raw:
             raise ValueError("method: give either name or strategy (two spellings of one key), not both")
         return raw
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        registry.get_method(value, key=None)  # unknown: one line with a did-you-mean
+        return value
 
     @model_validator(mode="after")
     def _last_n_in_one_place(self) -> MethodConfig:
@@ -268,8 +274,9 @@ class PreferenceConfig(Section):
 
 
 class Config(Section):
-    task: Literal["causal-lm", "text-classification", "image-classification", "audio-classification"] = (
-        "causal-lm"
+    task: str = Field(
+        default_factory=registry.default_task,
+        description="what to learn: a registered task (`tunesmith init`)",
     )
     model: ModelConfig
     data: DataConfig
@@ -286,28 +293,21 @@ class Config(Section):
             raise ValueError(
                 "train.save_steps must be a multiple of train.eval_steps (the best checkpoint is chosen at evaluations)"
             )
-        classification = self.task in CLASSIFICATION_TASKS
-        if self.method.name == "features" and not classification:
-            raise ValueError("method.name: features (feature extraction) is for classification tasks")
-        if self.method.name == "qlora" and classification:
-            raise ValueError("method.name: qlora is for causal-lm; use lora for classification")
-        if (self.train.class_weights or self.train.layer_lr_decay) and not classification:
-            raise ValueError("train.class_weights and train.layer_lr_decay are for classification tasks")
-        if self.eval.reference and self.method.name == "features":
-            raise ValueError(
-                "eval.reference: method features never changes the network, so nothing can be forgotten"
-            )
-        if self.data.multi_label and self.task != "text-classification":
-            raise ValueError("data.multi_label is supported for text-classification")
-        if self.data.on_overflow in ("head_tail", "windows") and (
-            self.task != "text-classification" or self.data.text_pair_field
-        ):
-            raise ValueError(
-                f"data.on_overflow: {self.data.on_overflow} is for text-classification of single texts (no text pair)"
-            )
+        # What each task and method allows is declared by the task and the method themselves (tunesmith.registry).
+        task = registry.get_task(self.task, key=None)
+        method = registry.get_method(self.method.name, key=None)
+        problems = task.config_problems(self) + method.config_problems(self, task.provides)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.data.on_overflow == "auto":
-            self.data.on_overflow = "truncate" if classification else "drop"
+            self.data.on_overflow = task.default_overflow
         return self
+
+    @field_validator("task")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        registry.get_task(value, key=None)  # unknown: one line with a did-you-mean
+        return value
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -452,166 +452,18 @@ def dump_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
-STARTER_SFT = """\
-# tunesmith supervised fine-tuning config. Every key is optional unless marked required.
-# Validate your data alone with:  tunesmith data check this.yaml
-# Override any key at run time:   tunesmith train this.yaml --set train.learning_rate=1e-4
-task: causal-lm
-
-model:
-  name: path/to/model-folder        # required: a local HF folder, a hub id, or a .gguf file
-  dtype: float32                     # float32 | bfloat16 | float16 | auto (weights; compute precision is train.precision)
-  trust_remote_code: false           # never runs model code from the hub unless you turn this on
-
-data:
-  train_file: data/train.jsonl       # required: .jsonl, .json, .csv, .parquet, or a saved `datasets` folder
-  validation_file: null              # or split off validation_ratio of train_file (seeded)
-  validation_ratio: 0.1
-  format: auto                       # auto | prompt_response | alpaca | chat | text
-  prompt_field: prompt               # field names for prompt_response rows
-  response_field: response
-  template: auto                     # auto (chat template if the tokenizer has one) | classic | chat | my_template.jinja
-  max_length: 1024                   # tokens; longer examples are counted and reported
-  on_overflow: drop                  # drop | truncate
-  on_error: stop                     # stop (list every bad row) | skip (drop them, report the count)
-  deduplicate: true                  # drop exact duplicate examples (reported)
-  loss_on: response                  # response (prompt tokens masked) | all
-  packing: false                     # pack examples into max_length rows, no attention across examples
-
-method:
-  name: lora                         # lora | qlora | dora | freeze | full
-  lora:
-    r: 8
-    alpha: 16
-    dropout: 0.05
-    target_modules: all-linear       # or a list, e.g. [q_proj, v_proj]
-  freeze:
-    last_n: 2                        # for method freeze: train the last N blocks plus the head
-
-train:
-  batch_size: 4
-  grad_accum: 1
-  epochs: 1
-  max_steps: null                    # set to stop after N optimizer steps
-  learning_rate: 2.0e-4
-  scheduler: cosine
-  warmup: 0.03                       # steps, or a fraction of all steps when < 1
-  weight_decay: 0.0
-  max_grad_norm: 1.0
-  gradient_checkpointing: auto       # auto: on when a step's activations would not fit in memory | true | false
-  precision: auto                    # auto (bf16 where the hardware runs it fast) | fp32 | bf16 | fp16
-  seed: 42
-  logging_steps: 5
-  eval_steps: null                   # default: about 5 evaluations per run
-  save_steps: null                   # default: eval_steps
-  save_total_limit: 2                # the best checkpoint is always kept too
-  early_stopping_patience: null      # stop after N evaluations without improvement
-  metric: eval_loss
-  report_to: []                      # any of tensorboard, wandb, mlflow; metrics.jsonl is always written
-  distributed: ddp                   # ddp | fsdp | deepspeed, used with `tunesmith train --nproc N` or torchrun
-  sparse_lm_head: true               # LM head + loss only where answers are supervised: same loss, less compute
-
-eval:
-  before_training: true              # validation loss of the untouched model, for comparison
-  samples: 3                         # held-out examples generated before and after training
-  max_new_tokens: 64
-  generations: 32                    # `tunesmith eval`: examples generated for ROUGE, BLEU and exact match
-  reference: null                    # general text (.txt, or a table with a `text` field) scored before and
-                                     # after training: the forgetting check (perplexity drift, in percent)
-  forgetting_threshold: 10.0         # warn when the reference perplexity drifts by more than this percent
-  overfit_patience: 3                # flag overfitting after N rising validation losses while train loss falls
-
-# Hyperparameter search (`tunesmith sweep this.yaml --trials 20`): uncomment and edit.
-# sweep:
-#   trials: 20
-#   space:
-#     train.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}
-#     method.lora.r: {choices: [4, 8, 16, 32]}
-#     train.warmup: {low: 0, high: 0.1}
-#   pruner: median                   # stop trials whose validation metric trails the median
-#   storage: null                    # default: SQLite in the sweep folder; any Optuna URL shares the study
-
-output:
-  dir: runs                          # each run is a folder runs/<name>
-  name: null                         # default: the config file's name
-"""
+STARTERS_DIR = Path(__file__).parent / "starters"  # one commented YAML per starter; a new task adds its file
 
 
-STARTER_CLASSIFICATION = """\
-# tunesmith {task} config. Every key is optional unless marked required.
-# Validate your data alone with:  tunesmith data check this.yaml
-# Label new data with the result:  tunesmith predict runs/<name> --input new_data{input_hint}
-task: {task}
-
-model:
-  name: {model_hint}   # required: a local HF folder or a hub id
-
-data:
-  train_file: {data_hint}   # required: a folder with one sub-folder per label, or a table{table_hint}
-  validation_file: null              # or hold out validation_ratio of each class (seeded)
-  validation_ratio: 0.2
-  label_field: label                 # tables: the label column{fields}
-  labels: null                       # fix the label set and order; default: the labels found in train_file
-  on_error: stop                     # stop (list every bad row or unreadable file) | skip (drop and count them)
-{extra}
-method:
-  strategy: full                     # full | head (transfer learning) | last_n | lora | features
-  last_n: 2                          # for last_n: the last N blocks plus the head train
-  lora: {{r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
-  features: {{C: 1.0}}                 # for features: logistic regression on frozen embeddings
-
-train:
-  batch_size: 16
-  epochs: 3
-  learning_rate: 5.0e-5              # lower for full, higher for head and lora
-  scheduler: linear
-  warmup: 0.06
-  weight_decay: 0.01
-  metric: f1_macro                   # accuracy | f1_macro | f1_weighted | precision_macro | recall_macro | eval_loss
-  early_stopping_patience: null
-  class_weights: false               # weight the loss by inverse class frequency (imbalanced data)
-  layer_lr_decay: null               # e.g. 0.9: each lower block learns 0.9x as fast as the one above
-  precision: auto
-
-output:
-  dir: runs
-"""
-
-_CLASSIFICATION_HINTS = {
-    "text-classification": {
-        "input_hint": ".csv",
-        "model_hint": "path/to/encoder-folder     ",
-        "data_hint": "data/train.csv          ",
-        "table_hint": " (.csv/.jsonl/.parquet)",
-        "fields": "\n  text_field: text                   # tables: the text column\n  text_pair_field: null              # a second text column for pair tasks (e.g. NLI)\n  multi_label: false                 # several labels per row: a list, or 'a|b' in CSV",
-        "extra": "  max_length: 256                    # tokens per text (or per window); longer texts are counted in the data report\n"
-        "  on_overflow: truncate              # truncate | head_tail | windows (train on each window, predict from all)\n"
-        "  max_windows: 4                     # windows: the most windows of one text used in training\n",
-    },
-    "image-classification": {
-        "input_hint": "/ (a folder of images)",
-        "model_hint": "path/to/vision-model-folder",
-        "data_hint": "data/images/            ",
-        "table_hint": " of paths",
-        "fields": "\n  file_field: path                   # tables: the image path column (relative to the table)",
-        "extra": "  augment: false                     # random resized crop + horizontal flip in training\n",
-    },
-    "audio-classification": {
-        "input_hint": "/ (a folder of clips)",
-        "model_hint": "path/to/audio-model-folder ",
-        "data_hint": "data/clips/             ",
-        "table_hint": " of paths",
-        "fields": "\n  file_field: path                   # tables: the audio path column (relative to the table)",
-        "extra": "  clip_seconds: 1.0                  # clips are resampled to the model's rate, then cut or padded\n",
-    },
-}
-
-STARTERS = ("sft", *_CLASSIFICATION_HINTS)
+def starter_names() -> list[str]:
+    return sorted(path.stem for path in STARTERS_DIR.glob("*.yaml"))
 
 
 def starter_config(kind: str) -> str:
-    if kind == "sft":
-        return STARTER_SFT
-    if kind in _CLASSIFICATION_HINTS:
-        return STARTER_CLASSIFICATION.format(task=kind, **_CLASSIFICATION_HINTS[kind])
-    raise TunesmithError(f"tunesmith init {kind}: unknown starter; available: {', '.join(STARTERS)}")
+    """The commented starter config `tunesmith init KIND` prints."""
+    path = STARTERS_DIR / f"{kind}.yaml"
+    if not path.is_file():
+        raise TunesmithError(
+            f"tunesmith init {kind}: unknown starter; available: {', '.join(starter_names())}"
+        )
+    return path.read_text(encoding="utf-8")

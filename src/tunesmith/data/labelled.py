@@ -20,7 +20,6 @@ from tunesmith.data.prepare import CheckedData, clean_and_split
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
-MODALITY = {"text-classification": "text", "image-classification": "image", "audio-classification": "audio"}
 SUFFIXES = {"text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
 
 
@@ -224,9 +223,9 @@ def class_report(examples: list[LabelledExample], label_names: list[str]) -> dic
     }
 
 
-def check_labelled(cfg: DataConfig, task: str) -> CheckedData:
-    """Read, validate, deduplicate and split a classification data set; label names go in report['labels']."""
-    modality = MODALITY[task]
+def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
+    """Read, validate, deduplicate and split a classification data set of `modality` (text, image, audio);
+    label names go in report['labels']."""
     train, problems = read_labelled(cfg.train_file, cfg, modality)
     validation: list[LabelledExample] = []
     if cfg.validation_file:
@@ -253,7 +252,7 @@ def check_labelled(cfg: DataConfig, task: str) -> CheckedData:
     train = [e for e in train if e.where not in bad]
     validation = [e for e in validation if e.where not in bad]
     report = {
-        "task": task,
+        "modality": modality,
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
         "rows_read": len(train) + len(validation) + len(problems),

@@ -257,3 +257,15 @@ def tokenize_data(checked: CheckedData, cfg: DataConfig, renderer: Renderer, cac
         _save(cache_file, {"train": train, "validation": validation}, meta)
     meta = {**meta, "cache": {"key": key, "hit": False}}
     return {"train": train, "validation": validation, "report": meta}
+
+
+def bad_rows_error(checked) -> TunesmithError:
+    shown = checked.problems[:100]
+    more = len(checked.problems) - len(shown)
+    details = [f"  {problem}" for problem in shown] + (
+        [f"  ... and {more} more (all in the data report)"] if more else []
+    )
+    return TunesmithError(
+        f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
+        details,
+    )

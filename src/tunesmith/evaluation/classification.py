@@ -122,3 +122,13 @@ def write_evaluation(report: dict, folder: Path, multi_label: bool) -> None:
         plot_confusion_matrix(
             report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title
         )
+
+
+def correct_sums(logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(correct predictions, examples); multi-label rows count when the whole thresholded label set is right."""
+    if labels.ndim == 2:
+        return float(((logits > 0) == (labels > 0.5)).all(axis=1).sum()), len(labels)
+    return float((logits.argmax(axis=-1) == labels).sum()), len(labels)
+
+
+CLASSIFICATION_METRICS = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"]

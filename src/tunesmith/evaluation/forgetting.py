@@ -75,7 +75,7 @@ class ProbeReference:
     @classmethod
     def load(cls, cfg: Config, modality) -> ProbeReference:
         from tunesmith.data.labelled import check_labelled
-        from tunesmith.tasks.common import bad_rows_error
+        from tunesmith.data.prepare import bad_rows_error
 
         settings = cfg.data.model_copy(
             update={
@@ -88,7 +88,7 @@ class ProbeReference:
                 "on_error": "stop",
             }
         )
-        checked = check_labelled(settings, cfg.task)
+        checked = check_labelled(settings, modality.name)
         if checked.problems:
             raise TunesmithError(f"eval.reference: {bad_rows_error(checked)}", checked.problems[:20])
         examples = checked.train[: cfg.eval.reference_max_examples]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from tunesmith.data.collate import IGNORE, PadCollator
@@ -40,3 +41,17 @@ def language_model_loss(model, rows: list[dict], pad_token_id: int, batch_size: 
         "tokens": count,
         "examples": len(rows),
     }
+
+
+def token_loss_sums(logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(summed loss, supervised tokens) of next-token prediction: their ratio is the loss per supervised token."""
+    targets = labels[:, 1:]
+    scores = logits[:, :-1].astype(np.float64)
+    scores -= scores.max(axis=-1, keepdims=True)
+    log_probs = scores - np.log(np.exp(scores).sum(axis=-1, keepdims=True))
+    keep = targets != -100
+    picked = np.take_along_axis(log_probs, np.where(keep, targets, 0)[..., None], axis=-1)[..., 0]
+    return float(-(picked * keep).sum()), int(keep.sum())
+
+
+COUNTS = {"tokens", "examples", "generated_examples"}  # evaluation results that are counts, not scores

@@ -10,14 +10,8 @@ from pathlib import Path
 import yaml
 
 from tunesmith.errors import TunesmithError
-from tunesmith.training.run_folder import RunFolder
-
-PIPELINE_TAGS = {
-    "causal-lm": "text-generation",
-    "text-classification": "text-classification",
-    "image-classification": "image-classification",
-    "audio-classification": "audio-classification",
-}
+from tunesmith.registry import get_task
+from tunesmith.run_folder import RunFolder
 
 
 def _metrics_lines(summary: dict) -> list[str]:
@@ -45,7 +39,7 @@ def _metrics_lines(summary: dict) -> list[str]:
 
 def _eval_lines(run: RunFolder) -> list[str]:
     """`tunesmith eval` results, tuned vs base where measured, newest evaluation of each data set."""
-    from tunesmith.evaluation.evaluate import COUNTS
+    from tunesmith.evaluation.lm import COUNTS
 
     lines = []
     for path in sorted((run.path / "eval").glob("*/evaluation.json")):
@@ -68,12 +62,13 @@ def model_card(run: RunFolder, repo: str) -> str:
     summary = run.read_summary()
     config_text = run.config_file.read_text()
     report = json.loads(run.data_report.read_text()) if run.data_report.exists() else {}
-    task, method = summary.get("task", "causal-lm"), summary.get("method")
+    task = get_task(run.load_config().task)
+    method = summary.get("method")
     adapter = bool(summary.get("is_adapter"))
     front = {
         "library_name": "peft" if adapter else "transformers",
-        "pipeline_tag": PIPELINE_TAGS.get(task),
-        "tags": ["tunesmith", task, *([method] if method else [])],
+        "pipeline_tag": task.pipeline_tag,
+        "tags": ["tunesmith", task.name, *([method] if method else [])],
     }
     base = summary.get("base_model", "")
     if base and not Path(base).exists():
@@ -95,18 +90,13 @@ def model_card(run: RunFolder, repo: str) -> str:
     sections = [
         "---\n" + yaml.safe_dump({k: v for k, v in front.items() if v}, sort_keys=False) + "---",
         f"# {repo.split('/')[-1]}",
-        f"A {task} model fine-tuned with [tunesmith](https://pypi.org/project/tunesmith/) from `{base}` "
+        f"A {task.name} model fine-tuned with [tunesmith](https://pypi.org/project/tunesmith/) from `{base}` "
         f"using **{method}** ({parameters.get('trainable', '?'):,} of {parameters.get('total', '?'):,} parameters trained"
         + (", saved as an adapter over the base model" if adapter else "")
         + ").",
         "## Training data\n" + "\n".join(data_lines),
         "## Evaluation (held-out validation split)\n" + "\n".join(_metrics_lines(summary) + _eval_lines(run)),
-        "## Intended use\nThe task and data described above: "
-        + (
-            "completing prompts in the format it was trained on (the chat template or prompt format in the config)."
-            if task == "causal-lm"
-            else f"assigning one of the labels above to new {task.split('-')[0]} inputs like the training data."
-        ),
+        "## Intended use\nThe task and data described above: " + task.intended_use(),
         "## Limitations\n- It was evaluated only on the validation split above, drawn from the same source as the "
         "training data; expect lower scores on data that differs from it.\n- It inherits the base model's "
         "limitations and biases; fine-tuning on a small set can also make it forget general abilities.\n"

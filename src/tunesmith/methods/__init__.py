@@ -1,12 +1,17 @@
-"""Fine-tuning methods, one small module each, found by name in one registry."""
+"""Fine-tuning methods, one small module each; each registers itself with register_method (tunesmith.registry).
+
+A method says which weights train and how they are saved. It declares what it needs from a task (`needs`,
+matched against each task's `provides`), so no task or config code has to name methods.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.config import MethodConfig
+from tunesmith.config import Config, MethodConfig
+from tunesmith.registry import METHODS, get_method, register_method
 
 
 @dataclass(frozen=True)
@@ -14,19 +19,30 @@ class Method:
     name: str
     apply: Callable[[Any, MethodConfig], Any]  # (model, config) -> model ready to train
     is_adapter: bool  # saves an adapter (merge-able) rather than full weights
-    quantization_config: Callable[[MethodConfig], Any] = lambda cfg: None
+    summary: str  # one line for docs and `tunesmith init`
+    quantization_config: Callable[[MethodConfig], Any] = lambda cfg: None  # the base loads quantized
+    needs: frozenset[str] = field(default_factory=frozenset)  # capabilities the task must provide
+    trains_network: bool = True  # False: the network only embeds; a separate fitting step learns
 
-
-REGISTRY: dict[str, Method] = {}
+    def config_problems(self, cfg: Config, provides: frozenset[str]) -> list[str]:
+        """What in `cfg` this method cannot do, one line each (the task's capabilities are `provides`)."""
+        problems = []
+        missing = self.needs - provides
+        if missing:
+            usable = sorted(m.name for m in METHODS.values() if m.needs <= provides)
+            problems.append(
+                f"method.name: {self.name} needs {', '.join(sorted(missing))}, which task {cfg.task} does not "
+                f"provide; use one of {', '.join(usable)}"
+            )
+        if cfg.eval.reference and not self.trains_network:
+            problems.append(
+                f"eval.reference: method {self.name} never changes the network, so nothing can be forgotten"
+            )
+        return problems
 
 
 def register(method: Method) -> Method:
-    REGISTRY[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    return REGISTRY[name]
+    return register_method(method)
 
 
 def count_parameters(model) -> dict[str, int | float]:
@@ -44,5 +60,7 @@ def count_parameters(model) -> dict[str, int | float]:
         "trainable_percent": round(100 * trainable / max(total, 1), 4),
     }
 
+
+__all__ = ["Method", "count_parameters", "get_method", "register"]
 
 from tunesmith.methods import features, freeze, full, lora, qlora  # noqa: E402,F401  (each registers itself)

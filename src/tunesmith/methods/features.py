@@ -16,8 +16,7 @@ from tqdm.auto import tqdm
 
 from tunesmith.config import MethodConfig
 from tunesmith.methods import Method, register
-from tunesmith.methods.freeze import base_module
-from tunesmith.tasks.modalities import forward_inputs
+from tunesmith.models.anatomy import base_module, forward_inputs
 
 HEAD_FILE = "features_head.json"
 CACHE_VERSION = "1"
@@ -129,4 +128,13 @@ def apply_features(model, cfg: MethodConfig):
     return model
 
 
-register(Method("features", apply_features, is_adapter=False))
+register(
+    Method(
+        "features",
+        apply_features,
+        is_adapter=False,
+        summary="feature extraction: the frozen network embeds each example once, a logistic regression learns",
+        needs=frozenset({"labels"}),
+        trains_network=False,
+    )
+)

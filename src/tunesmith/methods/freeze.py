@@ -2,39 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
-
-
-def _size(module: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
-
-
-def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The model's stack of blocks: the ModuleList holding the most weights (model.layers, encoder.stages, ...)."""
-    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
-    if not lists:
-        raise TunesmithError(
-            "method.name: this strategy needs a model with a stack of blocks; use lora or full"
-        )
-    return max(lists, key=lambda blocks: (_size(blocks), len(blocks)))
-
-
-def base_module(model) -> torch.nn.Module:
-    """The pretrained body: model.<base_model_prefix>, or else the child holding the most weights."""
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if isinstance(base, torch.nn.Module) and base is not model:
-        return base
-    return max(model.children(), key=_size)
-
-
-def head_names(model) -> list[str]:
-    """Top-level modules outside the pretrained body: the task head (classifier, projector, lm_head, ...)."""
-    base = base_module(model)
-    return [name for name, child in model.named_children() if child is not base and _size(child)]
+from tunesmith.models.anatomy import head_names, transformer_blocks
 
 
 def train_only_last(model, last_n: int, train_embeddings: bool = False):
@@ -77,6 +48,7 @@ def apply_head(model, cfg: MethodConfig):
     return train_only_head(model)
 
 
-register(Method("last_n", apply_last_n, is_adapter=False))
-register(Method("freeze", apply_last_n, is_adapter=False))  # the earlier name of last_n
-register(Method("head", apply_head, is_adapter=False))
+LAST_N = "the last N blocks (method.last_n) plus everything after them train"
+register(Method("last_n", apply_last_n, is_adapter=False, summary=LAST_N))
+register(Method("freeze", apply_last_n, is_adapter=False, summary="the earlier name of last_n: " + LAST_N))
+register(Method("head", apply_head, is_adapter=False, summary="transfer learning: only the task head trains"))

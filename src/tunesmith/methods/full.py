@@ -12,4 +12,4 @@ def apply_full(model, cfg: MethodConfig):
     return model
 
 
-register(Method("full", apply_full, is_adapter=False))
+register(Method("full", apply_full, is_adapter=False, summary="every weight trains"))

@@ -7,11 +7,7 @@ import torch
 from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
-from tunesmith.methods.freeze import base_module, head_names
-
-
-def _is_causal_lm(model) -> bool:
-    return model.__class__.__name__.endswith("ForCausalLM")
+from tunesmith.models.anatomy import base_module, head_names, is_causal_lm
 
 
 def body_targets(model) -> list[str]:
@@ -36,7 +32,7 @@ def peft_config(model, cfg: MethodConfig, use_dora: bool = False):
         "lora_dropout": cfg.lora.dropout,
         "use_dora": use_dora,
     }
-    if _is_causal_lm(model):
+    if is_causal_lm(model):
         return LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=cfg.lora.target_modules, **common)
     # A classifier: adapters on the pretrained body only; the new head trains in full and is saved with them.
     targets = body_targets(model) if cfg.lora.target_modules == "all-linear" else cfg.lora.target_modules
@@ -55,5 +51,7 @@ def apply_dora(model, cfg: MethodConfig):
     return get_peft_model(model, peft_config(model, cfg, use_dora=True))
 
 
-register(Method("lora", apply_lora, is_adapter=True))
-register(Method("dora", apply_dora, is_adapter=True))
+register(Method("lora", apply_lora, is_adapter=True, summary="low-rank adapters (peft LoRA) on the body"))
+register(
+    Method("dora", apply_dora, is_adapter=True, summary="weight-decomposed low-rank adapters (peft DoRA)")
+)

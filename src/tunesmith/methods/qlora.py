@@ -38,4 +38,13 @@ def apply_qlora(model, cfg: MethodConfig):
     return apply_lora(model, cfg)
 
 
-register(Method("qlora", apply_qlora, is_adapter=True, quantization_config=quantization_config))
+register(
+    Method(
+        "qlora",
+        apply_qlora,
+        is_adapter=True,
+        summary="LoRA over a 4-bit (NF4) base loaded through bitsandbytes",
+        quantization_config=quantization_config,
+        needs=frozenset({"4-bit base"}),
+    )
+)

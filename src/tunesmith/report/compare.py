@@ -8,7 +8,7 @@ from pathlib import Path
 from tunesmith.errors import TunesmithError
 from tunesmith.report import plots
 from tunesmith.report.run_report import environment
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder
 
 HEADLINES = [
     ("status", "status"),

@@ -10,10 +10,8 @@ from pathlib import Path
 import jinja2
 
 from tunesmith.report import plots
+from tunesmith.run_folder import RunFolder
 from tunesmith.training.checkpoints import checkpoint_step
-from tunesmith.training.run_folder import RunFolder
-
-CLASSIFICATION_METRICS = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -59,7 +57,7 @@ def latest_evaluations(run: RunFolder) -> list[dict]:
     return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
 
 
-def collect(run: RunFolder) -> dict:
+def collect(run: RunFolder, task) -> dict:
     """Everything the page shows, read from the run folder; no number here comes from anywhere else."""
     cfg = run.load_config()
     summary = run.read_summary()
@@ -78,20 +76,7 @@ def collect(run: RunFolder) -> dict:
         "plot-lr": plots.learning_rate(records),
         "plot-throughput": plots.throughput(records),
     }
-    if cfg.task == "causal-lm":
-        figures["plot-lengths"] = plots.length_histogram(
-            data_report.get("train_tokens", {}), "training examples: length in tokens"
-        )
-    else:
-        figures["plot-metrics"] = plots.evaluation_metrics(records, CLASSIFICATION_METRICS)
-        figures["plot-classes"] = plots.class_counts(
-            data_report.get("train_classes", {}).get("counts", {}), "training examples per class"
-        )
-        text = data_report.get("preprocessing", {}).get("train", {})
-        if text.get("histogram"):
-            figures["plot-lengths"] = plots.length_histogram(text, "training texts: length in tokens")
-        if evaluation and not cfg.data.multi_label:
-            figures["plot-confusion"] = plots.confusion(evaluation["confusion_matrix"], evaluation["labels"])
+    figures |= task.report_figures(cfg, data_report, records, evaluation)
     figures = {key: uri for key, uri in figures.items() if uri}
     return {
         "name": run.path.name,
@@ -141,9 +126,10 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def write_run_report(run: RunFolder) -> Path:
-    """Render report.html (atomically: a half-written page never replaces a good one)."""
-    context = collect(run)
+def write_run_report(run: RunFolder, task) -> Path:
+    """Render report.html (atomically: a half-written page never replaces a good one); `task`: the run's
+    tunesmith.tasks.base.Task, which adds its own figures."""
+    context = collect(run, task)
     page = (
         environment().get_template("run.html.j2").render(**context, expected_plots=sorted(context["figures"]))
     )

@@ -1,17 +1,10 @@
-"""Tasks, found by the config's `task:` name; each module has validated_data(cfg) and train(cfg, ...)."""
+"""Tasks: what differs per kind of training, one module each, registered by name (tunesmith.registry).
 
-from __future__ import annotations
+Code outside tasks/ asks a run's Task (`get_task(cfg.task)`); adding a task is adding a module and one import here.
+"""
 
-import importlib
-from types import ModuleType
+from tunesmith.registry import get_task, task_names
 
-TASKS = {
-    "causal-lm": "tunesmith.tasks.causal_lm",
-    "text-classification": "tunesmith.tasks.classification",
-    "image-classification": "tunesmith.tasks.classification",
-    "audio-classification": "tunesmith.tasks.classification",
-}
+__all__ = ["get_task", "task_names"]
 
-
-def recipe(task: str) -> ModuleType:
-    return importlib.import_module(TASKS[task])
+from tunesmith.tasks import causal_lm, classification, preference  # noqa: E402,F401  (each registers its tasks)

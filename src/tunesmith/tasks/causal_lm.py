@@ -9,37 +9,23 @@ from pathlib import Path
 from transformers import set_seed
 
 from tunesmith.config import Config
+from tunesmith.console import is_main, say, world_size
 from tunesmith.data.collate import pack, pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data
 from tunesmith.data.templates import Renderer
-from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.tasks.common import (
-    bad_rows_error,
-    decide_checkpointing,
-    finish_run,
-    peak_memory_mb,
-    resume_point,
-)
+from tunesmith.registry import register_task
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks import causal_lm_run
+from tunesmith.tasks.base import Task
+from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.checkpoints import checkpoint_step
-from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import build_trainer, fit, stop_message
-from tunesmith.training.run_folder import RunFolder
-
-
-def validated_data(cfg: Config):
-    """Read and validate every row before anything heavy starts; with on_error: stop, bad rows end the run."""
-    checked = check_data(cfg.data)
-    if checked.problems and cfg.data.on_error == "stop":
-        raise bad_rows_error(checked)
-    if cfg.eval.reference:  # a bad reference file fails now, not after the model is loaded
-        read_reference_texts(cfg.eval.reference, cfg.eval.reference_field, cfg.eval.reference_max_examples)
-    return checked
 
 
 def overflow_line(over: dict, split: str) -> str:
@@ -73,7 +59,7 @@ def sample_conversations(validation_examples, count: int):
 
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
-    checked = validated_data(cfg)
+    checked = CAUSAL_LM.validated_data(cfg)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
     run.save_config(cfg)
@@ -111,7 +97,16 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
-        cfg, run, model, tokenizer, train_rows, validation_rows, precision, callbacks, resuming=resume
+        cfg,
+        run,
+        model,
+        tokenizer,
+        train_rows,
+        validation_rows,
+        precision,
+        callbacks,
+        resuming=resume,
+        gradient_checkpointing=checkpointing["enabled"],
     )
     summary = run.update_summary(
         status="running",
@@ -157,7 +152,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if stopped:
         say(stop_message(trainer))
         run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
+        return finish_run(run, cfg, run.read_summary(), CAUSAL_LM) | {"run_dir": str(run.path)}
 
     trainer.save_model(str(run.model_dir))
     if is_main():
@@ -192,7 +187,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         say(describe_drift(result["forgetting"], reference.path))
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
+    return finish_run(run, cfg, run.read_summary(), CAUSAL_LM) | {"run_dir": str(run.path)}
 
 
 def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
@@ -226,33 +221,57 @@ def _evaluation_of_final_weights(trainer) -> dict | None:
     return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
 
 
-def load_run_renderer(run: RunFolder) -> Renderer:
-    """The run's tokenizer and template: prompts are rendered exactly as in training."""
-    cfg = run.load_config()
-    summary = run.read_summary()
-    if not run.model_dir.exists():
-        raise TunesmithError(
-            f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
-        )
-    tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
-    return Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+class CausalLMTask(Task):
+    name = "causal-lm"
+    summary = "supervised fine-tuning of a language model on prompts and answers (or plain text)"
+    starter = "sft"
+    provides = frozenset({"4-bit base"})
+    default_overflow = "drop"
+    verbs = frozenset({"generate", "merge"})
+    route_group = "generation"
+    pipeline_tag = "text-generation"
+    auto_class = "AutoModelForCausalLM"
+    sweep_metrics = ("eval_loss",)
+
+    def config_problems(self, cfg: Config) -> list[str]:
+        if cfg.train.class_weights or cfg.train.layer_lr_decay:
+            return ["train.class_weights and train.layer_lr_decay are for classification tasks"]
+        return []
+
+    def check_data(self, data):
+        return check_data(data)
+
+    def validated_data(self, cfg: Config):
+        checked = super().validated_data(cfg)
+        if cfg.eval.reference:  # a bad reference file fails now, not after the model is loaded
+            read_reference_texts(
+                cfg.eval.reference, cfg.eval.reference_field, cfg.eval.reference_max_examples
+            )
+        return checked
+
+    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+        return train(cfg, default_name, resume, callbacks)
+
+    def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
+        return causal_lm_run.load_run(run, adapter_name, into)
+
+    def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
+        return causal_lm_run.evaluate(run, data, baseline, generations)
+
+    def final_metric(self, summary: dict, name: str) -> float | None:
+        return summary.get("validation_loss_after") if name == "loss" else None
+
+    def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
+        from tunesmith.report import plots
+
+        lengths = data_report.get("train_tokens", {})
+        return {"plot-lengths": plots.length_histogram(lengths, "training examples: length in tokens")}
+
+    def intended_use(self) -> str:
+        return "completing prompts in the format it was trained on (the chat template or prompt format in the config)."
+
+    def exportable(self, run: RunFolder):
+        return causal_lm_run.exportable(run, self.auto_class)
 
 
-def load_run_model(run: RunFolder, adapter_name: str = "default"):
-    """The tuned model of a finished run (base + adapter, or full weights), its config and renderer."""
-    cfg = run.load_config()
-    summary = run.read_summary()
-    renderer = load_run_renderer(run)
-    if (run.model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base_path = summary.get("base_model_path")
-        if not base_path or not Path(base_path).exists():
-            base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
-        # The adapter is applied to the base as it was trained on (4-bit for QLoRA), so answers match training.
-        base = load_model(base_path, cfg.model, get_method(cfg.method.name).quantization_config(cfg.method))
-        model = PeftModel.from_pretrained(base, str(run.model_dir), adapter_name=adapter_name)
-    else:
-        model = load_model(str(run.model_dir), cfg.model)
-    model.eval()
-    return model, renderer, cfg
+CAUSAL_LM = register_task(CausalLMTask(), default=True)

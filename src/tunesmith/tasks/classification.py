@@ -12,9 +12,11 @@ import torch
 from transformers import set_seed
 
 from tunesmith.config import Config
+from tunesmith.console import is_main, say, world_size
 from tunesmith.data.labelled import check_labelled
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.classification import (
+    CLASSIFICATION_METRICS,
     full_report,
     predicted,
     probabilities,
@@ -22,30 +24,18 @@ from tunesmith.evaluation.classification import (
 )
 from tunesmith.evaluation.forgetting import ProbeReference, drift
 from tunesmith.evaluation.forgetting import describe as describe_drift
-from tunesmith.methods import count_parameters, get_method
+from tunesmith.methods import count_parameters
 from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
-from tunesmith.methods.freeze import head_names
+from tunesmith.models.anatomy import head_names
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.tasks.common import (
-    bad_rows_error,
-    decide_checkpointing,
-    finish_run,
-    peak_memory_mb,
-    resume_point,
-)
-from tunesmith.tasks.modalities import MODALITIES
+from tunesmith.registry import get_method, get_task, register_task
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.base import Task
+from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.modalities import AudioModality, ImageModality, TextModality
 from tunesmith.training.classification_loop import build_classification_trainer
-from tunesmith.training.distributed import is_main, say, world_size
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import fit, stop_message
-from tunesmith.training.run_folder import RunFolder
-
-
-def validated_data(cfg: Config):
-    checked = check_labelled(cfg.data, cfg.task)
-    if checked.problems and cfg.data.on_error == "stop":
-        raise bad_rows_error(checked)
-    return checked
 
 
 def print_data_summary(report: dict) -> None:
@@ -110,15 +100,16 @@ def fresh_head_unless_same_labels(model, model_path: str, labels: list[str]) -> 
 
 
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+    task = get_task(cfg.task)
     started = time.time()
-    checked = validated_data(cfg)
+    checked = task.validated_data(cfg)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
     run.save_config(cfg)
     cache_dir = default_cache_dir(cfg.output.cache_dir)
 
     model_path = resolve_model(cfg.model, cache_dir)
-    modality = MODALITIES[cfg.task](model_path, cfg.model, cfg.data)
+    modality = task.modality(model_path, cfg.model, cfg.data)
     labels = checked.report["labels"]
     label_ids = {label: i for i, label in enumerate(labels)}
     train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
@@ -160,7 +151,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         before = reference.score(model, *probe)
         run.update_summary(reference_before=before)
         say(f"forgetting check: reference probe accuracy before training {before['accuracy']:.4f}")
-    if method.name == "features":
+    if not method.trains_network:
         result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
     else:
         result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
@@ -173,13 +164,13 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         say(describe_drift(result["forgetting"], reference.path))
     if result.get("status") == "stopped":
         run.update_summary(**result)
-        return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
+        return finish_run(run, cfg, run.read_summary(), task) | {"run_dir": str(run.path)}
     if is_main():
         modality.save(run.model_dir)
     result["peak_memory_mb"] = peak_memory_mb()
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary()) | {"run_dir": str(run.path)}
+    return finish_run(run, cfg, run.read_summary(), task) | {"run_dir": str(run.path)}
 
 
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
@@ -201,6 +192,7 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
         precision,
         callbacks,
         resuming=resume,
+        gradient_checkpointing=checkpointing["enabled"],
     )
     set_seed(cfg.train.seed)
     train_started = time.time()
@@ -312,3 +304,81 @@ def _dataset_key(prepared) -> str:
         for item in items
     ]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ClassificationTask(Task):
+    """One label (or several) per example; the modality (text, image, audio) says how inputs become tensors."""
+
+    provides = frozenset({"labels"})
+    default_overflow = "truncate"
+    verbs = frozenset({"predict"})
+
+    def __init__(self, name: str, modality: type, summary: str):
+        self.name = self.starter = self.pipeline_tag = name
+        self.modality, self.summary = modality, summary
+        self.auto_class = modality.auto_class
+        self.route_group = "classification" if modality.name == "text" else ""  # /v1/classify takes text
+
+    def config_problems(self, cfg: Config) -> list[str]:
+        problems = []
+        text = self.modality.name == "text"
+        if cfg.data.multi_label and not text:
+            problems.append("data.multi_label is supported for text-classification")
+        if cfg.data.on_overflow in ("head_tail", "windows") and (not text or cfg.data.text_pair_field):
+            problems.append(
+                f"data.on_overflow: {cfg.data.on_overflow} is for text-classification of single texts (no text pair)"
+            )
+        return problems
+
+    def check_data(self, data):
+        return check_labelled(data, self.modality.name)
+
+    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+        return train(cfg, default_name, resume, callbacks)
+
+    def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
+        from tunesmith.tasks.classification_run import RunClassifier
+
+        return RunClassifier(run)
+
+    def predict(self, run: RunFolder, source, output, batch_size: int) -> dict:
+        from tunesmith.tasks import classification_run
+
+        return classification_run.predict(run.path, source, output, batch_size)
+
+    def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
+        from tunesmith.tasks import classification_run
+
+        return classification_run.evaluate(run, data, baseline)
+
+    def final_metric(self, summary: dict, name: str) -> float | None:
+        return (summary.get("validation") or {}).get(name)
+
+    def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
+        from tunesmith.report import plots
+
+        figures = {
+            "plot-metrics": plots.evaluation_metrics(records, CLASSIFICATION_METRICS),
+            "plot-classes": plots.class_counts(
+                data_report.get("train_classes", {}).get("counts", {}), "training examples per class"
+            ),
+        }
+        text = data_report.get("preprocessing", {}).get("train", {})
+        if text.get("histogram"):
+            figures["plot-lengths"] = plots.length_histogram(text, "training texts: length in tokens")
+        if evaluation and not cfg.data.multi_label:
+            figures["plot-confusion"] = plots.confusion(evaluation["confusion_matrix"], evaluation["labels"])
+        return figures
+
+    def intended_use(self) -> str:
+        return f"assigning one of the labels above to new {self.modality.name} inputs like the training data."
+
+    def exportable(self, run: RunFolder):
+        from tunesmith.tasks import classification_run
+
+        return classification_run.exportable(run)
+
+
+register_task(ClassificationTask("text-classification", TextModality, "a label per text (or text pair)"))
+register_task(ClassificationTask("image-classification", ImageModality, "a label per image"))
+register_task(ClassificationTask("audio-classification", AudioModality, "a label per audio clip"))

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from tunesmith.config import DataConfig
+from tunesmith.console import say
+from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported for the recipes)
 from tunesmith.errors import TunesmithError
+from tunesmith.run_folder import RunFolder
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
-from tunesmith.training.distributed import say
-from tunesmith.training.run_folder import RunFolder
-
-
-def bad_rows_error(checked) -> TunesmithError:
-    shown = checked.problems[:100]
-    more = len(checked.problems) - len(shown)
-    details = [f"  {problem}" for problem in shown] + (
-        [f"  ... and {more} more (all in the data report)"] if more else []
-    )
-    return TunesmithError(
-        f"{len(checked.problems)} bad row(s); nothing was trained. Fix them, or set data.on_error: skip to drop them",
-        details,
-    )
 
 
 def resume_point(run: RunFolder) -> str:
@@ -52,10 +44,23 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def finish_run(run: RunFolder, cfg, summary: dict) -> dict:
+def data_for_eval(data: DataConfig, source: str | Path | None, labels: list[str] | None = None) -> DataConfig:
+    """The run's data settings, pointed at `source` (every row is evaluated) when given."""
+    if source is None:
+        return data
+    path = Path(source).resolve()
+    if not path.exists():
+        raise TunesmithError(f"--data {source}: file not found")
+    update = {"train_file": str(path), "validation_file": None, "validation_ratio": 0.0, "max_examples": None}
+    if labels is not None:
+        update["labels"] = labels
+    return data.model_copy(update=update)
+
+
+def finish_run(run: RunFolder, cfg, summary: dict, task) -> dict:
     """Every run's last step: the overfitting verdict from metrics.jsonl, then report.html."""
+    from tunesmith.console import is_main
     from tunesmith.evaluation.overfitting import overfitting_signal
-    from tunesmith.training.distributed import is_main
 
     if not is_main():
         return summary
@@ -65,7 +70,7 @@ def finish_run(run: RunFolder, cfg, summary: dict) -> dict:
     try:
         from tunesmith.report.run_report import write_run_report
 
-        say(f"report: {write_run_report(run)}")
+        say(f"report: {write_run_report(run, task)}")
     except Exception as exc:  # the trained model is saved: a report problem must not lose the run
         say(
             f"report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with `tunesmith report {run.path}`"
@@ -74,7 +79,8 @@ def finish_run(run: RunFolder, cfg, summary: dict) -> dict:
 
 
 def decide_checkpointing(cfg, model_config, longest: int | None, precision: str) -> dict:
-    """Resolve train.gradient_checkpointing ('auto' from the memory estimate); the Trainer then reads a bool."""
+    """Resolve train.gradient_checkpointing ('auto' from the memory estimate) into a recorded decision;
+    the config keeps what the user wrote, the Trainer gets decision["enabled"]."""
     from tunesmith.training.distributed import per_device_batch
     from tunesmith.training.memory import choose_checkpointing
 
@@ -84,7 +90,6 @@ def decide_checkpointing(cfg, model_config, longest: int | None, precision: str)
     else:
         batch = per_device_batch(cfg.train.batch_size)
         decision = choose_checkpointing(setting, model_config, batch, longest or 0, precision)
-    cfg.train.gradient_checkpointing = decision["enabled"]
     if setting == "auto" and decision["enabled"]:
         say(f"gradient checkpointing on: {decision['reason'].removeprefix('auto: ')}")
     return decision

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from tunesmith.config import DataConfig, ModelConfig
 from tunesmith.data.labelled import LabelledExample
 from tunesmith.data.media import augment_image, load_audio, load_image
 from tunesmith.errors import TunesmithError
+from tunesmith.models.anatomy import forward_inputs
 
 
 def label_target(example: LabelledExample, label_ids: dict[str, int], multi_label: bool):
@@ -28,11 +28,6 @@ def label_target(example: LabelledExample, label_ids: dict[str, int], multi_labe
 def labels_of(example: LabelledExample, label_ids: dict[str, int], multi_label: bool) -> dict:
     """{"labels": target}, or {} for an unlabelled example (prediction input)."""
     return {"labels": label_target(example, label_ids, multi_label)} if example.labels else {}
-
-
-def forward_inputs(model) -> set[str]:
-    """The keyword arguments the model's forward accepts (Whisper's encoder takes no attention_mask)."""
-    return set(inspect.signature(model.forward).parameters)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -314,10 +309,3 @@ class AudioModality(MediaModality):
             return self.processor(clips, sampling_rate=self.processor.sampling_rate, return_tensors="pt")
 
         return MediaCollator(process, forward_inputs(model))
-
-
-MODALITIES = {
-    "text-classification": TextModality,
-    "image-classification": ImageModality,
-    "audio-classification": AudioModality,
-}

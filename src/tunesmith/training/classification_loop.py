@@ -8,7 +8,8 @@ from transformers import Trainer
 
 from tunesmith.config import Config
 from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
-from tunesmith.methods.freeze import transformer_blocks
+from tunesmith.models.anatomy import transformer_blocks
+from tunesmith.run_folder import RunFolder
 from tunesmith.training.callbacks import TokenCounter
 from tunesmith.training.loop import (
     AtomicCheckpoints,
@@ -17,7 +18,6 @@ from tunesmith.training.loop import (
     standard_callbacks,
     training_arguments,
 )
-from tunesmith.training.run_folder import RunFolder
 
 
 def class_weights(targets: list, num_labels: int, multi_label: bool) -> torch.Tensor:
@@ -115,13 +115,16 @@ def build_classification_trainer(
     precision: str,
     extra_callbacks=(),
     resuming: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> tuple[ClassificationTrainer, TokenCounter]:
     counter = TokenCounter(collator)
     validation_set = validation.dataset  # a Prepared: its rows, and which text each row belongs to
     has_validation = len(validation_set) > 0
     callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
-    args = training_arguments(cfg, run, len(train_set), has_validation, precision, resuming, layer_class)
+    args = training_arguments(
+        cfg, run, len(train_set), has_validation, precision, resuming, layer_class, gradient_checkpointing
+    )
     args.prediction_loss_only = False  # logits are (examples x classes): small, and the metrics need them
     point_trackers_at(run, cfg)
     trainer = ClassificationTrainer(

@@ -7,27 +7,9 @@ import os
 import subprocess
 import sys
 
+from tunesmith.console import world_size
 from tunesmith.errors import TunesmithError
-
-RUN_DIR_ENV = "TUNESMITH_RUN_DIR"  # set by the launcher so every rank uses the folder it created
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def say(message: str) -> None:
-    """Print once, from rank 0."""
-    if is_main():
-        print(message, flush=True)
+from tunesmith.run_folder import RUN_DIR_ENV
 
 
 def per_device_batch(global_batch: int) -> int:

@@ -16,9 +16,11 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from tunesmith.config import Config
+from tunesmith.console import world_size
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pad_token_id
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.freeze import transformer_blocks
+from tunesmith.models.anatomy import transformer_blocks
+from tunesmith.run_folder import RunFolder
 from tunesmith.training.callbacks import (
     GracefulStop,
     MetricsLogger,
@@ -27,8 +29,7 @@ from tunesmith.training.callbacks import (
     TokenCounter,
 )
 from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
-from tunesmith.training.distributed import check_engine, per_device_batch, world_size
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.training.distributed import check_engine, per_device_batch
 
 
 def planned_steps(cfg: Config, train_rows: int) -> int:
@@ -113,6 +114,7 @@ def training_arguments(
     precision: str,
     resuming: bool = False,
     model_layer_class: str | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainingArguments:
     t = cfg.train
     total = planned_steps(cfg, train_rows)
@@ -132,7 +134,7 @@ def training_arguments(
         warmup_steps=t.warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing is True},  # "auto" is decided before this
+        **{_CHECKPOINTING_ARGUMENT: gradient_checkpointing},  # decided (and recorded) by the recipe
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=t.seed,
@@ -249,6 +251,7 @@ def build_trainer(
     precision: str,
     extra_callbacks=(),
     resuming: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> tuple[Trainer, TokenCounter]:
     pad_id = pad_token_id(tokenizer)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
@@ -256,7 +259,14 @@ def build_trainer(
     callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, bool(validation_rows))
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
     args = training_arguments(
-        cfg, run, len(train_rows), bool(validation_rows), precision, resuming, layer_class
+        cfg,
+        run,
+        len(train_rows),
+        bool(validation_rows),
+        precision,
+        resuming,
+        layer_class,
+        gradient_checkpointing,
     )
     point_trackers_at(run, cfg)
     # A KV cache is useless in training and would disable packed attention masks.

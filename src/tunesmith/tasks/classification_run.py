@@ -1,4 +1,4 @@
-"""Labelling new data with a finished classification run (`tunesmith predict`)."""
+"""A finished classification run: its classifier, `tunesmith predict` and `tunesmith eval` with it, and export."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.data.labelled import check_labelled, read_inputs
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import predicted, probabilities
+from tunesmith.evaluation.classification import correct_sums, full_report, predicted, probabilities
 from tunesmith.methods.features import FeatureHead, embed
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.tasks.classification import classifier_arguments
-from tunesmith.tasks.modalities import MODALITIES
-from tunesmith.training.run_folder import RunFolder, free_path
+from tunesmith.registry import get_method, get_task
+from tunesmith.run_folder import RunFolder, free_path
+from tunesmith.tasks.classification import classifier_arguments, fresh_head_unless_same_labels
+from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.tasks.modalities import label_target
 
 
 class RunClassifier:
@@ -33,14 +37,14 @@ class RunClassifier:
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         self.head = None
-        if summary["method"] == "features":
+        if not get_method(summary["method"]).trains_network:
             self.head, _ = FeatureHead.load(run.model_dir)
             weights = base_path
         elif summary.get("is_adapter"):
             weights = base_path
         else:
             weights = str(run.model_dir)
-        self.modality = MODALITIES[cfg.task](str(run.model_dir), cfg.model, cfg.data)
+        self.modality = get_task(cfg.task).modality(str(run.model_dir), cfg.model, cfg.data)
         auto_class = self.modality.auto_class
         self.model = load_model(
             weights, cfg.model, None, auto_class, **classifier_arguments(cfg, self.labels)
@@ -79,17 +83,15 @@ def predict(
     run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
 ) -> dict:
     """Label every row of a table (or every file in a folder); write label and probabilities as JSONL or CSV."""
-    from tunesmith.data.labelled import MODALITY, read_inputs
-
     run = RunFolder.open(run_dir)
     classifier = RunClassifier(run)
     cfg = classifier.cfg
-    examples, problems = read_inputs(str(source), cfg.data, MODALITY[cfg.task])
+    examples, problems = read_inputs(str(source), cfg.data, classifier.modality.name)
     if problems:
         raise TunesmithError(
             f"{len(problems)} unreadable input(s); nothing was predicted", [f"  {p}" for p in problems[:50]]
         )
-    if cfg.task == "text-classification" and cfg.data.on_overflow == "drop":
+    if cfg.data.on_overflow == "drop":  # (text only: images and audio are never over-long)
         cfg.data.on_overflow = "truncate"  # every input gets an answer; over-long ones are counted below
     target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
     if target.exists():
@@ -135,3 +137,85 @@ def _write_predictions(target: Path, records: list[dict], labels: list[str]) -> 
             for record in records:
                 handle.write(json.dumps(record) + "\n")
     temporary.replace(target)
+
+
+def evaluate(run: RunFolder, data, baseline: bool) -> dict:
+    """Accuracy, precision/recall/F1 per class and averaged; with baseline, the pretrained body with a new head."""
+    from dataclasses import replace
+
+    from transformers import set_seed
+
+    cfg = run.load_config()
+    summary = run.read_summary()
+    labels = summary["labels"]
+    data_cfg = data_for_eval(cfg.data, data, labels)
+    classifier = RunClassifier(run)
+    checked = check_labelled(data_cfg, classifier.modality.name)
+    if checked.problems and data_cfg.on_error == "stop":
+        raise bad_rows_error(checked)
+    examples = checked.train if data else checked.validation
+    if not examples:
+        raise TunesmithError(f"eval: no labelled examples in {data or 'the validation split'}")
+    label_ids = {label: i for i, label in enumerate(labels)}
+    targets = np.asarray([label_target(e, label_ids, cfg.data.multi_label) for e in examples])
+    # The network sees the inputs only; the targets are scored here.
+    inputs = [replace(e, labels=()) for e in examples]
+
+    def scores(logits) -> dict:
+        chosen = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
+        report = full_report(targets, chosen, labels, cfg.data.multi_label)
+        return {k: v for k, v in report.items() if isinstance(v, float)} | {"per_class": report["per_class"]}
+
+    tuned = scores(classifier.logits(inputs, cfg.eval.batch_size, progress=False))
+    base = None
+    if baseline:
+        # The untouched base: the pretrained network with a new head for these labels, seeded as training seeded it.
+        set_seed(cfg.train.seed)
+        network = load_model(
+            summary["base_model_path"],
+            cfg.model,
+            None,
+            classifier.modality.auto_class,
+            **classifier_arguments(cfg, labels),
+        )
+        fresh_head_unless_same_labels(network, summary["base_model_path"], labels)
+        classifier.model, classifier.head = network.to(classifier.device).eval(), None
+        base = scores(classifier.logits(inputs, cfg.eval.batch_size, progress=False))
+    return {"task": cfg.task, "examples": len(examples), "tuned": tuned, "baseline": base}
+
+
+def exportable(run: RunFolder) -> Exportable:
+    """The merged classifier, probes of two shapes, and validation batches for the accuracy check."""
+    summary = run.finished_summary("export")
+    if not get_method(summary["method"]).trains_network:
+        raise TunesmithError(
+            f"{run.path}: a {summary['method']} run has no tuned network to export; its classifier is "
+            "model/features_head.json over the unchanged base model"
+        )
+    classifier = RunClassifier(run)
+    cfg, modality = classifier.cfg, classifier.modality
+    model = merged(classifier.model)
+    checked = check_labelled(cfg.data.model_copy(update={"on_error": "skip"}), modality.name)
+    label_ids = {label: i for i, label in enumerate(classifier.labels)}
+    examples = (checked.validation or checked.train)[:MAX_VALIDATION_EXAMPLES]
+    prepared = modality.prepare(examples, label_ids, cfg.data.multi_label, training=False)
+    collate = modality.collator(model)
+    batches = [
+        collate([prepared.dataset[i] for i in range(s, min(s + 16, len(examples)))])
+        for s in range(0, len(examples), 16)
+    ]
+    names = [name for name in batches[0] if name != "labels"]
+    alone = collate([prepared.dataset[0]])  # one example at its own length: another sequence length
+    probes = [{k: alone[k] for k in names}, {k: batches[0][k][:3] for k in names}]
+    validation = [({k: b[k] for k in names}, b["labels"]) for b in batches]
+    return Exportable(
+        task=cfg.task,
+        auto_class=modality.auto_class,
+        metric_name="validation_accuracy",
+        metric_sums=correct_sums,
+        model=model,
+        processor=modality.processor,
+        input_names=names,
+        probes=probes,
+        validation=validation,
+    )

@@ -7,14 +7,17 @@ import os
 from pathlib import Path
 
 from tunesmith.config import Config, dump_config, load_config
+from tunesmith.console import is_main
 from tunesmith.errors import TunesmithError
-from tunesmith.training.distributed import RUN_DIR_ENV, is_main
 
 
 def free_path(path: Path) -> Path:
     """`path`, or the first of path-2, path-3, ... (before the suffix) that does not exist: nothing is overwritten."""
     candidates = [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(2, 10_000)]
     return next(candidate for candidate in candidates if not candidate.exists())
+
+
+RUN_DIR_ENV = "TUNESMITH_RUN_DIR"  # set by the launcher so every rank uses the folder it created
 
 
 class RunFolder:

@@ -45,9 +45,9 @@ from tunesmith.config import (
     set_key,
 )
 from tunesmith.errors import TunesmithError
+from tunesmith.registry import get_task
 from tunesmith.report.sweep_report import best_record, write_sweep_report
-from tunesmith.tasks import recipe
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # The target counts running trials too, so N workers together start N trials, not N each.
@@ -128,9 +128,10 @@ def plan_sweep(
     base = config_path.parent.resolve()
     check_space(raw, cfg.sweep.space, base, str(config_path))
     metric = "eval_" + (cfg.sweep.metric or cfg.train.metric).removeprefix("eval_")
-    if cfg.task == "causal-lm" and metric != "eval_loss":
+    allowed = get_task(cfg.task).sweep_metrics
+    if allowed is not None and metric not in allowed:
         raise TunesmithError(
-            f"{config_path}: sweep.metric: causal-lm runs are scored by eval_loss only (got {metric})"
+            f"{config_path}: sweep.metric: {cfg.task} runs are scored by {' or '.join(allowed)} only (got {metric})"
         )
     if cfg.data.validation_file is None and cfg.data.validation_ratio == 0:
         raise TunesmithError(
@@ -375,7 +376,7 @@ def run_trial(study: optuna.Study, sweep: Sweep) -> FrozenTrial:
         values = {key: suggest(trial, key, dimension) for key, dimension in sweep.space.items()}
         cfg = trial_config(sweep, values, str(sweep.folder / "trials"), name)
         trial.set_user_attr("run_dir", str(Path(cfg.output.dir) / name))
-        summary = recipe(cfg.task).train(cfg, default_name=name, callbacks=[pruning])
+        summary = get_task(cfg.task).train(cfg, default_name=name, callbacks=[pruning])
         trial.set_user_attr("run_dir", summary["run_dir"])
         if pruning.pruned_at is not None:
             RunFolder(Path(summary["run_dir"])).update_summary(
@@ -423,14 +424,10 @@ def trial_config(sweep: Sweep, values: dict[str, Any], output_dir: str, name: st
 def objective_value(summary: dict, cfg: Config, metric: str, last_evaluated: float | None) -> float:
     """The final validation metric of the run (of the weights it ended with)."""
     name = metric.removeprefix("eval_")
-    if cfg.task == "causal-lm":
-        value = summary.get("validation_loss_after")
-    elif name in summary.get("validation", {}):
-        value = summary["validation"][name]
-    elif name == cfg.train.metric.removeprefix("eval_"):
-        value = summary.get("best_metric")
-    else:
-        value = last_evaluated
+    value = get_task(cfg.task).final_metric(summary, name)
+    if value is None:  # a metric the task does not report at the end: the best or the last evaluated value
+        best = name == cfg.train.metric.removeprefix("eval_")
+        value = summary.get("best_metric") if best else last_evaluated
     if value is None:
         raise RuntimeError(f"the run reported no {metric}")
     if not math.isfinite(value):

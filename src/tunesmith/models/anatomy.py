@@ -1,0 +1,50 @@
+"""Where things are inside a model: its stack of blocks, its pretrained body, its task head, its forward's inputs.
+
+Methods (which weights train) and tasks (what the head predicts) both ask these questions; the answers depend only
+on how transformers lays out a model, so they live here, below both.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+
+def size(module: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def transformer_blocks(model) -> torch.nn.ModuleList:
+    """The model's stack of blocks: the ModuleList holding the most weights (model.layers, encoder.stages, ...)."""
+    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
+    if not lists:
+        raise TunesmithError(
+            "method.name: this strategy needs a model with a stack of blocks; use lora or full"
+        )
+    return max(lists, key=lambda blocks: (size(blocks), len(blocks)))
+
+
+def base_module(model) -> torch.nn.Module:
+    """The pretrained body: model.<base_model_prefix>, or else the child holding the most weights."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if isinstance(base, torch.nn.Module) and base is not model:
+        return base
+    return max(model.children(), key=size)
+
+
+def head_names(model) -> list[str]:
+    """Top-level modules outside the pretrained body: the task head (classifier, projector, lm_head, ...)."""
+    base = base_module(model)
+    return [name for name, child in model.named_children() if child is not base and size(child)]
+
+
+def forward_inputs(model) -> set[str]:
+    """The keyword arguments the model's forward accepts (Whisper's encoder takes no attention_mask)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
+def is_causal_lm(model) -> bool:
+    return model.__class__.__name__.endswith("ForCausalLM")

@@ -1,0 +1,84 @@
+"""The Task interface: everything that differs between kinds of training sits behind it, in one object per task.
+
+Code outside tasks/ asks the run's Task (`tunesmith.registry.get_task(cfg.task)`) and never compares task
+names. A new task is one module that subclasses Task, fills in what differs, and ends with one
+`register_task(...)` line; docs/architecture.md has the checklist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.config import Config, DataConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import bad_rows_error
+
+
+class Task:
+    name: str = ""
+    summary: str = ""  # one line for docs and `tunesmith init`
+    starter: str = ""  # the file under tunesmith/starters/ that `tunesmith init` prints for this task
+    provides: frozenset[str] = frozenset()  # capabilities a method may need (methods/__init__.py `needs`)
+    default_overflow: str = "drop"  # what data.on_overflow: auto means for this task
+    verbs: frozenset[str] = frozenset()  # run verbs besides train/eval/report/export/push/serve
+    route_group: str = ""  # the server's routes for its runs (tunesmith.serving.app ROUTE_GROUPS)
+    pipeline_tag: str = ""  # the hub's pipeline tag in the model card
+    auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
+    sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
+
+    # -- config and data ----------------------------------------------------------------------------------
+    def config_problems(self, cfg: Config) -> list[str]:
+        """What in `cfg` this task cannot do, one line each naming the key (checked when the config loads)."""
+        return []
+
+    def check_data(self, data: DataConfig):
+        """Read and validate every row (CheckedData: .train, .validation, .problems, .report)."""
+        raise NotImplementedError
+
+    def validated_data(self, cfg: Config):
+        """check_data, and with on_error: stop, bad rows end the run before anything heavy starts."""
+        checked = self.check_data(cfg.data)
+        if checked.problems and cfg.data.on_error == "stop":
+            raise bad_rows_error(checked)
+        return checked
+
+    # -- the recipe ---------------------------------------------------------------------------------------
+    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+        raise NotImplementedError
+
+    # -- a finished run -------------------------------------------------------------------------------------
+    def load_run(self, run: RunFolder, adapter_name: str = "default", into: Any = None):
+        """The run's tuned model, ready to answer (into: a peft model already holding the same base)."""
+        raise NotImplementedError
+
+    def predict(self, run: RunFolder, source, output, batch_size: int) -> dict:
+        """`tunesmith predict`: label a table or folder of new inputs (tasks with "predict" in verbs)."""
+        raise NotImplementedError
+
+    def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
+        """`tunesmith eval`: {"task", "examples", "tuned", "baseline", optionally "generated"}."""
+        raise NotImplementedError
+
+    def final_metric(self, summary: dict, name: str) -> float | None:
+        """The run's final validation value of metric `name` (for sweeps), or None when it has none."""
+        return (summary.get("validation") or {}).get(name)
+
+    def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
+        """Task-specific figures for report.html: element id -> PNG data URI (empty ones are dropped)."""
+        return {}
+
+    def intended_use(self) -> str:
+        """The model card's 'Intended use' sentence."""
+        return "The task and data described above."
+
+    def exportable(self, run: RunFolder):
+        """The run as a tunesmith.models.exportable.Exportable (merged fp32 model, probes, validation)."""
+        raise TunesmithError(f"export: {self.name} runs cannot be exported yet")
+
+    # -- helpers for the verbs -------------------------------------------------------------------------------
+    def require(self, verb: str, run: RunFolder) -> None:
+        """Refuse a verb this task's runs do not answer, naming the verbs that fit."""
+        if verb not in self.verbs:
+            instead = " or ".join(f"`tunesmith {v}`" for v in sorted(self.verbs)) or "`tunesmith eval`"
+            raise TunesmithError(f"{verb}: {run.path} is a {self.name} run; use {instead} for it")

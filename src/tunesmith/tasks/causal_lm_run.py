@@ -1,0 +1,183 @@
+"""A finished causal-LM run: its tuned model and renderer, `tunesmith eval` on it, and what export needs of it."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Config
+from tunesmith.console import say
+from tunesmith.data.collate import PadCollator, pad_token_id
+from tunesmith.data.prepare import check_data, tokenize_data
+from tunesmith.data.templates import Renderer
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.generation import generate
+from tunesmith.evaluation.lm import language_model_loss, token_loss_sums
+from tunesmith.evaluation.text_metrics import generation_scores
+from tunesmith.methods import get_method
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import bad_rows_error, data_for_eval
+
+
+@dataclass
+class TunedLM:
+    """A finished run's model (base + adapter, or full weights), its config and the renderer it trained with."""
+
+    model: torch.nn.Module
+    renderer: Renderer
+    cfg: Config
+
+    def answer(self, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> list[str]:
+        """Each prompt as one user turn (after the run's system prompt), rendered exactly as in training."""
+        system = [("system", self.cfg.data.system_prompt)] if self.cfg.data.system_prompt else []
+        conversations = [(*system, ("user", prompt)) for prompt in prompts]
+        return generate(self.model, self.renderer, conversations, max_new_tokens, temperature=temperature)
+
+
+def load_run_renderer(run: RunFolder) -> Renderer:
+    """The run's tokenizer and template: prompts are rendered exactly as in training."""
+    cfg = run.load_config()
+    summary = run.read_summary()
+    if not run.model_dir.exists():
+        raise TunesmithError(
+            f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
+        )
+    tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
+    return Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+
+
+def base_model_path(run: RunFolder, cfg: Config) -> str:
+    """The base the run trained from: as recorded, or resolved again from the config when it moved."""
+    recorded = run.read_summary().get("base_model_path")
+    if recorded and Path(recorded).exists():
+        return recorded
+    return resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+
+
+def load_run(run: RunFolder, adapter_name: str = "default", into=None) -> TunedLM:
+    """The tuned model of a finished run; `into`: a peft model over the same base that takes this adapter too."""
+    cfg = run.load_config()
+    renderer = load_run_renderer(run)
+    if (run.model_dir / "adapter_config.json").exists():
+        if into is not None:
+            into.load_adapter(str(run.model_dir), adapter_name=adapter_name)
+            return TunedLM(into, renderer, cfg)
+        from peft import PeftModel
+
+        # The adapter is applied to the base as it was trained on (4-bit for QLoRA), so answers match training.
+        quantization = get_method(cfg.method.name).quantization_config(cfg.method)
+        base = load_model(base_model_path(run, cfg), cfg.model, quantization)
+        model = PeftModel.from_pretrained(base, str(run.model_dir), adapter_name=adapter_name)
+    else:
+        model = load_model(str(run.model_dir), cfg.model)
+    model.eval()
+    return TunedLM(model, renderer, cfg)
+
+
+def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
+    """Loss/perplexity on every example, and ROUGE/BLEU/exact match on `generations` of them; base beside it."""
+    from tunesmith.tasks.causal_lm import overflow_line, sample_conversations
+
+    tuned_lm = load_run(run)
+    cfg = tuned_lm.cfg
+    generations = cfg.eval.generations if generations is None else generations
+    data_cfg = data_for_eval(cfg.data, data)
+    checked = check_data(data_cfg)
+    if checked.problems and data_cfg.on_error == "stop":
+        raise bad_rows_error(checked)
+    model, renderer = tuned_lm.model, tuned_lm.renderer
+    tokenized = tokenize_data(checked, data_cfg, renderer, default_cache_dir(cfg.output.cache_dir))
+    split = "train" if data else "validation"
+    examples = checked.train if data else checked.validation
+    rows = tokenized[split]
+    if not rows:
+        raise TunesmithError(f"eval: no examples to score in {data or 'the validation split'}")
+    over = tokenized["report"]["over_max_length"][split]
+    if over["count"]:
+        say(f"eval: {overflow_line(over, 'evaluated')}")
+    pad_id = pad_token_id(renderer.tokenizer)
+    prompts = sample_conversations(examples, generations)
+
+    def score(network) -> tuple[dict, list[str]]:
+        scores = language_model_loss(network, rows, pad_id, cfg.eval.batch_size)
+        outputs = (
+            generate(network, renderer, [p[1] for p in prompts], cfg.eval.max_new_tokens) if prompts else []
+        )
+        if prompts:
+            scores |= generation_scores([p[2] for p in prompts], outputs)
+            scores["generated_examples"] = scores.pop("examples")
+            scores["examples"] = len(rows)
+        return scores, outputs
+
+    tuned, outputs = score(model)
+    base, base_outputs = None, [None] * len(prompts)
+    if baseline:
+        if hasattr(model, "disable_adapter"):  # LoRA/DoRA: the base is the same weights with the adapter off
+            context, base_model = model.disable_adapter(), model
+        else:
+            base_model = load_model(run.read_summary()["base_model_path"], cfg.model)
+            context = nullcontext()
+        with context:
+            base, base_outputs = score(base_model)
+    generated = [
+        {
+            "where": where,
+            "prompt": messages[-1][1],
+            "reference": reference,
+            "output": output,
+            "base_output": base_output,
+        }
+        for (where, messages, reference), output, base_output in zip(
+            prompts, outputs, base_outputs, strict=True
+        )
+    ]
+    return {"task": cfg.task, "examples": len(rows), "tuned": tuned, "baseline": base, "generated": generated}
+
+
+PROBE_PROMPTS = (
+    [(("user", "Write a headline about the weather."),)],
+    [(("user", "Hi"),), (("user", "Sum up: rain, then sun."),)],
+)
+
+
+def exportable(run: RunFolder, auto_class: str) -> Exportable:
+    """The merged model, left-padded prompt probes of two shapes, and validation batches for the loss check."""
+    from tunesmith.tasks.causal_lm import CAUSAL_LM
+
+    tuned_lm = load_run(run)
+    renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
+    tokenizer = renderer.tokenizer
+    pad = pad_token_id(tokenizer)
+    probes = []
+    for prompts in PROBE_PROMPTS:
+        ids = [renderer.encode_prompt(p) for p in prompts]
+        width = max(map(len, ids))
+        probes.append(
+            {
+                "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
+            }
+        )
+    checked = CAUSAL_LM.validated_data(cfg)
+    rows = tokenize_data(checked, cfg.data, renderer, default_cache_dir(cfg.output.cache_dir))["validation"]
+    collate = PadCollator(pad)
+    validation = []
+    for start in range(0, min(len(rows), MAX_VALIDATION_EXAMPLES), 8):
+        batch = collate(rows[start : start + 8])
+        validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
+    return Exportable(
+        task=cfg.task,
+        auto_class=auto_class,
+        metric_name="validation_loss",
+        metric_sums=token_loss_sums,
+        model=merged(tuned_lm.model),
+        processor=tokenizer,
+        input_names=["input_ids", "attention_mask"],
+        probes=probes,
+        validation=validation,
+    )
