@@ -23,6 +23,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def preference_rows(count: int, seed: int = 0) -> list[dict]:
+    """Pairs a tiny model can learn: chosen answers are short and use the first words, rejected ones the last."""
     import random
 
     rng = random.Random(seed)
@@ -31,8 +32,8 @@ def preference_rows(count: int, seed: int = 0) -> list[dict]:
         rows.append(
             {
                 "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + f" {index}",
-                "chosen": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))),
-                "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 9))),
+                "chosen": " ".join(rng.choice(WORDS[:10]) for _ in range(rng.randint(1, 4))),
+                "rejected": " ".join(rng.choice(WORDS[20:]) for _ in range(rng.randint(5, 9))),
             }
         )
     return rows

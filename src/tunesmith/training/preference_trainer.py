@@ -3,15 +3,14 @@ the same weights with the adapter switched off (or a frozen copy), and the rewar
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
 from tunesmith.config import PreferenceConfig
-from tunesmith.data.collate import IGNORE
+from tunesmith.evaluation.preference import SequenceLogps, sequence_logps
 from tunesmith.training.loop import AtomicCheckpoints
 from tunesmith.training.preference_losses import (
     NEEDS_REFERENCE,
@@ -22,40 +21,6 @@ from tunesmith.training.preference_losses import (
     orpo_loss,
     simpo_loss,
 )
-
-
-@dataclass
-class SequenceLogps:
-    logps: torch.Tensor  # per row: the summed log-probability of its answer tokens
-    lengths: torch.Tensor  # per row: how many answer tokens
-    nll: torch.Tensor | None = None  # mean token NLL of the first nll_rows rows, prompt included (ORPO)
-
-
-def sequence_logps(model, batch: dict, prefix: str = "", nll_rows: int = 0) -> SequenceLogps:
-    """Log-probabilities of every row's answer (labels != IGNORE) in one forward pass.
-
-    As CausalLMTrainer does, the LM head runs only at positions some row scores: with long prompts that is a
-    fraction of the sequence, and the vocabulary-wide log-softmax is the largest tensor of the step.
-    """
-    input_ids, attention_mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
-    answer = batch[f"{prefix}labels"][:, 1:].ne(IGNORE)  # the token at t+1 is predicted at position t
-    scored = answer.clone()
-    if nll_rows:  # TRL's ORPO takes its NLL term over the chosen rows' prompt and answer
-        scored[:nll_rows] |= attention_mask[:nll_rows, 1:].bool()
-    keep = scored.any(dim=0).nonzero().squeeze(-1)
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.float()
-    targets = torch.where(scored, input_ids[:, 1:], IGNORE)[:, keep]
-    per_token = -F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(targets.shape)
-    answer = answer[:, keep]
-    logps, lengths = (per_token * answer).sum(-1), answer.sum(-1)
-    nll = None
-    if nll_rows:
-        whole = scored[:nll_rows, keep]
-        nll = -(per_token[:nll_rows] * whole).sum() / whole.sum().clamp(min=1)
-    return SequenceLogps(logps, lengths, nll)
 
 
 def pair_loss(
@@ -191,3 +156,28 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         logs.update({f"{prefix}{key}": value for key, value in self.averages(mode).items()})
         self._sums[mode].clear()
         super().log(logs, start_time)
+
+
+def precompute_reference(model, items: list[dict], collator, batch_size: int) -> list[dict]:
+    """The reference log-probabilities of every example, computed once before training (for an adapter, with it
+    switched off; for full/last_n, from the weights before the first step), so no reference runs during it."""
+    adapter = hasattr(model, "disable_adapter")
+    was_training = model.training
+    model.eval()
+    values: list[dict] = []
+    with torch.no_grad(), model.disable_adapter() if adapter else contextlib.nullcontext():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch = {k: v.to(model.device) for k, v in collator(chunk).items()}
+            logps = sequence_logps(model, batch).logps.tolist()
+            if "kl_input_ids" in batch:
+                kl = sequence_logps(model, batch, "kl_").logps.tolist()
+                values += [{"ref_logps": a, "ref_kl_logps": b} for a, b in zip(logps, kl, strict=True)]
+            else:
+                half = len(chunk)
+                values += [
+                    {"ref_chosen_logps": a, "ref_rejected_logps": b}
+                    for a, b in zip(logps[:half], logps[half:], strict=True)
+                ]
+    model.train(was_training)
+    return values

@@ -1,0 +1,167 @@
+"""A preference run's evaluations: pair scores before/after, `tunesmith eval` on held-out pairs, export checks."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from tunesmith.console import say
+from tunesmith.data.collate import PadCollator, pad_token_id
+from tunesmith.data.preference import PreferencePair, check_preference_data, tokenize_preference
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.generation import generate
+from tunesmith.evaluation.lm import token_loss_sums
+from tunesmith.evaluation.preference import score_pairs
+from tunesmith.evaluation.text_metrics import generation_scores
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.loading import load_model
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks import causal_lm_run
+from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.training.checkpoints import checkpoint_step
+
+
+def base_weights(model, reference_model):
+    """A context in which `reference_model or model` answers as the base: the adapter off, or untouched weights."""
+    if reference_model is None and hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    return contextlib.nullcontext()  # a frozen copy, or a full model before its first step
+
+
+def describe_pairs(when: str, scores: dict) -> str:
+    return (
+        f"preference accuracy {when}: {100 * scores['preference_accuracy']:.1f}% of {scores['pairs']} held-out "
+        f"pairs (mean log-prob per token, chosen {scores['mean_logp_chosen']:.3f} vs rejected "
+        f"{scores['mean_logp_rejected']:.3f})"
+    )
+
+
+def sample_prompts(examples: list, count: int) -> list[tuple]:
+    """(where, prompt conversation, the chosen answer) of the first held-out pairs, for generations."""
+    pairs = [e for e in examples if isinstance(e, PreferencePair)]
+    desirable = [e for e in examples if getattr(e, "desirable", False)]
+    if pairs:
+        return [(p.where, p.prompt, p.chosen) for p in pairs[:count]]
+    return [(e.where, e.prompt, e.completion) for e in desirable[:count]]
+
+
+def final_evaluation(trainer) -> dict:
+    """The evaluation logged for the weights the run ends with (the best checkpoint's or the last step's)."""
+    state = trainer.state
+    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
+    step = best_step if best_step is not None else state.global_step
+    logged = [log for log in state.log_history if "eval_loss" in log and log.get("step") == step]
+    return logged[-1] if logged else trainer.evaluate()
+
+
+def held_out_pairs(cfg, data) -> list[PreferencePair]:
+    """The pairs `tunesmith eval` scores: the run's validation split, or every row of --data."""
+    data_cfg = data_for_eval(cfg.data, data)
+    paired = cfg.preference.model_copy(update={"loss": "dpo"})  # a KTO run is evaluated on pairs too
+    try:
+        checked = check_preference_data(data_cfg, paired)
+    except TunesmithError as error:
+        raise TunesmithError(f"eval: preference accuracy needs chosen/rejected pairs; {error}") from None
+    if checked.problems and data_cfg.on_error == "stop":
+        raise bad_rows_error(checked)
+    pairs = checked.train if data else checked.validation
+    if not pairs:
+        raise TunesmithError(f"eval: no pairs to score in {data or 'the validation split'}")
+    return pairs
+
+
+def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
+    """Preference accuracy on held-out pairs, and generations scored against the chosen answers; base beside it."""
+    tuned_lm = causal_lm_run.load_run(run)
+    model, renderer, cfg = tuned_lm.model, tuned_lm.renderer, tuned_lm.cfg
+    generations = cfg.eval.generations if generations is None else generations
+    pairs = held_out_pairs(cfg, data)
+    items, report = tokenize_preference(pairs, renderer, cfg.data.max_length, "evaluated")
+    if report["evaluated_over_max_length"]["count"]:
+        say(
+            f"eval: {report['evaluated_over_max_length']['count']} pairs longer than max_length were left out"
+        )
+    pad_id = pad_token_id(renderer.tokenizer)
+    prompts = sample_prompts(pairs, generations)
+
+    def score(network) -> tuple[dict, list[str]]:
+        scores = score_pairs(network, items, pad_id, cfg.eval.batch_size)
+        outputs = (
+            generate(network, renderer, [p[1] for p in prompts], cfg.eval.max_new_tokens) if prompts else []
+        )
+        if prompts:
+            scores |= {
+                f"generation_{k}": v for k, v in generation_scores([p[2] for p in prompts], outputs).items()
+            }
+            scores["mean_answer_words"] = round(sum(len(o.split()) for o in outputs) / len(outputs), 1)
+        return scores, outputs
+
+    tuned, outputs = score(model)
+    base, base_outputs = None, [None] * len(prompts)
+    if baseline:
+        if hasattr(model, "disable_adapter"):  # LoRA/DoRA: the base is the same weights with the adapter off
+            with model.disable_adapter():
+                base, base_outputs = score(model)
+        else:
+            base, base_outputs = score(load_model(causal_lm_run.base_model_path(run, cfg), cfg.model))
+    generated = [
+        {
+            "where": where,
+            "prompt": messages[-1][1],
+            "reference": chosen,
+            "output": output,
+            "base_output": before,
+        }
+        for (where, messages, chosen), output, before in zip(prompts, outputs, base_outputs, strict=True)
+    ]
+    return {
+        "task": cfg.task,
+        "examples": len(items),
+        "tuned": tuned,
+        "baseline": base,
+        "generated": generated,
+    }
+
+
+def exportable(run: RunFolder, auto_class: str) -> Exportable:
+    """As a causal-LM run's, with the held-out pairs' chosen answers as the validation batches."""
+    tuned_lm = causal_lm_run.load_run(run)
+    renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
+    pad = pad_token_id(renderer.tokenizer)
+    pairs = held_out_pairs(cfg, None)[:MAX_VALIDATION_EXAMPLES]
+    items, _ = tokenize_preference(pairs, renderer, cfg.data.max_length, "export")
+    rows = [
+        {
+            "input_ids": i["prompt_ids"] + i["chosen_ids"],
+            "labels": [-100] * len(i["prompt_ids"]) + i["chosen_ids"],
+        }
+        for i in items
+    ]
+    collate = PadCollator(pad)
+    validation = []
+    for start in range(0, len(rows), 8):
+        batch = collate(rows[start : start + 8])
+        validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
+    probes = []
+    for prompts in causal_lm_run.PROBE_PROMPTS:
+        ids = [renderer.encode_prompt(p) for p in prompts]
+        width = max(map(len, ids))
+        probes.append(
+            {
+                "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
+            }
+        )
+    return Exportable(
+        task=cfg.task,
+        auto_class=auto_class,
+        metric_name="validation_loss",
+        metric_sums=token_loss_sums,
+        model=merged(tuned_lm.model),
+        processor=renderer.tokenizer,
+        input_names=["input_ids", "attention_mask"],
+        probes=probes,
+        validation=validation,
+    )

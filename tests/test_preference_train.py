@@ -1,0 +1,124 @@
+"""task: preference end to end on the tiny model: the run folder, metrics.jsonl, the reference, eval and errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from test_preference import preference_rows
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.errors import TunesmithError
+
+
+def preference_config(tmp_path, tiny_model, rows: int = 24, **sections) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data_file = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(rows))
+    raw = {
+        "task": "preference",
+        "model": {"name": str(tiny_model)},
+        "data": {"train_file": str(data_file), "validation_ratio": 0.25, "max_length": 128},
+        "method": {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        "preference": {"loss": "dpo", "beta": 0.5},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 4,
+            "learning_rate": 5e-2,
+            "precision": "fp32",
+            "logging_steps": 1,
+            "eval_steps": 2,
+            "warmup": 0,
+        },
+        "eval": {"samples": 1, "max_new_tokens": 4, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dpo_with_lora_logs_rewards_at_every_evaluation(tmp_path, tiny_model):
+    summary = api.train(config_from_dict(preference_config(tmp_path, tiny_model)))
+    assert summary["status"] == "finished" and summary["global_step"] == 4
+    assert summary["preference"]["reference"] == "the same weights with the adapter off"
+    evaluations = [r for r in read_metrics(tmp_path / "runs" / "run") if "eval_loss" in r]
+    assert [r["step"] for r in evaluations] == [0, 2, 4]
+    first, last = evaluations[0], evaluations[-1]
+    # Before the first step the policy is its reference: every reward is 0 and the loss is log 2.
+    assert first["eval_rewards/chosen"] == 0 and first["eval_rewards/margins"] == 0
+    assert first["eval_loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert last["eval_rewards/margins"] > 0 and last["eval_loss"] < first["eval_loss"]
+    for key in (
+        "eval_rewards/accuracies",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_rewards/rejected",
+    ):
+        assert key in last
+    train_logs = [r for r in read_metrics(tmp_path / "runs" / "run") if "loss" in r]
+    assert all("rewards/margins" in r for r in train_logs)
+    assert summary["pairs_before"]["pairs"] == summary["pairs_after"]["pairs"] == 6
+    assert (tmp_path / "runs" / "run" / "model" / "adapter_config.json").exists()
+
+
+def test_full_fine_tune_uses_a_frozen_copy_or_precomputed_reference(tmp_path, tiny_model):
+    live = preference_config(tmp_path / "a", tiny_model, method={"name": "full"})
+    cached = preference_config(
+        tmp_path / "b", tiny_model, method={"name": "full"}, preference={"precompute_reference": True}
+    )
+    first = api.train(config_from_dict(live))
+    second = api.train(config_from_dict(cached))
+    assert first["preference"]["reference"] == "a frozen copy of the base"
+    assert second["preference"]["reference"] == "precomputed once before training (the initial weights)"
+    # The same reference either way: the same losses step by step.
+    losses = [
+        [r["loss"] for r in read_metrics(t / "runs" / "run") if "loss" in r]
+        for t in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert len(list((tmp_path / "b" / "cache" / "reference").glob("*.json"))) == 2  # train and validation
+
+
+@pytest.mark.parametrize("loss", ["ipo", "orpo", "simpo", "kto"])
+def test_every_loss_trains(tmp_path, tiny_model, loss):
+    summary = api.train(config_from_dict(preference_config(tmp_path, tiny_model, preference={"loss": loss})))
+    assert summary["status"] == "finished"
+    last = [r for r in read_metrics(tmp_path / "runs" / "run") if "eval_loss" in r][-1]
+    assert ("eval_kl" in last) == (loss == "kto")
+    assert last["eval_rewards/margins"] == pytest.approx(
+        last["eval_rewards/chosen"] - last["eval_rewards/rejected"]
+    )
+
+
+def test_bad_pairs_stop_the_run_naming_file_and_line(tmp_path, tiny_model):
+    raw = preference_config(tmp_path, tiny_model)
+    rows = preference_rows(24)
+    rows[4] = {"prompt": "p", "chosen": "same", "rejected": "same"}
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(TunesmithError) as caught:
+        api.train(config_from_dict(raw))
+    assert f"{tmp_path / 'pairs.jsonl'}:5: 'chosen' and 'rejected' are identical" in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_refuses_what_would_cut_a_pair(tmp_path, tiny_model):
+    raw = preference_config(tmp_path, tiny_model, data={"on_overflow": "truncate"})
+    with pytest.raises(TunesmithError, match="would cut one answer of a pair"):
+        config_from_dict(raw)
+
+
+def test_eval_scores_base_and_tuned_on_held_out_pairs(tmp_path, tiny_model):
+    summary = api.train(config_from_dict(preference_config(tmp_path, tiny_model)))
+    result = api.evaluate(summary["run_dir"], baseline=True, generations=2)
+    tuned, base = result["tuned"], result["baseline"]
+    assert tuned["pairs"] == base["pairs"] == 6
+    assert base["preference_accuracy"] == summary["pairs_before"]["preference_accuracy"]
+    assert tuned["preference_accuracy"] == summary["pairs_after"]["preference_accuracy"]
+    assert "generation_rougeL" in tuned and "preference_accuracy" in result["table"]
+    generated = (Path(result["folder"]) / "generations.jsonl").read_text().splitlines()
+    assert len(generated) == 2 and {"output", "base_output", "reference"} <= set(json.loads(generated[0]))
