@@ -258,3 +258,15 @@ def test_empty_and_null_labels_are_named_as_such(tmp_path):
         f"{jsonl}:1: label field 'label' is null; give the row its label or remove it",
         f"{jsonl}:2: text field 'text' is null; fill it or remove the row",
     ]
+
+
+def test_a_cache_file_cut_short_is_tokenized_again(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(6))
+    cfg = DataConfig(train_file=str(path), validation_ratio=0)
+    checked = check_data(cfg)
+    first = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
+    cache_file = tmp_path / "tokenized" / f"{first['report']['cache']['key']}.npz"
+    cache_file.write_bytes(cache_file.read_bytes()[:100])  # what a power cut can leave of an unsynced file
+    again = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
+    assert again["report"]["cache"]["hit"] is False and again["train"] == first["train"]
+    assert tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)["report"]["cache"]["hit"]

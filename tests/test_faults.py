@@ -158,3 +158,40 @@ def test_secrets_never_reach_the_run_folder(make_config, tmp_path, monkeypatch):
     leaked = [p for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
     assert len(list(run.rglob("*"))) > 10  # the scan looked at a real run folder
+
+
+def test_checkpoints_are_fsynced_before_the_rename_and_rotated_after(make_config, tmp_path, monkeypatch):
+    """Every file and folder of a checkpoint reaches the disk before its final name; older ones go after."""
+    import shutil
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rmtree = os.fsync, os.replace, shutil.rmtree
+
+    def fsync(descriptor):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        return real_fsync(descriptor)
+
+    def replace(source, target, **kwargs):
+        events.append(("rename", f"{source} -> {target}"))
+        return real_replace(source, target, **kwargs)
+
+    def rmtree(path, *args, **kwargs):
+        events.append(("delete", str(path)))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    config = write_config(make_config, tmp_path, max_steps=4, save_total_limit=1)
+    summary = api.train(config)
+    root = (Path(summary["run_dir"]) / "checkpoints").resolve()
+    staged, final = root / ".partial" / "checkpoint-4", root / "checkpoint-4"
+    commit = events.index(("rename", f"{staged} -> {final}"))
+    synced = {path for kind, path in events[:commit] if kind == "fsync"}
+    files = {str(p).replace(str(final), str(staged)) for p in final.rglob("*") if p.is_file()}
+    assert "manifest.json" in {Path(p).name for p in files} and len(files) > 5
+    assert files <= synced, files - synced  # every file the checkpoint holds, manifest included
+    assert str(staged) in synced  # and the folder's entries
+    after = events[commit + 1 :]
+    assert after.index(("fsync", str(root))) < after.index(("delete", str(root / "checkpoint-2")))
+    assert sorted(p.name for p in root.glob("checkpoint-*")) == ["checkpoint-4"]  # rotation did happen

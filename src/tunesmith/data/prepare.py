@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,9 +232,13 @@ def tokenize_data(checked: CheckedData, cfg: DataConfig, renderer: Renderer, cac
     key = _cache_key(checked, cfg, renderer)
     cache_file = cache_dir / "tokenized" / f"{key}.npz" if cache_dir else None
     if cache_file is not None and cache_file.exists():
-        splits, meta = _load(cache_file, ["train", "validation"])
-        meta["cache"] = {"key": key, "hit": True}
-        return {**splits, "report": meta}
+        try:
+            splits, meta = _load(cache_file, ["train", "validation"])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # cut short (the cache is not fsynced; a power cut can leave it so): tokenize again
+        else:
+            meta["cache"] = {"key": key, "hit": True}
+            return {**splits, "report": meta}
     stop_ids = renderer.stop_token_ids()
     train_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.train]
     val_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.validation]

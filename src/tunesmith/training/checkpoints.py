@@ -1,10 +1,11 @@
-"""Checkpoints that cannot be half-written: staged, checksummed in a manifest, then renamed into place."""
+"""Checkpoints that cannot be half-written: staged, checksummed in a manifest, fsynced, then renamed into place."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -29,6 +30,34 @@ def write_manifest(folder: Path, step: int) -> None:
     temporary = folder / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps({"step": step, "files": files}, indent=1))
     os.replace(temporary, folder / MANIFEST)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's bytes, or a directory's entries, from the page cache to the disk."""
+    if path.is_dir() and os.name == "nt":
+        return  # Windows cannot open a directory to flush it; NTFS journals renames itself
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def commit(staged: Path, final: Path, step: int) -> None:
+    """Make a staged checkpoint durable, then give it its final name; only then may older ones be rotated.
+
+    A rename is atomic but not durable: without the fsyncs a power cut can leave `final` in place with
+    files the disk never received (empty or short), while rotation has already deleted the older ones.
+    """
+    write_manifest(staged, step)
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        fsync_path(path)
+    # Each folder's entries (the names of the files just flushed), deepest first, the checkpoint's own last.
+    for folder in [*sorted((p for p in staged.rglob("*") if p.is_dir()), reverse=True), staged]:
+        fsync_path(folder)
+    shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step (after a resume)
+    os.replace(staged, final)
+    fsync_path(final.parent)  # the rename itself is on disk: the checkpoint survives a power cut from here
 
 
 def verify(folder: Path) -> str | None:

@@ -28,7 +28,7 @@ from tunesmith.training.callbacks import (
     ProgressBar,
     TokenCounter,
 )
-from tunesmith.training.checkpoints import STAGING, fault_point, write_manifest
+from tunesmith.training.checkpoints import STAGING, commit, fault_point
 from tunesmith.training.distributed import check_engine, per_device_batch
 
 
@@ -63,9 +63,7 @@ class AtomicCheckpoints:
             # trainer_state.json was written with the staging path; a resumed run reads it back
             self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
             fault_point("before_checkpoint_commit", self.state.global_step)
-            write_manifest(staging / name, self.state.global_step)
-            shutil.rmtree(root / name, ignore_errors=True)  # a re-save of the same step (after a resume)
-            os.replace(staging / name, root / name)
+            commit(staging / name, root / name, self.state.global_step)  # durable before anything is deleted
             rotate_checkpoints(
                 str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
             )
