@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunesmith.data.collate import pad_token_id
 from tunesmith.data.templates import Messages, Renderer
@@ -54,14 +57,41 @@ def generate(
     return outputs
 
 
-def stream(
-    model, renderer: Renderer, conversation: Messages, max_new_tokens: int = 64, temperature: float = 0.0
-):
-    """Yield the answer to one conversation piece by piece; joined, the pieces equal generate()'s answer."""
-    import threading
+class Cancellation(StoppingCriteria):
+    """Stops generate() between two steps once cancel() is called (a client hung up); counts the steps run."""
 
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.new_tokens = 0
+
+    def cancel(self) -> None:
+        self.event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.event.is_set()
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.new_tokens += 1  # generate() asks once per generated token
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+def stream(
+    model,
+    renderer: Renderer,
+    conversation: Messages,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    cancellation: Cancellation | None = None,
+):
+    """Yield the answer to one conversation piece by piece; joined, the pieces equal generate()'s answer.
+
+    With a `cancellation`, cancel() stops the generation after the current token and ends the pieces."""
     from transformers import TextIteratorStreamer
 
+    cancellation = cancellation or Cancellation()
     tokenizer = renderer.tokenizer
     prompt = renderer.encode_prompt(conversation)
     device = next(model.parameters()).device
@@ -75,18 +105,36 @@ def stream(
         "eos_token_id": renderer.stop_token_ids(),
         "pad_token_id": pad_id,
         "streamer": streamer,
+        "stopping_criteria": StoppingCriteriaList([cancellation]),
         **sampling,
     }
-    worker = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**arguments), daemon=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(**arguments)
+        except BaseException as error:  # re-raised below, on the consumer's thread
+            failure.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     # generate() strips the whole answer: drop leading whitespace, and hold trailing whitespace back until
     # more text follows it, so the joined pieces equal generate()'s answer.
-    started, pending = False, ""
-    for piece in streamer:
-        text = pending + (piece if started else piece.lstrip())
-        started = started or bool(text)
-        body = text.rstrip()
-        pending = text[len(body) :]
-        if body:
-            yield body
-    worker.join()
+    started, pending, finished = False, "", False
+    try:
+        for piece in streamer:
+            text = pending + (piece if started else piece.lstrip())
+            started = started or bool(text)
+            body = text.rstrip()
+            pending = text[len(body) :]
+            if body and not cancellation.cancelled:
+                yield body
+        finished = True
+    finally:
+        if not finished:  # the consumer stopped early (close()): stop generating too
+            cancellation.cancel()
+        worker.join()
+    if failure:
+        raise failure[0]

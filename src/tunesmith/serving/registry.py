@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from tunesmith.errors import TunesmithError
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.registry import get_task
+from tunesmith.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from tunesmith.evaluation.generation import Cancellation
 
 
 @dataclass
@@ -18,6 +25,7 @@ class ServedModel:
     id: str
     task: str
     run: RunFolder
+    route_group: str = ""  # the server's routes that answer for it (the Task says which)
     model: object = None  # a PeftModel holding several adapters, or a plain model
     adapter: str | None = None  # which adapter of `model` answers for this id
     renderer: object = None  # causal LM: the run's template (the one `tunesmith generate` uses)
@@ -44,48 +52,37 @@ class Registry:
         for run_dir in run_dirs:
             run = RunFolder.open(run_dir)
             summary = run.read_summary()
-            if summary.get("status") != "finished":
+            if summary.status != "finished":
                 raise TunesmithError(
-                    f"serve: {run.path} has not finished training (status: {summary.get('status')})"
+                    f"serve: {run.path} has not finished training (status: {summary.status})"
                 )
             model_id = _model_id(run, set(self.models))
-            task = run.load_config().task
-            self.models[model_id] = (
-                self._causal_lm(model_id, run, summary)
-                if task == "causal-lm"
-                else self._classifier(model_id, run, task)
-            )
+            self.models[model_id] = self._load(model_id, run, summary)
 
-    def _causal_lm(self, model_id: str, run: RunFolder, summary: dict) -> ServedModel:
-        from tunesmith.tasks import causal_lm
-
-        cfg = run.load_config()
-        base_path = summary.get("base_model_path")
-        shared = self.bases.get(base_path) if summary.get("is_adapter") else None
-        if shared is not None:  # another adapter over a base already in memory: load only the adapter
-            shared.load_adapter(str(run.model_dir), adapter_name=model_id)
-            renderer = causal_lm.load_run_renderer(run)
-            model, adapter = shared, model_id
-        else:
-            model, renderer, _ = causal_lm.load_run_model(run, adapter_name=model_id)
-            adapter = model_id if summary.get("is_adapter") else None
-            if adapter:
-                self.bases[base_path] = model
-        served = ServedModel(model_id, "causal-lm", run, model, adapter, renderer, cfg.data.system_prompt)
-        served.lock = self.locks.setdefault(id(model), served.lock)  # adapters over one base share its lock
+    def _load(self, model_id: str, run: RunFolder, summary: dict) -> ServedModel:
+        """The run as its Task loads it; a language model's adapter joins a base already in memory."""
+        task = get_task(run.load_config().task)
+        base_path = summary.base_model_path
+        shared = self.bases.get(base_path) if summary.is_adapter else None
+        loaded = task.load_run(run, adapter_name=model_id, into=shared)
+        served = ServedModel(model_id, task.name, run, route_group=task.route_group)
+        if not hasattr(loaded, "renderer"):  # a classifier
+            served.classifier = loaded
+            return served
+        served.model, served.renderer = loaded.model, loaded.renderer
+        served.system_prompt = loaded.cfg.data.system_prompt
+        served.adapter = model_id if summary.is_adapter else None
+        if served.adapter and shared is None:
+            self.bases[base_path] = loaded.model
+        served.lock = self.locks.setdefault(id(loaded.model), served.lock)  # adapters over one base share it
         return served
-
-    def _classifier(self, model_id: str, run: RunFolder, task: str) -> ServedModel:
-        from tunesmith.tasks.classification_predict import RunClassifier
-
-        return ServedModel(model_id, task, run, classifier=RunClassifier(run))
 
     def get(self, model_id: str) -> ServedModel | None:
         return self.models.get(model_id)
 
     def count_base_copies(self) -> int:
         """How many distinct causal-LM weight sets are in memory (one per base, however many adapters)."""
-        return len({id(m.model) for m in self.models.values() if m.task == "causal-lm"})
+        return len({id(m.model) for m in self.models.values() if m.renderer is not None})
 
     # -- inference (called from worker threads; each model's lock serializes its use) ----------------
 
@@ -98,12 +95,13 @@ class Registry:
     def prompt_tokens(self, served: ServedModel, messages) -> int:
         return len(served.renderer.encode_prompt(self.conversation(served, messages)))
 
-    def complete(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> str:
+    def complete(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> tuple[str, int]:
+        """The whole answer and its length in tokens."""
         from tunesmith.evaluation.generation import generate
 
         with served.lock:
             self._select(served)
-            return generate(
+            text = generate(
                 served.model,
                 served.renderer,
                 [self.conversation(served, messages)],
@@ -111,27 +109,22 @@ class Registry:
                 1,
                 temperature,
             )[0]
+        return text, len(served.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, served: ServedModel, messages, max_tokens: int, temperature: float):
-        """Pieces of the answer. A producer thread holds the model's lock for exactly one generation, so a
-        client that hangs up mid-stream (and never resumes this generator) cannot keep the model locked."""
+    def stream(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> Streaming:
+        """Start generating the answer on a producer thread; its pieces arrive on the caller's event loop."""
         from tunesmith.evaluation.generation import stream
 
-        pieces: queue.Queue = queue.Queue()
         conversation = self.conversation(served, messages)
 
-        def produce() -> None:
-            try:
-                with served.lock:
-                    self._select(served)
-                    for piece in stream(served.model, served.renderer, conversation, max_tokens, temperature):
-                        pieces.put(piece)
-            finally:
-                pieces.put(None)
+        def pieces(cancellation):
+            with served.lock:  # held for exactly one generation, which cancel() ends after the current token
+                self._select(served)
+                yield from stream(
+                    served.model, served.renderer, conversation, max_tokens, temperature, cancellation
+                )
 
-        threading.Thread(target=produce, daemon=True).start()
-        while (piece := pieces.get()) is not None:
-            yield piece
+        return Streaming(pieces)
 
     def classify(self, served: ServedModel, texts: list[str]) -> list[dict]:
         from tunesmith.data.labelled import LabelledExample
@@ -158,3 +151,47 @@ class Registry:
     def _select(served: ServedModel) -> None:
         if served.adapter is not None and served.model.active_adapter != served.adapter:
             served.model.set_adapter(served.adapter)
+
+
+class Streaming:
+    """One streamed generation: a producer thread hands its pieces to the event loop through an asyncio queue,
+    so the consumer can stop waiting at once; stop() cancels the generation and waits until the model is free."""
+
+    def __init__(self, pieces: Callable[[Cancellation], Iterator[str]]):
+        from tunesmith.evaluation.generation import Cancellation
+
+        self.cancellation = Cancellation()
+        self.finished = False  # every piece was handed over
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._producer = threading.Thread(target=self._produce, args=(pieces,), daemon=True)
+        self._producer.start()
+
+    def _produce(self, pieces: Callable[[Cancellation], Iterator[str]]) -> None:
+        end: object = None
+        try:
+            for piece in pieces(self.cancellation):
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
+        except Exception as error:  # handed to the consumer, which raises it
+            end = error
+        finally:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, end)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while (piece := await self._queue.get()) is not None:
+            if isinstance(piece, Exception):
+                raise piece
+            yield piece
+        self.finished = True
+
+    @property
+    def new_tokens(self) -> int:
+        return self.cancellation.new_tokens
+
+    async def stop(self) -> bool:
+        """Cancel the generation (a no-op when it has finished), wait until it has let go of the model, and say
+        whether it was cut short."""
+        cut_short = not self.finished
+        self.cancellation.cancel()
+        await run_in_threadpool(self._producer.join)
+        return cut_short

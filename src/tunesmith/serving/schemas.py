@@ -1,4 +1,7 @@
-"""Request and response bodies of the OpenAI-compatible API (the subset tunesmith serves)."""
+"""Request and response bodies of the OpenAI-compatible API (the subset tunesmith serves).
+
+Sizes (messages, characters) are capped by the routes against the server's Limits, with messages that name the
+cap; the raw body is capped before it is parsed (FastAPI's max_body_size)."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=100_000)
+    content: str
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, top_p, ...)
     model: str
-    messages: list[Message] = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -25,7 +28,7 @@ class ChatRequest(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
-    prompt: str = Field(max_length=100_000)
+    prompt: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     stream: bool = False

@@ -1,0 +1,164 @@
+"""Routes for models that generate text: OpenAI's /v1/chat/completions and /v1/completions, streamed or not."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from tunesmith.serving.context import ApiError, ServingContext, check_text_sizes
+from tunesmith.serving.registry import ServedModel, Streaming
+from tunesmith.serving.schemas import ChatRequest, CompletionRequest, ErrorResponse
+
+GROUP = "generation"
+PATHS = ("/v1/chat/completions", "/v1/completions")
+RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)}
+
+
+@dataclass
+class Answer:
+    """What one request asked for, checked: the model, the conversation, and how many tokens it may get."""
+
+    model: ServedModel
+    messages: list[tuple[str, str]]
+    budget: int
+    temperature: float
+    prompt_tokens: int
+    kind: str  # "chat" or "completion": the shape of the response objects
+
+
+class GenerationStream(StreamingResponse):
+    """Server-sent events from one generation that is stopped, and waited for, however the response ends:
+    after its last byte, or when the client hangs up (Starlette then cancels the body mid-stream)."""
+
+    def __init__(self, events, streaming: Streaming, on_end):
+        super().__init__(events, media_type="text/event-stream")
+        self.streaming, self.on_end = streaming, on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # finish the clean-up even while being cancelled
+                self.on_end(await self.streaming.stop())
+
+
+def add_routes(app: FastAPI, context: ServingContext) -> None:
+    limits, metrics, registry = context.limits, context.metrics, context.registry
+
+    async def checked(
+        model_id: str, messages, max_tokens: int | None, temperature: float, kind: str
+    ) -> Answer:
+        model = context.model(model_id, GROUP)
+        budget = max_tokens or min(256, limits.max_tokens)
+        if budget > limits.max_tokens:
+            raise ApiError(
+                400, f"max_tokens {budget} is above this server's cap of {limits.max_tokens}", "max_tokens"
+            )
+        if not any(text.strip() for _, text in messages):
+            raise ApiError(400, "the prompt is empty", "messages")
+        # Rendering the template and tokenizing take a while on long inputs: off the event loop.
+        length = await run_in_threadpool(registry.prompt_tokens, model, messages)
+        if length > limits.max_prompt_tokens:
+            raise ApiError(
+                400,
+                f"the prompt is {length} tokens, above this server's limit of {limits.max_prompt_tokens}",
+                "messages",
+            )
+        return Answer(model, messages, budget, temperature, length, kind)
+
+    @app.post("/v1/chat/completions", responses=RESPONSES)
+    async def chat(body: ChatRequest):
+        if len(body.messages) > limits.max_messages:
+            raise ApiError(
+                400,
+                f"messages has {len(body.messages)} messages, above this server's limit of {limits.max_messages}",
+                "messages",
+            )
+        texts = {f"messages[{i}].content": m.content for i, m in enumerate(body.messages)}
+        check_text_sizes(texts, limits, "messages", "message")
+        messages = [(m.role, m.content) for m in body.messages]
+        if messages[-1][0] != "user":
+            raise ApiError(400, "the last message must be the user's", "messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        answer = await checked(body.model, messages, max_tokens, body.temperature, "chat")
+        return await respond(answer, body.stream)
+
+    @app.post("/v1/completions", responses=RESPONSES)
+    async def completions(body: CompletionRequest):
+        check_text_sizes({"prompt": body.prompt}, limits, "prompt", "prompt")
+        messages = [("user", body.prompt)]  # rendered with the run's template, as `tunesmith generate` does
+        answer = await checked(body.model, messages, body.max_tokens, body.temperature, "completion")
+        return await respond(answer, body.stream)
+
+    async def respond(answer: Answer, stream: bool):
+        shape = Shape(answer)
+        if not stream:
+            text, completion_tokens = await run_in_threadpool(
+                registry.complete, answer.model, answer.messages, answer.budget, answer.temperature
+            )
+            metrics.generated.labels(answer.model.id).inc(completion_tokens)
+            return shape.whole(text, completion_tokens)
+        streaming = registry.stream(answer.model, answer.messages, answer.budget, answer.temperature)
+
+        async def events():
+            async for piece in streaming:
+                yield shape.event(piece, None)
+            yield shape.event("", "length" if streaming.new_tokens >= answer.budget else "stop")
+            yield "data: [DONE]\n\n"
+
+        def ended(cut_short: bool) -> None:
+            metrics.generated.labels(answer.model.id).inc(streaming.new_tokens)
+            if cut_short:
+                metrics.cancelled.labels(answer.model.id).inc()
+
+        return GenerationStream(events(), streaming, ended)
+
+
+class Shape:
+    """OpenAI's response objects for one answer: a whole chat.completion / text_completion, or its chunks."""
+
+    def __init__(self, answer: Answer):
+        self.answer = answer
+        prefix = "chatcmpl" if answer.kind == "chat" else "cmpl"
+        self.id, self.created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def choice(self, text: str, finish: str | None, delta: bool) -> dict:
+        if self.answer.kind == "chat":
+            key = "delta" if delta else "message"
+            return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": finish}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+    def whole(self, text: str, completion_tokens: int) -> dict:
+        prompt_tokens = self.answer.prompt_tokens
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.answer.kind == "chat" else "text_completion",
+            "created": self.created,
+            "model": self.answer.model.id,
+            "choices": [
+                self.choice(text, "length" if completion_tokens >= self.answer.budget else "stop", False)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def event(self, text: str, finish: str | None) -> str:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.answer.kind == "chat" else "text_completion",
+            "created": self.created,
+            "model": self.answer.model.id,
+            "choices": [self.choice(text, finish, True)],
+        }
+        return f"data: {json.dumps(body)}\n\n"
