@@ -68,7 +68,7 @@ def train(
         if not resume:
             run.save_config(cfg)
         distributed.launch(str(run.config_file), str(run.path), nproc, resume)
-        return run.read_summary() | {"run_dir": str(run.path)}
+        return run.read_summary().to_dict() | {"run_dir": str(run.path)}
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
 
@@ -99,7 +99,7 @@ def merge(run_dir: str | Path, output: str | Path | None = None) -> dict:
     tuned = task.load_run(run)
     if not hasattr(tuned.model, "merge_and_unload"):
         raise TunesmithError(
-            f"{run.path}: the run trained full weights ({run.read_summary().get('method')}); there is no adapter to merge"
+            f"{run.path}: the run trained full weights ({run.read_summary().method}); there is no adapter to merge"
         )
     merged, parity = merge_adapter(tuned.model, tuned.renderer)
     merged.save_pretrained(target)

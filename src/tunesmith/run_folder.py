@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from tunesmith.config import Config, dump_config, load_config
@@ -18,6 +19,77 @@ def free_path(path: Path) -> Path:
 
 
 RUN_DIR_ENV = "TUNESMITH_RUN_DIR"  # set by the launcher so every rank uses the folder it created
+
+
+@dataclass
+class RunSummary:
+    """run.json: what a run did and measured. Written and read only through this type: a field that is not
+    declared here is refused when written (a typo cannot slip into run.json). Fields a run has not reached yet
+    are None."""
+
+    # -- what ran
+    status: str = "unknown"  # running | stopped | killed | finished
+    task: str | None = None  # the registered task's name
+    base_model: str | None = None  # model.name as configured (hub id, folder or .gguf)
+    base_model_path: str | None = None  # the local folder the base was loaded from
+    method: str | None = None  # the registered method's name
+    is_adapter: bool | None = None  # model/ holds an adapter over the base (LoRA, DoRA, QLoRA)
+    parameters: dict | None = None  # {"trainable", "total", "trainable_percent"}
+    precision: str | None = None  # the compute precision chosen (fp32, bf16, fp16)
+    gradient_checkpointing: dict | None = None  # {"enabled", "reason"} as decided at run time
+    processes: int | None = None  # data-parallel processes
+    template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
+    stop_token_ids: list | None = None  # causal LM: tokens that end an answer
+    hardware: dict | None = None  # CPU/GPU description
+    versions: dict | None = None  # library versions
+    # -- classification
+    labels: list | None = None  # the label names, in id order
+    multi_label: bool | None = None  # several labels per example
+    head: str | None = None  # whether the classifier head was kept or made new
+    # -- preference tuning
+    preference: dict | None = None  # {"loss", "beta", "reference"}
+    pairs_before: dict | None = None  # held-out preference pairs scored by the base model
+    pairs_after: dict | None = None  # the same pairs scored by the tuned model
+    # -- training
+    global_step: int | None = None  # optimizer steps taken
+    train_loss: float | None = None  # mean training loss over the run
+    train_seconds: float | None = None  # time in the training loop
+    train_tokens: int | None = None  # tokens trained on
+    tokens_per_second: float | None = None  # train_tokens / train_seconds
+    examples_per_second: float | None = None  # for inputs that are not tokens (images, audio)
+    best_checkpoint: str | None = None  # the checkpoint the final weights come from
+    best_metric: float | None = None  # its train.metric value
+    peak_memory_mb: float | None = None  # peak RSS (CPU) or allocated GPU memory
+    wall_seconds: float | None = None  # the whole run, data to report
+    # -- evaluation
+    validation_loss_before: float | None = None  # the untouched model on the validation split
+    validation_loss_after: float | None = None  # the final weights on the validation split
+    validation: dict | None = None  # final validation metrics (accuracy, F1, ...; preference rewards)
+    reference_before: dict | None = None  # forgetting check: the reference score before training
+    forgetting: dict | None = None  # forgetting check: before, after, drift, warning
+    overfitting: dict | None = None  # the overfitting signal from the loss curves
+
+    @classmethod
+    def from_dict(cls, record: dict) -> RunSummary:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})  # keys of older releases are ignored
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    # A read-only mapping view, for report templates and callers that read one key by name.
+    def get(self, key: str, default=None):
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+    def __getitem__(self, key: str):
+        value = getattr(self, key, None)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return getattr(self, key, None) is not None
 
 
 class RunFolder:
@@ -78,22 +150,23 @@ class RunFolder:
         temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         temporary.replace(path)
 
-    def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text()) if self.summary.exists() else {}
+    def read_summary(self) -> RunSummary:
+        return RunSummary.from_dict(json.loads(self.summary.read_text()) if self.summary.exists() else {})
 
-    def finished_summary(self, verb: str) -> dict:
+    def finished_summary(self, verb: str) -> RunSummary:
         """run.json of a run that finished training; anything else is refused, naming what `verb` needs."""
         summary = self.read_summary()
-        if summary.get("status") != "finished":
+        if summary.status != "finished":
             raise TunesmithError(
-                f"{verb}: {self.path} has not finished training (status: {summary.get('status', 'unknown')}); "
+                f"{verb}: {self.path} has not finished training (status: {summary.status}); "
                 "finish it, or continue it with `tunesmith train CONFIG --resume`"
             )
         return summary
 
-    def update_summary(self, **fields) -> dict:
-        summary = {**self.read_summary(), **fields}
-        self.write_json(self.summary, summary)
+    def update_summary(self, **changes) -> RunSummary:
+        """Set fields of run.json (each must be a RunSummary field) and return the whole summary."""
+        summary = replace(self.read_summary(), **changes)  # an undeclared field raises TypeError here
+        self.write_json(self.summary, summary.to_dict())
         return summary
 
     def truncate_metrics_after(self, step: int) -> int:

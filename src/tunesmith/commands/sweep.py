@@ -47,7 +47,7 @@ from tunesmith.config import (
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
 from tunesmith.report.sweep_report import best_record, write_sweep_report
-from tunesmith.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder, RunSummary
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # The target counts running trials too, so N workers together start N trials, not N each.
@@ -424,7 +424,7 @@ def trial_config(sweep: Sweep, values: dict[str, Any], output_dir: str, name: st
 def objective_value(summary: dict, cfg: Config, metric: str, last_evaluated: float | None) -> float:
     """The final validation metric of the run (of the weights it ended with)."""
     name = metric.removeprefix("eval_")
-    value = get_task(cfg.task).final_metric(summary, name)
+    value = get_task(cfg.task).final_metric(RunSummary.from_dict(summary), name)
     if value is None:  # a metric the task does not report at the end: the best or the last evaluated value
         best = name == cfg.train.metric.removeprefix("eval_")
         value = summary.get("best_metric") if best else last_evaluated

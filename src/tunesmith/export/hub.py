@@ -17,16 +17,16 @@ from tunesmith.run_folder import RunFolder
 def _metrics_lines(summary: dict) -> list[str]:
     lines = []
     if "validation_loss_after" in summary:
-        before = summary.get("validation_loss_before")
+        before = summary.validation_loss_before
         lines.append(
-            f"- validation loss: {summary['validation_loss_after']:.4f}"
+            f"- validation loss: {summary.validation_loss_after:.4f}"
             + (f" (base model: {before:.4f})" if before is not None else "")
         )
-    for name, value in (summary.get("validation") or {}).items():
+    for name, value in (summary.validation or {}).items():
         lines.append(f"- validation {name.replace('_', ' ')}: {value:.4f}")
-    if summary.get("train_loss") is not None:
-        lines.append(f"- final training loss: {summary['train_loss']:.4f}")
-    forgetting = summary.get("forgetting")
+    if summary.train_loss is not None:
+        lines.append(f"- final training loss: {summary.train_loss:.4f}")
+    forgetting = summary.forgetting
     if forgetting:
         metric = forgetting["metric"]
         lines.append(
@@ -63,8 +63,8 @@ def model_card(run: RunFolder, repo: str) -> str:
     config_text = run.config_file.read_text()
     report = json.loads(run.data_report.read_text()) if run.data_report.exists() else {}
     task = get_task(run.load_config().task)
-    method = summary.get("method")
-    adapter = bool(summary.get("is_adapter"))
+    method = summary.method
+    adapter = bool(summary.is_adapter)
     front = {
         "library_name": "peft" if adapter else "transformers",
         "pipeline_tag": task.pipeline_tag,
@@ -112,7 +112,7 @@ def model_card(run: RunFolder, repo: str) -> str:
 
 def prepare_upload(run: RunFolder, repo: str, folder: Path) -> Path:
     """The folder that would be uploaded: the model files, README.md (model card), the tunesmith config and reports."""
-    if not run.model_dir.exists() or run.read_summary().get("status") != "finished":
+    if not run.model_dir.exists() or run.read_summary().status != "finished":
         raise TunesmithError(f"{run.path}: no finished model to push; finish training (or --resume) first")
     if folder.exists():
         raise TunesmithError(f"{folder} already exists; remove it or pass --output to write elsewhere")

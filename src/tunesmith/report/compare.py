@@ -60,7 +60,7 @@ def write_comparison(runs: list[RunFolder], output: str | Path | None = None) ->
     names = [
         r.path.name if [x.path.name for x in runs].count(r.path.name) == 1 else str(r.path) for r in runs
     ]
-    summaries = [r.read_summary() for r in runs]
+    summaries = [r.read_summary().to_dict() for r in runs]
     curves = [(name, r.read_metrics()) for name, r in zip(names, runs, strict=True)]
     figures = {
         "plot-validation-loss": plots.overlaid_curves(curves, "eval_loss", "validation loss"),

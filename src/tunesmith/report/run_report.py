@@ -20,8 +20,8 @@ def _read_json(path: Path) -> dict | None:
 
 def best_step(summary: dict, records: list[dict], metric: str, greater: bool) -> int | None:
     """The best checkpoint's step (run.json), else the evaluation with the best train.metric."""
-    if summary.get("best_checkpoint"):
-        return checkpoint_step(Path(summary["best_checkpoint"]))
+    if summary.best_checkpoint:
+        return checkpoint_step(Path(summary.best_checkpoint))
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
     steps, values = plots.series(records, key)
     if not values:
@@ -72,7 +72,7 @@ def collect(run: RunFolder, task) -> dict:
     columns, evaluation_table = evaluation_rows(records)
     train_losses = plots.series(records, "loss")[1]
     figures = {
-        "plot-loss": plots.loss_curves(records, best, summary.get("overfitting")),
+        "plot-loss": plots.loss_curves(records, best, summary.overfitting),
         "plot-lr": plots.learning_rate(records),
         "plot-throughput": plots.throughput(records),
     }
@@ -84,7 +84,7 @@ def collect(run: RunFolder, task) -> dict:
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cfg": cfg,
         "config_text": run.config_file.read_text(encoding="utf-8"),
-        "summary": summary,
+        "summary": summary.to_dict(),  # the template tests `is defined`: fields not reached are absent
         "data": data_report,
         "records": records,
         "figures": figures,

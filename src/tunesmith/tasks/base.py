@@ -11,7 +11,7 @@ from typing import Any
 
 from tunesmith.config import Config, DataConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder, RunSummary
 from tunesmith.tasks.common import bad_rows_error
 
 
@@ -60,9 +60,9 @@ class Task:
         """`tunesmith eval`: {"task", "examples", "tuned", "baseline", optionally "generated"}."""
         raise NotImplementedError
 
-    def final_metric(self, summary: dict, name: str) -> float | None:
+    def final_metric(self, summary: RunSummary, name: str) -> float | None:
         """The run's final validation value of metric `name` (for sweeps), or None when it has none."""
-        return (summary.get("validation") or {}).get(name)
+        return (summary.validation or {}).get(name)
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         """Task-specific figures for report.html: element id -> PNG data URI (empty ones are dropped)."""

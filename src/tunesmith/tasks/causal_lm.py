@@ -152,7 +152,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if stopped:
         say(stop_message(trainer))
         run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), CAUSAL_LM) | {"run_dir": str(run.path)}
+        return finish_run(run, cfg, run.read_summary(), CAUSAL_LM)
 
     trainer.save_model(str(run.model_dir))
     if is_main():
@@ -171,7 +171,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if validation_rows:
         after = _evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
-        before = summary.get("validation_loss_before")
+        before = summary.validation_loss_before
         say(
             f"validation loss after training: {after['eval_loss']:.4f}"
             + (f" (before: {before:.4f})" if before else "")
@@ -182,12 +182,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         )
     if reference is not None:
         after = reference.score(model, pad_id, cfg.eval.batch_size)
-        result["forgetting"] = drift(summary["reference_before"], after, cfg.eval.forgetting_threshold)
+        result["forgetting"] = drift(summary.reference_before, after, cfg.eval.forgetting_threshold)
         result["forgetting"]["reference"] = reference.path
         say(describe_drift(result["forgetting"], reference.path))
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), CAUSAL_LM) | {"run_dir": str(run.path)}
+    return finish_run(run, cfg, run.read_summary(), CAUSAL_LM)
 
 
 def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
@@ -258,8 +258,8 @@ class CausalLMTask(Task):
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         return causal_lm_run.evaluate(run, data, baseline, generations)
 
-    def final_metric(self, summary: dict, name: str) -> float | None:
-        return summary.get("validation_loss_after") if name == "loss" else None
+    def final_metric(self, summary, name: str) -> float | None:
+        return summary.validation_loss_after if name == "loss" else None
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         from tunesmith.report import plots

@@ -45,15 +45,15 @@ def load_run_renderer(run: RunFolder) -> Renderer:
     summary = run.read_summary()
     if not run.model_dir.exists():
         raise TunesmithError(
-            f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
+            f"{run.path}: no trained model yet (status: {summary.status}); finish training or --resume it"
         )
     tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
-    return Renderer(tokenizer, "chat" if summary.get("template") == "chat" else "classic")
+    return Renderer(tokenizer, "chat" if summary.template == "chat" else "classic")
 
 
 def base_model_path(run: RunFolder, cfg: Config) -> str:
     """The base the run trained from: as recorded, or resolved again from the config when it moved."""
-    recorded = run.read_summary().get("base_model_path")
+    recorded = run.read_summary().base_model_path
     if recorded and Path(recorded).exists():
         return recorded
     return resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
@@ -120,7 +120,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
         if hasattr(model, "disable_adapter"):  # LoRA/DoRA: the base is the same weights with the adapter off
             context, base_model = model.disable_adapter(), model
         else:
-            base_model = load_model(run.read_summary()["base_model_path"], cfg.model)
+            base_model = load_model(run.read_summary().base_model_path, cfg.model)
             context = nullcontext()
         with context:
             base, base_outputs = score(base_model)

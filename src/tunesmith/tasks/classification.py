@@ -156,7 +156,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     else:
         result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
     if reference is not None and result.get("status") == "finished":
-        before = run.read_summary()["reference_before"]
+        before = run.read_summary().reference_before
         result["forgetting"] = drift(
             before, reference.score(model, *probe), cfg.eval.forgetting_threshold, "accuracy"
         )
@@ -164,13 +164,13 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         say(describe_drift(result["forgetting"], reference.path))
     if result.get("status") == "stopped":
         run.update_summary(**result)
-        return finish_run(run, cfg, run.read_summary(), task) | {"run_dir": str(run.path)}
+        return finish_run(run, cfg, run.read_summary(), task)
     if is_main():
         modality.save(run.model_dir)
     result["peak_memory_mb"] = peak_memory_mb()
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), task) | {"run_dir": str(run.path)}
+    return finish_run(run, cfg, run.read_summary(), task)
 
 
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
@@ -350,9 +350,6 @@ class ClassificationTask(Task):
         from tunesmith.tasks import classification_run
 
         return classification_run.evaluate(run, data, baseline)
-
-    def final_metric(self, summary: dict, name: str) -> float | None:
-        return (summary.get("validation") or {}).get(name)
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         from tunesmith.report import plots

@@ -27,20 +27,20 @@ class RunClassifier:
     def __init__(self, run: RunFolder):
         cfg = run.load_config()
         summary = run.read_summary()
-        if summary.get("status") != "finished" or not run.model_dir.exists():
+        if summary.status != "finished" or not run.model_dir.exists():
             raise TunesmithError(
-                f"{run.path}: no trained model yet (status: {summary.get('status', 'unknown')}); finish training or --resume it"
+                f"{run.path}: no trained model yet (status: {summary.status}); finish training or --resume it"
             )
-        self.cfg, self.labels = cfg, summary["labels"]
+        self.cfg, self.labels = cfg, summary.labels
         self.multi_label = summary.get("multi_label", False)
-        base_path = summary.get("base_model_path")
+        base_path = summary.base_model_path
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         self.head = None
-        if not get_method(summary["method"]).trains_network:
+        if not get_method(summary.method).trains_network:
             self.head, _ = FeatureHead.load(run.model_dir)
             weights = base_path
-        elif summary.get("is_adapter"):
+        elif summary.is_adapter:
             weights = base_path
         else:
             weights = str(run.model_dir)
@@ -49,7 +49,7 @@ class RunClassifier:
         self.model = load_model(
             weights, cfg.model, None, auto_class, **classifier_arguments(cfg, self.labels)
         )
-        if summary.get("is_adapter"):
+        if summary.is_adapter:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(run.model_dir))
@@ -147,7 +147,7 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
 
     cfg = run.load_config()
     summary = run.read_summary()
-    labels = summary["labels"]
+    labels = summary.labels
     data_cfg = data_for_eval(cfg.data, data, labels)
     classifier = RunClassifier(run)
     checked = check_labelled(data_cfg, classifier.modality.name)
@@ -172,13 +172,13 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
         # The untouched base: the pretrained network with a new head for these labels, seeded as training seeded it.
         set_seed(cfg.train.seed)
         network = load_model(
-            summary["base_model_path"],
+            summary.base_model_path,
             cfg.model,
             None,
             classifier.modality.auto_class,
             **classifier_arguments(cfg, labels),
         )
-        fresh_head_unless_same_labels(network, summary["base_model_path"], labels)
+        fresh_head_unless_same_labels(network, summary.base_model_path, labels)
         classifier.model, classifier.head = network.to(classifier.device).eval(), None
         base = scores(classifier.logits(inputs, cfg.eval.batch_size, progress=False))
     return {"task": cfg.task, "examples": len(examples), "tuned": tuned, "baseline": base}
@@ -187,9 +187,9 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
 def exportable(run: RunFolder) -> Exportable:
     """The merged classifier, probes of two shapes, and validation batches for the accuracy check."""
     summary = run.finished_summary("export")
-    if not get_method(summary["method"]).trains_network:
+    if not get_method(summary.method).trains_network:
         raise TunesmithError(
-            f"{run.path}: a {summary['method']} run has no tuned network to export; its classifier is "
+            f"{run.path}: a {summary.method} run has no tuned network to export; its classifier is "
             "model/features_head.json over the unchanged base model"
         )
     classifier = RunClassifier(run)

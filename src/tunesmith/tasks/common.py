@@ -10,7 +10,7 @@ from tunesmith.config import DataConfig
 from tunesmith.console import say
 from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported for the recipes)
 from tunesmith.errors import TunesmithError
-from tunesmith.run_folder import RunFolder
+from tunesmith.run_folder import RunFolder, RunSummary
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
 
 
@@ -57,13 +57,14 @@ def data_for_eval(data: DataConfig, source: str | Path | None, labels: list[str]
     return data.model_copy(update=update)
 
 
-def finish_run(run: RunFolder, cfg, summary: dict, task) -> dict:
-    """Every run's last step: the overfitting verdict from metrics.jsonl, then report.html."""
+def finish_run(run: RunFolder, cfg, summary: RunSummary, task) -> dict:
+    """Every run's last step: the overfitting verdict from metrics.jsonl, then report.html; returns run.json's
+    fields and the run folder (what api.train returns)."""
     from tunesmith.console import is_main
     from tunesmith.evaluation.overfitting import overfitting_signal
 
     if not is_main():
-        return summary
+        return summary.to_dict() | {"run_dir": str(run.path)}
     summary = run.update_summary(
         overfitting=overfitting_signal(run.read_metrics(), cfg.eval.overfit_patience)
     )
@@ -75,7 +76,7 @@ def finish_run(run: RunFolder, cfg, summary: dict, task) -> dict:
         say(
             f"report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with `tunesmith report {run.path}`"
         )
-    return summary
+    return summary.to_dict() | {"run_dir": str(run.path)}
 
 
 def decide_checkpointing(cfg, model_config, longest: int | None, precision: str) -> dict:
