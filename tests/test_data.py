@@ -270,3 +270,41 @@ def test_a_cache_file_cut_short_is_tokenized_again(tmp_path, tokenizer):
     again = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
     assert again["report"]["cache"]["hit"] is False and again["train"] == first["train"]
     assert tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)["report"]["cache"]["hit"]
+
+
+def test_library_noise_stays_off_the_screen_unless_verbose(tmp_path):
+    """bitsandbytes logs 'Failed to load CPU gemm_4bit_forward' when imported on AVX-512 BF16 CPUs: never shown."""
+    import os
+    import subprocess
+    import sys
+
+    noise = "Failed to load CPU gemm_4bit_forward from kernels-community: no kernels"
+    fake = tmp_path / "libraries" / "bitsandbytes"
+    fake.mkdir(parents=True)
+    # A stand-in that speaks as bitsandbytes does at import, on any CPU (the real one only does on some).
+    (fake / "__init__.py").write_text(
+        f"import logging, warnings\nlogging.getLogger('bitsandbytes.backends.cpu.ops').warning({noise!r})\n"
+        "warnings.warn('bitsandbytes: a library UserWarning', UserWarning)\n"
+    )
+    data = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(3))
+    script = (
+        "import sys\nfrom tunesmith.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('bitsandbytes imported by the command:', 'bitsandbytes' in sys.modules)\n"
+        "import bitsandbytes  # as peft does inside `train`: the library speaks at import\n"
+        "sys.exit(code)\n"
+    )
+    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+
+    def tunesmith(*args):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout + result.stderr
+
+    quiet = tunesmith("data", "check", str(data))
+    assert "all rows valid" in quiet and "bitsandbytes imported by the command: False" in quiet
+    assert "gemm_4bit_forward" not in quiet and "UserWarning" not in quiet
+    verbose = tunesmith("--verbose", "data", "check", str(data))
+    assert noise in verbose and "a library UserWarning" in verbose

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -426,6 +427,13 @@ def run(args: argparse.Namespace) -> int:
 def _quiet_libraries() -> None:
     """Our own progress bar and messages say what happens; library warnings stay, their chatter goes."""
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Library log lines and warnings about the libraries themselves (bitsandbytes' missing CPU kernels on
+    # every import, torch deprecations) are not the user's to act on; --verbose shows them.
+    warnings.filterwarnings(
+        "ignore", module=r"(torch|transformers|peft|trl|accelerate|datasets|bitsandbytes)\b"
+    )
+    for library in ("bitsandbytes", "torch", "peft", "trl", "accelerate", "datasets"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
