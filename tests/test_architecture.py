@@ -1,0 +1,87 @@
+"""The structure stays as docs/architecture.md draws it: task names only in tasks/, floors that import
+downwards only, one table of CLI verbs in sync with the API, help text on every option."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunesmith import api, cli
+from tunesmith.registry import task_names
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "tunesmith"
+
+
+def test_task_names_appear_only_inside_tasks():
+    pattern = re.compile("|".join(f'"{re.escape(name)}"' for name in task_names()))
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*"))
+        if path.is_file() and path.suffix in {".py", ".j2", ".html"} and "tasks" not in path.parts
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if pattern.search(line)
+    ]
+    assert found == []
+
+
+def _lint_imports(source: Path, cwd: Path) -> subprocess.CompletedProcess:
+    linter = Path(sys.executable).with_name("lint-imports")
+    env = {"PYTHONPATH": str(source), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([str(linter)], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+
+
+def test_the_layers_contract_holds_and_catches_an_upward_import(tmp_path):
+    shutil.copytree(PACKAGE, tmp_path / "src" / "tunesmith", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    kept = _lint_imports(tmp_path / "src", tmp_path)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    readers = tmp_path / "src" / "tunesmith" / "data" / "readers.py"
+    readers.write_text(
+        readers.read_text() + "\nfrom tunesmith import api  # noqa: E402  (deliberately upward)\n"
+    )
+    broken = _lint_imports(tmp_path / "src", tmp_path)
+    assert broken.returncode != 0
+    assert "tunesmith.data.readers -> tunesmith.api" in broken.stdout
+
+
+def test_every_verb_calls_an_api_function_and_every_api_function_has_a_verb():
+    public = {
+        name
+        for name, value in vars(api).items()
+        if inspect.isfunction(value) and value.__module__ == api.__name__ and not name.startswith("_")
+    }
+    called = {verb.function for verb in cli.VERBS.values()}
+    assert called <= public  # no verb names a function the API lacks
+    assert public - called == {"serve_app"}  # the one API call with no verb: the app object for ASGI hosts
+
+
+def _options(parser: argparse.ArgumentParser, path: str):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _options(child, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_option_of_every_verb_has_help_text():
+    parser = cli._parser()
+    missing = [f"{path}: {action.dest}" for path, action in _options(parser, "tunesmith") if not action.help]
+    assert missing == []
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(verbs.choices) == set(cli.VERBS)
+
+
+@pytest.mark.parametrize("verb", sorted(cli.VERBS))
+def test_each_verb_explains_itself(verb, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([verb, "--help"])
+    assert cli.VERBS[verb].help in " ".join(capsys.readouterr().out.split())
