@@ -7,7 +7,9 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from tunesmith.config import Config, dump_config, load_config
+import yaml
+
+from tunesmith.config import Config, load_config
 from tunesmith.console import is_main
 from tunesmith.errors import TunesmithError
 
@@ -40,6 +42,7 @@ class RunSummary:
     processes: int | None = None  # data-parallel processes
     template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
     stop_token_ids: list | None = None  # causal LM: tokens that end an answer
+    defaults: dict | None = None  # settings left unset, chosen at run time: key -> {"value", "why"}
     hardware: dict | None = None  # CPU/GPU description
     versions: dict | None = None  # library versions
     # -- classification
@@ -53,9 +56,9 @@ class RunSummary:
     # -- training
     global_step: int | None = None  # optimizer steps taken
     train_loss: float | None = None  # mean training loss over the run
-    train_seconds: float | None = None  # time in the training loop
+    train_seconds: float | None = None  # time in training steps (evaluations and checkpoint writes left out)
     train_tokens: int | None = None  # tokens trained on
-    tokens_per_second: float | None = None  # train_tokens / train_seconds
+    tokens_per_second: float | None = None  # train_tokens / train_seconds: training only
     examples_per_second: float | None = None  # for inputs that are not tokens (images, audio)
     best_checkpoint: str | None = None  # the checkpoint the final weights come from
     best_metric: float | None = None  # its train.metric value
@@ -68,6 +71,7 @@ class RunSummary:
     reference_before: dict | None = None  # forgetting check: the reference score before training
     forgetting: dict | None = None  # forgetting check: before, after, drift, warning
     overfitting: dict | None = None  # the overfitting signal from the loss curves
+    collapse: dict | None = None  # the model gives one answer whatever the input: {"kind", "seen", "causes"}
 
     @classmethod
     def from_dict(cls, record: dict) -> RunSummary:
@@ -106,7 +110,10 @@ class RunFolder:
 
     @classmethod
     def for_training(cls, config: Config, default_name: str, resume: bool) -> RunFolder:
-        """A new folder (name, name-2, name-3, ...: an earlier run is never reused), or with resume the latest."""
+        """A new folder (name, name-2, name-3, ...: an earlier run is never reused), or with resume the latest.
+
+        The latest folder is reused when it holds a start that failed before training (no run.json, no
+        checkpoint, no model): retrying a broken config does not leave a trail of empty numbered folders."""
         launched = os.environ.get(RUN_DIR_ENV)
         if launched:  # a rank started by `--nproc`: the launcher already chose the folder
             return cls(Path(launched))
@@ -122,9 +129,16 @@ class RunFolder:
             if not existing:
                 raise TunesmithError(f"--resume: no run named '{name}' under {root}; start without --resume")
             return cls(existing[-1])
+        if existing and cls(existing[-1]).failed_start():
+            return cls(existing[-1])
         path = next(path for path in candidates if not path.exists())
         path.mkdir(parents=True)
         return cls(path)
+
+    def failed_start(self) -> bool:
+        """The folder of a start that stopped before training began: nothing in it is worth keeping."""
+        trained = (self.summary, self.checkpoints, self.model_dir, self.metrics)
+        return self.path.is_dir() and not any(path.exists() for path in trained)
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
@@ -140,8 +154,11 @@ class RunFolder:
 
     # Only rank 0 writes the run folder; other ranks' writes are no-ops.
     def save_config(self, config: Config) -> None:
+        """config.yaml as the user wrote it (file paths made absolute): settings left unset stay unset, so a
+        rerun or --nproc worker chooses the same defaults (what was chosen is in run.json: defaults)."""
         if is_main():
-            dump_config(config, self.config_file)
+            raw = config.model_dump(mode="json", exclude_unset=True)
+            self.config_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
     def write_json(self, path: Path, payload: dict) -> None:
         if not is_main():

@@ -13,6 +13,8 @@ from tunesmith.console import is_main, say, world_size
 from tunesmith.data.collate import pack, pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data
 from tunesmith.data.templates import Renderer
+from tunesmith.evaluation.collapse import describe as describe_collapse
+from tunesmith.evaluation.collapse import generator_alarm
 from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
@@ -20,7 +22,7 @@ from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import causal_lm_run
+from tunesmith.tasks import causal_lm_run, defaults
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.checkpoints import checkpoint_step
@@ -60,13 +62,12 @@ def sample_conversations(validation_examples, count: int):
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
     checked = CAUSAL_LM.validated_data(cfg)
+    cache_dir = default_cache_dir(cfg.output.cache_dir)
+    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
+    tokenizer = load_tokenizer(model_path, cfg.model)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
     run.save_config(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-
-    model_path = resolve_model(cfg.model, cache_dir)
-    tokenizer = load_tokenizer(model_path, cfg.model)
     renderer = Renderer(tokenizer, cfg.data.template)
     data = tokenize_data(checked, cfg.data, renderer, cache_dir)
     report = {**checked.report, **data["report"]}
@@ -80,6 +81,10 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         )
         train_rows = packed
 
+    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
+    run_cfg, choices = defaults.choose(cfg, len(train_rows), bool(validation_rows), defaults.GENERATOR)
+    defaults.announce(choices)
+
     method = get_method(cfg.method.name)
     set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
     model = method.apply(
@@ -92,12 +97,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     )
     precision = pick_precision(cfg.train.precision)
     checkpointing = decide_checkpointing(
-        cfg, model.config, max(len(r["input_ids"]) for r in train_rows), precision
+        run_cfg, model.config, max(len(r["input_ids"]) for r in train_rows), precision
     )
     resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
-        cfg,
+        run_cfg,
         run,
         model,
         tokenizer,
@@ -121,6 +126,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         processes=world_size(),
         template=renderer.kind,
         stop_token_ids=renderer.stop_token_ids(),
+        defaults=defaults.record(choices),
         hardware=describe_hardware(),
         versions=library_versions(),
     )
@@ -141,9 +147,8 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     # Evaluation and rank-0-only sample generation above may have drawn random numbers on some ranks only;
     # re-seed so every rank (and a single-process run) shuffles the data identically.
     set_seed(cfg.train.seed)
-    train_started = time.time()
     output, stopped = fit(trainer, resume_from)
-    train_seconds = time.time() - train_started
+    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
     before = _evaluation_logged_at(
         trainer, 0
     )  # train.eval_on_start: evaluated inside the loop, before step 1
@@ -177,9 +182,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
             + (f" (before: {before:.4f})" if before else "")
         )
     if samples:
-        write_samples(
-            run, samples, generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        )
+        tuned = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
+        write_samples(run, samples, tuned)
+        alarm = generator_alarm(tuned)
+        if alarm is not None:
+            say(describe_collapse(alarm))
+            result["collapse"] = alarm
     if reference is not None:
         after = reference.score(model, pad_id, cfg.eval.batch_size)
         result["forgetting"] = drift(summary.reference_before, after, cfg.eval.forgetting_threshold)

@@ -22,14 +22,25 @@ from tunesmith.evaluation.classification import (
     probabilities,
     write_evaluation,
 )
+from tunesmith.evaluation.collapse import classifier_alarm
+from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.evaluation.forgetting import ProbeReference, drift
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.methods import count_parameters
-from tunesmith.methods.features import FeatureHead, cached_embeddings, embed, model_fingerprint
+from tunesmith.methods.features import (
+    FeatureHead,
+    cached_embeddings,
+    embed,
+    head_inputs,
+    linear_head,
+    model_fingerprint,
+    solve_head,
+)
 from tunesmith.models.anatomy import head_names
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.registry import get_method, get_task, register_task
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
 from tunesmith.tasks.modalities import AudioModality, ImageModality, TextModality
@@ -103,13 +114,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     task = get_task(cfg.task)
     started = time.time()
     checked = task.validated_data(cfg)
+    cache_dir = default_cache_dir(cfg.output.cache_dir)
+    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
+    modality = task.modality(model_path, cfg.model, cfg.data)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
     run.save_config(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-
-    model_path = resolve_model(cfg.model, cache_dir)
-    modality = task.modality(model_path, cfg.model, cfg.data)
     labels = checked.report["labels"]
     label_ids = {label: i for i, label in enumerate(labels)}
     train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
@@ -130,6 +140,16 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         f"strategy {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
+    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
+    run_cfg, choices = defaults.choose(
+        cfg, len(checked.train), len(checked.validation) > 0, defaults.CLASSIFIER
+    )
+    solve = method.trains_network and solvable_head(model, cfg)
+    if solve:
+        choices = [defaults.Choice("method", "head solved", SOLVED_HEAD)]
+    if not method.trains_network:
+        choices = []  # a logistic regression: no learning rate, epochs or evaluations to choose
+    defaults.announce(choices)
     run.update_summary(
         status="running",
         task=cfg.task,
@@ -144,6 +164,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         processes=world_size(),
         hardware=describe_hardware(),
         versions=library_versions(),
+        defaults=defaults.record(choices),
     )
     reference = ProbeReference.load(cfg, modality) if cfg.eval.reference else None
     probe = (modality.collator(model), cfg.eval.batch_size, modality.name == "text", cfg.train.seed)
@@ -153,8 +174,10 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         say(f"forgetting check: reference probe accuracy before training {before['accuracy']:.4f}")
     if not method.trains_network:
         result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
+    elif solve:
+        result = fit_solved_head(cfg, run, model, modality, train_set, validation_set)
     else:
-        result = fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks)
+        result = fit_network(run_cfg, run, model, modality, train_set, validation_set, resume, callbacks)
     if reference is not None and result.get("status") == "finished":
         before = run.read_summary().reference_before
         result["forgetting"] = drift(
@@ -171,6 +194,53 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
     return finish_run(run, cfg, run.read_summary(), task)
+
+
+SOLVED_HEAD = (
+    "only a linear head trains and no learning rate, epochs or max_steps was set: the head is solved by "
+    "logistic regression on what it reads from the frozen body (as features does) and loaded as its weights; "
+    "set train.learning_rate to train it by gradient steps instead"
+)
+
+
+def solvable_head(model, cfg: Config) -> bool:
+    """Only the model's single linear head trains, and the user chose no way to train it by gradient steps."""
+    head = linear_head(model)
+    if (
+        head is None
+        or world_size() > 1
+        or cfg.train.model_fields_set & {"learning_rate", "epochs", "max_steps"}
+    ):
+        return False
+    in_head = {id(p) for p in head.parameters()}
+    return all(id(p) in in_head for p in model.parameters() if p.requires_grad)
+
+
+def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dict:
+    """The head as a logistic regression on the frozen body's outputs, loaded as the head's weights."""
+    started = time.time()
+    collator = modality.collator(model)
+    train_inputs = head_inputs(model, train_set.dataset, collator, cfg.eval.batch_size)
+    targets = np.asarray(train_set.targets)
+    solve_head(model, train_inputs, targets, cfg.method, cfg.data.multi_label, cfg.train.seed)
+    say(f"head: solved on {train_inputs.shape[0]} training inputs of size {train_inputs.shape[1]}")
+    if is_main():
+        model.save_pretrained(str(run.model_dir))
+    result = {"status": "finished", "train_seconds": round(time.time() - started, 1), "global_step": 0}
+    if len(validation_set.dataset):
+        inputs = torch.as_tensor(head_inputs(model, validation_set.dataset, collator, cfg.eval.batch_size))
+        with torch.no_grad():
+            logits = linear_head(model)(inputs.to(linear_head(model).weight.dtype)).float().numpy()
+        result |= evaluate_logits(
+            cfg,
+            run,
+            validation_set.text_scores(logits, cfg.data.multi_label),
+            np.asarray(validation_set.text_targets),
+            model.config.id2label,
+        )
+        record = {"step": 0, **{f"eval_{k}": v for k, v in result["validation"].items()}}
+        run.metrics.write_text(json.dumps(record) + "\n")
+    return result
 
 
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
@@ -195,9 +265,8 @@ def fit_network(cfg, run, model, modality, train_set, validation_set, resume, ca
         gradient_checkpointing=checkpointing["enabled"],
     )
     set_seed(cfg.train.seed)
-    train_started = time.time()
     output, stopped = fit(trainer, resume_from)
-    seconds = time.time() - train_started
+    seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
     if stopped:
         say(stop_message(trainer))
         return {"status": "stopped", "global_step": trainer.state.global_step}
@@ -240,7 +309,12 @@ def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> d
         f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f} "
         f"on {report['examples']} examples (run folder: evaluation.json, confusion_matrix.png)"
     )
-    return {"validation": {k: report[k] for k in report if isinstance(report[k], float)}}
+    result = {"validation": {k: report[k] for k in report if isinstance(report[k], float)}}
+    alarm = classifier_alarm(targets, predictions, names, report["f1_macro"], cfg.data.multi_label)
+    if alarm is not None:
+        say(describe_collapse(alarm))
+        result["collapse"] = alarm
+    return result
 
 
 def fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir) -> dict:

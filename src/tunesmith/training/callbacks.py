@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -12,15 +13,31 @@ from transformers import TrainerCallback
 
 
 class TokenCounter:
-    """Reads the collator's count of real (non-padding) tokens to report tokens per second."""
+    """Training throughput: the collator's count of real (non-padding) tokens and the time since training began,
+    less what evaluation and checkpoint writes took (the Trainer wraps those in `excluded()`)."""
 
     def __init__(self, collator):
         self.collator = collator
-        self.started_at = time.perf_counter()
-        self.tokens_at_start = collator.real_tokens
+        self.restart()
 
     def restart(self) -> None:
         self.started_at, self.tokens_at_start = time.perf_counter(), self.collator.real_tokens
+        self.excluded_seconds, self.excluded_tokens = 0.0, 0
+
+    @contextmanager
+    def excluded(self):
+        """Work done inside (an evaluation, a checkpoint write) counts neither its tokens nor its time."""
+        started, tokens = time.perf_counter(), self.collator.real_tokens
+        try:
+            yield
+        finally:
+            self.excluded_seconds += time.perf_counter() - started
+            self.excluded_tokens += self.collator.real_tokens - tokens
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent training since the start (or the resume)."""
+        return time.perf_counter() - self.started_at - self.excluded_seconds
 
     @property
     def unit(self) -> str:
@@ -29,11 +46,12 @@ class TokenCounter:
 
     @property
     def tokens(self) -> int:
-        return self.collator.real_tokens - self.tokens_at_start
+        """Real tokens (or examples) trained on since the start (or the resume)."""
+        return self.collator.real_tokens - self.tokens_at_start - self.excluded_tokens
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / max(time.perf_counter() - self.started_at, 1e-9)
+        return self.tokens / max(self.seconds, 1e-9)
 
 
 class MetricsLogger(TrainerCallback):

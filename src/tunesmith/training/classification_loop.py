@@ -141,4 +141,5 @@ def build_classification_trainer(
     if cfg.train.class_weights:
         trainer.loss_weights = class_weights(targets, num_labels, cfg.data.multi_label)
     quiet(trainer)
+    trainer.counter = counter
     return trainer, counter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -40,9 +41,23 @@ def planned_steps(cfg: Config, train_rows: int) -> int:
 
 
 class AtomicCheckpoints:
-    """Trainer mixin: checkpoints are staged, checksummed (manifest) and renamed into place, never half-written."""
+    """Trainer mixin: checkpoints are staged, checksummed (manifest) and renamed into place, never half-written;
+    evaluations and checkpoint writes are left out of the training throughput (`counter`, a TokenCounter)."""
+
+    counter = None
+
+    def _excluded(self):
+        return self.counter.excluded() if self.counter is not None else contextlib.nullcontext()
+
+    def evaluate(self, *args, **kwargs):
+        with self._excluded():
+            return super().evaluate(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
+        with self._excluded():
+            self._save_checkpoint_atomically(model, trial)
+
+    def _save_checkpoint_atomically(self, model, trial):
         """Stage the checkpoint in checkpoints/.partial, checksum it, then rename it into place."""
         root = Path(self.args.output_dir)
         staging = root / STAGING
@@ -279,6 +294,7 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.sparse_lm_head = cfg.train.sparse_lm_head
+    trainer.counter = counter
     quiet(trainer)
     return trainer, counter
 
