@@ -64,12 +64,21 @@ class ClassificationTrainer(AtomicCheckpoints, Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         weights = self.loss_weights.to(outputs.logits.device)
+        # Summed, then divided by the whole accumulated batch's count (num_items_in_batch, as the Trainer
+        # expects from a model that takes it): batch 2 x accumulation 2 then steps exactly as batch 4. A
+        # per-micro-batch weighted mean would be summed over the micro-batches, scaling the step by their
+        # number, and its divisor (the batch's weight sum) cannot be added up across them.
         if self.multi_label:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                outputs.logits.float(), labels.float(), pos_weight=weights
+                outputs.logits.float(), labels.float(), pos_weight=weights, reduction="sum"
             )
         else:
-            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights)
+            loss = torch.nn.functional.cross_entropy(
+                outputs.logits.float(), labels, weight=weights, reduction="sum"
+            )
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages over ranks; the count covers them all
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
