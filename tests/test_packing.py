@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -63,3 +64,44 @@ def test_padded_batch_rows_do_not_change_packed_losses(tiny_model, tokenizer):
         alone, _ = token_losses(model, collator([row]))
         width = len(row["input_ids"]) - 1
         assert torch.allclose(together[index, :width], alone[0, :width], atol=1e-5)
+
+
+TEXTS = ["the cat sat on a mat", "dogs ran to the park and birds sang songs about rain", "market shares rose"]
+
+
+@pytest.mark.parametrize(
+    "items_of",
+    [
+        pytest.param(
+            lambda r: [encode(Example(str(i), c), r, "all") for i, c in enumerate(CONVERSATIONS)],
+            id="chat-loss-on-all",
+        ),
+        pytest.param(
+            lambda r: [encode(Example(str(i), text=t), r, "response") for i, t in enumerate(TEXTS)],
+            id="plain-text",
+        ),
+    ],
+)
+def test_no_loss_crosses_a_boundary_when_every_token_is_trained(tiny_model, tokenizer, items_of):
+    """With loss_on: all or plain text an example's first token is a target: packing alone must mask it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    items = items_of(Renderer(tokenizer, "chat"))
+    assert all(item["labels"][0] != IGNORE for item in items)  # the case the chat test cannot see
+    rows = pack(items, max_length=512)
+    assert len(rows) == 1
+    losses, targets = token_losses(model, PackedCollator(tokenizer.pad_token_id)(rows))
+    positions = rows[0]["position_ids"]
+    starts = [index for index, position in enumerate(positions) if position == 0]
+    assert len(starts) == len(items)
+    for start in starts[1:]:
+        # the first token of each later example would be predicted from the previous example's last token
+        assert targets[0, start - 1].item() == IGNORE
+    packed = [
+        losses[0, a : b - 1].sum().item() for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)
+    ]
+    order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
+    for slot, index in enumerate(order):
+        alone, _ = token_losses(model, PadCollator(tokenizer.pad_token_id)([items[index]]))
+        assert abs(packed[slot] - alone.sum().item()) < 1e-4, (slot, packed[slot], alone.sum().item())
+    supervised = sum(sum(label != IGNORE for label in item["labels"][1:]) for item in items)
+    assert int(targets.ne(IGNORE).sum()) == supervised  # exactly one target fewer per example than unpacked
