@@ -6,12 +6,14 @@ matched against each task's `provides`), so no task or config code has to name m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import Config, MethodConfig
 from tunesmith.registry import METHODS, get_method, register_method
+
+LORA_REFERENCE_SCALE = 2.0  # alpha / r of the default lora settings (r 8, alpha 16) the rates are set for
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,23 @@ class Method:
     quantization_config: Callable[[MethodConfig], Any] = lambda cfg: None  # the base loads quantized
     needs: frozenset[str] = field(default_factory=frozenset)  # capabilities the task must provide
     trains_network: bool = True  # False: the network only embeds; a separate fitting step learns
+    # The learning rate used when train.learning_rate is unset, per kind of model a task trains (Task.model_kind:
+    # "classifier", a pretrained body with a new head; "generator", a pretrained causal LM).
+    learning_rates: Mapping[str, float] = field(default_factory=dict)
+
+    def default_learning_rate(self, kind: str, cfg: MethodConfig) -> tuple[float, str] | None:
+        """(rate, why) for a model of `kind`; None when this method declares none (it takes no gradient steps)."""
+        rate = self.learning_rates.get(kind)
+        if rate is None:
+            return None
+        why = f"{self.name} on a {kind}"
+        if self.is_adapter:  # the adapter's update is scaled by alpha / r: keep the step the same size
+            scale = cfg.lora.alpha / cfg.lora.r
+            rate *= LORA_REFERENCE_SCALE / scale
+            why += (
+                f", scaled for lora alpha/r = {scale:g} (the rate is for alpha/r = {LORA_REFERENCE_SCALE:g})"
+            )
+        return float(f"{rate:.3g}"), why
 
     def config_problems(self, cfg: Config, provides: frozenset[str]) -> list[str]:
         """What in `cfg` this method cannot do, one line each (the task's capabilities are `provides`)."""

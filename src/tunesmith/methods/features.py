@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from tunesmith.config import MethodConfig
 from tunesmith.methods import Method, register
-from tunesmith.models.anatomy import base_module, forward_inputs
+from tunesmith.models.anatomy import base_module, forward_inputs, head_names
 
 HEAD_FILE = "features_head.json"
 CACHE_VERSION = "1"
@@ -138,3 +138,45 @@ register(
         trains_network=False,
     )
 )
+
+
+def linear_head(model) -> torch.nn.Linear | None:
+    """The model's head when it is one linear layer producing the logits (BERT, ViT), else None."""
+    heads = [getattr(model, name) for name in head_names(model)]
+    solvable = len(heads) == 1 and isinstance(heads[0], torch.nn.Linear) and heads[0].bias is not None
+    return heads[0] if solvable else None
+
+
+@torch.no_grad()
+def head_inputs(model, dataset, collator, batch_size: int) -> np.ndarray:
+    """What the linear head reads for each example (e.g. BERT's pooler output), from the frozen model."""
+    head = linear_head(model)
+    model.eval()
+    accepted = forward_inputs(model) - {"labels"}
+    device = next(model.parameters()).device
+    captured = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="embed", unit="batch", leave=False):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            model(**{k: v.to(device) for k, v in batch.items() if k in accepted})
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy()
+
+
+def solve_head(
+    model, features: np.ndarray, targets: np.ndarray, cfg: MethodConfig, multi_label: bool, seed: int
+):
+    """Fit a logistic regression on what the head reads (as `features` does) and load it as the head's weights:
+    the frozen body's best linear head, found without a learning rate or a number of steps."""
+    fitted, _ = FeatureHead.fit(features, targets, cfg, multi_label, seed)
+    weight = fitted.coef / fitted.scale  # the scaler folded into the linear layer
+    bias = fitted.intercept - weight @ fitted.mean
+    if not multi_label and weight.shape[0] == 1:  # binary: scikit-learn keeps one row, for class 1
+        weight = np.concatenate([np.zeros_like(weight), weight])
+        bias = np.concatenate([np.zeros_like(bias), bias])
+    head = linear_head(model)
+    head.weight.data.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+    head.bias.data.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return model

@@ -49,6 +49,27 @@ def apply_head(model, cfg: MethodConfig):
 
 
 LAST_N = "the last N blocks (method.last_n) plus everything after them train"
-register(Method("last_n", apply_last_n, is_adapter=False, summary=LAST_N))
-register(Method("freeze", apply_last_n, is_adapter=False, summary="the earlier name of last_n: " + LAST_N))
-register(Method("head", apply_head, is_adapter=False, summary="transfer learning: only the task head trains"))
+# Fewer weights move than in full fine-tuning, and the new head starts from random: a larger step.
+LAST_N_RATES = {"classifier": 1e-4, "generator": 5e-5}
+# A linear head alone on a frozen body is a convex problem: it takes a large step (or is solved, see the
+# classification recipe).
+HEAD_RATES = {"classifier": 1e-3, "generator": 5e-5}
+register(Method("last_n", apply_last_n, is_adapter=False, summary=LAST_N, learning_rates=LAST_N_RATES))
+register(
+    Method(
+        "freeze",
+        apply_last_n,
+        is_adapter=False,
+        summary="the earlier name of last_n: " + LAST_N,
+        learning_rates=LAST_N_RATES,
+    )
+)
+register(
+    Method(
+        "head",
+        apply_head,
+        is_adapter=False,
+        summary="transfer learning: only the task head trains",
+        learning_rates=HEAD_RATES,
+    )
+)

@@ -12,4 +12,6 @@ def apply_full(model, cfg: MethodConfig):
     return model
 
 
-register(Method("full", apply_full, is_adapter=False, summary="every weight trains"))
+# Every weight moves: the smallest step (the rates BERT and LLM fine-tuning papers use).
+RATES = {"classifier": 5e-5, "generator": 2e-5}
+register(Method("full", apply_full, is_adapter=False, summary="every weight trains", learning_rates=RATES))

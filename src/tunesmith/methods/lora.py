@@ -51,7 +51,24 @@ def apply_dora(model, cfg: MethodConfig):
     return get_peft_model(model, peft_config(model, cfg, use_dora=True))
 
 
-register(Method("lora", apply_lora, is_adapter=True, summary="low-rank adapters (peft LoRA) on the body"))
+# Adapters start at zero (B = 0) and few weights move: LoRA needs a step 10-20x that of full fine-tuning;
+# a new classifier head trains alongside. Rates are for alpha / r = 2 and rescaled for other settings.
+RATES = {"classifier": 1e-3, "generator": 2e-4}
 register(
-    Method("dora", apply_dora, is_adapter=True, summary="weight-decomposed low-rank adapters (peft DoRA)")
+    Method(
+        "lora",
+        apply_lora,
+        is_adapter=True,
+        summary="low-rank adapters (peft LoRA) on the body",
+        learning_rates=RATES,
+    )
+)
+register(
+    Method(
+        "dora",
+        apply_dora,
+        is_adapter=True,
+        summary="weight-decomposed low-rank adapters (peft DoRA)",
+        learning_rates=RATES,
+    )
 )

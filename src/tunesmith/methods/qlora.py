@@ -7,6 +7,7 @@ import torch
 from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
+from tunesmith.methods.lora import RATES as LORA_RATES
 from tunesmith.methods.lora import apply_lora
 
 
@@ -46,5 +47,6 @@ register(
         summary="LoRA over a 4-bit (NF4) base loaded through bitsandbytes",
         quantization_config=quantization_config,
         needs=frozenset({"4-bit base"}),
+        learning_rates=LORA_RATES,
     )
 )
