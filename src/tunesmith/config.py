@@ -39,6 +39,17 @@ class DataConfig(Section):
     train_file: str
     validation_file: str | None = None
     validation_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    test_file: str | None = Field(
+        None,
+        description="held-out test data: scored once at the end, never read in training or model selection",
+    )
+    test_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="without test_file: hold out this share of train_file (seeded, stratified for "
+        "classification) as the test split, before validation is split off",
+    )
     format: Literal["auto", "prompt_response", "alpaca", "chat", "text"] = "auto"
     prompt_field: str = "prompt"
     response_field: str = "response"
@@ -289,6 +300,14 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if (
+            self.data.test_file is None
+            and self.data.validation_file is None
+            and (self.data.test_ratio + self.data.validation_ratio >= 1)
+        ):
+            raise ValueError(
+                "data.test_ratio + data.validation_ratio must leave some of train_file for training"
+            )
         if self.train.save_steps and self.train.eval_steps and self.train.save_steps % self.train.eval_steps:
             raise ValueError(
                 "train.save_steps must be a multiple of train.eval_steps (the best checkpoint is chosen at evaluations)"
@@ -421,6 +440,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
     config.data.train_file = resolve(config.data.train_file)
     config.data.validation_file = resolve(config.data.validation_file)
+    config.data.test_file = resolve(config.data.test_file)
     config.eval.reference = resolve(config.eval.reference)
     config.output.dir = resolve(config.output.dir)
     name = Path(config.model.name).expanduser()

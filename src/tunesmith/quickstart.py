@@ -70,6 +70,12 @@ def reference_texts(count: int, used: set[str], seed: int = 0, body_chars: int =
 def headline_examples(
     train: int, validation: int, seed: int = 0, body_chars: int = 600
 ) -> tuple[list[dict], list[dict]]:
+    rows = headline_rows(train + validation, seed, body_chars)
+    return rows[:train], rows[train:]
+
+
+def headline_rows(count: int, seed: int = 0, body_chars: int = 600) -> list[dict]:
+    """The first `count` usable articles in a seeded order, as prompt (article opening) -> response (headline)."""
     examples = []
     for path in _shuffled_articles(seed):
         lines = path.read_text(encoding="latin-1").strip().splitlines()
@@ -82,9 +88,9 @@ def headline_examples(
                     "source": _source(path),
                 }
             )
-        if len(examples) == train + validation:
+        if len(examples) == count:
             break
-    return examples[:train], examples[train:]
+    return examples
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -98,6 +104,8 @@ def quickstart_config() -> dict:
         "data": {
             "train_file": "data/train.jsonl",
             "validation_file": "data/validation.jsonl",
+            # Scored once at the end: the best checkpoint is chosen on validation, so validation is optimistic.
+            "test_file": "data/test.jsonl",
             "max_length": 256,
         },
         "method": {
@@ -118,16 +126,20 @@ def quickstart_config() -> dict:
     }
 
 
-def prepare(folder: str | Path = "quickstart", train: int = 160, validation: int = 20) -> Path:
+def prepare(
+    folder: str | Path = "quickstart", train: int = 160, validation: int = 20, test: int = 20
+) -> Path:
     """Write the data and config (keeping any config the user already edited); return the config path."""
     folder = Path(folder)
-    train_rows, validation_rows = headline_examples(train, validation)
-    for name, rows in (("train", train_rows), ("validation", validation_rows)):
+    rows = headline_rows(train + validation + test)
+    train_rows, validation_rows = rows[:train], rows[train : train + validation]
+    test_rows = rows[train + validation :]
+    for name, rows in (("train", train_rows), ("validation", validation_rows), ("test", test_rows)):
         if not (folder / "data" / f"{name}.jsonl").exists():
             _write_jsonl(folder / "data" / f"{name}.jsonl", rows)
     reference = folder / "data" / "reference.txt"
     if not reference.exists():
-        used = {row["source"] for row in train_rows + validation_rows}
+        used = {row["source"] for row in train_rows + validation_rows + test_rows}
         reference.write_text("\n".join(reference_texts(50, used)) + "\n", encoding="utf-8")
     config_path = folder / "config.yaml"
     if not config_path.exists():
@@ -145,6 +157,12 @@ def print_comparison(summary: dict) -> None:
     if before is not None and after is not None:
         print(
             f"\nvalidation loss: {before:.4f} before -> {after:.4f} after ({100 * (after - before) / before:+.1f}%)"
+        )
+    test, test_before = summary.get("test"), summary.get("test_before")
+    if test and test_before:
+        print(
+            f"test loss (held out, nothing chosen on it): {test_before['loss']:.4f} before -> {test['loss']:.4f} after "
+            f"({100 * (test['loss'] - test_before['loss']) / test_before['loss']:+.1f}%)"
         )
     samples_file = Path(summary["run_dir"]) / "samples.jsonl"
     if not samples_file.exists():

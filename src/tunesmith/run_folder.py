@@ -68,6 +68,8 @@ class RunSummary:
     validation_loss_before: float | None = None  # the untouched model on the validation split
     validation_loss_after: float | None = None  # the final weights on the validation split
     validation: dict | None = None  # final validation metrics (accuracy, F1, ...; preference rewards)
+    test_before: dict | None = None  # the untouched model on the test split (causal LM: loss, perplexity)
+    test: dict | None = None  # the final weights on the test split: nothing was tuned or chosen on it
     reference_before: dict | None = None  # forgetting check: the reference score before training
     forgetting: dict | None = None  # forgetting check: before, after, drift, warning
     overfitting: dict | None = None  # the overfitting signal from the loss curves

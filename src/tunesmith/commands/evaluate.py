@@ -11,9 +11,9 @@ from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder, free_path
 
 
-def _output_folder(run: RunFolder, data: str | Path | None) -> Path:
-    """RUN/eval/<data name>; an earlier evaluation is never overwritten (-2, -3, ...)."""
-    folder = free_path(run.path / "eval" / (Path(data).stem if data else "validation"))
+def _output_folder(run: RunFolder, data: str | Path | None, split: str) -> Path:
+    """RUN/eval/<data name or split>; an earlier evaluation is never overwritten (-2, -3, ...)."""
+    folder = free_path(run.path / "eval" / (Path(data).stem if data else split))
     folder.mkdir(parents=True)
     return folder
 
@@ -36,14 +36,15 @@ def evaluate_run(
     task = get_task(run.load_config().task)
     run.finished_summary("eval")
     result = task.evaluate(run, data, baseline, generations)
-    folder = _output_folder(run, data)
+    split = result.get("split", "validation")
+    folder = _output_folder(run, data, split)
     generated = result.pop("generated", None)
     if generated:
         with (folder / "generations.jsonl").open("w", encoding="utf-8") as handle:
             for record in generated:
                 handle.write(json.dumps(record) + "\n")
     result |= {
-        "data": str(data) if data else "validation split of the run",
+        "data": str(data) if data else f"{split} split of the run",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if result.get("baseline"):

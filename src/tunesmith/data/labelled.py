@@ -16,7 +16,7 @@ from tunesmith.data.media import (
     audio_problem,
     image_problem,
 )
-from tunesmith.data.prepare import CheckedData, clean_and_split
+from tunesmith.data.prepare import CheckedData, clean_and_split, drop_test_overlap, hold_out_test
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -231,15 +231,20 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     if cfg.validation_file:
         validation, more = read_labelled(cfg.validation_file, cfg, modality)
         problems += more
-    problems += unreadable_files(train + validation, modality)
+    test: list[LabelledExample] = []
+    if cfg.test_file:
+        test, more = read_labelled(cfg.test_file, cfg, modality)
+        problems += more
+    problems += unreadable_files(train + validation + test, modality)
     broken = {p.split(": ", 1)[0] for p in problems}
     train = [e for e in train if e.where not in broken]
     validation = [e for e in validation if e.where not in broken]
+    test = [e for e in test if e.where not in broken]
 
     seen = natural_order({label for example in train for label in example.labels})
     label_names = list(cfg.labels) if cfg.labels else seen
     known = set(label_names)
-    for split in (train, validation):
+    for split in (train, validation, test):
         for example in split:
             unknown = [label for label in example.labels if label not in known]
             if unknown:
@@ -251,11 +256,12 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     bad = {p.split(": ", 1)[0] for p in problems}
     train = [e for e in train if e.where not in bad]
     validation = [e for e in validation if e.where not in bad]
+    test = [e for e in test if e.where not in bad]
     report = {
         "modality": modality,
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
-        "rows_read": len(train) + len(validation) + len(problems),
+        "rows_read": len(train) + len(validation) + len(test) + len(problems),
         "bad_rows": len(problems),
         "bad_row_list": problems[:200],
         "on_error": cfg.on_error,
@@ -265,7 +271,9 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
+    train, test = hold_out_test(train, test, cfg, report, stratified_split)
     train, validation = clean_and_split(train, validation, cfg, report, stratified_split, held_out)
+    test = drop_test_overlap(test, train + validation, cfg, report)
     if len(label_names) < 2 and not cfg.multi_label:
         raise TunesmithError(
             f"{cfg.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "
@@ -273,4 +281,6 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
         )
     report["train_classes"] = class_report(train, label_names)
     report["validation_classes"] = class_report(validation, label_names)
-    return CheckedData(train, validation, report, problems)
+    if test:
+        report["test_classes"] = class_report(test, label_names)
+    return CheckedData(train, validation, report, problems, test)

@@ -30,6 +30,9 @@ class CheckedData:
     validation: list[Example]
     report: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    test: list = field(
+        default_factory=list
+    )  # scored once at the end; training and model selection never read it
 
 
 def check_data(cfg: DataConfig) -> CheckedData:
@@ -44,6 +47,12 @@ def check_data(cfg: DataConfig) -> CheckedData:
         validation, val_problems = validate_rows(val_rows, cfg, fmt)
         problems += val_problems
         read += len(val_rows)
+    test: list[Example] = []
+    if cfg.test_file:
+        test_rows = read_rows(cfg.test_file)
+        test, test_problems = validate_rows(test_rows, cfg, fmt)
+        problems += test_problems
+        read += len(test_rows)
     report = {
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
@@ -56,8 +65,40 @@ def check_data(cfg: DataConfig) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
+    train, test = hold_out_test(train, test, cfg, report, _split)
     train, validation = clean_and_split(train, validation, cfg, report, _split, held_out)
-    return CheckedData(train, validation, report, problems)
+    test = drop_test_overlap(test, train + validation, cfg, report)
+    return CheckedData(train, validation, report, problems, test)
+
+
+def hold_out_test(train: list, test: list, cfg: DataConfig, report: dict, split) -> tuple[list, list]:
+    """The test split, from data.test_file or held out of train (seeded, by the task's `split`) before
+    validation is split off, so that choosing checkpoints and settings on validation never sees it."""
+    if cfg.test_file:
+        report["test_split"] = f"test from {cfg.test_file}"
+    elif cfg.test_ratio > 0:
+        train, test = split(train, cfg.test_ratio, cfg.seed)
+        report["test_split"] = (
+            f"{cfg.test_ratio:g} of {cfg.train_file} held out for testing (seed {cfg.seed})"
+        )
+    return train, test
+
+
+def drop_test_overlap(test: list, seen: list, cfg: DataConfig, report: dict) -> list:
+    """Test examples that repeat each other or a train/validation example are dropped (counted)."""
+    if not test and not cfg.test_file:
+        return []
+    test, duplicates = deduplicate(test) if cfg.deduplicate else (test, [])
+    keys = {example.key for example in seen}
+    kept = [example for example in test if example.key not in keys]
+    report["test_overlap_removed"] = len(test) - len(kept) + len(duplicates)
+    report["test_examples"] = len(kept)
+    return kept
+
+
+def tokenize_examples(examples: list, cfg: DataConfig, renderer: Renderer) -> tuple[list[dict], dict]:
+    """Tokenize a few examples (the test split) with the training settings; max_length applied and counted."""
+    return _fit([encode(e, renderer, cfg.loss_on) for e in examples], examples, cfg)
 
 
 def clean_and_split(train: list, validation: list, cfg: DataConfig, report: dict, split, held_out: str):

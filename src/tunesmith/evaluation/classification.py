@@ -107,9 +107,9 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path,
     plt.close(figure)
 
 
-def write_evaluation(report: dict, folder: Path, multi_label: bool) -> None:
+def write_evaluation(report: dict, folder: Path, multi_label: bool, split: str = "validation") -> None:
     """evaluation.json, confusion_matrix.json and (single-label) confusion_matrix.png in the run folder."""
-    (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (folder / "evaluation.json").write_text(json.dumps({"split": split, **report}, indent=2))
     matrix = {
         "labels": report["labels"],
         "rows": "true label",
@@ -118,7 +118,7 @@ def write_evaluation(report: dict, folder: Path, multi_label: bool) -> None:
     }
     (folder / "confusion_matrix.json").write_text(json.dumps(matrix, indent=2))
     if not multi_label:
-        title = f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
+        title = f"{split}: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
         plot_confusion_matrix(
             report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title
         )

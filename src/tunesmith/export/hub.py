@@ -14,6 +14,18 @@ from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder
 
 
+def _test_lines(summary) -> list[str]:
+    """The test split's scores: the numbers to trust (nothing was tuned or chosen on that split)."""
+    test = summary.test or {}
+    before = summary.test_before or {}
+    lines = []
+    for name, value in test.items():
+        if isinstance(value, float):
+            base = f" (base model: {before[name]:.4f})" if isinstance(before.get(name), float) else ""
+            lines.append(f"- test {name.replace('_', ' ')}: {value:.4f}{base}")
+    return lines
+
+
 def _metrics_lines(summary: dict) -> list[str]:
     lines = []
     if "validation_loss_after" in summary:
@@ -95,7 +107,14 @@ def model_card(run: RunFolder, repo: str) -> str:
         + (", saved as an adapter over the base model" if adapter else "")
         + ").",
         "## Training data\n" + "\n".join(data_lines),
-        "## Evaluation (held-out validation split)\n" + "\n".join(_metrics_lines(summary) + _eval_lines(run)),
+        (
+            "## Evaluation\nOn the held-out test split (no checkpoint or setting was chosen on it):\n"
+            + "\n".join(_test_lines(summary))
+            + "\n\nOn the validation split (the best checkpoint was chosen on it, so these are optimistic):\n"
+            if summary.test
+            else "## Evaluation (held-out validation split)\n"
+        )
+        + "\n".join(_metrics_lines(summary) + _eval_lines(run)),
         "## Intended use\nThe task and data described above: " + task.intended_use(),
         "## Limitations\n- It was evaluated only on the validation split above, drawn from the same source as the "
         "training data; expect lower scores on data that differs from it.\n- It inherits the base model's "

@@ -11,13 +11,14 @@ from transformers import set_seed
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
 from tunesmith.data.collate import pack, pad_token_id
-from tunesmith.data.prepare import check_data, tokenize_data
+from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
 from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.evaluation.collapse import generator_alarm
 from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
+from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import register_task
@@ -71,6 +72,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     renderer = Renderer(tokenizer, cfg.data.template)
     data = tokenize_data(checked, cfg.data, renderer, cache_dir)
     report = {**checked.report, **data["report"]}
+    test_rows, test_over = tokenize_examples(checked.test, cfg.data, renderer)
+    if checked.test:
+        report["over_max_length"]["test"] = test_over
     run.write_json(run.data_report, report)
     print_data_summary(report)
     train_rows, validation_rows = data["train"], data["validation"]
@@ -139,7 +143,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
             f"forgetting check: reference perplexity before training {before['perplexity']:.4g} "
             f"({reference.texts_used} of {reference.texts_total} texts, {before['tokens']} tokens)"
         )
-    samples = sample_conversations(checked.validation, cfg.eval.samples) if is_main() else []
+    if test_rows and cfg.eval.before_training and summary.test_before is None:
+        summary = run.update_summary(
+            test_before=language_model_loss(model, test_rows, pad_id, cfg.eval.batch_size)
+        )
+    # Samples come from the test split when there is one: nothing was chosen on it.
+    samples = sample_conversations(checked.test or checked.validation, cfg.eval.samples) if is_main() else []
     if samples and not resume:
         outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
         run.write_json(run.path / "samples_base.json", {"outputs": outputs})
@@ -180,6 +189,14 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         say(
             f"validation loss after training: {after['eval_loss']:.4f}"
             + (f" (before: {before:.4f})" if before else "")
+        )
+    if test_rows:
+        result["test"] = language_model_loss(model, test_rows, pad_id, cfg.eval.batch_size)
+        before = summary.test_before
+        say(
+            f"test loss after training: {result['test']['loss']:.4f}"
+            + (f" (before: {before['loss']:.4f})" if before else "")
+            + f" on {len(test_rows)} test examples (held out: no checkpoint or setting was chosen on them)"
         )
     if samples:
         tuned = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)

@@ -11,7 +11,7 @@ import torch
 from tunesmith.config import Config
 from tunesmith.console import say
 from tunesmith.data.collate import PadCollator, pad_token_id
-from tunesmith.data.prepare import check_data, tokenize_data
+from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
@@ -92,12 +92,16 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
         raise bad_rows_error(checked)
     model, renderer = tuned_lm.model, tuned_lm.renderer
     tokenized = tokenize_data(checked, data_cfg, renderer, default_cache_dir(cfg.output.cache_dir))
-    split = "train" if data else "validation"
-    examples = checked.train if data else checked.validation
-    rows = tokenized[split]
+    split = "data" if data else ("test" if checked.test else "validation")  # test: nothing was chosen on it
+    if split == "test":
+        examples = checked.test
+        rows, over = tokenize_examples(examples, data_cfg, renderer)
+    else:
+        examples = checked.train if data else checked.validation
+        rows = tokenized["train" if data else "validation"]
+        over = tokenized["report"]["over_max_length"]["train" if data else "validation"]
     if not rows:
         raise TunesmithError(f"eval: no examples to score in {data or 'the validation split'}")
-    over = tokenized["report"]["over_max_length"][split]
     if over["count"]:
         say(f"eval: {overflow_line(over, 'evaluated')}")
     pad_id = pad_token_id(renderer.tokenizer)
@@ -136,7 +140,14 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             prompts, outputs, base_outputs, strict=True
         )
     ]
-    return {"task": cfg.task, "examples": len(rows), "tuned": tuned, "baseline": base, "generated": generated}
+    return {
+        "task": cfg.task,
+        "split": split,
+        "examples": len(rows),
+        "tuned": tuned,
+        "baseline": base,
+        "generated": generated,
+    }
 
 
 PROBE_PROMPTS = (

@@ -146,7 +146,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     )
     solve = method.trains_network and solvable_head(model, cfg)
     if solve:
-        choices = [defaults.Choice("method", "head solved", SOLVED_HEAD)]
+        choices = [defaults.Choice("method", "head solved", SOLVED_HEAD, SOLVED_HEAD_OVERRIDE)]
     if not method.trains_network:
         choices = []  # a logistic regression: no learning rate, epochs or evaluations to choose
     defaults.announce(choices)
@@ -193,14 +193,18 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     result["peak_memory_mb"] = peak_memory_mb()
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
+    if checked.test and is_main():  # scored once, by the saved model as `tunesmith predict` loads it
+        from tunesmith.tasks.classification_run import score_test
+
+        run.update_summary(test=score_test(run, checked.test))
     return finish_run(run, cfg, run.read_summary(), task)
 
 
 SOLVED_HEAD = (
     "only a linear head trains and no learning rate, epochs or max_steps was set: the head is solved by "
-    "logistic regression on what it reads from the frozen body (as features does) and loaded as its weights; "
-    "set train.learning_rate to train it by gradient steps instead"
+    "logistic regression on what it reads from the frozen body (as features does) and loaded as its weights"
 )
+SOLVED_HEAD_OVERRIDE = "set train.learning_rate to train it by gradient steps instead"
 
 
 def solvable_head(model, cfg: Config) -> bool:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tunesmith.console import say
 from tunesmith.data.labelled import check_labelled, read_inputs
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import correct_sums, full_report, predicted, probabilities
+from tunesmith.evaluation.classification import (
+    correct_sums,
+    full_report,
+    predicted,
+    probabilities,
+    write_evaluation,
+)
 from tunesmith.methods.features import FeatureHead, embed
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
@@ -141,7 +149,6 @@ def _write_predictions(target: Path, records: list[dict], labels: list[str]) -> 
 
 def evaluate(run: RunFolder, data, baseline: bool) -> dict:
     """Accuracy, precision/recall/F1 per class and averaged; with baseline, the pretrained body with a new head."""
-    from dataclasses import replace
 
     from transformers import set_seed
 
@@ -153,20 +160,16 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
     checked = check_labelled(data_cfg, classifier.modality.name)
     if checked.problems and data_cfg.on_error == "stop":
         raise bad_rows_error(checked)
-    examples = checked.train if data else checked.validation
+    split = "data" if data else ("test" if checked.test else "validation")
+    examples = checked.train if data else (checked.test or checked.validation)
     if not examples:
         raise TunesmithError(f"eval: no labelled examples in {data or 'the validation split'}")
-    label_ids = {label: i for i, label in enumerate(labels)}
-    targets = np.asarray([label_target(e, label_ids, cfg.data.multi_label) for e in examples])
-    # The network sees the inputs only; the targets are scored here.
-    inputs = [replace(e, labels=()) for e in examples]
 
     def scores(logits) -> dict:
-        chosen = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
-        report = full_report(targets, chosen, labels, cfg.data.multi_label)
+        report = _report(classifier, examples, logits)
         return {k: v for k, v in report.items() if isinstance(v, float)} | {"per_class": report["per_class"]}
 
-    tuned = scores(classifier.logits(inputs, cfg.eval.batch_size, progress=False))
+    tuned = scores(classifier.logits(_inputs(examples), cfg.eval.batch_size, progress=False))
     base = None
     if baseline:
         # The untouched base: the pretrained network with a new head for these labels, seeded as training seeded it.
@@ -180,8 +183,38 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
         )
         fresh_head_unless_same_labels(network, summary.base_model_path, labels)
         classifier.model, classifier.head = network.to(classifier.device).eval(), None
-        base = scores(classifier.logits(inputs, cfg.eval.batch_size, progress=False))
-    return {"task": cfg.task, "examples": len(examples), "tuned": tuned, "baseline": base}
+        base = scores(classifier.logits(_inputs(examples), cfg.eval.batch_size, progress=False))
+    return {"task": cfg.task, "split": split, "examples": len(examples), "tuned": tuned, "baseline": base}
+
+
+def _inputs(examples: list) -> list:
+    """The examples without their labels: the network sees the inputs only; the targets are scored here."""
+    return [replace(e, labels=()) for e in examples]
+
+
+def _report(classifier: RunClassifier, examples: list, logits) -> dict:
+    multi = classifier.multi_label
+    label_ids = {label: i for i, label in enumerate(classifier.labels)}
+    targets = np.asarray([label_target(e, label_ids, multi) for e in examples])
+    return full_report(targets, predicted(probabilities(logits, multi), multi), classifier.labels, multi)
+
+
+def score_test(run: RunFolder, examples: list) -> dict:
+    """The final model on the test split: evaluation.json and the confusion matrix show these (the validation
+    split's move to *_validation.*, since the checkpoint was chosen on it); returns the headline numbers."""
+    classifier = RunClassifier(run)
+    logits = classifier.logits(_inputs(examples), classifier.cfg.eval.batch_size, progress=False)
+    report = _report(classifier, examples, logits)
+    for name in ("evaluation.json", "confusion_matrix.json", "confusion_matrix.png"):
+        path = run.path / name
+        if path.exists():
+            path.replace(path.with_name(f"{path.stem}_validation{path.suffix}"))
+    write_evaluation(report, run.path, classifier.multi_label, split="test")
+    say(
+        f"test: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f} on {report['examples']} "
+        "examples (held out: no checkpoint or setting was chosen on them)"
+    )
+    return {k: v for k, v in report.items() if isinstance(v, float)} | {"examples": report["examples"]}
 
 
 def exportable(run: RunFolder) -> Exportable:

@@ -1,0 +1,74 @@
+"""The test split: held out before validation, never read in training or model selection, scored once at the
+end; the final figures, `tunesmith eval`, report.html and the model card give its scores and say so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import classification_config, topic_rows, write_jsonl
+
+from tunesmith import api
+from tunesmith.config import DataConfig, config_from_dict
+from tunesmith.data.labelled import check_labelled
+from tunesmith.data.prepare import check_data
+from tunesmith.errors import TunesmithError
+from tunesmith.export.hub import model_card
+from tunesmith.run_folder import RunFolder
+
+
+def test_a_test_ratio_holds_out_examples_that_no_other_split_shares(tmp_path):
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(50)]
+    rows += rows[:5]  # duplicates of training rows must not reach the test split
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    checked = check_data(DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2))
+    keys = [{e.key for e in split} for split in (checked.train, checked.validation, checked.test)]
+    assert not (keys[2] & (keys[0] | keys[1]))
+    held_out = round(55 * 0.2)  # 11 rows, of which repeats of another row are dropped from the test side
+    assert len(checked.test) == checked.report["test_examples"] == held_out - checked.report["test_overlap_removed"]
+    assert len(checked.test) >= 8
+    again = check_data(DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2))
+    assert [e.key for e in again.test] == [e.key for e in checked.test]  # seeded
+
+
+def test_the_classification_test_split_keeps_every_class(tmp_path):
+    data = write_jsonl(tmp_path / "t.jsonl", topic_rows(60))
+    checked = check_labelled(DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2), "text")
+    assert checked.report["test_classes"]["counts"] == {"business": 4, "politics": 4, "sport": 4}
+
+
+def test_test_and_validation_ratios_must_leave_training_data():
+    with pytest.raises(TunesmithError, match="test_ratio"):
+        config_from_dict(
+            {"model": {"name": "m"}, "data": {"train_file": "x", "validation_ratio": 0.5, "test_ratio": 0.5}}
+        )
+
+
+def test_a_causal_lm_run_reports_test_scores_and_eval_reads_the_test_split(make_config):
+    raw = make_config(rows=40, data={"test_ratio": 0.2})
+    summary = api.train(config_from_dict(raw))
+    run = RunFolder.open(summary["run_dir"])
+    checked = check_data(run.load_config().data)
+    assert summary["test"]["examples"] == len(checked.test) == 8
+    assert summary["test_before"]["loss"] != summary["test"]["loss"]
+    test_prompts = {e.messages[-2][1] for e in checked.test}
+    assert {s["prompt"] for s in run.read_jsonl(run.samples)} <= test_prompts
+    result = api.evaluate(summary["run_dir"], generations=0)
+    assert result["data"] == "test split of the run" and result["examples"] == 8
+    assert abs(result["tuned"]["loss"] - summary["test"]["loss"]) < 1e-6
+    assert 'id="test-scores"' in (run.path / "report.html").read_text()
+    assert "On the held-out test split" in model_card(run, "me/model")
+
+
+def test_a_classification_run_scores_its_test_split_into_evaluation_json(tmp_path, tiny_bert):
+    data = write_jsonl(tmp_path / "train.jsonl", topic_rows(96))
+    raw = classification_config(tmp_path, tiny_bert, "text-classification", data)
+    raw["data"]["test_ratio"] = 0.25
+    raw["train"] |= {"epochs": 1}
+    summary = api.train(config_from_dict(raw))
+    folder = Path(summary["run_dir"])
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert evaluation["split"] == "test" and evaluation["examples"] == summary["test"]["examples"] == 24
+    assert json.loads((folder / "evaluation_validation.json").read_text())["split"] == "validation"
+    assert summary["test"]["accuracy"] == evaluation["accuracy"]
