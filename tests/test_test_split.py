@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import classification_config, topic_rows, write_jsonl
 
+from conftest import classification_config, topic_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import DataConfig, config_from_dict
 from tunesmith.data.labelled import check_labelled
@@ -26,7 +26,11 @@ def test_a_test_ratio_holds_out_examples_that_no_other_split_shares(tmp_path):
     keys = [{e.key for e in split} for split in (checked.train, checked.validation, checked.test)]
     assert not (keys[2] & (keys[0] | keys[1]))
     held_out = round(55 * 0.2)  # 11 rows, of which repeats of another row are dropped from the test side
-    assert len(checked.test) == checked.report["test_examples"] == held_out - checked.report["test_overlap_removed"]
+    assert (
+        len(checked.test)
+        == checked.report["test_examples"]
+        == held_out - checked.report["test_overlap_removed"]
+    )
     assert len(checked.test) >= 8
     again = check_data(DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2))
     assert [e.key for e in again.test] == [e.key for e in checked.test]  # seeded
