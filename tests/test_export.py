@@ -86,3 +86,29 @@ def test_push_offline_is_a_clear_error(classifier_run, tmp_path, monkeypatch):
         api.push(classifier_run, "someone/topics", output=tmp_path / "upload")
     with pytest.raises(TunesmithError, match="expected OWNER/NAME"):
         api.push(classifier_run, "no-owner", dry_run=True)
+
+
+def test_int8_export_is_refused_past_its_max_drop(classifier_run, tmp_path):
+    measured = api.export(classifier_run, "onnx", output=tmp_path / "measured", quantize="int8")[
+        "quantization"
+    ]
+    gate = measured["gate"]
+    assert gate["max_drop"] == 0.02 and gate["drop"] == pytest.approx(measured["before"] - measured["after"])
+    strict = gate["drop"] - 0.01  # just below what int8 measurably lost (or gained) on the validation split
+    with pytest.raises(TunesmithError, match=r"--quantize int8 refused: validation_accuracy"):
+        api.export(classifier_run, "onnx", output=tmp_path / "strict", quantize="int8", max_drop=strict)
+    assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.partial").exists()
+
+
+def test_int8_gate_counts_falling_accuracy_and_rising_loss_as_drops():
+    from tunesmith.export.formats import _int8_gate
+
+    assert _int8_gate("validation_accuracy", 0.90, 0.89, None)["drop"] == pytest.approx(0.01)
+    assert _int8_gate("validation_loss", 2.0, 1.9, 0.0)["drop"] == pytest.approx(-0.1)
+    with pytest.raises(TunesmithError, match="a drop of 0.05 > --max-drop 0.02"):
+        _int8_gate("validation_accuracy", 0.90, 0.85, None)
+    with pytest.raises(TunesmithError, match="a drop of 0.1 > --max-drop 0.05"):
+        _int8_gate("validation_loss", 2.0, 2.1, None)
+    assert (
+        _int8_gate("validation_loss", None, None, None)["drop"] is None
+    )  # no validation split: not measured

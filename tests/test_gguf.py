@@ -51,7 +51,8 @@ def test_gguf_metadata_carries_the_runs_template_and_stop_tokens(f32_export):
     assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     tokens = fields["tokenizer.ggml.tokens"].contents()
     assert tokens == [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
-    assert fields["tokenizer.ggml.add_bos_token"].contents() is False  # chat templates write BOS themselves
+    # chat templates write BOS themselves: llama.cpp must not add one
+    assert bool(fields["tokenizer.ggml.add_bos_token"].contents()) is False
 
 
 def test_embedded_template_gives_trainings_token_ids(f32_export):

@@ -163,12 +163,13 @@ def _predict_arguments(parser):
 # -- export, push, merge ---------------------------------------------------------------------------------
 def _export_arguments(parser):
     from tunesmith.export.formats import FORMATS
+    from tunesmith.export.gguf_writer import QUANTIZATIONS
 
     _run_argument(parser)
     parser.add_argument("--format", required=True, choices=list(FORMATS), help="the file format to write")
-    parser.add_argument("--output", help="folder to create (default: RUN/export/FORMAT)")
-    from tunesmith.export.gguf_writer import QUANTIZATIONS
-
+    parser.add_argument(
+        "--output", help="folder to create (default: RUN/export/FORMAT; gguf: RUN/export/gguf-QUANTIZE)"
+    )
     parser.add_argument(
         "--quantize",
         choices=["int8", *QUANTIZATIONS],

@@ -12,10 +12,14 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.exportable import Exportable, LogitsModule, load_exportable, metric_sums
-from tunesmith.training.run_folder import RunFolder
+from tunesmith.models.exportable import Exportable, LogitsModule
+from tunesmith.registry import get_task
+from tunesmith.run_folder import RunFolder
 
-FORMATS = ("safetensors", "onnx", "torchscript")
+FORMATS = ("safetensors", "onnx", "torchscript", "gguf")
+# int8's largest allowed loss against fp32 on the validation split: accuracy points for classifiers, nats per
+# token of validation loss for causal LMs. Dynamic int8 usually costs well under this; beyond it, refuse.
+INT8_MAX_DROP = {"validation_accuracy": 0.02, "validation_loss": 0.05}
 TOLERANCE = 1e-4  # fp32: the same computation in another runtime differs by rounding only
 
 
@@ -29,13 +33,7 @@ def _write_safetensors(ex: Exportable, target: Path):
     import transformers
 
     ex.model.save_pretrained(target)
-    auto = {
-        "causal-lm": "AutoModelForCausalLM",
-        "text-classification": "AutoModelForSequenceClassification",
-        "image-classification": "AutoModelForImageClassification",
-        "audio-classification": "AutoModelForAudioClassification",
-    }[ex.task]
-    reloaded = getattr(transformers, auto).from_pretrained(target).eval()
+    reloaded = getattr(transformers, ex.auto_class).from_pretrained(target).eval()
     module = LogitsModule(reloaded, ex.input_names)
 
     def run(inputs):
@@ -107,13 +105,31 @@ def _validation_metric(ex: Exportable, run_logits) -> float | None:
         return None
     total = count = 0
     for inputs, labels in ex.validation:
-        value, n = metric_sums(ex.task, run_logits(inputs), labels.numpy())
+        value, n = ex.metric_sums(run_logits(inputs), labels.numpy())
         total, count = total + value, count + n
     return round(total / max(count, 1), 6)
 
 
-def _quantize_int8(ex: Exportable, target: Path, fp32_metric: float | None) -> dict:
-    """Dynamic int8 (weights int8, activations quantized on the fly) with onnxruntime's quantizer."""
+def _int8_gate(name: str, before: float | None, after: float | None, max_drop: float | None) -> dict:
+    """How much int8 lost on the validation split, against the threshold; refuses beyond it."""
+    limit = INT8_MAX_DROP.get(name, 0.0) if max_drop is None else max_drop
+    if before is None or after is None:
+        return {"max_drop": limit, "drop": None, "verdict": "not measured: the run has no validation split"}
+    drop = round(
+        after - before if name == "validation_loss" else before - after, 6
+    )  # loss rises, accuracy falls
+    if drop > limit:
+        raise TunesmithError(
+            f"--quantize int8 refused: {name} {before} -> {after} (a drop of {drop:g} > --max-drop {limit:g}); "
+            "nothing was written. Export without --quantize, or allow more with --max-drop"
+        )
+    return {"max_drop": limit, "drop": drop, "verdict": f"{name} drop {drop:g} <= {limit:g}"}
+
+
+def _quantize_int8(
+    ex: Exportable, target: Path, fp32_metric: float | None, max_drop: float | None = None
+) -> dict:
+    """Dynamic int8 (weights int8, activations quantized on the fly) with onnxruntime's quantizer, gated."""
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -121,7 +137,7 @@ def _quantize_int8(ex: Exportable, target: Path, fp32_metric: float | None) -> d
     quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8)
     run_int8 = _onnx_runner(quantized, ex.input_names, onnxruntime)
     int8_metric = _validation_metric(ex, run_int8)
-    name = "validation_loss" if ex.task == "causal-lm" else "validation_accuracy"
+    name = ex.metric_name
     return {
         "method": "onnxruntime dynamic int8 (QInt8 weights)",
         "file": quantized.name,
@@ -134,17 +150,31 @@ def _quantize_int8(ex: Exportable, target: Path, fp32_metric: float | None) -> d
         "max_abs_logit_difference": float(
             np.abs(run_int8(ex.probes[0]) - _reference(ex, ex.probes[0])).max()
         ),
+        "gate": _int8_gate(name, fp32_metric, int8_metric, max_drop),
     }
 
 
 def export(
-    run_dir: str | Path, fmt: str, output: str | Path | None = None, quantize: str | None = None
+    run_dir: str | Path,
+    fmt: str,
+    output: str | Path | None = None,
+    quantize: str | None = None,
+    max_drop: float | None = None,
+    max_kl: float | None = None,
 ) -> dict:
     """Write the run's model in `fmt`, reload it, and refuse to finish if its logits differ from PyTorch's."""
     if fmt not in FORMATS:
         raise TunesmithError(f"--format {fmt}: unknown; choose one of {', '.join(FORMATS)}")
+    if fmt == "gguf":
+        from tunesmith.export.gguf import export_gguf
+
+        return export_gguf(run_dir, output, quantize, max_kl=max_kl, max_drop=max_drop)
+    if max_kl is not None:
+        raise TunesmithError("--max-kl applies to --format gguf; int8 is gated by --max-drop")
     if quantize not in (None, "int8"):
-        raise TunesmithError(f"--quantize {quantize}: only int8 is supported")
+        raise TunesmithError(
+            f"--quantize {quantize}: --format {fmt} takes only int8; f16, q8_0 and k-quants are for --format gguf"
+        )
     if quantize and fmt != "onnx":
         raise TunesmithError("--quantize int8 applies to --format onnx (onnxruntime's dynamic int8 for CPUs)")
     run = RunFolder.open(run_dir)
@@ -152,7 +182,8 @@ def export(
     if target.exists():
         raise TunesmithError(f"{target} already exists; remove it or pass --output to write elsewhere")
     started = time.time()
-    ex = load_exportable(run)
+    run.finished_summary("export")
+    ex = get_task(run.load_config().task).exportable(run)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -177,7 +208,7 @@ def export(
             },
         }
         if quantize:
-            record["quantization"] = _quantize_int8(ex, staging, _validation_metric(ex, run_export))
+            record["quantization"] = _quantize_int8(ex, staging, _validation_metric(ex, run_export), max_drop)
         record["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         record["seconds"] = round(time.time() - started, 1)
         (staging / "export.json").write_text(json.dumps(record, indent=2))
