@@ -25,8 +25,8 @@ class Method:
     quantization_config: Callable[[MethodConfig], Any] = lambda cfg: None  # the base loads quantized
     needs: frozenset[str] = field(default_factory=frozenset)  # capabilities the task must provide
     trains_network: bool = True  # False: the network only embeds; a separate fitting step learns
-    # The learning rate used when train.learning_rate is unset, per kind of model a task trains (Task.model_kind:
-    # "classifier", a pretrained body with a new head; "generator", a pretrained causal LM).
+    # The learning rate used when train.learning_rate is unset, per kind of model a recipe trains
+    # (tunesmith.tasks.defaults: "classifier", a pretrained body with a new head; "generator", a causal LM).
     learning_rates: Mapping[str, float] = field(default_factory=dict)
 
     def default_learning_rate(self, kind: str, cfg: MethodConfig) -> tuple[float, str] | None:

@@ -28,14 +28,16 @@ class Choice:
     key: str  # the config key, e.g. train.learning_rate
     value: object
     why: str
+    override: str = ""  # how to choose otherwise; default: set the key
 
     def line(self) -> str:
-        return f"default: {self.key} = {self.value} ({self.why}; set {self.key} to choose yourself)"
+        override = self.override or f"set {self.key} to choose yourself"
+        return f"default: {self.key} = {self.value} ({self.why}; {override})"
 
 
 def choose(cfg: Config, train_rows: int, has_validation: bool, kind: str) -> tuple[Config, list[Choice]]:
     """A copy of `cfg` with the unset training settings chosen for `kind`, the method and `train_rows`."""
-    user_set = cfg.train.model_fields_set
+    user_set = _user_set(cfg)
     choices: list[Choice] = []
     learning_rate = get_method(cfg.method.name).default_learning_rate(kind, cfg.method)
     if "learning_rate" not in user_set and learning_rate is not None:
@@ -55,7 +57,7 @@ def choose(cfg: Config, train_rows: int, has_validation: bool, kind: str) -> tup
 
 def _training_length(cfg: Config, train_rows: int, has_validation: bool, kind: str) -> list[Choice]:
     """Epochs from the number of rows (more on small data), one evaluation per epoch, early stopping."""
-    user_set = cfg.train.model_fields_set
+    user_set = _user_set(cfg)
     choices = []
     batch_size = cfg.train.batch_size
     if kind == CLASSIFIER and "batch_size" not in user_set:
@@ -83,9 +85,16 @@ def _training_length(cfg: Config, train_rows: int, has_validation: bool, kind: s
     return choices
 
 
+def _user_set(cfg: Config) -> set[str]:
+    """train keys the user wrote; an explicit null (max_steps: null) means "the default", as the starters say."""
+    return {key for key in cfg.train.model_fields_set if getattr(cfg.train, key) is not None}
+
+
 def record(choices: list[Choice]) -> dict:
     """run.json's `defaults`: key -> {"value", "why"}."""
-    return {c.key: {"value": c.value, "why": c.why} for c in choices}
+    return {
+        c.key: {"value": c.value, "why": c.why + (f"; {c.override}" if c.override else "")} for c in choices
+    }
 
 
 def announce(choices: list[Choice]) -> None:
