@@ -1,4 +1,4 @@
-"""run.json's throughput counts training only: evaluation batches and checkpoint writes are left out."""
+"""run.json's throughput counts training only, and validation loss has one definition (per supervised token)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,12 @@ def test_train_tokens_are_the_training_examples_tokens_times_epochs(make_config)
     report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
     assert summary["train_tokens"] == 2 * report["train_tokens"]["tokens"]
     assert summary["tokens_per_second"] == round(summary["train_tokens"] / summary["train_seconds"], 1)
+
+
+def test_validation_loss_has_one_definition_per_token_everywhere(make_config):
+    # Four evaluation batches of different lengths: a mean of per-batch means would differ from the per-token mean.
+    raw = make_config(rows=40, eval={"batch_size": 2, "samples": 0})
+    summary = api.train(config_from_dict(raw))
+    result = api.evaluate(summary["run_dir"], generations=0)
+    assert result["data"] == "validation split of the run"
+    assert abs(summary["validation_loss_after"] - result["tuned"]["loss"]) < 1e-5

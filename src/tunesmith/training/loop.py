@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from tunesmith.config import Config
 from tunesmith.console import world_size
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pad_token_id
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.models.anatomy import transformer_blocks
 from tunesmith.run_folder import RunFolder
 from tunesmith.training.callbacks import (
@@ -98,6 +100,24 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
     """
 
     sparse_lm_head = True
+    pad_token_id = 0
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """Validation loss per supervised token over the whole split, the one definition `tunesmith eval` and the
+        test split use too (the Trainer's own is a mean of per-batch means, which weighs short batches' tokens
+        more); computed batch by batch, so no logits pile up."""
+        with self._excluded():
+            started = time.perf_counter()
+            rows = list(self.eval_dataset if eval_dataset is None else eval_dataset)
+            batch = self.args.per_device_eval_batch_size
+            scores = language_model_loss(self.model_wrapped, rows, self.pad_token_id, batch)
+            metrics = {
+                f"{metric_key_prefix}_loss": scores["loss"],
+                f"{metric_key_prefix}_runtime": round(time.perf_counter() - started, 4),
+            }
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.sparse_lm_head or "labels" not in inputs:
@@ -295,6 +315,7 @@ def build_trainer(
     )
     trainer.sparse_lm_head = cfg.train.sparse_lm_head
     trainer.counter = counter
+    trainer.pad_token_id = pad_id
     quiet(trainer)
     return trainer, counter
 
