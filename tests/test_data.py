@@ -308,3 +308,20 @@ def test_library_noise_stays_off_the_screen_unless_verbose(tmp_path):
     assert "gemm_4bit_forward" not in quiet and "UserWarning" not in quiet
     verbose = tunesmith("--verbose", "data", "check", str(data))
     assert noise in verbose and "a library UserWarning" in verbose
+
+
+def test_json_python_cannot_hold_is_a_bad_row_not_a_crash(tmp_path):
+    good = json.dumps({"prompt": "p", "response": "r"})
+    lines = [good, '{"prompt": "p", "response": "r", "n": ' + "9" * 5000 + "}", "[" * 100000 + "]" * 100000]
+    path = write_jsonl(tmp_path / "d.jsonl", lines)
+    checked = check_data(DataConfig(train_file=str(path), on_error="skip", validation_ratio=0))
+    assert checked.problems == [
+        f"{path}:2: JSON value holds a number too long to read; shorten it",
+        f"{path}:3: JSON value nested too deeply; shorten it",
+    ]
+    array = tmp_path / "d.json"
+    array.write_text(f"[\n{good},\n" + '{"n": ' + "9" * 5000 + "}\n]")
+    checked = check_data(DataConfig(train_file=str(array), on_error="skip", validation_ratio=0))
+    assert checked.problems == [
+        f"{array}:3: JSON value holds a number too long to read; shorten it; the rest of the file was not read"
+    ]

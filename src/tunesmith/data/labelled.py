@@ -183,15 +183,27 @@ def read_inputs(source: str, cfg: DataConfig, modality: str) -> tuple[list[Label
 
 def unreadable_files(examples: list[LabelledExample], modality: str) -> list[str]:
     """Open every image or audio file once, so a broken one is named before training, not mid-epoch."""
+    return keep_good(examples, _file_check(modality))[1]
+
+
+def _file_check(modality: str):
     check = {"image": image_problem, "audio": audio_problem}.get(modality)
-    if check is None:
-        return []
-    problems = []
+    return (lambda example: check(Path(example.path))) if check else (lambda example: None)
+
+
+def keep_good(examples: list[LabelledExample], problem_of) -> tuple[list[LabelledExample], list[str]]:
+    """The examples `problem_of` finds nothing wrong with, and a 'file:line: problem' for each other one.
+
+    Sorted by the example itself, not by its file:line: the rows of a one-line JSON array share one.
+    """
+    kept, problems = [], []
     for example in examples:
-        problem = check(Path(example.path))
+        problem = problem_of(example)
         if problem:
             problems.append(f"{example.where}: {problem}")
-    return problems
+        else:
+            kept.append(example)
+    return kept, problems
 
 
 def stratified_split(examples, ratio: float, seed: int):
@@ -235,33 +247,36 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     if cfg.test_file:
         test, more = read_labelled(cfg.test_file, cfg, modality)
         problems += more
-    problems += unreadable_files(train + validation + test, modality)
-    broken = {p.split(": ", 1)[0] for p in problems}
-    train = [e for e in train if e.where not in broken]
-    validation = [e for e in validation if e.where not in broken]
-    test = [e for e in test if e.where not in broken]
+    rows_read = len(train) + len(validation) + len(test) + len(problems)
+    splits = [train, validation, test]
+    for index, split in enumerate(splits):
+        splits[index], broken = keep_good(split, _file_check(modality))
+        problems += broken
+    train, validation, test = splits
 
     seen = natural_order({label for example in train for label in example.labels})
     label_names = list(cfg.labels) if cfg.labels else seen
     known = set(label_names)
-    for split in (train, validation, test):
-        for example in split:
-            unknown = [label for label in example.labels if label not in known]
-            if unknown:
-                where = "data.labels" if cfg.labels else "the training data"
-                problems.append(
-                    f"{example.where}: unknown label {unknown[0]!r} (not in {where}: {', '.join(label_names)}); "
-                    "fix the label or add it to data.labels"
-                )
-    bad = {p.split(": ", 1)[0] for p in problems}
-    train = [e for e in train if e.where not in bad]
-    validation = [e for e in validation if e.where not in bad]
-    test = [e for e in test if e.where not in bad]
+
+    def unknown_label(example: LabelledExample) -> str | None:
+        unknown = [label for label in example.labels if label not in known]
+        if not unknown:
+            return None
+        where = "data.labels" if cfg.labels else "the training data"
+        return (
+            f"unknown label {unknown[0]!r} (not in {where}: {', '.join(label_names)}); "
+            "fix the label or add it to data.labels"
+        )
+
+    for index, split in enumerate(splits):
+        splits[index], unknown = keep_good(split, unknown_label)
+        problems += unknown
+    train, validation, test = splits
     report = {
         "modality": modality,
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
-        "rows_read": len(train) + len(validation) + len(test) + len(problems),
+        "rows_read": rows_read,
         "bad_rows": len(problems),
         "bad_row_list": problems[:200],
         "on_error": cfg.on_error,

@@ -68,6 +68,9 @@ def _read_jsonl(path: Path) -> list[Row]:
             except json.JSONDecodeError as exc:
                 rows.append(Row(str(path), number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
                 continue
+            except (ValueError, RecursionError) as exc:
+                rows.append(Row(str(path), number, None, _unholdable(exc)))
+                continue
             if not isinstance(value, dict):
                 rows.append(
                     Row(str(path), number, None, f"expected a JSON object, got {type(value).__name__}")
@@ -75,6 +78,12 @@ def _read_jsonl(path: Path) -> list[Row]:
                 continue
             rows.append(Row(str(path), number, value))
     return rows
+
+
+def _unholdable(exc: Exception) -> str:
+    """Valid JSON that Python's decoder refuses: an integer over its digit limit, or nesting past recursion."""
+    what = "nested too deeply" if isinstance(exc, RecursionError) else "holds a number too long to read"
+    return f"JSON value {what}; shorten it"
 
 
 def _read_json(path: Path) -> list[Row]:
@@ -104,6 +113,9 @@ def _read_json(path: Path) -> list[Row]:
                     f"invalid JSON ({exc.msg}); the rest of the file was not read",
                 )
             )
+            break
+        except (ValueError, RecursionError) as exc:
+            rows.append(Row(str(path), line, None, f"{_unholdable(exc)}; the rest of the file was not read"))
             break
         problem = undecodable(text[start_of_value:index])
         if problem:
@@ -143,10 +155,10 @@ def _read_parquet(path: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        records = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise TunesmithError(f"{path}: cannot read Parquet ({exc}); re-export the file") from None
-    return [Row(str(path), number, record) for number, record in enumerate(table.to_pylist(), start=1)]
+    return [Row(str(path), number, record) for number, record in enumerate(records, start=1)]
 
 
 def _read_datasets_folder(path: Path) -> list[Row]:
