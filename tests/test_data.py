@@ -4,6 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from conftest import prompt_response_rows, write_jsonl
 from tunesmith import api
@@ -325,3 +326,59 @@ def test_json_python_cannot_hold_is_a_bad_row_not_a_crash(tmp_path):
     assert checked.problems == [
         f"{array}:3: JSON value holds a number too long to read; shorten it; the rest of the file was not read"
     ]
+
+
+# -- token lengths in `data check` ------------------------------------------------------------------------
+
+
+def test_data_check_of_a_bare_file_says_lengths_were_not_checked(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(4))
+    assert api.check_data(path).report["lengths"] == {
+        "checked": False,
+        "reason": "token lengths not checked: a data file alone names no tokenizer; to count rows over "
+        "data.max_length, run `tunesmith data check CONFIG.yaml` with the config whose model.name you will train",
+    }
+    assert main(["data", "check", str(path)]) == 0
+    assert "token lengths not checked" in capsys.readouterr().out
+
+
+def test_data_check_with_a_config_counts_rows_over_max_length_per_split(
+    tmp_path, make_config, tokenizer, capsys
+):
+    rows = prompt_response_rows(12)
+    rows[4] = {"prompt": "the cat sat on the mat " * 6, "response": "rain"}  # line 5: long
+    rows[9] = {"prompt": "dogs ran to the park and birds sang " * 8, "response": "sun"}  # line 10: longest
+    validation = [
+        {"prompt": "market shares rose and fell " * 7, "response": "news"},
+        *prompt_response_rows(3, 1),
+    ]
+    raw = make_config()
+    raw["data"] |= {
+        "train_file": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+        "validation_file": str(write_jsonl(tmp_path / "val.jsonl", validation)),
+        "max_length": 40,
+    }
+    cfg = config_from_dict(raw)
+    report = api.check_data(cfg).report["lengths"]
+    # What training would do with the same tokenizer: the counts must agree with it.
+    checked = check_data(cfg.data)
+    trained = tokenize_data(checked, cfg.data, Renderer(tokenizer, cfg.data.template), None)["report"]
+    over = trained["over_max_length"]
+    assert report["train"]["over_max_length"] == over["train"]["count"] == 2
+    assert report["validation"]["over_max_length"] == over["validation"]["count"] == 1
+    assert report["train"]["examples"] == 12 and report["validation"]["examples"] == 4
+    train_file = raw["data"]["train_file"]
+    assert [line.split(": ")[0] for line in report["train"]["longest"][:2]] == [
+        f"{train_file}:10",
+        f"{train_file}:5",
+    ]
+    longest_tokens = int(report["train"]["longest"][0].split(": ")[1].split()[0])
+    assert longest_tokens == max(int(item.split(": ")[1].split()[0]) for item in over["train"]["list"])
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["data", "check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"train: 2 of 12 rows over max_length=40 (data.on_overflow: {cfg.data.on_overflow}); longest: {train_file}:10: "
+        in out
+    )

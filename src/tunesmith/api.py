@@ -9,6 +9,7 @@ import torch
 
 from tunesmith.config import Config, DataConfig, load_config, starter_config
 from tunesmith.console import world_size
+from tunesmith.data import lengths
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
@@ -40,9 +41,26 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
     """Validate a config's data, or one data file, without training; problems are in .problems."""
     if isinstance(target, (str, Path)) and Path(target).suffix.lower() not in {".yaml", ".yml"}:
         data_cfg = DataConfig(train_file=str(Path(target).resolve()), validation_ratio=0.0, on_error="skip")
-        return _check_rows(data_cfg)
+        checked = _check_rows(data_cfg)
+        checked.report["lengths"] = lengths.not_checked()
+        return checked
     cfg, _ = _config(target, overrides)
-    return get_task(cfg.task).check_data(cfg.data.model_copy(update={"on_error": "skip"}))
+    checked = get_task(cfg.task).check_data(cfg.data.model_copy(update={"on_error": "skip"}))
+    checked.report["lengths"] = _token_lengths(cfg, checked)
+    return checked
+
+
+def _token_lengths(cfg: Config, checked: CheckedData) -> dict:
+    """Rows over data.max_length with the config's own tokenizer; one that cannot be loaded is said, not raised."""
+    from tunesmith.data.templates import Renderer
+    from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
+
+    try:
+        path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+        renderer = Renderer(load_tokenizer(path, cfg.model), cfg.data.template)
+    except TunesmithError as exc:
+        return lengths.not_checked(f"token lengths not checked: {exc}")
+    return lengths.length_report(checked, cfg.data, renderer)
 
 
 def train(

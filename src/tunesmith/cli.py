@@ -107,6 +107,10 @@ def _show_data(args, checked) -> int:
         print(problem)
     report = {k: v for k, v in checked.report.items() if not k.endswith("_list")}
     print(json.dumps(report, indent=2))
+    from tunesmith.data.lengths import describe
+
+    for line in describe(checked.report.get("lengths", {"checked": True})):
+        print(line)
     print(f"{len(checked.problems)} bad row(s)" if checked.problems else "all rows valid")
     return 1 if checked.problems else 0
 
