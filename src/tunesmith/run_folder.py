@@ -7,9 +7,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import yaml
-
-from tunesmith.config import Config, load_config
+from tunesmith.config import Config, dump_config, load_config
 from tunesmith.console import is_main
 from tunesmith.errors import TunesmithError
 
@@ -159,8 +157,7 @@ class RunFolder:
         """config.yaml as the user wrote it (file paths made absolute): settings left unset stay unset, so a
         rerun or --nproc worker chooses the same defaults (what was chosen is in run.json: defaults)."""
         if is_main():
-            raw = config.model_dump(mode="json", exclude_unset=True)
-            self.config_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+            dump_config(config, self.config_file)
 
     def write_json(self, path: Path, payload: dict) -> None:
         if not is_main():
