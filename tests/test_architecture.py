@@ -20,16 +20,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tunesmith"
 
 
-def test_task_names_appear_only_inside_tasks():
-    pattern = re.compile("|".join(f'"{re.escape(name)}"' for name in task_names()))
-    found = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in sorted(PACKAGE.rglob("*"))
-        if path.is_file() and path.suffix in {".py", ".j2", ".html"} and "tasks" not in path.parts
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-        if pattern.search(line)
-    ]
-    assert found == []
+def _lines_outside_tasks():
+    for path in sorted(PACKAGE.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".j2", ".html"} and "tasks" not in path.parts:
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                yield f"{path.relative_to(ROOT)}:{number}: {line.strip()}", line
+
+
+def test_the_first_round_task_names_appear_only_inside_tasks():
+    # The issue's own check: grep -rn '"causal-lm"\|"text-classification"\|...' src/tunesmith
+    names = ("causal-lm", "text-classification", "image-classification", "audio-classification")
+    pattern = re.compile("|".join(f'"{name}"' for name in names))
+    assert [where for where, line in _lines_outside_tasks() if pattern.search(line)] == []
+
+
+def test_no_code_outside_tasks_compares_or_looks_up_a_task_by_a_literal_name():
+    names = "|".join(re.escape(name) for name in task_names())
+    pattern = re.compile(rf'(==|!=|get_task\(|\.task\s+in\s+\(?)\s*"({names})"')
+    assert [where for where, line in _lines_outside_tasks() if pattern.search(line)] == []
 
 
 def _lint_imports(source: Path, cwd: Path) -> subprocess.CompletedProcess:

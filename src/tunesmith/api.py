@@ -222,10 +222,31 @@ def sweep(
     return run_sweep(Path(config), overrides or [], trials, storage, study_name)
 
 
-def quickstart(directory: str | Path = "quickstart", overrides: list[str] | None = None) -> dict:
-    """The embedded demo: build the data and config under `directory`, train, print base vs tuned."""
+def quickstart(
+    directory: str | Path = "quickstart", overrides: list[str] | None = None, kind: str = "sft"
+) -> dict:
+    """The embedded demo: build the data and config under `directory`, train, print base vs tuned.
+
+    kind preference: SmolLM2 learns BBC's headline style from preference pairs (in directory/preference), then
+    its held-out pairs and generations are scored beside the base (`tunesmith eval --baseline`).
+    """
+    demos = {"sft": _quickstart_sft, "preference": _quickstart_preference}
+    if kind not in demos:
+        raise TunesmithError(f"quickstart {kind}: unknown demo; choose one of {', '.join(demos)}")
+    return demos[kind](Path(directory), overrides)
+
+
+def _quickstart_sft(directory: Path, overrides: list[str] | None) -> dict:
     from tunesmith import quickstart as demo
 
     summary = train(demo.prepare(directory), overrides)
     demo.print_comparison(summary)
+    return summary
+
+
+def _quickstart_preference(directory: Path, overrides: list[str] | None) -> dict:
+    from tunesmith import quickstart_preference as demo
+
+    summary = train(demo.prepare(directory / "preference"), overrides)
+    demo.print_comparison(summary, evaluate(summary["run_dir"], baseline=True))
     return summary

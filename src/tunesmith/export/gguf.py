@@ -37,11 +37,12 @@ MAX_CONVERSATIONS = 64  # validation conversations for the logits check: seconds
 MAX_PROMPTS = 20  # validation prompts for the template and llama.cpp checks
 
 
-def _validation_conversations(cfg) -> list:
+def _validation_conversations(task, cfg) -> list:
     """The run's validation conversations that end with an answer (the prompts are what precedes it)."""
-    checked = get_task("causal-lm").validated_data(cfg)
+    checked = task.validated_data(cfg)
     examples = checked.validation or checked.train
-    return [e.messages for e in examples if e.messages and e.messages[-1][0] == "assistant"]
+    conversations = [getattr(e, "messages", None) for e in examples]
+    return [c for c in conversations if c and c[-1][0] == "assistant"]
 
 
 def _merged_fp32(tuned) -> tuple[torch.nn.Module, dict | None]:
@@ -70,7 +71,8 @@ def export_gguf(
         raise TunesmithError(f"--quantize {quantize}: GGUF export writes {', '.join(QUANTIZATIONS)}")
     run = RunFolder.open(run_dir)
     cfg = run.load_config()
-    if cfg.task != "causal-lm":
+    task = get_task(cfg.task)
+    if "generate" not in task.verbs:  # GGUF runtimes run language models that answer prompts
         raise TunesmithError(
             f"--format gguf: {run.path} is a {cfg.task} run; GGUF holds language models (use --format onnx)"
         )
@@ -81,13 +83,13 @@ def export_gguf(
     if quantize in K_QUANTS:
         k_quantizer(quantize)  # refuse before the model is loaded
     limits = gguf_checks.gate(quantize, max_kl, max_drop)
-    tuned = get_task("causal-lm").load_run(run)
+    tuned = task.load_run(run)
     renderer = tuned.renderer
     model, merge_record = _merged_fp32(tuned)
     architecture, arch, _ = architecture_of(model)
     vocab = vocabulary(renderer, model.config.vocab_size)
     template = run_template(renderer)
-    conversations = _validation_conversations(cfg)[:MAX_CONVERSATIONS]
+    conversations = _validation_conversations(task, cfg)[:MAX_CONVERSATIONS]
     system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
     prompts = [c[:-1] for c in conversations[:MAX_PROMPTS]] or [(*system, ("user", "Hi"))]
     name = _model_name(run)
@@ -128,7 +130,8 @@ def export_gguf(
         checks["llama_cpp"] = gguf_checks.runtime_check(
             llama, model, renderer, prompts, cfg.eval.max_new_tokens
         )
-        del llama  # closes the file before the folder is renamed
+        if llama is not None:
+            llama.close()  # frees llama.cpp's copy of the model before the folder is renamed
         record["checks"] = checks
 
         meta = gguf_checks.metadata(staging / file_name)
