@@ -203,7 +203,7 @@ def main() -> None:
         k: v for k, v in counts.items() if k.split(" ", 1)[1] not in {"200", "200 (hung up)", "429"}
     }
     hung_up = sum(v for k, v in counts.items() if k == "hang_up 200 (hung up)")
-    cancelled = metric(page, "tunesmith_cancelled_streams_total")
+    cancelled = metric(page, "tunesmith_abandoned_generations_total")
     answered = [seconds for role, status, seconds in results if status.startswith("200")]
     report = {
         "host": host,
@@ -222,7 +222,7 @@ def main() -> None:
         "unexpected_errors": unexpected,
         "server_tracebacks": server_errors,
         "streams_hung_up": hung_up,
-        "streams_cancelled_by_server": int(cancelled),
+        "generations_stopped_after_hang_up": int(cancelled),
         "generated_tokens": int(metric(page, "tunesmith_generated_tokens_total")),
         "in_flight_after": metric(page, "tunesmith_in_flight"),
         "request_after_test": {"status": probe.status_code, "ms": probe_ms},

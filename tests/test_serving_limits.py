@@ -115,7 +115,7 @@ def test_a_stream_holds_its_slot_until_its_last_byte_and_a_hang_up_stops_generat
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert metric(base, "tunesmith_in_flight") == 1
     # The client hung up: generation stops after the current token, frees the model and the slot.
-    assert wait_for(lambda: metric(base, "tunesmith_cancelled_streams_total", model="babble") == 1)
+    assert wait_for(lambda: metric(base, "tunesmith_abandoned_generations_total", model="babble") == 1)
     generated = metric(base, "tunesmith_generated_tokens_total", model="babble") - tokens_before
     assert 1 <= generated < LONG / 4, generated
     assert wait_for(lambda: metric(base, "tunesmith_in_flight") == 0)
@@ -138,8 +138,26 @@ def test_a_stream_read_to_the_end_runs_its_tokens_and_frees_the_slot(server):
         lines = [line for line in stream.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and '"finish_reason": "length"' in lines[-2]
     assert metric(base, "tunesmith_generated_tokens_total", model="babble") - tokens_before == 24
-    assert metric(base, "tunesmith_cancelled_streams_total", model="babble") <= 1  # only the hang-up above
+    assert (
+        metric(base, "tunesmith_abandoned_generations_total", model="babble") == 1
+    )  # only the hang-up above
     assert chat(base).status_code == 200
+
+
+def test_a_client_leaving_before_its_whole_answer_stops_that_generation(server):
+    base = server[1]
+    tokens_before = metric(base, "tunesmith_generated_tokens_total", model="babble")
+    abandoned_before = metric(base, "tunesmith_abandoned_generations_total", model="babble")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        chat(base, content="hi", max_tokens=LONG, timeout=0.5)
+    assert wait_for(
+        lambda: metric(base, "tunesmith_abandoned_generations_total", model="babble") == abandoned_before + 1
+    )
+    generated = metric(base, "tunesmith_generated_tokens_total", model="babble") - tokens_before
+    assert 1 <= generated < LONG / 2, generated
+    assert wait_for(lambda: metric(base, "tunesmith_in_flight") == 0)
+    status_499 = metric(base, "tunesmith_requests_total", path="/v1/chat/completions", status="499")
+    assert status_499 == 1 and chat(base).status_code == 200
 
 
 def test_metric_labels_are_route_templates_and_unauthenticated_requests_add_no_series(server):

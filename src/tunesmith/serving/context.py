@@ -71,10 +71,15 @@ class Metrics:
         self.unauthorized = Counter(
             "tunesmith_unauthorized_requests", "requests refused for a missing or wrong API key", registry=r
         )
-        self.generated = Counter("tunesmith_generated_tokens", "completion tokens", ["model"], registry=r)
-        self.cancelled = Counter(
-            "tunesmith_cancelled_streams",
-            "streams stopped early because the client hung up",
+        self.generated = Counter(
+            "tunesmith_generated_tokens",
+            "tokens generated, streamed or not, EOS included",
+            ["model"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "tunesmith_abandoned_generations",
+            "generations stopped early because the client hung up (streamed or not)",
             ["model"],
             registry=r,
         )

@@ -95,22 +95,6 @@ class Registry:
     def prompt_tokens(self, served: ServedModel, messages) -> int:
         return len(served.renderer.encode_prompt(self.conversation(served, messages)))
 
-    def complete(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> tuple[str, int]:
-        """The whole answer and its length in tokens."""
-        from tunesmith.evaluation.generation import generate
-
-        with served.lock:
-            self._select(served)
-            text = generate(
-                served.model,
-                served.renderer,
-                [self.conversation(served, messages)],
-                max_tokens,
-                1,
-                temperature,
-            )[0]
-        return text, len(served.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def stream(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> Streaming:
         """Start generating the answer on a producer thread; its pieces arrive on the caller's event loop."""
         from tunesmith.evaluation.generation import stream

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
-from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -20,6 +22,8 @@ from tunesmith.serving.schemas import ChatRequest, CompletionRequest, ErrorRespo
 GROUP = "generation"
 PATHS = ("/v1/chat/completions", "/v1/completions")
 RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)}
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer: counted, never read
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,7 +42,9 @@ class GenerationStream(StreamingResponse):
     """Server-sent events from one generation that is stopped, and waited for, however the response ends:
     after its last byte, or when the client hangs up (Starlette then cancels the body mid-stream)."""
 
-    def __init__(self, events, streaming: Streaming, on_end):
+    def __init__(
+        self, events: AsyncIterator[str], streaming: Streaming, on_end: Callable[[bool], None]
+    ) -> None:
         super().__init__(events, media_type="text/event-stream")
         self.streaming, self.on_end = streaming, on_end
 
@@ -75,7 +81,7 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
         return Answer(model, messages, budget, temperature, length, kind)
 
     @app.post("/v1/chat/completions", responses=RESPONSES)
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         if len(body.messages) > limits.max_messages:
             raise ApiError(
                 400,
@@ -89,24 +95,33 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             raise ApiError(400, "the last message must be the user's", "messages")
         max_tokens = body.max_completion_tokens or body.max_tokens
         answer = await checked(body.model, messages, max_tokens, body.temperature, "chat")
-        return await respond(answer, body.stream)
+        return await respond(answer, body.stream, request)
 
     @app.post("/v1/completions", responses=RESPONSES)
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         check_text_sizes({"prompt": body.prompt}, limits, "prompt", "prompt")
         messages = [("user", body.prompt)]  # rendered with the run's template, as `tunesmith generate` does
         answer = await checked(body.model, messages, body.max_tokens, body.temperature, "completion")
-        return await respond(answer, body.stream)
+        return await respond(answer, body.stream, request)
 
-    async def respond(answer: Answer, stream: bool):
+    async def respond(answer: Answer, stream: bool, request: Request):
         shape = Shape(answer)
-        if not stream:
-            text, completion_tokens = await run_in_threadpool(
-                registry.complete, answer.model, answer.messages, answer.budget, answer.temperature
-            )
-            metrics.generated.labels(answer.model.id).inc(completion_tokens)
-            return shape.whole(text, completion_tokens)
         streaming = registry.stream(answer.model, answer.messages, answer.budget, answer.temperature)
+
+        def ended(cut_short: bool) -> None:
+            metrics.generated.labels(answer.model.id).inc(streaming.new_tokens)
+            if cut_short:
+                metrics.abandoned.labels(answer.model.id).inc()
+
+        if not stream:  # the same generation, collected; stopped if the client leaves before it is done
+            try:
+                pieces = await unless_disconnected(request, collect(streaming))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    ended(await streaming.stop())
+            if pieces is None:
+                return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the metrics do
+            return shape.whole("".join(pieces), streaming.new_tokens)
 
         async def events():
             async for piece in streaming:
@@ -114,12 +129,33 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             yield shape.event("", "length" if streaming.new_tokens >= answer.budget else "stop")
             yield "data: [DONE]\n\n"
 
-        def ended(cut_short: bool) -> None:
-            metrics.generated.labels(answer.model.id).inc(streaming.new_tokens)
-            if cut_short:
-                metrics.cancelled.labels(answer.model.id).inc()
-
         return GenerationStream(events(), streaming, ended)
+
+
+async def collect(streaming: Streaming) -> list[str]:
+    return [piece async for piece in streaming]
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """The result of `work`, or None if the client hangs up first (`work` is then cancelled).
+
+    Once the body is read, the next ASGI receive() returns only when the client disconnects."""
+    result = None
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            nonlocal result
+            result = await work
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(run)
+        group.start_soon(watch)
+    return result
 
 
 class Shape:
