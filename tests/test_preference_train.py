@@ -122,3 +122,28 @@ def test_eval_scores_base_and_tuned_on_held_out_pairs(tmp_path, tiny_model):
     assert "generation_rougeL" in tuned and "preference_accuracy" in result["table"]
     generated = (Path(result["folder"]) / "generations.jsonl").read_text().splitlines()
     assert len(generated) == 2 and {"output", "base_output", "reference"} <= set(json.loads(generated[0]))
+
+
+def test_quickstart_pairs_reuse_the_cached_base_answers(tmp_path):
+    import yaml
+
+    from tunesmith import quickstart_preference
+
+    train, validation = quickstart_preference.headline_examples(
+        4, 2, body_chars=quickstart_preference.BODY_CHARS
+    )
+    cache = tmp_path / "demo" / "data" / "base_answers.jsonl"
+    cache.parent.mkdir(parents=True)
+    write_jsonl(
+        cache,
+        [{"prompt": r["prompt"], "answer": f"long answer {i}"} for i, r in enumerate(train + validation)],
+    )
+    config = quickstart_preference.prepare(tmp_path / "demo", train=4, validation=2)
+    pairs = [
+        json.loads(line) for line in (tmp_path / "demo" / "data" / "train.jsonl").read_text().splitlines()
+    ]
+    assert [p["rejected"] for p in pairs] == [
+        f"long answer {i}" for i in range(4)
+    ]  # from the cache: no model ran
+    assert [p["chosen"] for p in pairs] == [r["response"] for r in train]  # the real headlines
+    assert config_from_dict(yaml.safe_load(config.read_text()), base=config.parent).task == "preference"

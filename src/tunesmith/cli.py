@@ -299,6 +299,13 @@ def _show_sweep(args, result) -> int:
 
 
 def _quickstart_arguments(parser):
+    parser.add_argument(
+        "kind",
+        nargs="?",
+        default="sft",
+        choices=("sft", "preference"),
+        help="sft: write headlines; preference: learn BBC's headline style from preference pairs (DPO)",
+    )
     parser.add_argument("--dir", default="quickstart", help="where the demo writes its data, config and runs")
     _overrides(parser)
 
@@ -403,7 +410,7 @@ VERBS: dict[str, Verb] = {
         "quickstart",
         "the embedded demo: SmolLM2 learns BBC headlines",
         _quickstart_arguments,
-        lambda api, a: api.quickstart(a.dir, a.overrides),
+        lambda api, a: api.quickstart(a.dir, a.overrides, a.kind),
         _done,
     ),
 }

@@ -199,10 +199,10 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         versions=library_versions(),
     )
     forgetting = Reference.load(cfg, renderer.encode_text) if cfg.eval.reference else None
-    if forgetting is not None and "reference_before" not in summary:  # a resumed run keeps its first score
+    if forgetting is not None and summary.reference_before is None:  # a resumed run keeps its first score
         summary = run.update_summary(reference_before=forgetting.score(model, pad_id, cfg.eval.batch_size))
     paired_validation = validation_rows if pref.loss != "kto" else []
-    if paired_validation and "pairs_before" not in summary:
+    if paired_validation and summary.pairs_before is None:
         with preference_run.base_weights(model, reference_model):
             before = score_pairs(reference_model or model, paired_validation, pad_id, cfg.eval.batch_size)
         summary = run.update_summary(pairs_before=before)
@@ -213,9 +213,8 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         run.write_json(run.path / "samples_base.json", {"outputs": outputs})
 
     set_seed(cfg.train.seed)  # as in causal_lm: every rank shuffles the data identically
-    train_started = time.time()
     output, stopped = fit(trainer, resume_from)
-    train_seconds = time.time() - train_started
+    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
     if stopped:
         say(stop_message(trainer))
         run.update_summary(status="stopped", global_step=trainer.state.global_step)
@@ -247,7 +246,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         )
     if forgetting is not None:
         after = forgetting.score(model, pad_id, cfg.eval.batch_size)
-        result["forgetting"] = drift(summary["reference_before"], after, cfg.eval.forgetting_threshold)
+        result["forgetting"] = drift(summary.reference_before, after, cfg.eval.forgetting_threshold)
         result["forgetting"]["reference"] = forgetting.path
         say(describe_drift(result["forgetting"], forgetting.path))
     result["wall_seconds"] = round(time.time() - started, 1)
@@ -349,9 +348,8 @@ class PreferenceTask(Task):
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         return preference_run.evaluate(run, data, baseline, generations)
 
-    def final_metric(self, summary: dict, name: str) -> float | None:
-        validation = summary.get("validation") or {}
-        return validation.get(name if name.startswith("eval_") else f"eval_{name}")
+    def final_metric(self, summary, name: str) -> float | None:
+        return (summary.validation or {}).get(name if name.startswith("eval_") else f"eval_{name}")
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         from tunesmith.report import plots
