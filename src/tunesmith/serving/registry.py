@@ -103,6 +103,8 @@ class Registry:
 
         def pieces(cancellation):
             with served.lock:  # held for exactly one generation, which cancel() ends after the current token
+                if cancellation.cancelled:  # the client left while this waited for the model
+                    return
                 self._select(served)
                 yield from stream(
                     served.model, served.renderer, conversation, max_tokens, temperature, cancellation
