@@ -18,8 +18,9 @@ BODY_CHARS = 400  # the article's opening: enough to tell its story, short enoug
 REJECTED_TOKENS = 48  # the base writes a paragraph; this much of it is the rejected answer
 
 
-def base_answers(prompts: list[str], cache: Path) -> list[str]:
-    """The untouched model's greedy answer to each prompt; generated once, then read from `cache`."""
+def base_answers(prompts: list[str], cache: Path, chunk: int = 8) -> list[str]:
+    """The untouched model's greedy answer to each prompt; written to `cache` as it goes, so a stopped demo
+    resumes where it was and a finished one never generates again."""
     known = {}
     if cache.exists():
         known = {row["prompt"]: row["answer"] for row in map(json.loads, cache.read_text().splitlines())}
@@ -33,14 +34,21 @@ def base_answers(prompts: list[str], cache: Path) -> list[str]:
         model_cfg = ModelConfig(name=str(smollm2_folder()))
         path = resolve_model(model_cfg, default_cache_dir())
         renderer = Renderer(load_tokenizer(path, model_cfg))
+        model = load_model(path, model_cfg)
         print(
             f"writing the rejected answers: the base model answers {len(missing)} prompts (once; cached in {cache})"
         )
-        answers = generate(
-            load_model(path, model_cfg), renderer, [(("user", p),) for p in missing], REJECTED_TOKENS
-        )
-        known |= dict(zip(missing, answers, strict=True))
-        _write_jsonl(cache, [{"prompt": p, "answer": a} for p, a in known.items()])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(missing), chunk):
+            batch = missing[start : start + chunk]
+            answers = generate(
+                model, renderer, [(("user", p),) for p in batch], REJECTED_TOKENS, batch_size=chunk
+            )
+            with cache.open("a", encoding="utf-8") as handle:
+                for prompt, answer in zip(batch, answers, strict=True):
+                    handle.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+                    known[prompt] = answer
+            print(f"  {min(start + chunk, len(missing))}/{len(missing)}")
     return [known[p] for p in prompts]
 
 
