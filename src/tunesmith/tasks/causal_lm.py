@@ -27,8 +27,11 @@ from tunesmith.tasks import causal_lm_run, defaults
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.checkpoints import checkpoint_step
-from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
+from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
+from tunesmith.training.flops import training_flops
+from tunesmith.training.hardware import describe_hardware, library_versions
 from tunesmith.training.loop import build_trainer, fit, stop_message
+from tunesmith.training.precision import decide_precision, frozen_weights_in_bf16, measured_gflops
 
 
 def overflow_line(over: dict, split: str) -> str:
@@ -99,10 +102,24 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
-    precision = pick_precision(cfg.train.precision)
-    checkpointing = decide_checkpointing(
-        run_cfg, model.config, max(len(r["input_ids"]) for r in train_rows), precision
+    precision_decision = decide_precision(cfg.train.precision, model.config, cache_dir)
+    precision = precision_decision["precision"]
+    say(f"precision: {precision_decision['reason']}")
+    lengths = [len(r["input_ids"]) for r in train_rows]
+    checkpointing = decide_checkpointing(run_cfg, model.config, max(lengths), precision)
+    compiling = decide_compile(
+        cfg.train.compile,
+        planned_tokens(
+            run_cfg.train.max_steps,
+            run_cfg.train.epochs,
+            run_cfg.train.batch_size * run_cfg.train.grad_accum,
+            lengths,
+        ),
+        training_flops(model.config, 1, sum(lengths) / len(lengths), 1, frozen_base=method.is_adapter),
+        measured_gflops(precision_decision),
     )
+    if compiling["enabled"]:
+        say(f"torch.compile: {compile_blocks(model)} blocks ({compiling['reason']})")
     resume_from = resume_point(run) if resume else None
 
     trainer, counter = build_trainer(
@@ -126,7 +143,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         is_adapter=method.is_adapter,
         parameters=parameters,
         precision=precision,
+        precision_probe=precision_decision,
         gradient_checkpointing=checkpointing,
+        compile=compiling,
         processes=world_size(),
         template=renderer.kind,
         stop_token_ids=renderer.stop_token_ids(),
@@ -156,7 +175,11 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     # Evaluation and rank-0-only sample generation above may have drawn random numbers on some ranks only;
     # re-seed so every rank (and a single-process run) shuffles the data identically.
     set_seed(cfg.train.seed)
-    output, stopped = fit(trainer, resume_from)
+    # Frozen base weights in bf16 (adapters under bf16 autocast): no per-step re-cast, half their memory.
+    with frozen_weights_in_bf16(model, enabled=precision == "bf16" and method.is_adapter) as frozen:
+        if frozen["layers"]:
+            run.update_summary(frozen_weights_bf16=frozen)
+        output, stopped = fit(trainer, resume_from)
     train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
     before = _evaluation_logged_at(
         trainer, 0
