@@ -37,8 +37,8 @@ class RunSummary:
     parameters: dict | None = None  # {"trainable", "total", "trainable_percent"}
     precision: str | None = None  # the compute precision chosen (fp32, bf16, fp16)
     gradient_checkpointing: dict | None = None  # {"enabled", "reason"} as decided at run time
-    precision_probe: dict | None = None  # train.precision's decision: {"precision", "reason", "probe": GFLOP/s}
-    frozen_weights_bf16: dict | None = None  # bf16 runs: frozen linear weights kept in bf16 {"layers", "saved_mb"}
+    precision_probe: dict | None = None  # train.precision: {"precision", "reason", "probe": measured GFLOP/s}
+    frozen_weights_bf16: dict | None = None  # bf16 adapter runs: frozen weights kept in bf16
     compile: dict | None = None  # train.compile's decision: {"enabled", "reason", the estimate it rests on}
     processes: int | None = None  # data-parallel processes
     template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
