@@ -23,12 +23,17 @@ def language_model_loss(model, rows: list[dict], pad_token_id: int, batch_size: 
     for start in range(0, len(ordered), batch_size):
         batch = collator(ordered[start : start + batch_size])
         targets = batch["labels"][:, 1:].to(device)
+        # Logits only at positions some row supervises (as the training loop's sparse head): a batch of
+        # full-vocabulary logits (8 x 512 x 49k floats for SmolLM2) and its copies set the quickstart's peak memory.
+        keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
         logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits[:, :-1]
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            logits_to_keep=keep,
+        ).logits
         total += torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)),
-            targets.reshape(-1),
+            targets[:, keep].reshape(-1),
             ignore_index=IGNORE,
             reduction="sum",
         ).item()
