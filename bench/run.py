@@ -1,15 +1,21 @@
-"""`make bench`: the same LoRA fine-tune with the classic recipe, TRL's SFTTrainer and tunesmith, side by side.
+"""`make bench`: the same LoRA fine-tune by the classic recipe, TRL's SFTTrainer (as shipped, and tuned) and
+tunesmith (default, and with packing), each in its own process, several times, side by side.
 
-Measures, in one sitting on this machine: fp32 and bf16 matrix-product rates, then for each recipe real
-(non-padding) tokens/s, peak resident memory, final training loss, validation loss on the same held-out answers,
-and MFU (model FLOPs per second over the measured matmul rates). Writes bench/results/recipes.json and .md.
-Run: .venv/bin/python bench/run.py [--steps 4] [--train 50]
+Records the host (CPU model and flags, cores, load average before and after), library versions, fp32 and bf16
+matmul rates at the model's own shapes, then for each recipe the median and spread over the repeats of real
+(non-padding) tokens/s with the first optimizer step left out, peak RSS during training, validation loss on the
+same held-out answers, and MFU: executed FLOPs per second over the measured rate of the precision the recipe used.
+Repeats run round-robin, so a change in the host's load touches every recipe alike. Writes
+bench/results/recipes.json and recipes.md from this run only.
+Run: .venv/bin/python bench/run.py [--train 50] [--repeats 3] [--only trl_tuned tunesmith]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,137 +23,199 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from tunesmith import quickstart
 from tunesmith.config import ModelConfig
 from tunesmith.models.loading import default_cache_dir, resolve_model
+from tunesmith.training.flops import gemm_shapes
+from tunesmith.training.hardware import cpu_flags, library_versions
+from tunesmith.training.precision import cpu_model_name, matmul_gflops
 
-RECIPES = {
-    "classic (Trainer, pad to 512)": ("classic", []),
-    "TRL SFTTrainer defaults": ("trl", []),
+RECIPES = {  # label -> (recipe in bench/recipes.py, tunesmith --set overrides)
+    "classic (Trainer, pad to 512, fp32)": ("classic", []),
+    "TRL SFTTrainer defaults (bf16 on, checkpointing on)": ("trl_defaults", []),
+    "TRL tuned (checkpointing off, padding_free, bf16 where fast)": ("trl_tuned", []),
     "tunesmith default": ("tunesmith", []),
-    "tunesmith, sparse LM head off": ("tunesmith", ["train.sparse_lm_head=false"]),
-    "tunesmith + packing": ("tunesmith", ["data.packing=true"]),
+    "tunesmith + packing": ("tunesmith", ["--set", "data.packing=true"]),
 }
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def matmul_gflops(dtype: torch.dtype, seconds: float = 3.0) -> float:
-    a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-    a @ b
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-    return 2 * 2048 * 576 * 1536 * count / (time.perf_counter() - started) / 1e9
+def host() -> dict:
+    return {
+        "cpu": cpu_model_name(),
+        "flags": [flag for flag in FLAGS if flag in cpu_flags()],
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
-def flops_per_token(model_dir: str) -> float:
-    """LoRA training FLOPs per token: forward (2N) plus activation gradients (2N) over every matmul weight."""
-    from transformers import AutoConfig
+def load_average() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
-    c = AutoConfig.from_pretrained(model_dir)
-    head_dim = c.hidden_size // c.num_attention_heads
-    attention = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    matmul_weights = c.num_hidden_layers * (attention + mlp) + c.hidden_size * c.vocab_size
-    return 4 * matmul_weights
+
+def run_recipe(
+    recipe: str, model_dir: str, data: Path, folder: Path, bf16_fast: bool, extra: list[str]
+) -> dict:
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("recipes.py")),
+        recipe,
+        model_dir,
+        str(data),
+        str(folder),
+        "1" if bf16_fast else "0",
+        *extra,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
+    if line is None:
+        return {"failed": done.stderr[-3000:]}
+    return json.loads(line[len("RESULT ") :])
+
+
+def summarize(label: str, runs: list[dict], rates: dict) -> dict:
+    """Median and spread over the repeats; MFU against the measured rate of the precision each run used."""
+    done = [r for r in runs if "failed" not in r]
+    row = {"label": label, "repeats": len(done), "runs": runs}
+    if not done:
+        return row
+    speeds = [r["tokens_per_second"] for r in done]
+    mfus = [r["executed_flops_per_second"] / (rates[r["precision"]] * 1e9) for r in done]
+    row.update(
+        precision=done[0]["precision"],
+        tokens_per_second=statistics.median(speeds),
+        tokens_per_second_min=min(speeds),
+        tokens_per_second_max=max(speeds),
+        mfu=statistics.median(mfus),
+        peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in done),
+        validation_loss=statistics.median(r["validation_loss"] for r in done),
+        train_loss=statistics.median(r["train_loss"] for r in done),
+        timed_steps=done[0]["timed_steps"],
+        timed_tokens=done[0]["tokens"],
+    )
+    return row
+
+
+def skipped_row(label: str, rates: dict, tuned: dict | None) -> dict:
+    """TRL's shipped default (bf16) where bf16 is far slower than fp32: not run, with what it would cost."""
+    cost = ""
+    if (
+        tuned is not None
+    ):  # the same steps' executed FLOPs (without checkpointing's recompute) at the bf16 rate
+        flops = tuned["runs"][0]["executed_flops_per_second"] * tuned["runs"][0]["seconds"]
+        cost = f"; TRL tuned's timed steps alone would take >= {flops / (rates['bf16'] * 1e9) / 60:.0f} min in bf16"
+    reason = (
+        f"not run: its default bf16 runs at {rates['bf16']:.1f} GFLOP/s on this host against "
+        f"{rates['fp32']:.1f} in fp32{cost}"
+    )
+    return {"label": label, "repeats": 0, "skipped": reason}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--train", type=int, default=50)
-    parser.add_argument("--only", nargs="*", help="run only these recipe labels")
-    parser.add_argument(
-        "--from-json", action="store_true", help="rebuild the table from bench/results/recipes.json"
-    )
+    parser.add_argument("--train", type=int, default=48, help="training examples (one epoch; 8 per step)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="run only these recipes (bench/recipes.py names or labels)")
     args = parser.parse_args()
-    if args.from_json:
-        saved = json.loads((Path(__file__).parent / "results" / "recipes.json").read_text())
-        write_results(saved["rows"], saved["meta"])
-        return
+    started = time.time()
+    load_before = load_average()
     model_dir = resolve_model(ModelConfig(name=str(quickstart.smollm2_folder())), default_cache_dir())
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    per_token = flops_per_token(model_dir)
+    shapes = gemm_shapes(AutoConfig.from_pretrained(model_dir), 512)
+    rates = {
+        name: matmul_gflops(dtype, shapes, 3.0)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    bf16_fast = rates["bf16"] > 1.3 * rates["fp32"]
     print(
-        f"matmul: fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s; {per_token / 1e9:.3f} GFLOP per training token"
+        f"matmul at the model's shapes (512 tokens): fp32 {rates['fp32']:.1f}, bf16 {rates['bf16']:.1f} GFLOP/s"
     )
     train, validation = quickstart.headline_examples(args.train, 20, seed=1)
-    rows = []
+    chosen = {
+        label: spec for label, spec in RECIPES.items() if not args.only or {spec[0], label} & set(args.only)
+    }
+    runs: dict[str, list[dict]] = {label: [] for label in chosen}
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data.json"
         data.write_text(json.dumps({"train": train, "validation": validation}))
-        for label, (recipe, extra) in RECIPES.items():
-            if args.only and label not in args.only:
-                continue
-            command = [
-                sys.executable,
-                str(Path(__file__).with_name("recipes.py")),
-                recipe,
-                model_dir,
-                str(data),
-                str(args.steps),
-                str(Path(folder) / recipe / str(len(rows))),
-                *extra,
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{label}: failed\n{done.stderr[-3000:]}")
-                continue
-            result = json.loads(line[len("RESULT ") :]) | {"label": label}
-            rows.append(result)
-            print(
-                f"{label}: {result['tokens_per_second']:.1f} tok/s, peak {result['peak_rss_mb']:.0f} MB, "
-                f"train loss {result['train_loss']:.4f}, validation loss {result['validation_loss']:.4f}",
-                flush=True,
-            )
+        for repeat in range(args.repeats):
+            for label, (recipe, extra) in chosen.items():
+                if recipe == "trl_defaults" and not bf16_fast:
+                    continue
+                result = run_recipe(
+                    recipe, model_dir, data, Path(folder) / f"{recipe}-{repeat}", bf16_fast, extra
+                )
+                runs[label].append(result)
+                shown = "failed" if "failed" in result else f"{result['tokens_per_second']:.1f} tok/s"
+                print(f"[{repeat + 1}/{args.repeats}] {label}: {shown}", flush=True)
+    rows = [summarize(label, runs[label], rates) for label in chosen]
+    tuned = next((r for r in rows if r.get("timed_tokens") and r["label"].startswith("TRL tuned")), None)
+    for index, (label, (recipe, _)) in enumerate(chosen.items()):
+        if recipe == "trl_defaults" and not bf16_fast:
+            rows[index] = skipped_row(label, rates, tuned)
     meta = {
-        "steps": args.steps,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "host": host(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "versions": {**library_versions(), "trl": _version("trl")},
+        "matmul_gflops": rates,
+        "matmul_shapes": [list(s) for s in shapes],
         "train_examples": len(train),
-        "matmul_gflops": {"fp32": fp32, "bf16": bf16},
-        "flops_per_token": per_token,
-        "torch": torch.__version__,
+        "validation_examples": len(validation),
+        "repeats": args.repeats,
+        "wall_seconds": round(time.time() - started),
     }
     write_results(rows, meta)
 
 
-def mfu(row: dict, rate: float, faster_than_fp32: bool) -> str:
-    # MFU against a rate slower than fp32 (bf16 without AVX-512 BF16) says nothing: leave it out.
-    return (
-        f"{100 * row['tokens_per_second'] * row['flops_per_token'] / (rate * 1e9):.1f}%"
-        if faster_than_fp32
-        else "n/a"
-    )
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
 
 
 def write_results(rows: list[dict], meta: dict) -> None:
-    """Print and write the table; `--from-json` rebuilds it from bench/results/recipes.json without rerunning."""
-    fp32, bf16 = meta["matmul_gflops"]["fp32"], meta["matmul_gflops"]["bf16"]
-    base = {r["recipe"]: r for r in rows if r["recipe"] in ("classic", "trl")}
+    by_recipe = {r["label"]: r for r in rows if r.get("tokens_per_second")}
+    tuned = next((r for label, r in by_recipe.items() if label.startswith("TRL tuned")), None)
+    classic = next((r for label, r in by_recipe.items() if label.startswith("classic")), None)
     lines = [
-        "| recipe | real tokens/s | vs classic | vs TRL | peak RSS MB | train loss | validation loss | MFU fp32 | MFU bf16 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | precision | real tokens/s, median (min-max) | vs TRL tuned | vs classic | peak RSS MB | "
+        "validation loss | MFU (executed FLOPs / measured rate of its precision) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        r["flops_per_token"] = meta["flops_per_token"]
-        versus = [
-            f"{r['tokens_per_second'] / base[k]['tokens_per_second']:.2f}x" if k in base else "-"
-            for k in ("classic", "trl")
+        if r.get("skipped") or not r.get("tokens_per_second"):
+            reason = r.get("skipped") or "failed: " + r["runs"][0]["failed"][-200:].replace("\n", " ")
+            lines.append(f"| {r['label']} | - | {reason} | - | - | - | - | - |")
+            continue
+        ratios = [
+            f"{r['tokens_per_second'] / b['tokens_per_second']:.2f}x" if b else "-" for b in (tuned, classic)
         ]
         lines.append(
-            f"| {r['label']} | {r['tokens_per_second']:.1f} | {versus[0]} | {versus[1]} | {r['peak_rss_mb']:.0f} | "
-            f"{r['train_loss']:.4f} | {r['validation_loss']:.4f} | {mfu(r, fp32, True)} | {mfu(r, bf16, bf16 > fp32)} |"
+            f"| {r['label']} | {r['precision']} | {r['tokens_per_second']:.1f} ({r['tokens_per_second_min']:.1f}-"
+            f"{r['tokens_per_second_max']:.1f}) | {ratios[0]} | {ratios[1]} | {r['peak_rss_mb']:.0f} | "
+            f"{r['validation_loss']:.4f} | {100 * r['mfu']:.1f}% |"
         )
     table = "\n".join(lines)
     print("\n" + table)
+    h = meta["host"]
+    header = (
+        f"{meta['date']}, `{meta['command']}`: {meta['train_examples']} BBC headline examples, one epoch, "
+        f"{meta['repeats']} repeats per recipe in separate processes, first optimizer step left out.\n"
+        f"Host: {h['cpu']}, {h['cores']} cores, flags {' '.join(h['flags'])}; load average "
+        f"{meta['load_average_before']} before, {meta['load_average_after']} after (shared host: other jobs were "
+        f"running; treat the ratios, measured side by side, as firmer than the absolute rates).\n"
+        f"Matmul at the model's shapes: fp32 {meta['matmul_gflops']['fp32']:.1f}, bf16 "
+        f"{meta['matmul_gflops']['bf16']:.1f} GFLOP/s. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "recipes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    header = (
-        f"{meta['steps']} optimizer steps, {meta['train_examples']} examples; matmul fp32 {fp32:.1f} / bf16 {bf16:.1f} "
-        "GFLOP/s; MFU counts the full LM head (model FLOPs), so sparse-head rows slightly overstate it."
-    )
     (out / "recipes.md").write_text(f"{header}\n\n{table}\n")
 
 
