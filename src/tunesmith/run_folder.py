@@ -28,7 +28,8 @@ class RunSummary:
     are None."""
 
     # -- what ran
-    status: str = "unknown"  # running | stopped | killed | finished
+    status: str = "unknown"  # running | stopped | killed | finished | pruned (a sweep trial)
+    pruned_at_step: int | None = None  # a sweep trial stopped by the pruner: the step it was stopped at
     task: str | None = None  # the registered task's name
     base_model: str | None = None  # model.name as configured (hub id, folder or .gguf)
     base_model_path: str | None = None  # the local folder the base was loaded from
