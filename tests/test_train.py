@@ -95,10 +95,29 @@ def test_merge_matches_adapter(lora_run):
         api.merge(summary["run_dir"])
 
 
-def test_generate_uses_the_run(lora_run):
+def greedy(model, renderer, prompt: str, steps: int) -> str:
+    """Greedy decoding by hand, one prompt at a time: argmax of the tuned model's next-token logits."""
+    ids = renderer.encode_prompt((("user", prompt),))
+    answer = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(input_ids=torch.tensor([ids + answer])).logits[0, -1].argmax())
+            if token in renderer.stop_token_ids():
+                break
+            answer.append(token)
+    return renderer.tokenizer.decode(answer, skip_special_tokens=True).strip()
+
+
+def test_generate_uses_the_run(lora_run, tiny_model):
     summary, _ = lora_run
-    answers = api.generate(summary["run_dir"], ["the cat sat", "dogs ran"], max_new_tokens=5)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    prompts = ["the cat sat", "dogs ran to the park"]
+    answers = api.generate(summary["run_dir"], prompts, max_new_tokens=5)
+    tuned = load_run(RunFolder.open(summary["run_dir"]))
+    assert answers == [greedy(tuned.model, tuned.renderer, prompt, 5) for prompt in prompts]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert answers != [
+        greedy(base, tuned.renderer, prompt, 5) for prompt in prompts
+    ]  # the adapter, not the base
 
 
 def test_resume_continues_step_count_and_loss_curve(make_config):
@@ -135,17 +154,21 @@ def test_a_new_run_never_reuses_a_folder(make_config):
     ("method", "extra"),
     [("full", {}), ("freeze", {"freeze": {"last_n": 1}}), ("dora", {})],
 )
-def test_other_methods_train_and_count_parameters(make_config, method, extra):
+def test_other_methods_train_and_count_parameters(make_config, tiny_model, method, extra):
     raw = make_config(rows=16, train={"max_steps": 2}, eval={"samples": 0, "before_training": False})
     raw["method"] = {"name": method, **extra}
-    summary = api.train(config_from_dict(raw))
+    capture = CaptureLogits()
+    summary = api.train(config_from_dict(raw), callbacks=[capture])
     parameters = summary["parameters"]
     if method == "full":
         assert parameters["trainable"] == parameters["total"]
     else:
         assert 0 < parameters["trainable"] < parameters["total"]
     model = load_run(RunFolder.open(summary["run_dir"])).model
-    assert probe_logits(model).shape[-1] > 0
+    # the saved run reloads to the model that training ended with, and that model moved off the base
+    assert torch.allclose(probe_logits(model), capture.logits, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert (probe_logits(base) - capture.logits).abs().max().item() > 1e-3
     if method == "dora":
         assert (
             json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())["use_dora"]
@@ -174,3 +197,48 @@ def test_gradient_checkpointing_trains_lora(make_config):
         summary["status"] == "finished"
         and summary["validation_loss_after"] < summary["validation_loss_before"]
     )
+
+
+def test_precision_and_weight_dtype_are_checked_together(monkeypatch):
+    from tunesmith.errors import TunesmithError
+    from tunesmith.training import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(
+        TunesmithError, match=r"^model.dtype: the weights are float16, which cannot be trained on a CPU"
+    ):
+        hardware.pick_precision("auto", torch.float16)
+    with pytest.raises(
+        TunesmithError, match=r"^model.dtype: bfloat16 weights on this CPU .* set model.dtype: float32"
+    ):
+        hardware.pick_precision("auto", torch.bfloat16)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
+    assert hardware.pick_precision("auto", torch.bfloat16) == "bf16"  # auto follows 16-bit weights
+    assert hardware.pick_precision("auto", torch.float32) == "fp32"
+    with pytest.raises(
+        TunesmithError,
+        match=r"^model.dtype: bfloat16 weights cannot train in fp32 .* set train.precision: bf16",
+    ):
+        hardware.pick_precision("fp32", torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(TunesmithError, match=r"^model.dtype: this GPU has no bfloat16 support"):
+        hardware.pick_precision("auto", torch.bfloat16)
+    assert hardware.pick_precision("auto", torch.float16) == "fp16"
+    with pytest.raises(TunesmithError, match=r"^model.dtype: float16 weights cannot train in bf16"):
+        hardware.pick_precision("bf16", torch.float16)
+
+
+def test_float16_weights_are_refused_on_a_cpu_before_training(make_config):
+    from tunesmith.errors import TunesmithError
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU rule; on a GPU float16 weights are allowed")
+    raw = make_config(rows=12, train={"max_steps": 1}, eval={"samples": 0, "before_training": False})
+    raw["model"]["dtype"] = "float16"
+    with pytest.raises(TunesmithError, match="model.dtype: the weights are float16") as caught:
+        api.train(config_from_dict(raw))
+    assert "\n" not in str(caught.value)  # one line
+    runs = Path(raw["output"]["dir"])
+    assert not any(runs.glob("*/checkpoints/checkpoint-*"))  # refused before any step

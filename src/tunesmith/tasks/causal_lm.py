@@ -29,7 +29,7 @@ from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory
 from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
 from tunesmith.training.flops import training_flops
-from tunesmith.training.hardware import describe_hardware, library_versions
+from tunesmith.training.hardware import check_weights_dtype, describe_hardware, library_versions
 from tunesmith.training.loop import build_trainer, fit, stop_message
 from tunesmith.training.precision import decide_precision, frozen_weights_in_bf16, measured_gflops
 
@@ -104,9 +104,10 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     )
     precision_decision = decide_precision(cfg.train.precision, model.config, cache_dir)
     precision = precision_decision["precision"]
+    check_weights_dtype(model.dtype, precision)  # model.dtype: float16 on a CPU, fp32 over bf16 weights
     say(f"precision: {precision_decision['reason']}")
     lengths = [len(r["input_ids"]) for r in train_rows]
-    checkpointing = decide_checkpointing(run_cfg, model.config, max(lengths), precision)
+    checkpointing = decide_checkpointing(run_cfg, model, max(lengths), precision)
     compiling = decide_compile(
         cfg.train.compile,
         planned_tokens(

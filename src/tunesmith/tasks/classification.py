@@ -249,10 +249,10 @@ def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dic
 
 def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
     """Train with the Trainer (full, head, last_n, lora, dora); evaluate the final weights on validation."""
-    precision = pick_precision(cfg.train.precision)
+    precision = pick_precision(cfg.train.precision, model.dtype)
     text = modality.name == "text"
     longest = max((len(row["input_ids"]) for row in train_set.dataset), default=0) if text else None
-    checkpointing = decide_checkpointing(cfg, model.config, longest, precision)
+    checkpointing = decide_checkpointing(cfg, model, longest, precision)
     resume_from = resume_point(run) if resume else None
     trainer, counter = build_classification_trainer(
         cfg,

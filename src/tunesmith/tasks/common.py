@@ -79,7 +79,7 @@ def finish_run(run: RunFolder, cfg, summary: RunSummary, task) -> dict:
     return summary.to_dict() | {"run_dir": str(run.path)}
 
 
-def decide_checkpointing(cfg, model_config, longest: int | None, precision: str) -> dict:
+def decide_checkpointing(cfg, model, longest: int | None, precision: str) -> dict:
     """Resolve train.gradient_checkpointing ('auto' from the memory estimate) into a recorded decision;
     the config keeps what the user wrote, the Trainer gets decision["enabled"]."""
     from tunesmith.training.distributed import per_device_batch
@@ -90,7 +90,7 @@ def decide_checkpointing(cfg, model_config, longest: int | None, precision: str)
         decision = {"enabled": False, "reason": "auto: estimated for text models only; off"}
     else:
         batch = per_device_batch(cfg.train.batch_size)
-        decision = choose_checkpointing(setting, model_config, batch, longest or 0, precision)
+        decision = choose_checkpointing(setting, model.config, batch, longest or 0, precision, model=model)
     if setting == "auto" and decision["enabled"]:
         say(f"gradient checkpointing on: {decision['reason'].removeprefix('auto: ')}")
     return decision

@@ -171,11 +171,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     reference = describe_reference(pref.loss, method.is_adapter, pref.precompute_reference)
     say(f"preference: {pref.loss}, beta {pref.beta}; reference: {reference}")
 
-    precision = pick_precision(cfg.train.precision)
+    precision = pick_precision(cfg.train.precision, model.dtype)
     # Chosen and rejected share one forward: the batch holds twice as many rows as train.batch_size says.
-    checkpointing = decide_checkpointing(
-        cfg, model.config, 2 * max(longest(r) for r in train_rows), precision
-    )
+    checkpointing = decide_checkpointing(cfg, model, 2 * max(longest(r) for r in train_rows), precision)
     resume_from = resume_point(run) if resume else None
     trainer, counter = build_trainer(
         cfg, run, model, tokenizer, collator, train_rows, validation_rows, precision, callbacks,
