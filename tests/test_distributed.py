@@ -53,15 +53,20 @@ def test_two_processes_match_one_at_the_same_global_batch(make_config, tmp_path)
         assert abs(single[step] - fsdp[step]) < 1e-4, (step, single[step], fsdp[step])
 
 
-def test_missing_engine_is_refused_before_workers_start(make_config, tmp_path, capsys):
+def test_missing_engine_is_refused_before_workers_start(make_config, tmp_path, capsys, monkeypatch):
     import importlib.util
 
     from tunesmith.cli import main
+    from tunesmith.training import distributed
 
-    if importlib.util.find_spec("deepspeed") is not None:
-        return
+    # Where deepspeed is installed the check would pass: hide it, so the refusal is tested on every machine.
+    real_find_spec = importlib.util.find_spec
+    hidden = lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args)  # noqa: E731
+    monkeypatch.setattr(distributed.importlib.util, "find_spec", hidden)
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda *args: launched.append(args))
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(make_config(rows=8)))
     assert main(["train", str(config), "--nproc", "2", "--set", "train.distributed=deepspeed"]) == 2
     assert "train.distributed: deepspeed is not installed" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and launched == []

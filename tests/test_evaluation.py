@@ -186,7 +186,22 @@ def test_eval_with_baseline_side_by_side(gentle_run, tiny_model):
     assert 'id="eval-results"' in page
 
 
-def test_eval_refuses_unfinished_runs_and_missing_data(gentle_run, tmp_path):
+def test_eval_refuses_unfinished_runs_and_missing_data(gentle_run, make_config, tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAtOne(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_save = control.should_training_stop = True
+
+    raw = make_config(rows=12, train={"max_steps": 4}, eval={"samples": 0, "before_training": False})
+    stopped = api.train(config_from_dict(raw), callbacks=[StopAtOne()])
+    assert stopped["status"] == "stopped" and stopped["global_step"] == 1  # an unfinished run, for real
+    with pytest.raises(
+        TunesmithError,
+        match=r"^eval: .* has not finished training \(status: stopped\); finish it, or continue it with",
+    ):
+        api.evaluate(stopped["run_dir"])
+    assert not (Path(stopped["run_dir"]) / "eval").exists()  # nothing was scored or written
     with pytest.raises(TunesmithError, match="not found"):
         api.evaluate(gentle_run["run_dir"], data=tmp_path / "nope.jsonl")
 
