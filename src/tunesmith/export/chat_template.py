@@ -41,12 +41,16 @@ def run_template(renderer: Renderer) -> str:
 
 def render(template: str, messages: Messages, add_generation_prompt: bool, bos: str, eos: str) -> str:
     """Render as llama-cpp-python's Jinja2ChatFormatter does (and transformers): sandboxed, trim/lstrip blocks."""
+    from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise TunesmithError(f"the chat template refused a conversation: {message}")
 
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    environment.filters["tojson"] = lambda value, **options: json.dumps(value, ensure_ascii=False, **options)
     return environment.from_string(template).render(
         messages=[{"role": role, "content": content} for role, content in messages],
         add_generation_prompt=add_generation_prompt,

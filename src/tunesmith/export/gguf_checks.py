@@ -121,34 +121,51 @@ def reload_check(
     return record
 
 
+def _llama_cpp_prompt_ids(llama, template: str):
+    """llama-cpp-python's own chat path: its Jinja2ChatFormatter on the file's template, then llama.cpp's tokenizer."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def token_text(token: int) -> str:  # as llama-cpp-python builds its chat formatter from the file
+        return llama._model.token_get_text(token) if token != -1 else ""
+
+    formatter = Jinja2ChatFormatter(template, token_text(llama.token_eos()), token_text(llama.token_bos()))
+
+    def prompt_ids(prompt: Messages) -> list[int]:
+        text = formatter(messages=[{"role": role, "content": content} for role, content in prompt]).prompt
+        return llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    return prompt_ids
+
+
 def template_check(path: Path, renderer: Renderer, prompts: list[Messages], llama=None) -> dict:
     """The embedded template rendered by Jinja and tokenized gives exactly the ids tunesmith trained with."""
     meta = metadata(path)
     tokenizer = renderer.tokenizer
+    llama_prompt_ids = _llama_cpp_prompt_ids(llama, meta["template"]) if llama is not None else None
     equal = equal_llama = 0
     first_difference = None
     for index, prompt in enumerate(prompts):
         expected = renderer.encode_prompt(prompt)
         text = render(meta["template"], prompt, True, meta["bos"], meta["eos"])
-        ids = ([meta["bos_id"]] if meta["add_bos"] else []) + tokenizer(text, add_special_tokens=False)[
-            "input_ids"
-        ]
+        ids = [meta["bos_id"]] if meta["add_bos"] else []
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
         same = ids == expected
-        if llama is not None:  # llama.cpp's own tokenizer, reading the vocabulary from the file
-            same_llama = llama.tokenize(text.encode("utf-8"), add_bos=True, special=True) == expected
+        equal += same
+        if llama_prompt_ids is not None:  # rendered and tokenized by the runtime, from the file alone
+            same_llama = llama_prompt_ids(prompt) == expected
             equal_llama += same_llama
             same = same and same_llama
-        equal += ids == expected
         if not same and first_difference is None:
             first_difference = {"prompt": index, "text": text[:300]}
     record = {"prompts": len(prompts), "equal": equal, "add_bos_token": meta["add_bos"]}
     if llama is not None:
-        record["equal_with_llama_cpp_tokenizer"] = equal_llama
+        record["equal_in_llama_cpp"] = equal_llama
     if first_difference is not None:
         record["first_difference"] = first_difference
         raise TunesmithError(
             f"export --format gguf refused: the embedded template gives other token ids than training for prompt "
-            f"{first_difference['prompt']} ({equal} of {len(prompts)} equal); nothing was written"
+            f"{first_difference['prompt']} ({equal} of {len(prompts)} equal, llama.cpp: {equal_llama}); "
+            "nothing was written"
         )
     return record
 
