@@ -64,6 +64,8 @@ def test_dpo_with_lora_logs_rewards_at_every_evaluation(tmp_path, tiny_model):
     assert all("rewards/margins" in r for r in train_logs)
     assert summary["pairs_before"]["pairs"] == summary["pairs_after"]["pairs"] == 6
     assert (tmp_path / "runs" / "run" / "model" / "adapter_config.json").exists()
+    report = (tmp_path / "runs" / "run" / "report.html").read_text()
+    assert 'id="plot-metrics"' in report and "eval_rewards/accuracies" in report  # curves and the table
 
 
 def test_full_fine_tune_uses_a_frozen_copy_or_precomputed_reference(tmp_path, tiny_model):

@@ -4,7 +4,6 @@ the same weights with the adapter switched off (or a frozen copy), and the rewar
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 
 import torch
 from transformers import Trainer
@@ -65,7 +64,7 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         disable_dropout(self.model)
         # The loss is a mean over pairs, not a sum over tokens: let the Trainer divide by accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._sums: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
 
     # -- the reference ------------------------------------------------------------------------------------------
     def reference_logps(self, batch: dict, prefix: str = "") -> torch.Tensor | None:
@@ -120,28 +119,35 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         return loss.detach(), None, None
 
     # -- metrics ------------------------------------------------------------------------------------------------
+    def _add(self, mode: str, key: str, values: torch.Tensor) -> None:
+        """Accumulate (sum, count) per metric: averages over examples, summed over ranks at log time."""
+        values = values.detach().double()
+        total = self._sums[mode].setdefault(key, torch.zeros(2, dtype=torch.float64, device=values.device))
+        total[0] += values.sum()
+        total[1] += values.numel()
+
     def _record(self, mode: str, result: PreferenceLoss, policy: SequenceLogps, inputs: dict) -> None:
-        sums = self._sums[mode]
-        sums["rewards/chosen"].append(result.chosen_rewards)
-        sums["rewards/rejected"].append(result.rejected_rewards)
+        self._add(mode, "rewards/chosen", result.chosen_rewards)
+        self._add(mode, "rewards/rejected", result.rejected_rewards)
         if self.preference.loss == "kto":
             desirable = inputs["desirable"]
-            sums["logps/chosen"].append(policy.logps[desirable].detach())
-            sums["logps/rejected"].append(policy.logps[~desirable].detach())
-            sums["kl"].append(result.kl.reshape(1))
+            self._add(mode, "logps/chosen", policy.logps[desirable])
+            self._add(mode, "logps/rejected", policy.logps[~desirable])
+            self._add(mode, "kl", result.kl.reshape(1))
         else:
             pairs = policy.logps.shape[0] // 2
-            sums["logps/chosen"].append(policy.logps[:pairs].detach())
-            sums["logps/rejected"].append(policy.logps[pairs:].detach())
-            sums["rewards/accuracies"].append((result.chosen_rewards > result.rejected_rewards).float())
+            self._add(mode, "logps/chosen", policy.logps[:pairs])
+            self._add(mode, "logps/rejected", policy.logps[pairs:])
+            self._add(mode, "rewards/accuracies", (result.chosen_rewards > result.rejected_rewards).float())
 
     def averages(self, mode: str) -> dict[str, float]:
-        """Each metric averaged over every example recorded since the last log (all ranks)."""
+        """Each metric averaged over every example recorded since the last log, on all ranks."""
         values = {}
-        for key, parts in self._sums[mode].items():
-            gathered = self.accelerator.gather_for_metrics(torch.cat(parts).float())
-            if gathered.numel():
-                values[key] = round(gathered.mean().item(), 6)
+        for key, total in self._sums[mode].items():
+            if self.accelerator.num_processes > 1:
+                total = self.accelerator.reduce(total, reduction="sum")
+            if total[1] > 0:
+                values[key] = round((total[0] / total[1]).item(), 6)
         if "rewards/chosen" in values and "rewards/rejected" in values:
             values["rewards/margins"] = round(values["rewards/chosen"] - values["rewards/rejected"], 6)
         return values
