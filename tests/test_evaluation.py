@@ -166,7 +166,7 @@ def test_eval_with_baseline_side_by_side(gentle_run, tiny_model):
     base_model = AutoModelForCausalLM.from_pretrained(tiny_model)
     from tunesmith.data.prepare import check_data, tokenize_data
     from tunesmith.data.templates import Renderer
-    from tunesmith.training.run_folder import RunFolder
+    from tunesmith.run_folder import RunFolder
 
     cfg = RunFolder.open(run).load_config()
     renderer = Renderer(
@@ -399,7 +399,7 @@ def test_reports_of_a_stopped_run_and_a_features_run(tmp_path, tiny_bert, make_c
 
 def test_model_card_carries_forgetting_and_eval_results(gentle_run):
     from tunesmith.export.hub import model_card
-    from tunesmith.training.run_folder import RunFolder
+    from tunesmith.run_folder import RunFolder
 
     run = RunFolder.open(gentle_run["run_dir"])
     result = api.evaluate(run.path, baseline=True, generations=0)
