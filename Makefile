@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Optional: llama.cpp's own runtime (llama-cpp-python) for the GGUF export's llama.cpp check; tests/test_gguf.py
-# skips that one test without it. It compiles llama.cpp from source: about 1.5 h on a busy 2-core host here (no
+# skips its two llama.cpp tests without it. It compiles llama.cpp from source: about 1.5 h on a busy 2-core host here (no
 # prebuilt wheel on PyPI), too slow for `make setup`. Once built, pip's wheel cache makes a reinstall instant.
 # LLAVA_BUILD=OFF skips the multimodal library tunesmith does not use; GGML_NATIVE=OFF keeps it portable.
 llama-cpp: $(STAMP)
