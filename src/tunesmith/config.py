@@ -157,7 +157,8 @@ class TrainConfig(Section):
         "auto", description="auto: on when a step's estimated activations exceed half the free memory"
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 where a measured probe shows it faster (GPUs, AVX-512 BF16/AMX), else fp32"
+        "auto",
+        description="auto: bf16 where a measured probe shows it faster (GPUs, AVX-512 BF16/AMX), else fp32",
     )
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the blocks; auto: on when the time saved exceeds the compile time"
