@@ -1,4 +1,5 @@
-"""Peak memory of DPO with LoRA (reference = adapter off) beside SFT on the same pairs' chosen side.
+"""Peak memory of DPO with LoRA (reference = adapter off) beside SFT on the same pairs' chosen side, and beside SFT
+on both sides (the same 2B rows a DPO batch holds, so only the reference pass and the loss differ).
 
 Each run is its own process (peak RSS is per process). The pairs: a BBC article's opening as the prompt, its real
 headline chosen, the article's next sentences rejected (a paragraph, as a base model would write; no generation
@@ -44,9 +45,12 @@ def config(work: Path, task: str, steps: int) -> dict:
         "eval": {"before_training": False, "samples": 0},
         "output": {"dir": str(work / "runs"), "name": task},
     }
-    if task == "preference":
-        raw["task"] = task
-        raw["preference"] = {"loss": "dpo"}
+    if task.startswith(
+        "preference"
+    ):  # preference_precomputed: the reference's log-probs computed before step 1
+        raw["task"] = "preference"
+        raw["data"]["train_file"] = str(work / "preference.jsonl")
+        raw["preference"] = {"loss": "dpo", "precompute_reference": task == "preference_precomputed"}
     return raw
 
 
@@ -55,13 +59,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--work", default="/tmp/pref-memory")
+    parser.add_argument("--runs", nargs="+", default=["sft", "sft_both", "preference"])
     args = parser.parse_args()
     work = Path(args.work)
     rows = pairs(args.pairs)
     _write_jsonl(work / "preference.jsonl", rows)
     _write_jsonl(work / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in rows])
+    both = [{"prompt": r["prompt"], "response": r[side]} for side in ("chosen", "rejected") for r in rows]
+    _write_jsonl(work / "sft_both.jsonl", both)
     results = {}
-    for task in ("sft", "preference"):
+    for task in args.runs:
+        if (work / "runs" / task / "run.json").exists():  # measured before: each run once per work folder
+            summary = json.loads((work / "runs" / task / "run.json").read_text())
+            results[task] = {
+                "peak_memory_mb": summary["peak_memory_mb"],
+                "train_seconds": summary["train_seconds"],
+            }
+            continue
         path = work / f"{task}.yaml"
         path.write_text(json.dumps(config(work, task, args.steps)))
         subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(path)], check=True)
@@ -70,7 +84,11 @@ def main() -> None:
             "peak_memory_mb": summary["peak_memory_mb"],
             "train_seconds": summary["train_seconds"],
         }
-    results["ratio"] = round(results["preference"]["peak_memory_mb"] / results["sft"]["peak_memory_mb"], 3)
+    for dpo in ("preference", "preference_precomputed"):
+        for task in ("sft", "sft_both"):
+            if task in results and dpo in results:
+                ratio = results[dpo]["peak_memory_mb"] / results[task]["peak_memory_mb"]
+                results[f"{dpo}_over_{task}"] = round(ratio, 3)
     print(json.dumps(results, indent=2))
 
 
