@@ -150,26 +150,32 @@ def main() -> None:
                 runs[label].append(result)
                 shown = "failed" if "failed" in result else f"{result['tokens_per_second']:.1f} tok/s"
                 print(f"[{repeat + 1}/{args.repeats}] {label}: {shown}", flush=True)
+            # Written after every round: a run cut short still leaves the rounds it finished (and says so).
+            meta = {
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+                "host": host(),
+                "load_average_before": load_before,
+                "load_average_after": load_average(),
+                "versions": {**library_versions(), "trl": _version("trl")},
+                "matmul_gflops": rates,
+                "matmul_shapes": [list(s) for s in shapes],
+                "train_examples": len(train),
+                "validation_examples": len(validation),
+                "repeats": args.repeats,
+                "rounds_done": repeat + 1,
+                "wall_seconds": round(time.time() - started),
+            }
+            write_results(table_rows(chosen, runs, rates, bf16_fast), meta)
+
+
+def table_rows(chosen: dict, runs: dict, rates: dict, bf16_fast: bool) -> list[dict]:
     rows = [summarize(label, runs[label], rates) for label in chosen]
     tuned = next((r for r in rows if r.get("timed_tokens") and r["label"].startswith("TRL tuned")), None)
     for index, (label, (recipe, _)) in enumerate(chosen.items()):
         if recipe == "trl_defaults" and not bf16_fast:
             rows[index] = skipped_row(label, rates, tuned)
-    meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "host": host(),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
-        "versions": {**library_versions(), "trl": _version("trl")},
-        "matmul_gflops": rates,
-        "matmul_shapes": [list(s) for s in shapes],
-        "train_examples": len(train),
-        "validation_examples": len(validation),
-        "repeats": args.repeats,
-        "wall_seconds": round(time.time() - started),
-    }
-    write_results(rows, meta)
+    return rows
 
 
 def _version(name: str) -> str:
@@ -205,7 +211,8 @@ def write_results(rows: list[dict], meta: dict) -> None:
     h = meta["host"]
     header = (
         f"{meta['date']}, `{meta['command']}`: {meta['train_examples']} BBC headline examples, one epoch, "
-        f"{meta['repeats']} repeats per recipe in separate processes, first optimizer step left out.\n"
+        f"{meta['rounds_done']} of {meta['repeats']} planned repeats per recipe done, each in its own process, "
+        "first optimizer step left out.\n"
         f"Host: {h['cpu']}, {h['cores']} cores, flags {' '.join(h['flags'])}; load average "
         f"{meta['load_average_before']} before, {meta['load_average_after']} after (shared host: other jobs were "
         f"running; treat the ratios, measured side by side, as firmer than the absolute rates).\n"
