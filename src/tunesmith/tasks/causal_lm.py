@@ -283,9 +283,16 @@ class CausalLMTask(Task):
     sweep_metrics = ("eval_loss",)
 
     def config_problems(self, cfg: Config) -> list[str]:
+        problems = []
         if cfg.train.class_weights or cfg.train.layer_lr_decay:
-            return ["train.class_weights and train.layer_lr_decay are for classification tasks"]
-        return []
+            problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
+        if cfg.data.on_overflow in ("head_tail", "windows"):
+            problems.append(
+                f"data.on_overflow: {cfg.data.on_overflow} is for text-classification of single texts (no text pair)"
+            )
+        if cfg.data.multi_label:
+            problems.append("data.multi_label is supported for text-classification")
+        return problems
 
     def check_data(self, data):
         return check_data(data)
