@@ -225,7 +225,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "status": "finished",
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 3),
         "train_tokens": counter.tokens,
         "tokens_per_second": round(counter.tokens / max(train_seconds, 1e-9), 1),
         "best_checkpoint": trainer.state.best_model_checkpoint,
