@@ -88,6 +88,15 @@ class DataConfig(Section):
     label_separator: str = Field("|", description="multi-label CSV cells: labels joined by this")
     augment: bool = Field(False, description="images: random resized crop and horizontal flip in training")
     clip_seconds: float = Field(1.0, gt=0, description="audio: clips are cut or zero-padded to this length")
+    # seq2seq (text-to-text)
+    source_field: str = "source"
+    target_field: str = "target"
+    source_prefix: str = Field("", description="seq2seq: put before every source, e.g. 'summarize: ' for T5")
+    max_target_length: int = Field(
+        128,
+        ge=2,
+        description="seq2seq: targets longer than this many tokens follow data.on_overflow (counted)",
+    )
 
 
 class LoraConfig(Section):
@@ -193,6 +202,11 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0)
     generations: int = Field(
         32, ge=0, description="`tunesmith eval`: examples generated for ROUGE/BLEU/exact match (0: none)"
+    )
+    train_generations: int = Field(
+        16,
+        ge=0,
+        description="seq2seq: validation examples generated at each evaluation in training for ROUGE/BLEU (0: loss only)",
     )
     reference: str | None = Field(
         None,
