@@ -88,6 +88,9 @@ class DataConfig(Section):
     label_separator: str = Field("|", description="multi-label CSV cells: labels joined by this")
     augment: bool = Field(False, description="images: random resized crop and horizontal flip in training")
     clip_seconds: float = Field(1.0, gt=0, description="audio: clips are cut or zero-padded to this length")
+    audio_field: str = Field(
+        "audio", description="speech-recognition tables: the audio file column (relative to the table)"
+    )
     # seq2seq (text-to-text)
     source_field: str = "source"
     target_field: str = "target"
@@ -304,6 +307,34 @@ class PreferenceConfig(Section):
     label_field: str = Field("label", description="kto's unpaired rows: true (desirable) or false")
 
 
+class SpeechConfig(Section):
+    """task: speech-recognition. Whisper's language and task tokens, SpecAugment, what WER/CER are computed on."""
+
+    language: str | None = Field(
+        None,
+        description="multilingual Whisper: the language token every transcript starts with (en, english, hi, "
+        "...); leave unset for English-only models",
+    )
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe",
+        description="multilingual Whisper: the task token (translate: speech in, English text out)",
+    )
+    spec_augment: bool | Literal["auto"] = Field(
+        "auto",
+        description="SpecAugment masking of the input features in training; auto keeps the model config's "
+        "apply_spec_augment (true turns it on with the config's mask_time_prob / mask_feature_prob)",
+    )
+    freeze_encoder: bool = Field(
+        False, description="the audio encoder stays frozen whatever the method (the decoder alone learns)"
+    )
+    normalizer: Literal["english", "basic", "none"] = Field(
+        "english",
+        description="texts are normalized before WER/CER: english (Whisper's EnglishTextNormalizer), basic "
+        "(Whisper's BasicTextNormalizer: lower case, no punctuation), none (as written)",
+    )
+    max_new_tokens: int = Field(128, gt=0, description="the longest transcript generated, in tokens")
+
+
 class Config(Section):
     task: str = Field(
         default_factory=registry.default_task,
@@ -316,6 +347,7 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     preference: PreferenceConfig = PreferenceConfig()
+    speech: SpeechConfig = SpeechConfig()
     sweep: SweepConfig | None = None
 
     @model_validator(mode="after")
