@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,24 @@ from tunesmith.errors import TunesmithError
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(value: Any) -> float:
+    """'20m', '90s', '1.5h', '1h30m' or a number of seconds -> seconds (ValueError otherwise)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)(hr|h|min|m|sec|s)", text)
+        if not parts or "".join(a + b for a, b in parts) != text:
+            raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 20m, 1.5h or 1h30m (or seconds)")
+        seconds = sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"{value} must be longer than zero")
+    return seconds
 
 
 class ModelConfig(Section):
@@ -196,6 +215,16 @@ class TrainConfig(Section):
         None, gt=0, le=1, description="classification: each lower block's LR is this times the one above"
     )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"  # engine used when run on several processes
+    time_budget: float | None = Field(
+        None,
+        description="the whole run ends within this wall time (e.g. 20m, 1h): steps and LR schedule are "
+        "re-sized from the measured speed; never lengthens a run",
+    )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
 
 
 class EvalConfig(Section):
@@ -286,6 +315,17 @@ class OutputConfig(Section):
         return value
 
 
+class PlanConfig(Section):
+    """What `tunesmith plan` predicted for this config (it writes this section); run.json sets it beside the actual."""
+
+    budget_seconds: float | None = None
+    memory_limit_mb: float | None = None
+    predicted_seconds: float | None = Field(None, description="the whole run, data to report")
+    predicted_peak_memory_mb: float | None = None
+    host: str | None = Field(None, description="the machine the probe ran on")
+    reasons: list[str] = []
+
+
 class PreferenceConfig(Section):
     """task: preference. The objective, its strength, and the names of the data's fields."""
 
@@ -349,6 +389,7 @@ class Config(Section):
     preference: PreferenceConfig = PreferenceConfig()
     speech: SpeechConfig = SpeechConfig()
     sweep: SweepConfig | None = None
+    plan: PlanConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

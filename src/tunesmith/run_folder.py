@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class RunSummary:
     best_metric: float | None = None  # its train.metric value
     peak_memory_mb: float | None = None  # peak RSS (CPU) or allocated GPU memory
     wall_seconds: float | None = None  # the whole run, data to report
+    time_budget: dict | None = None  # train.time_budget: the budget, the pace measured, where the run was cut
+    plan: dict | None = None  # `tunesmith plan`'s prediction beside the actual time and peak memory
     # -- evaluation
     validation_loss_before: float | None = None  # the untouched model on the validation split
     validation_loss_after: float | None = None  # the final weights on the validation split
@@ -103,6 +106,7 @@ class RunSummary:
 class RunFolder:
     def __init__(self, path: Path):
         self.path = path
+        self.opened_at = time.time()  # a training run's clock (train.time_budget) starts here
 
     config_file = property(lambda self: self.path / "config.yaml")
     data_report = property(lambda self: self.path / "data_report.json")

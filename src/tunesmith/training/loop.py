@@ -18,12 +18,13 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from tunesmith.config import Config
-from tunesmith.console import world_size
+from tunesmith.console import say, world_size
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.models.anatomy import transformer_blocks
 from tunesmith.run_folder import RunFolder
+from tunesmith.training.budget import TimeBudget
 from tunesmith.training.callbacks import (
     GracefulStop,
     MetricsLogger,
@@ -265,6 +266,16 @@ def standard_callbacks(
         OverfitWatch(cfg.eval.overfit_patience, bool(cfg.train.early_stopping_patience)),
         *extra,
     ]
+    if cfg.train.time_budget:
+        callbacks.append(
+            TimeBudget(
+                cfg.train.time_budget,
+                run.opened_at,
+                cfg.train.warmup,
+                say=say,
+                write=lambda record: run.update_summary(time_budget=record),
+            )
+        )
     if cfg.train.early_stopping_patience:
         if not has_validation:
             raise TunesmithError(
