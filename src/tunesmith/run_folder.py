@@ -52,6 +52,8 @@ class RunSummary:
     labels: list | None = None  # the label names, in id order
     multi_label: bool | None = None  # several labels per example
     head: str | None = None  # whether the classifier head was kept or made new
+    # -- speech recognition
+    speech: dict | None = None  # SpecAugment as applied, generate()'s language/task, encoder frozen
     # -- preference tuning
     preference: dict | None = None  # {"loss", "beta", "reference"}
     pairs_before: dict | None = None  # held-out preference pairs scored by the base model
