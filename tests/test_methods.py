@@ -84,12 +84,31 @@ def _whisper():
     return WhisperForAudioClassification(config)
 
 
+def _t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=128,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
+    return T5ForConditionalGeneration(config)
+
+
 def _batch(kind: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 2])
     if kind == "AutoModelForCausalLM":
         ids = torch.randint(0, 128, (2, 10), generator=generator)
         return {"input_ids": ids, "labels": ids}
+    if kind == "AutoModelForSeq2SeqLM":
+        ids = torch.randint(1, 128, (2, 10), generator=generator)
+        targets = torch.randint(1, 128, (2, 4), generator=generator)
+        return {"input_ids": ids, "decoder_input_ids": targets, "labels": targets}
     if kind == "AutoModelForSequenceClassification":
         return {"input_ids": torch.randint(0, 128, (2, 10), generator=generator), "labels": labels}
     if kind == "AutoModelForImageClassification":
@@ -101,6 +120,13 @@ def _batch(kind: str) -> dict:
 # and everything after the blocks), written out from the architecture rather than from tunesmith's code.
 MODELS = {
     "AutoModelForCausalLM": (_llama, ["lm_head."], ["model.layers.1.", "model.norm.", "lm_head."]),
+    # T5: the LM head is tied to the shared embedding (its weight is named shared.weight); the largest stack is
+    # the decoder's (its blocks add cross-attention), followed by its final norm.
+    "AutoModelForSeq2SeqLM": (
+        _t5,
+        ["lm_head.", "shared."],
+        ["decoder.block.1.", "decoder.final_layer_norm.", "shared."],
+    ),
     "AutoModelForSequenceClassification": (
         _bert,
         ["classifier."],
@@ -126,7 +152,7 @@ def _size(model, prefixes: list[str]) -> int:
 def _lora_size(model, dora: bool) -> int:
     """r x (in + out) per adapted Linear (+ out magnitudes for DoRA): causal LMs adapt every Linear but the
     LM head; classifiers adapt the body's Linears and train a full copy of the head."""
-    causal = model.__class__.__name__.endswith("ForCausalLM")
+    causal = _kind(model) in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM")  # the LM head is not copied
     heads = MODELS[_kind(model)][1]
     total = 0
     for name, module in model.named_modules():
@@ -139,6 +165,7 @@ def _kind(model) -> str:
     name = model.__class__.__name__
     return {
         "LlamaForCausalLM": "AutoModelForCausalLM",
+        "T5ForConditionalGeneration": "AutoModelForSeq2SeqLM",
         "BertForSequenceClassification": "AutoModelForSequenceClassification",
         "ViTForImageClassification": "AutoModelForImageClassification",
         "WhisperForAudioClassification": "AutoModelForAudioClassification",

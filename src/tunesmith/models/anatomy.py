@@ -37,6 +37,10 @@ def base_module(model) -> torch.nn.Module:
 
 def head_names(model) -> list[str]:
     """Top-level modules outside the pretrained body: the task head (classifier, projector, lm_head, ...)."""
+    if is_seq2seq_lm(
+        model
+    ):  # T5 has no single body child (shared, encoder, decoder): its head is the LM head
+        return ["lm_head"]
     base = base_module(model)
     return [name for name, child in model.named_children() if child is not base and size(child)]
 
@@ -48,3 +52,10 @@ def forward_inputs(model) -> set[str]:
 
 def is_causal_lm(model) -> bool:
     return model.__class__.__name__.endswith("ForCausalLM")
+
+
+def is_seq2seq_lm(model) -> bool:
+    """A text-to-text encoder-decoder (T5, BART): transformers' AutoModelForSeq2SeqLM architectures."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return model.__class__.__name__ in set(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values())
