@@ -57,6 +57,16 @@ def audio_problem(path: Path) -> str | None:
 
 def load_audio(path: str, sampling_rate: int, seconds: float, rng: random.Random | None = None) -> np.ndarray:
     """Mono float32 at the model's rate, cut or zero-padded to `seconds` (a random window in training)."""
+    samples = read_audio(path, sampling_rate)
+    length = round(seconds * sampling_rate)
+    if len(samples) > length:
+        start = rng.randint(0, len(samples) - length) if rng else 0
+        return samples[start : start + length]
+    return np.pad(samples, (0, length - len(samples)))
+
+
+def read_audio(path, sampling_rate: int) -> np.ndarray:
+    """The whole file as mono float32 at `sampling_rate` (resampled when the file has another rate)."""
     import soundfile
     from scipy.signal import resample_poly
 
@@ -65,8 +75,4 @@ def load_audio(path: str, sampling_rate: int, seconds: float, rng: random.Random
     if rate != sampling_rate:
         divisor = np.gcd(rate, sampling_rate)
         samples = resample_poly(samples, sampling_rate // divisor, rate // divisor).astype(np.float32)
-    length = round(seconds * sampling_rate)
-    if len(samples) > length:
-        start = rng.randint(0, len(samples) - length) if rng else 0
-        return samples[start : start + length]
-    return np.pad(samples, (0, length - len(samples)))
+    return samples

@@ -127,8 +127,9 @@ class ProbeReference:
 def drift(before: dict, after: dict, threshold_percent: float, key: str = "perplexity") -> dict:
     """Relative change of the reference score, in percent; a warning above the threshold."""
     change = 100.0 * (after[key] - before[key]) / before[key]
-    # For perplexity a rise is forgetting; for accuracy (the classification probe) a fall is.
-    worse = change if key == "perplexity" else -change
+    # For perplexity (and speech's word error rate) a rise is forgetting; for accuracy (the classification
+    # probe) a fall is.
+    worse = -change if key == "accuracy" else change
     return {
         "metric": key,
         "before": before,

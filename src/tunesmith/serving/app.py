@@ -1,5 +1,6 @@
 """The FastAPI app: the guard (API key, slots, metrics), errors, /health, /metrics, /v1/models, and the route
-groups of the served models (routes_generation: chat/completions; routes_classification: classify)."""
+groups of the served models (routes_generation: chat/completions; routes_classification: classify;
+routes_transcription: audio/transcriptions)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError
-from tunesmith.serving import routes_classification, routes_generation
+from tunesmith.serving import routes_classification, routes_generation, routes_transcription
 from tunesmith.serving.context import ApiError, Limits, Metrics, ServingContext, error_response
 from tunesmith.serving.guard import Guard
 from tunesmith.serving.registry import Registry, ServedModel
@@ -25,6 +26,7 @@ OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-red
 ROUTE_GROUPS: dict[str, ModuleType] = {
     routes_generation.GROUP: routes_generation,
     routes_classification.GROUP: routes_classification,
+    routes_transcription.GROUP: routes_transcription,
 }
 
 
