@@ -7,7 +7,7 @@ import torch
 from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
-from tunesmith.models.anatomy import base_module, head_names, is_causal_lm, is_seq2seq_lm
+from tunesmith.models.anatomy import base_module, head_names, is_causal_lm, is_seq2seq_lm, is_speech_seq2seq
 
 
 def body_targets(model) -> list[str]:
@@ -36,6 +36,11 @@ def peft_config(model, cfg: MethodConfig, use_dora: bool = False):
         return LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=cfg.lora.target_modules, **common)
     if is_seq2seq_lm(model):  # adapters in the encoder and the decoder (self- and cross-attention, MLP)
         return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, target_modules=cfg.lora.target_modules, **common)
+    if is_speech_seq2seq(
+        model
+    ):  # Whisper: encoder and decoder linears; the tied vocabulary projection stays.
+        # No task type: peft's SEQ_2_SEQ_LM wrapper passes input_ids, which a speech model's forward does not take.
+        return LoraConfig(target_modules=cfg.lora.target_modules, **common)
     # A classifier: adapters on the pretrained body only; the new head trains in full and is saved with them.
     targets = body_targets(model) if cfg.lora.target_modules == "all-linear" else cfg.lora.target_modules
     return LoraConfig(target_modules=targets, modules_to_save=head_names(model), **common)

@@ -59,3 +59,10 @@ def is_seq2seq_lm(model) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
     return model.__class__.__name__ in set(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def is_speech_seq2seq(model) -> bool:
+    """An audio-to-text encoder-decoder (Whisper, Speech2Text): transformers' AutoModelForSpeechSeq2Seq architectures."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    return model.__class__.__name__ in set(MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values())
