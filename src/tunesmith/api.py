@@ -93,7 +93,8 @@ def train(
 def predict(
     run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
 ) -> dict:
-    """Label a table's rows or a folder's files with a classification run; writes JSONL or CSV."""
+    """Label a table's rows or a folder's files with a classification run (transcribe them with a
+    speech-recognition run); writes JSONL or CSV."""
     run, task = _run_for(run_dir, "predict")
     return task.predict(run, source, output, batch_size)
 
