@@ -99,6 +99,27 @@ def _t5():
     return T5ForConditionalGeneration(config)
 
 
+def _whisper_asr():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=128,
+        num_mel_bins=16,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        max_source_positions=8,
+        max_target_positions=16,
+        pad_token_id=0,
+        decoder_start_token_id=1,
+    )
+    return WhisperForConditionalGeneration(config)
+
+
 def _batch(kind: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 2])
@@ -113,6 +134,10 @@ def _batch(kind: str) -> dict:
         return {"input_ids": torch.randint(0, 128, (2, 10), generator=generator), "labels": labels}
     if kind == "AutoModelForImageClassification":
         return {"pixel_values": torch.randn(2, 3, 16, 16, generator=generator), "labels": labels}
+    if kind == "AutoModelForSpeechSeq2Seq":
+        targets = torch.randint(2, 128, (2, 4), generator=generator)
+        features = torch.randn(2, 16, 16, generator=generator)
+        return {"input_features": features, "decoder_input_ids": targets, "labels": targets}
     return {"input_features": torch.randn(2, 16, 16, generator=generator), "labels": labels}
 
 
@@ -126,6 +151,13 @@ MODELS = {
         _t5,
         ["lm_head.", "shared."],
         ["decoder.block.1.", "decoder.final_layer_norm.", "shared."],
+    ),
+    # Whisper: the vocabulary projection proj_out is tied to the decoder's token embedding; the largest stack is
+    # the decoder's (cross-attention), followed by its final norm.
+    "AutoModelForSpeechSeq2Seq": (
+        _whisper_asr,
+        ["proj_out.", "model.decoder.embed_tokens."],
+        ["model.decoder.layers.1.", "model.decoder.layer_norm.", "model.decoder.embed_tokens."],
     ),
     "AutoModelForSequenceClassification": (
         _bert,
@@ -152,7 +184,8 @@ def _size(model, prefixes: list[str]) -> int:
 def _lora_size(model, dora: bool) -> int:
     """r x (in + out) per adapted Linear (+ out magnitudes for DoRA): causal LMs adapt every Linear but the
     LM head; classifiers adapt the body's Linears and train a full copy of the head."""
-    causal = _kind(model) in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM")  # the LM head is not copied
+    # the LM head (tied to the token embedding) is not copied
+    causal = _kind(model) in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForSpeechSeq2Seq")
     heads = MODELS[_kind(model)][1]
     total = 0
     for name, module in model.named_modules():
@@ -166,6 +199,7 @@ def _kind(model) -> str:
     return {
         "LlamaForCausalLM": "AutoModelForCausalLM",
         "T5ForConditionalGeneration": "AutoModelForSeq2SeqLM",
+        "WhisperForConditionalGeneration": "AutoModelForSpeechSeq2Seq",
         "BertForSequenceClassification": "AutoModelForSequenceClassification",
         "ViTForImageClassification": "AutoModelForImageClassification",
         "WhisperForAudioClassification": "AutoModelForAudioClassification",
