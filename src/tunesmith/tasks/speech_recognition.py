@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from transformers import set_seed
 
@@ -22,6 +23,7 @@ from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import finish_run, peak_memory_mb, resume_point
+from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.speech_loop import build_speech_trainer
@@ -222,7 +224,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": peak_memory_mb(),
     }
     if validation_rows:
-        final = trainer.evaluate()
+        final = _evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = final["eval_loss"]
         result["validation"] = {
             k.removeprefix("eval_"): final[k] for k in ("eval_loss", "eval_wer", "eval_cer") if k in final
@@ -250,6 +252,14 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
     return finish_run(run, cfg, run.read_summary(), SPEECH_RECOGNITION)
+
+
+def _evaluation_of_final_weights(trainer) -> dict | None:
+    """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
+    state = trainer.state
+    best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    step = checkpoint_step(Path(best)) if best else state.global_step
+    return next((log for log in state.log_history if "eval_loss" in log and log.get("step") == step), None)
 
 
 def _reference_text(row: dict, tokenizer) -> str:
