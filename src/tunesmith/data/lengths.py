@@ -6,6 +6,7 @@ from tunesmith.config import DataConfig
 from tunesmith.data.labelled import LabelledExample
 from tunesmith.data.preference import LabelledAnswer, PreferencePair, encode_labelled, encode_pair, longest
 from tunesmith.data.prepare import CheckedData, encode
+from tunesmith.data.seq2seq import SourceTarget
 from tunesmith.data.templates import Renderer
 from tunesmith.data.validate import Example
 
@@ -33,6 +34,10 @@ def token_count(example, renderer: Renderer, loss_on: str) -> int | None:
         return longest(item) if item else None
     if isinstance(example, LabelledAnswer):
         return longest(encode_labelled(example, renderer)[0])
+    if isinstance(
+        example, SourceTarget
+    ):  # the source, against max_length (targets: the training data report)
+        return len(renderer.tokenizer(example.source)["input_ids"])
     return None
 
 

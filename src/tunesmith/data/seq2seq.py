@@ -128,7 +128,7 @@ class SourceEncoder:
     """Turns sources and targets into token ids the way training did (the seq2seq counterpart of the causal-LM
     Renderer: serving and `generate` call encode_prompt and stop_token_ids on it)."""
 
-    kind = "seq2seq"
+    kind = "source-target"  # recorded as run.json template: how prompts become model inputs
 
     def __init__(self, tokenizer, prefix: str = ""):
         self.tokenizer, self.prefix = tokenizer, prefix

@@ -50,7 +50,10 @@ def _write_onnx(ex: Exportable, target: Path):
     dims = {name: {0: torch.export.Dim("batch")} for name in ex.input_names}
     for name in ex.input_names:
         if probe[name].dim() == 2 and probe[name].dtype == torch.long:  # token ids and masks: any length
-            dims[name][1] = torch.export.Dim("sequence")
+            # An encoder-decoder's decoder ids have a length of their own (same-named Dims must be equal).
+            dims[name][1] = torch.export.Dim(
+                "decoder_sequence" if name.startswith("decoder_") else "sequence"
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
