@@ -61,13 +61,17 @@ def test_the_budget_moves_the_last_step_from_the_measured_pace():
     state, control = TrainerState(max_steps=1000), TrainerControl()
     clock.now += 10  # data and model loading
     budget.on_train_begin(args, state, control)
-    for step in range(1, 4):  # 2 s a step: 100 - 10 (setup) - 5 (finishing: 5% of the budget) leaves 85 s
+    for step in range(
+        1, 4
+    ):  # 2 s a step: after 3 steps, 100 - 16 - 10 (finishing: at least 10 s) leaves 74 s
+        budget.on_step_begin(args, state, control)
         clock.now += 2
         state.global_step = step
         budget.on_step_end(args, state, control)
-    assert state.max_steps == 3 + (100 - 16 - 5) // 2
-    assert "ends at step 42 of 1000" in said[0]
+    assert state.max_steps == 3 + 74 // 2
+    assert "ends at step 40 of 1000" in said[0]
     assert not control.should_training_stop
+    budget.on_step_begin(args, state, control)
     clock.now += 200  # the machine slowed down: the budget is spent
     state.global_step = 4
     budget.on_step_end(args, state, control)
@@ -83,6 +87,7 @@ def test_a_budget_never_lengthens_a_run():
     state, control = TrainerState(max_steps=10), TrainerControl()
     budget.on_train_begin(args, state, control)
     for step in range(1, 6):
+        budget.on_step_begin(args, state, control)
         clock.now += 1
         state.global_step = step
         budget.on_step_end(args, state, control)
@@ -95,23 +100,125 @@ class SlowSteps(TrainerCallback):
 
 
 def test_a_run_with_a_time_budget_ends_inside_it_with_its_schedule_decayed(make_config):
-    # 400 steps at >= 0.25 s each would take 100 s; the budget is 12 s for the whole run.
+    # 400 steps at >= 0.25 s each would take 100 s; the budget is 30 s for the whole run.
     raw = make_config(
         rows=40,
-        train={"max_steps": 400, "eval_steps": 20, "time_budget": "12s", "scheduler": "linear"},
+        train={"max_steps": 400, "eval_steps": 20, "time_budget": "30s", "scheduler": "linear"},
         eval={"samples": 0},
     )
     started = time.time()
     summary = api.train(config_from_dict(raw), callbacks=[SlowSteps()])
     elapsed = time.time() - started
     record = summary["time_budget"]
-    assert record["budget_seconds"] == 12
+    assert record["budget_seconds"] == 30
     assert record["planned_steps"] == 400
     assert summary["global_step"] == record["ends_at_step"] == record["steps_done"] < 400
-    assert elapsed < 12 * 1.1
+    assert elapsed < 30 * 1.1
     metrics = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").open()]
     learning_rates = [m["learning_rate"] for m in metrics if "learning_rate" in m]
     assert learning_rates[-1] < 0.2 * learning_rates[0]  # decayed to the new end, not cut mid-schedule
     assert any(
         "eval_loss" in m and m["step"] == summary["global_step"] for m in metrics
     )  # evaluated at the end
+
+
+# -- tunesmith plan ---------------------------------------------------------------------------------------
+from tunesmith.commands.plan import Measurement, plan, run_probe  # noqa: E402
+from tunesmith.tasks.causal_lm import CAUSAL_LM  # noqa: E402
+
+# A fixed measurement per rung of the causal-LM ladder: (seconds a step, peak MB)
+MEASURED = {
+    "qlora r=8": (0.5, 900),
+    "lora r=8 on q,v": (0.1, 2000),
+    "lora r=16 all-linear": (0.2, 2500),
+    "full": (0.4, 6000),
+}
+
+
+def fixed_probe(calls):
+    def probe(raw, rung, max_length, steps):
+        calls.append(rung.label)
+        pace, peak = MEASURED[rung.label]
+        return Measurement(
+            seconds_per_step=pace, evaluation_seconds=1.0, overhead_seconds=20.0, peak_memory_mb=peak
+        )
+
+    return probe
+
+
+def plan_for(tmp_path, make_config, budget, memory=None, rows=400):
+    raw = make_config(rows=rows, train={"max_steps": None, "eval_steps": None, "learning_rate": None})
+    del raw["train"]["max_steps"], raw["train"]["eval_steps"], raw["train"]["learning_rate"]
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(json.dumps(raw))  # JSON is YAML
+    calls: list[str] = []
+    from tunesmith.commands import plan as plan_module
+
+    result = plan_module.plan(
+        config_file, budget, memory, output=tmp_path / "plan.yaml", probe=fixed_probe(calls)
+    )
+    return result, calls
+
+
+def test_the_plan_grows_with_the_budget_and_shrinks_with_the_memory(tmp_path, make_config):
+    # 320 training rows, batch 4: 80 steps an epoch; 20 s overhead and 7 evaluations of 1 s besides the steps
+    small, calls = plan_for(tmp_path, make_config, "45s")
+    # 45 s x 0.92 - 27 s leaves 14.4 s of steps: one epoch at 0.1 s a step (8 s), not at 0.2 s (16 s)
+    assert small["method"] == "lora r=8 on q,v"
+    assert "qlora r=8" not in calls  # qlora is for when memory is short
+    large, _ = plan_for(tmp_path, make_config, "10m")
+    assert large["method"] == "full"
+    assert large["steps"] == 5 * 80  # capped at the generator's most epochs, not stretched to fill 10 minutes
+    tight, _ = plan_for(tmp_path, make_config, "10m", memory="3G")
+    assert tight["method"] == "lora r=16 all-linear"  # full needs 6000 MB
+    starved, calls = plan_for(tmp_path, make_config, "10m", memory="1G")
+    assert starved["method"] == "qlora r=8" and calls[-1] == "qlora r=8"
+    again, calls = plan_for(tmp_path, make_config, "45s")
+    assert calls == []  # cached: the same data, settings and host probe nothing
+    assert (again["method"], again["steps"], again["predicted_seconds"]) == (
+        small["method"],
+        small["steps"],
+        small["predicted_seconds"],
+    )
+    assert all(option["cached"] for option in again["options"])
+
+
+def test_the_plan_predicts_inside_the_budget_and_writes_a_config_that_trains(tmp_path, make_config):
+    result, _ = plan_for(tmp_path, make_config, "2m")
+    assert result["predicted_seconds"] <= 120
+    written = Path(result["config"]).read_text()
+    assert written.startswith("# Written by `tunesmith plan`")
+    assert "time_budget: 120.0" in written and "predicted_seconds" in written
+    cfg = config_from_dict(__import__("yaml").safe_load(written))
+    assert cfg.plan.predicted_seconds == result["predicted_seconds"]
+    assert cfg.method.name == "full" and cfg.train.max_steps == result["steps"]
+    assert cfg.train.eval_steps == result["steps"] // 5 and cfg.train.early_stopping_patience == 3
+    summary = api.train(cfg)
+    record = summary["plan"]
+    assert record["predicted_seconds"] == result["predicted_seconds"] and record["budget_seconds"] == 120
+    assert record["actual_peak_memory_mb"] == summary["peak_memory_mb"]
+    assert record["time_error_percent"] == pytest.approx(
+        100 * (record["actual_seconds"] - record["predicted_seconds"]) / record["predicted_seconds"], abs=0.1
+    )
+
+
+def test_a_budget_too_small_for_any_method_names_the_smallest_that_fits(tmp_path, make_config):
+    # the cheapest rung needs 20 s + 7 s of evaluations + 80 steps x 0.1 s = 35 s, planned at 92%: 38.04 s
+    with pytest.raises(
+        TunesmithError, match=r"no method fits in 30s .* smallest budget that fits is 39s \(--time 39s\)"
+    ):
+        plan_for(tmp_path, make_config, "30s")
+
+
+def test_a_probe_measures_a_real_short_run_in_its_own_process(tmp_path, make_config):
+    raw = make_config(rows=24, train={"max_steps": None})
+    rung = CAUSAL_LM.plan_ladder(None)[1]
+    measured = run_probe(json.loads(json.dumps(raw)), rung, 64, steps=3)
+    assert 0 < measured.seconds_per_step < 30
+    assert measured.evaluation_seconds > 0 and measured.overhead_seconds > 0
+    assert measured.peak_memory_mb > 100  # a process holding torch and the model
+
+
+def test_plan_refuses_a_budget_that_is_not_a_duration(tmp_path, make_config):
+    with pytest.raises(TunesmithError, match="--time: 'soon' is not a duration"):
+        plan(tmp_path / "x.yaml", "soon")

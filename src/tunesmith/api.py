@@ -210,6 +210,20 @@ def compare(run_dirs: list[str | Path], output: str | Path | None = None) -> Pat
     return write_comparison([RunFolder.open(r) for r in run_dirs], output)
 
 
+def plan(
+    source: str | Path,
+    time_budget: str | float,
+    memory: str | None = None,
+    model: str | None = None,
+    task: str | None = None,
+    output: str | Path | None = None,
+) -> dict:
+    """A config that fits `time_budget` (and `memory`) on this machine, from the data and measured probes."""
+    from tunesmith.commands.plan import plan as make_plan
+
+    return make_plan(source, time_budget, memory, model, task, output)
+
+
 def sweep(
     config: str | Path,
     overrides: list[str] | None = None,

@@ -80,6 +80,12 @@ def _train_arguments(parser):
 
 
 def _call_train(api, args):
+    import os
+
+    import psutil
+
+    # train.time_budget counts the whole command, imports included (ranks started by --nproc inherit it)
+    os.environ.setdefault("TUNESMITH_STARTED_AT", str(psutil.Process().create_time()))
     overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
     return api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
 
@@ -298,6 +304,29 @@ def _show_sweep(args, result) -> int:
     return 0
 
 
+def _plan_arguments(parser):
+    parser.add_argument(
+        "source", help="a config .yaml, or a data file or folder (then --model names the model)"
+    )
+    parser.add_argument("--time", required=True, help="the time budget for the whole run, e.g. 20m, 90s, 1h")
+    parser.add_argument(
+        "--memory", help="the most memory the run may use, e.g. 8G (default: 90%% of free memory)"
+    )
+    parser.add_argument(
+        "--model", help="the model to fine-tune (a local folder or hub id) when SOURCE is data"
+    )
+    parser.add_argument("--task", help="the task when SOURCE is data (default: guessed from its fields)")
+    parser.add_argument(
+        "--output", help="the config file to write (default: plan-<time>.yaml, never overwritten)"
+    )
+
+
+def _show_plan(args, result) -> int:
+    print(f"wrote {result['config']}: {result['method']}, predicted {result['predicted_seconds']:.0f} s")
+    print(f"train it with:  tunesmith train {result['config']}")
+    return 0
+
+
 def _quickstart_arguments(parser):
     parser.add_argument(
         "kind",
@@ -386,6 +415,13 @@ VERBS: dict[str, Verb] = {
         _compare_arguments,
         lambda api, a: api.compare(a.runs, a.output),
         _wrote,
+    ),
+    "plan": Verb(
+        "plan",
+        "choose the method, size and schedule that fit a time budget on this machine (measured)",
+        _plan_arguments,
+        lambda api, a: api.plan(a.source, a.time, a.memory, a.model, a.task, a.output),
+        _show_plan,
     ),
     "sweep": Verb(
         "sweep",

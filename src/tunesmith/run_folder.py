@@ -19,6 +19,7 @@ def free_path(path: Path) -> Path:
     return next(candidate for candidate in candidates if not candidate.exists())
 
 
+STARTED_AT_ENV = "TUNESMITH_STARTED_AT"  # set by `tunesmith train`: when its process started
 RUN_DIR_ENV = "TUNESMITH_RUN_DIR"  # set by the launcher so every rank uses the folder it created
 
 
@@ -108,7 +109,8 @@ class RunSummary:
 class RunFolder:
     def __init__(self, path: Path):
         self.path = path
-        self.opened_at = time.time()  # a training run's clock (train.time_budget) starts here
+        # a training run's clock (train.time_budget): the `tunesmith train` command's start, or now (the API)
+        self.opened_at = float(os.environ.get(STARTED_AT_ENV, time.time()))
 
     config_file = property(lambda self: self.path / "config.yaml")
     data_report = property(lambda self: self.path / "data_report.json")

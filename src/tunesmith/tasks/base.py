@@ -7,12 +7,24 @@ names. A new task is one module that subclasses Task, fills in what differs, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import Config, DataConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.run_folder import RunFolder, RunSummary
 from tunesmith.tasks.common import bad_rows_error
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of a task's plan ladder (`tunesmith plan`): a method and its size, cheapest first."""
+
+    label: str  # e.g. "lora r=8 on q_proj, v_proj"
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted config keys -> values
+    min_epochs: float = 1.0  # the fewest epochs worth running it for (0: a fitting step, no epochs)
+    why: str = ""
+    when_short_of_memory: bool = False  # only tried when no other rung fits the memory (e.g. qlora)
 
 
 class Task:
@@ -26,6 +38,9 @@ class Task:
     pipeline_tag: str = ""  # the hub's pipeline tag in the model card
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
+    plan_kind: str = (
+        "generator"  # tunesmith.tasks.defaults kind: the epoch range and learning rates it plans with
+    )
 
     # -- config and data ----------------------------------------------------------------------------------
     def config_problems(self, cfg: Config) -> list[str]:
@@ -46,6 +61,23 @@ class Task:
     # -- the recipe ---------------------------------------------------------------------------------------
     def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
         raise NotImplementedError
+
+    def plan_ladder(self, cfg: Config) -> list[Rung]:
+        """The methods `tunesmith plan` chooses among for this task, cheapest first (the richest that fits wins)."""
+        return [
+            Rung(
+                "lora r=8",
+                {"method.name": "lora", "method.lora.r": 8, "method.lora.alpha": 16},
+                1.0,
+                "adapters on every linear layer: a small fraction of the weights train, the base stays as it was",
+            ),
+            Rung(
+                "full",
+                {"method.name": "full"},
+                1.0,
+                "every weight trains: the most capacity, the most memory",
+            ),
+        ]
 
     # -- a finished run -------------------------------------------------------------------------------------
     def load_run(self, run: RunFolder, adapter_name: str = "default", into: Any = None):

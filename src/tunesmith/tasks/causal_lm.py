@@ -24,7 +24,7 @@ from tunesmith.models.loading import default_cache_dir, load_model, load_tokeniz
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run, defaults
-from tunesmith.tasks.base import Task
+from tunesmith.tasks.base import Rung, Task
 from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.checkpoints import checkpoint_step
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
@@ -296,6 +296,51 @@ class CausalLMTask(Task):
 
     def check_data(self, data):
         return check_data(data)
+
+    def plan_ladder(self, cfg: Config) -> list[Rung]:
+        attention = ["q_proj", "v_proj"]
+        return [
+            Rung(
+                "qlora r=8",
+                {
+                    "method.name": "qlora",
+                    "method.lora.r": 8,
+                    "method.lora.alpha": 16,
+                    "method.lora.target_modules": "all-linear",
+                },
+                1.0,
+                "a 4-bit base under adapters: for when even LoRA's base weights do not fit",
+                True,
+            ),
+            Rung(
+                "lora r=8 on q,v",
+                {
+                    "method.name": "lora",
+                    "method.lora.r": 8,
+                    "method.lora.alpha": 16,
+                    "method.lora.target_modules": attention,
+                },
+                1.0,
+                "the classic small adapter (attention queries and values)",
+            ),
+            Rung(
+                "lora r=16 all-linear",
+                {
+                    "method.name": "lora",
+                    "method.lora.r": 16,
+                    "method.lora.alpha": 32,
+                    "method.lora.target_modules": "all-linear",
+                },
+                1.0,
+                "adapters on every linear layer at twice the rank: closer to full fine-tuning",
+            ),
+            Rung(
+                "full",
+                {"method.name": "full"},
+                1.0,
+                "every weight trains: when the model is small enough for its optimizer state",
+            ),
+        ]
 
     def validated_data(self, cfg: Config):
         checked = super().validated_data(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -68,6 +69,8 @@ def finish_run(run: RunFolder, cfg, summary: RunSummary, task) -> dict:
     summary = run.update_summary(
         overfitting=overfitting_signal(run.read_metrics(), cfg.eval.overfit_patience)
     )
+    if cfg.plan is not None:
+        summary = run.update_summary(plan=plan_versus_actual(cfg.plan, summary, time.time() - run.opened_at))
     try:
         from tunesmith.report.run_report import write_run_report
 
@@ -77,6 +80,28 @@ def finish_run(run: RunFolder, cfg, summary: RunSummary, task) -> dict:
             f"report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with `tunesmith report {run.path}`"
         )
     return summary.to_dict() | {"run_dir": str(run.path)}
+
+
+def plan_versus_actual(plan, summary: RunSummary, seconds: float) -> dict:
+    """`tunesmith plan`'s prediction beside what the run measured (`seconds`: from the command's start to
+    before the report), with the errors in percent."""
+
+    def error(predicted, actual):
+        return round(100 * (actual - predicted) / predicted, 1) if predicted and actual else None
+
+    record = {
+        "budget_seconds": plan.budget_seconds,
+        "predicted_seconds": plan.predicted_seconds,
+        "actual_seconds": round(seconds, 1),
+        "time_error_percent": error(plan.predicted_seconds, seconds),
+        "predicted_peak_memory_mb": plan.predicted_peak_memory_mb,
+        "actual_peak_memory_mb": summary.peak_memory_mb,
+        "memory_error_percent": error(plan.predicted_peak_memory_mb, summary.peak_memory_mb),
+        "host": plan.host,
+    }
+    if plan.budget_seconds:
+        record["within_budget"] = seconds <= plan.budget_seconds
+    return {k: v for k, v in record.items() if v is not None}
 
 
 def decide_checkpointing(cfg, model, longest: int | None, precision: str) -> dict:

@@ -16,7 +16,7 @@ from functools import partial
 
 from transformers import TrainerCallback
 
-MEASURED_STEPS = 3  # steps timed before the first re-estimate (the first steps carry one-off costs)
+MEASURED_STEPS = 3  # steps timed before the first re-estimate; the pace is the median of the recent ones
 
 
 def stretch_schedule(scheduler, total_steps: int, warmup_fraction: float | None) -> bool:
@@ -41,43 +41,54 @@ class TimeBudget(TrainerCallback):
     def __init__(self, budget: float, started: float, warmup: float, say=print, write=None, clock=time.time):
         self.budget, self.started, self.clock, self.say, self.write = budget, started, clock, say, write
         self.warmup_fraction = warmup if warmup < 1 else None
-        self.train_began = None
-        self.steps_at_begin = 0
-        self.step_times: list[float] = []
-        self.evaluation_seconds = 0.0
+        self.step_seconds: list[float] = []  # each step's own work
+        self.between_seconds = 0.0  # logging and checkpoint writes between steps (evaluations apart)
+        self.evaluation_seconds = 0.0  # the longest evaluation so far
+        self.evaluated_between = 0.0
+        self.step_began = self.step_ended = None
         self.planned_steps = None
         self.record: dict = {"budget_seconds": budget}
 
     # -- measurements --------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        self.train_began = self.clock()
-        self.steps_at_begin = state.global_step
         self.planned_steps = state.max_steps
-        self.record.update(
-            planned_steps=state.max_steps, setup_seconds=round(self.train_began - self.started, 1)
-        )
+        self.record.update(planned_steps=state.max_steps, setup_seconds=round(self.clock() - self.started, 1))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = self.clock()
+        if self.step_ended is not None:
+            self.between_seconds += max(0.0, self.step_began - self.step_ended - self.evaluated_between)
+        self.evaluated_between = 0.0
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        runtime = (metrics or {}).get("eval_runtime")
-        if runtime:
-            self.evaluation_seconds = max(self.evaluation_seconds, float(runtime))
+        runtime = float((metrics or {}).get("eval_runtime") or 0.0)
+        self.evaluation_seconds = max(self.evaluation_seconds, runtime)
+        self.evaluated_between += runtime
 
     def finishing_seconds(self) -> float:
         """What the run does after its last step: the final evaluations (validation, test) and writing out."""
-        return 2 * self.evaluation_seconds + 0.05 * self.budget
+        return 2 * self.evaluation_seconds + max(0.05 * self.budget, 10.0)
 
-    def seconds_per_step(self, state) -> float | None:
-        steps = state.global_step - self.steps_at_begin
-        if steps < MEASURED_STEPS or self.train_began is None:
+    def seconds_per_step(self, args, state) -> float | None:
+        """A step's work, the writes between steps, and its share of the evaluations, as measured so far."""
+        if len(self.step_seconds) < MEASURED_STEPS:
             return None
-        return (self.clock() - self.train_began) / steps
+        steps = len(self.step_seconds)
+        recent = sorted(self.step_seconds[1:][-20:])  # the first step carries one-off costs (allocation, warmup)
+        pace = recent[len(recent) // 2] + self.between_seconds / steps
+        if args.eval_strategy != "no" and state.eval_steps:
+            every = state.eval_steps if state.eval_steps >= 1 else max(1, state.eval_steps * state.max_steps)
+            pace += self.evaluation_seconds / every
+        return pace
 
     # -- the decision ----------------------------------------------------------------------------------------
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-        pace = self.seconds_per_step(state)
+        now = self.step_ended = self.clock()
+        if self.step_began is not None:
+            self.step_seconds.append(now - self.step_began)
+        pace = self.seconds_per_step(args, state)
         if pace is None:
             return control
-        now = self.clock()
         left = self.started + self.budget - now - self.finishing_seconds()
         fits = state.global_step + max(0, math.floor(left / pace))
         if fits >= state.max_steps:
