@@ -418,23 +418,33 @@ def consider(rung, longest, lengths, measure, budget, memory_mb, rows, batch, ma
     option = size_option(
         Option(rung, longest, measure(rung, longest)), budget, memory_mb, rows, batch, max_epochs
     )
-    if option.fits or "MB" in option.why_not or rung.min_epochs == 0 or not lengths:
+    if option.fits or "MB" in option.why_not or not lengths:
         return option
     for shorter in [n for n in SHORTER_LENGTHS if n < longest]:
         scale = mean_tokens(lengths, shorter) / mean_tokens(lengths, longest)
         m = option.measurement
+        whole = m.whole_run_seconds * scale if m.whole_run_seconds is not None else None
         estimate = Measurement(
-            m.seconds_per_step * scale, m.evaluation_seconds * scale, m.overhead_seconds, m.peak_memory_mb
+            m.seconds_per_step * scale,
+            m.evaluation_seconds * scale,
+            m.overhead_seconds,
+            m.peak_memory_mb,
+            whole,
         )
         if size_option(Option(rung, shorter, estimate), budget, memory_mb, rows, batch, max_epochs).fits:
             measured = size_option(
                 Option(rung, shorter, measure(rung, shorter)), budget, memory_mb, rows, batch, max_epochs
             )
             if measured.fits:
-                measured.reasons.append(
-                    f"max_length {shorter} instead of {longest}: at {longest} tokens only "
-                    f"{option.epochs:g} epochs of {rung.label} fit; the first {shorter} tokens leave time for "
+                room = (
+                    f"only {option.epochs:g} epochs of {rung.label} fit; the first {shorter} tokens leave time for "
                     f"{measured.epochs:g}"
+                    if m.whole_run_seconds is None
+                    else f"{rung.label} would take {m.whole_run_seconds:.0f} s; the first {shorter} tokens "
+                    f"{measured.predicted_seconds:.0f} s"
+                )
+                measured.reasons.append(
+                    f"max_length {shorter} instead of {longest}: at {longest} tokens {room}"
                 )
                 return measured
     return option
@@ -466,9 +476,13 @@ def write_plan(raw, chosen: Option, budget, memory_mb, reasons, cfg, kind, rows,
             batch_size=batch,
             compile=False,
         )
-        if rate is not None and "learning_rate" not in cfg.train.model_fields_set:
+        own_rate = "learning_rate" in cfg.train.model_fields_set and cfg.train.learning_rate is not None
+        if own_rate and method_cfg.name == cfg.method.name:
+            reasons.append(f"learning rate {cfg.train.learning_rate:g}: yours, for {cfg.method.name}")
+        elif rate is not None:
             train["learning_rate"] = rate[0]
-            reasons.append(f"learning rate {rate[0]:g}: {rate[1]}")
+            mine = f" (yours, {cfg.train.learning_rate:g}, was for {cfg.method.name})" if own_rate else ""
+            reasons.append(f"learning rate {rate[0]:g}: {rate[1]}{mine}")
         reasons.append(
             f"{chosen.steps} steps of batch {batch} ({chosen.epochs:g} epochs of {rows} rows) at the measured "
             f"{m.seconds_per_step:.2f} s a step, an evaluation every {chosen.eval_every} steps "
