@@ -373,7 +373,7 @@ VERBS: dict[str, Verb] = {
     ),
     "predict": Verb(
         "predict",
-        "label data with a classification run, or transcribe audio with a speech-recognition run",
+        "label data (classification runs) or transcribe audio (speech runs)",
         _predict_arguments,
         lambda api, a: api.predict(a.run, a.input, a.output, a.batch_size),
         lambda a, r: print(f"wrote {r['rows']} predictions to {r['output']}") or 0,
