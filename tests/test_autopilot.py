@@ -222,3 +222,21 @@ def test_a_probe_measures_a_real_short_run_in_its_own_process(tmp_path, make_con
 def test_plan_refuses_a_budget_that_is_not_a_duration(tmp_path, make_config):
     with pytest.raises(TunesmithError, match="--time: 'soon' is not a duration"):
         plan(tmp_path / "x.yaml", "soon")
+
+
+def test_a_sweep_with_time_ends_on_time_and_says_its_best_was_searched_at_reduced_size(tmp_path, tiny_model):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sweep import write_config
+
+    config = write_config(tmp_path, tiny_model, max_steps=3000, eval_steps=50)  # a trial alone: minutes
+    started = time.time()
+    result = api.sweep(config, trials=50, time_limit="35s")
+    assert time.time() - started < 35 * 1.1
+    finished = result["states"].get("COMPLETE", 0) + result["states"].get("PRUNED", 0)
+    assert 1 <= finished < 50
+    best = Path(result["best_config"]).read_text()
+    assert best.startswith("# searched at reduced size: --time cut the trial at step")
+    best_cfg = __import__("yaml").safe_load(best)
+    assert best_cfg["train"]["max_steps"] == 3000 and "time_budget" not in best_cfg["train"]

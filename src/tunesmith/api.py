@@ -230,11 +230,15 @@ def sweep(
     trials: int | None = None,
     storage: str | None = None,
     study_name: str | None = None,
+    time_limit: str | float | None = None,
 ) -> dict:
-    """Hyperparameter search over the config's `sweep.space` with Optuna; returns the best trial and paths."""
+    """Hyperparameter search over the config's `sweep.space` with Optuna; returns the best trial and paths.
+    time_limit ('1h', seconds): trials start only while one fits, each bounded by the time left."""
+    from tunesmith.commands.plan import parse_budget
     from tunesmith.commands.sweep import run_sweep
 
-    return run_sweep(Path(config), overrides or [], trials, storage, study_name)
+    seconds = parse_budget(time_limit) if time_limit is not None else None
+    return run_sweep(Path(config), overrides or [], trials, storage, study_name, seconds)
 
 
 def quickstart(

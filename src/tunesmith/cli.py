@@ -293,6 +293,9 @@ def _sweep_arguments(parser):
         "--storage", help="Optuna database URL shared by workers (default: SQLite in the sweep folder)"
     )
     parser.add_argument("--study", dest="study_name", help="study name (default: the config's name)")
+    parser.add_argument(
+        "--time", help="end the sweep within this time (e.g. 1h): trials start only while one still fits"
+    )
     _overrides(parser)
 
 
@@ -427,7 +430,7 @@ VERBS: dict[str, Verb] = {
         "sweep",
         "hyperparameter search over the config's sweep.space (Optuna)",
         _sweep_arguments,
-        lambda api, a: api.sweep(a.config, a.overrides, a.trials, a.storage, a.study_name),
+        lambda api, a: api.sweep(a.config, a.overrides, a.trials, a.storage, a.study_name, a.time),
         _show_sweep,
     ),
     "merge": Verb(

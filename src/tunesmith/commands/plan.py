@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -121,7 +122,11 @@ def token_lengths(cfg: Config, checked) -> list[int]:
     from tunesmith.data.templates import Renderer
 
     path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
-    renderer = Renderer(load_tokenizer(path, cfg.model), cfg.data.template)
+    tokenizer = load_tokenizer(path, cfg.model)
+    try:
+        renderer = Renderer(tokenizer, cfg.data.template)
+    except TunesmithError:  # an encoder has no EOS to render answers with; labelled texts need the tokenizer only
+        renderer = SimpleNamespace(tokenizer=tokenizer)
     counts = [token_count(example, renderer, cfg.data.loss_on) for example in checked.train]
     return [n for n in counts if n is not None]
 

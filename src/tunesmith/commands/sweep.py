@@ -52,6 +52,7 @@ from tunesmith.run_folder import RunFolder, RunSummary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # The target counts running trials too, so N workers together start N trials, not N each.
 COUNTED = (*FINISHED, TrialState.RUNNING)
+WRAP_UP_SECONDS = 15  # --time: kept for writing trials.json, best_config.yaml and the report
 MAX_FAILURES_IN_A_ROW = 5  # a sweep whose every trial crashes stops instead of looping forever
 
 
@@ -82,8 +83,10 @@ def run_sweep(
     trials: int | None,
     storage: str | None,
     study_name: str | None,
+    time_limit: float | None = None,
 ) -> dict:
-    """Run trials until the study holds the target count, then write best_config.yaml, trials.json and the report."""
+    """Run trials until the study holds the target count (or, with `time_limit` seconds, until no further trial
+    fits), then write best_config.yaml, trials.json and the report."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial ourselves
     sweep = plan_sweep(config_path, overrides, trials, storage, study_name)
     study = open_study(sweep)
@@ -95,8 +98,22 @@ def run_sweep(
             f"study {sweep.study_name}: {sweep.target} trials, {sweep.direction} {sweep.metric}, storage {sweep.storage_url}"
         )
     failures_in_a_row, last_error = 0, ""
+    deadline = time.time() + time_limit if time_limit else None
+    durations: list[float] = []
     while count(study, COUNTED) < sweep.target:
-        trial = run_trial(study, sweep)
+        time_left = None
+        if deadline is not None:
+            time_left = deadline - time.time() - WRAP_UP_SECONDS
+            typical = sorted(durations)[len(durations) // 2] if durations else 0.0
+            if time_left <= 0 or (durations and typical > time_left):
+                print(
+                    f"sweep: {max(0.0, time_left):.0f} s of --time left and a trial takes about {typical:.0f} s: "
+                    f"no more trials ({len(durations)} ran in this budget)"
+                )
+                break
+        started = time.time()
+        trial = run_trial(study, sweep, time_left)
+        durations.append(time.time() - started)
         failed = trial.state == TrialState.FAIL
         failures_in_a_row = failures_in_a_row + 1 if failed else 0
         last_error = trial.user_attrs.get("error", "") if failed else last_error
@@ -363,8 +380,9 @@ class PruningCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def run_trial(study: optuna.Study, sweep: Sweep) -> FrozenTrial:
-    """Ask the study for a point, train it as an ordinary run, tell the study how it went."""
+def run_trial(study: optuna.Study, sweep: Sweep, time_left: float | None = None) -> FrozenTrial:
+    """Ask the study for a point, train it as an ordinary run, tell the study how it went; with `time_left`
+    the trial's own train.time_budget ends it by then (it then ran at reduced size, which best_config says)."""
     trial = study.ask()  # an enqueued point (a killed trial's retry) comes first
     for key, value in this_process().items():
         trial.set_user_attr(key, value)
@@ -375,6 +393,8 @@ def run_trial(study: optuna.Study, sweep: Sweep) -> FrozenTrial:
     try:
         values = {key: suggest(trial, key, dimension) for key, dimension in sweep.space.items()}
         cfg = trial_config(sweep, values, str(sweep.folder / "trials"), name)
+        if time_left is not None:
+            cfg.train.time_budget = min(cfg.train.time_budget or time_left, time_left)
         trial.set_user_attr("run_dir", str(Path(cfg.output.dir) / name))
         summary = get_task(cfg.task).train(cfg, default_name=name, callbacks=[pruning])
         trial.set_user_attr("run_dir", summary["run_dir"])
@@ -508,6 +528,10 @@ def write_outputs(study: optuna.Study, sweep: Sweep) -> dict:
         best_config = sweep.folder / "best_config.yaml"
         temporary = best_config.with_name(f".{best_config.name}.{os.getpid()}.tmp")
         dump_config(cfg, temporary)
+        reduced = reduced_size(best)
+        if reduced:
+            print(f"best trial {best['number']}: {reduced}")
+            temporary.write_text(f"# {reduced}\n" + temporary.read_text(), encoding="utf-8")
         temporary.replace(best_config)
     importances, note = param_importances(study)
     report = write_sweep_report(
@@ -535,6 +559,20 @@ def write_outputs(study: optuna.Study, sweep: Sweep) -> dict:
         "states": states,
         "importances": importances,
     }
+
+
+def reduced_size(best: dict) -> str | None:
+    """A sentence when the best trial was cut short by the sweep's --time (searched at reduced size), else None."""
+    run_dir = best.get("run_dir")
+    summary = RunFolder(Path(run_dir)).read_summary() if run_dir and Path(run_dir).exists() else None
+    budget = (summary.time_budget if summary else None) or {}
+    planned, done = budget.get("planned_steps"), budget.get("steps_done")
+    if not planned or not done or done >= planned:
+        return None
+    return (
+        f"searched at reduced size: --time cut the trial at step {done} of {planned}; best_config.yaml trains "
+        f"all {planned} steps (set train.time_budget in it to bound that run)"
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:
