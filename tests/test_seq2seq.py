@@ -80,6 +80,7 @@ def bart_model(vocab: int):
         decoder_start_token_id=EOS,
         forced_bos_token_id=None,
         forced_eos_token_id=EOS,
+        tie_word_embeddings=False,  # tied, a random BART echoes its start token (EOS) and never writes a word
     )
     return BartForConditionalGeneration(config)
 
@@ -395,3 +396,49 @@ def test_config_refuses_settings_seq2seq_cannot_use(tmp_path, t5_folder):
     ):
         with pytest.raises(TunesmithError, match=message):
             config_from_dict(raw_config(tmp_path, t5_folder, **{section: values}))
+
+
+def greedy(model, source_ids: list[int], steps: int) -> list[int]:
+    """Decoding written out: start token, then the argmax of each step, until EOS."""
+    decoded = [model.config.decoder_start_token_id]
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(
+                input_ids=torch.tensor([source_ids]), decoder_input_ids=torch.tensor([decoded])
+            ).logits
+            token = int(logits[0, -1].argmax())
+            if token == EOS:
+                break
+            decoded.append(token)
+    return decoded[1:]
+
+
+def test_bart_run_answers_as_greedy_decoding_and_exports_to_onnx_with_parity(tmp_path):
+    tokenizer = build_tokenizer()
+    bart_model(len(tokenizer)).save_pretrained(tmp_path / "bart")
+    tokenizer.save_pretrained(tmp_path / "bart")
+    raw = raw_config(
+        tmp_path,
+        tmp_path / "bart",
+        rows=32,
+        method={"name": "full"},
+        # barely moved from its random start, so that it writes words rather than EOS at once
+        train={"max_steps": 2, "eval_steps": 2, "learning_rate": 1e-6},
+        eval={"train_generations": 0, "samples": 0, "before_training": False},
+    )
+    raw["data"] |= {"test_ratio": 0.0}
+    run_dir = api.train(config_from_dict(raw))["run_dir"]
+    tuned = load_run(RunFolder.open(run_dir))
+    sources = [p["source"] for p in pairs(3, seed=5)]
+    # BART's generation config forces EOS as the last of max_new_tokens (forced_eos_token_id): 4 words of 5
+    expected = [
+        tokenizer.decode(
+            greedy(tuned.model, tuned.renderer.encode_source(s), 4), skip_special_tokens=True
+        ).strip()
+        for s in sources
+    ]
+    assert api.generate(run_dir, sources, max_new_tokens=5) == expected
+    assert all(expected)  # the decoder's start token is not taken for an answer, nor is EOS
+    record = api.export(run_dir, "onnx", tmp_path / "onnx")
+    assert record["inputs"] == ["input_ids", "attention_mask", "decoder_input_ids"]
+    assert record["parity"]["max_abs_logit_difference"] <= 1e-4 and "model.onnx" in record["files"]
