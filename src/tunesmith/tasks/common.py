@@ -52,7 +52,14 @@ def data_for_eval(data: DataConfig, source: str | Path | None, labels: list[str]
     path = Path(source).resolve()
     if not path.exists():
         raise TunesmithError(f"--data {source}: file not found")
-    update = {"train_file": str(path), "validation_file": None, "validation_ratio": 0.0, "max_examples": None}
+    update = {
+        "train_file": str(path),
+        "validation_file": None,
+        "validation_ratio": 0.0,
+        "test_file": None,
+        "test_ratio": 0.0,  # else the run's test_ratio would hold part of `source` out and leave it unscored
+        "max_examples": None,
+    }
     if labels is not None:
         update["labels"] = labels
     return data.model_copy(update=update)
