@@ -442,3 +442,12 @@ def test_bart_run_answers_as_greedy_decoding_and_exports_to_onnx_with_parity(tmp
     record = api.export(run_dir, "onnx", tmp_path / "onnx")
     assert record["inputs"] == ["input_ids", "attention_mask", "decoder_input_ids"]
     assert record["parity"]["max_abs_logit_difference"] <= 1e-4 and "model.onnx" in record["files"]
+
+
+def test_eval_on_a_file_scores_every_row_of_it(lora_run, tmp_path):
+    table = write_jsonl(tmp_path / "other.jsonl", pairs(10, seed=3))
+    result = api.evaluate(lora_run["run_dir"], data=table, generations=2)
+    # the run's data.test_ratio (0.1) must not hold any of the file out: all 10 rows are scored
+    assert (
+        result["split"] == "data" and result["examples"] == 10 and result["tuned"]["generated_examples"] == 2
+    )
