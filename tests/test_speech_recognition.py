@@ -18,6 +18,7 @@ from conftest import write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
+from tunesmith.run_folder import RunFolder
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPECIAL = [
@@ -133,7 +134,7 @@ def speech_config(folder: Path, model: Path, table: Path, **sections) -> dict:
         "model": {"name": str(model)},
         "data": {"train_file": str(table), "validation_ratio": 0.25},
         "method": {"name": "full"},
-        "speech": {"language": "en", "max_new_tokens": 6},
+        "speech": {"language": "en", "max_new_tokens": 4},
         "train": {
             "batch_size": 4,
             "max_steps": 6,
@@ -145,7 +146,7 @@ def speech_config(folder: Path, model: Path, table: Path, **sections) -> dict:
             "save_steps": 3,
             "scheduler": "constant",
         },
-        "eval": {"batch_size": 8, "train_generations": 2, "generations": 3, "before_training": False},
+        "eval": {"batch_size": 8, "train_generations": 2, "generations": 2, "before_training": False},
         "output": {"dir": str(folder / "runs"), "cache_dir": str(folder / "cache")},
     }
     for section, values in sections.items():
@@ -358,7 +359,7 @@ def test_eval_baseline_scores_base_and_tuned_and_the_report_shows_the_worst_clip
     samples = [
         json.loads(line) for line in (Path(whole["run_dir"]) / "samples.jsonl").read_text().splitlines()
     ]
-    assert len(samples) == 3 and all(s["base"] is not None for s in samples)
+    assert len(samples) == 2 and all(s["base"] is not None for s in samples)
     assert "Worst-transcribed clips" in page and samples[0]["reference"] in page
 
 
@@ -425,3 +426,68 @@ def test_export_to_safetensors_reloads_with_the_same_logits(finished, tmp_path):
         processor.tokenizer.get_vocab()
         == AutoProcessor.from_pretrained(finished[0]["run_dir"] + "/model").tokenizer.get_vocab()
     )
+
+
+def test_lora_adapts_encoder_and_decoder_and_the_test_split_is_scored_before_and_after(
+    tmp_path, whisper, clips
+):
+    from tunesmith.tasks.speech_recognition_run import Transcriber
+
+    raw = speech_config(
+        tmp_path,
+        whisper,
+        clips,
+        method={"name": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        data={"validation_ratio": 0.2, "test_ratio": 0.2},
+        eval={"before_training": True, "train_generations": 0, "generations": 0},
+        train={"max_steps": 2, "eval_steps": 2, "save_steps": 2},
+    )
+    summary = api.train(config_from_dict(raw))
+    assert (
+        summary["is_adapter"] and 0 < summary["parameters"]["trainable"] < summary["parameters"]["total"] / 3
+    )
+    adapter = json.loads((Path(summary["run_dir"]) / "model" / "adapter_config.json").read_text())
+    targets = set(adapter["target_modules"])
+    assert {"q_proj", "v_proj", "fc1"} <= targets and "proj_out" not in targets
+    assert not adapter.get("modules_to_save")  # no trainable copy of the tied vocabulary projection
+    assert summary["test"]["examples"] == summary["test_before"]["examples"] == 3
+    # two number words a clip, written as one number by the English normalizer ("one four" -> "14")
+    assert summary["test"]["words"] == summary["test_before"]["words"] == 3
+    assert {"wer", "cer"} <= set(summary["test"]) and {"wer", "cer"} <= set(summary["test_before"])
+    run = RunFolder(Path(summary["run_dir"]))
+    tuned, base = Transcriber(run), Transcriber(run, base_only=True)
+    features = torch.randn(1, 16, SECONDS * 100)
+    decoder = torch.tensor([[tuned.model.config.decoder_start_token_id]])
+    with torch.no_grad():
+        tuned_logits = tuned.model(input_features=features, decoder_input_ids=decoder).logits
+        base_logits = base.model(input_features=features, decoder_input_ids=decoder).logits
+    assert not torch.allclose(tuned_logits, base_logits)  # the saved adapter is loaded over the base
+    result = api.evaluate(summary["run_dir"])
+    assert result["split"] == "test" and result["examples"] == 3
+
+
+def test_the_config_refuses_what_speech_recognition_cannot_do(tmp_path, whisper, clips):
+    with pytest.raises(
+        TunesmithError, match="train.metric: wer is better when lower; set train.greater_is_better"
+    ):
+        config_from_dict(speech_config(tmp_path, whisper, clips, train={"metric": "eval_wer"}))
+    with pytest.raises(TunesmithError, match="data.on_overflow: windows is not for speech"):
+        config_from_dict(speech_config(tmp_path, whisper, clips, data={"on_overflow": "windows"}))
+    cfg = config_from_dict(
+        speech_config(tmp_path, whisper, clips, train={"metric": "eval_wer", "greater_is_better": False})
+    )
+    assert cfg.data.on_overflow == "drop"  # auto: over-window clips are dropped (and counted)
+
+
+def test_freeze_encoder_leaves_only_the_decoder_trainable(whisper):
+    from transformers import WhisperForConditionalGeneration
+
+    from tunesmith.tasks.speech_recognition import freeze_encoder, set_spec_augment
+
+    model = WhisperForConditionalGeneration.from_pretrained(whisper)
+    encoder = sum(p.numel() for p in model.model.encoder.parameters())
+    assert freeze_encoder(model) == encoder
+    assert not any(p.requires_grad for p in model.model.encoder.parameters())
+    assert all(p.requires_grad for p in model.model.decoder.parameters())
+    assert set_spec_augment(model, False)["enabled"] is False and model.config.apply_spec_augment is False
+    assert set_spec_augment(model, "auto")["enabled"] is False  # auto keeps what the config says
