@@ -71,6 +71,25 @@ class Option:
     reasons: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The data's size as the sizing needs it (probes leave the test split out; the sizing adds it back)."""
+
+    train_rows: int
+    validation_rows: int
+    test_rows: int
+    batch: int
+    max_epochs: float
+
+    @property
+    def test_per_validation(self) -> float:  # one test evaluation in units of a validation evaluation
+        return self.test_rows / max(1, self.validation_rows)
+
+    @property
+    def test_per_seen(self) -> float:  # a fitting step's extra pass over the test split
+        return self.test_rows / max(1, self.train_rows + self.validation_rows)
+
+
 # -- the data -----------------------------------------------------------------------------------------------
 def guess_task(path: Path) -> str:
     """The task a data file or folder is for, from its fields (tables) or its files (folders)."""
@@ -125,7 +144,9 @@ def token_lengths(cfg: Config, checked) -> list[int]:
     tokenizer = load_tokenizer(path, cfg.model)
     try:
         renderer = Renderer(tokenizer, cfg.data.template)
-    except TunesmithError:  # an encoder has no EOS to render answers with; labelled texts need the tokenizer only
+    except (
+        TunesmithError
+    ):  # an encoder has no EOS to render answers with; labelled texts need the tokenizer only
         renderer = SimpleNamespace(tokenizer=tokenizer)
     counts = [token_count(example, renderer, cfg.data.loss_on) for example in checked.train]
     return [n for n in counts if n is not None]
@@ -177,6 +198,8 @@ def probe_config(raw: dict, rung: Rung, max_length: int, folder: Path, steps: in
         "train.compile": False,
         "train.report_to": [],
         "eval.before_training": False,
+        "data.test_file": None,  # the sizing adds the test split's evaluation back from the validation one
+        "data.test_ratio": 0.0,
         "output.dir": str(folder),
         "output.name": "probe",
     }.items():
@@ -267,26 +290,27 @@ class ProbeCache:
 
 
 # -- sizing -------------------------------------------------------------------------------------------------
-def size_option(
-    option: Option, budget: float, memory_mb: float, train_rows: int, batch: int, max_epochs: float
-) -> Option:
+def size_option(option: Option, budget: float, memory_mb: float, shape: Shape) -> Option:
     """Steps, evaluations and the predicted time of one option inside the budget; fits says whether it does."""
     m, rung = option.measurement, option.rung
     if m.peak_memory_mb > memory_mb:
         option.why_not = f"needs {m.peak_memory_mb:,.0f} MB, over the {memory_mb:,.0f} MB allowed"
         return option
     if m.whole_run_seconds is not None:
-        option.predicted_seconds = m.whole_run_seconds
-        option.fits = m.whole_run_seconds <= budget * SAFETY
-        option.why_not = "" if option.fits else f"takes {m.whole_run_seconds:.0f} s"
+        option.predicted_seconds = m.whole_run_seconds * (1 + shape.test_per_seen)
+        option.fits = option.predicted_seconds <= budget * SAFETY
+        option.why_not = "" if option.fits else f"takes {option.predicted_seconds:.0f} s"
         return option
-    steps_per_epoch = max(1, math.ceil(train_rows / batch))
-    # every evaluation: EVALUATIONS during the run, one before training and one of the test split after it
-    available = budget * SAFETY - m.overhead_seconds - (EVALUATIONS + 2) * m.evaluation_seconds
-    steps = int(min(available / m.seconds_per_step, max_epochs * steps_per_epoch)) if available > 0 else 0
+    steps_per_epoch = max(1, math.ceil(shape.train_rows / shape.batch))
+    # the evaluations: EVALUATIONS during the run, one before training, and the test split's after it
+    fixed = m.overhead_seconds + (EVALUATIONS + 1 + shape.test_per_validation) * m.evaluation_seconds
+    available = budget * SAFETY - fixed
+    steps = (
+        int(min(available / m.seconds_per_step, shape.max_epochs * steps_per_epoch)) if available > 0 else 0
+    )
     option.steps, option.epochs = steps, round(steps / steps_per_epoch, 2)
     option.eval_every = max(1, steps // EVALUATIONS)
-    evaluations = (steps // option.eval_every if steps else 0) + 2
+    evaluations = (steps // option.eval_every if steps else 0) + 1 + shape.test_per_validation
     option.predicted_seconds = (
         m.overhead_seconds + steps * m.seconds_per_step + evaluations * m.evaluation_seconds
     )
@@ -296,15 +320,14 @@ def size_option(
     return option
 
 
-def seconds_needed(option: Option, train_rows: int, batch: int) -> float:
+def seconds_needed(option: Option, shape: Shape) -> float:
     """The budget at which this option would just fit (for the error when nothing does)."""
     m = option.measurement
     if m.whole_run_seconds is not None:
-        return m.whole_run_seconds / SAFETY
-    steps = max(1.0, option.rung.min_epochs * math.ceil(train_rows / batch))
-    return (
-        m.overhead_seconds + steps * m.seconds_per_step + (EVALUATIONS + 2) * m.evaluation_seconds
-    ) / SAFETY
+        return m.whole_run_seconds * (1 + shape.test_per_seen) / SAFETY
+    steps = max(1.0, option.rung.min_epochs * math.ceil(shape.train_rows / shape.batch))
+    evaluations = EVALUATIONS + 1 + shape.test_per_validation
+    return (m.overhead_seconds + steps * m.seconds_per_step + evaluations * m.evaluation_seconds) / SAFETY
 
 
 def format_seconds(seconds: float) -> str:
@@ -356,15 +379,14 @@ def plan(
             cache.put(key, found)
         return found
 
+    shape = Shape(rows, len(checked.validation), len(checked.test), batch, max_epochs)
     options: list[Option] = []
     ladder = the_task.plan_ladder(cfg)
     for rung in [r for r in ladder if not r.when_short_of_memory]:
-        options.append(consider(rung, longest, lengths, measure, budget, memory_mb, rows, batch, max_epochs))
+        options.append(consider(rung, longest, lengths, measure, budget, memory_mb, shape))
     if not any(o.fits for o in options) and all("MB" in o.why_not for o in options):
         for rung in [r for r in ladder if r.when_short_of_memory]:
-            options.append(
-                consider(rung, longest, lengths, measure, budget, memory_mb, rows, batch, max_epochs)
-            )
+            options.append(consider(rung, longest, lengths, measure, budget, memory_mb, shape))
     for option in options:
         verdict = "fits" if option.fits else f"does not fit: {option.why_not}"
         say(
@@ -375,7 +397,7 @@ def plan(
     fitting = [o for o in options if o.fits]
     if not fitting:
         needed = (
-            min(seconds_needed(o, rows, batch) for o in options if "MB" not in o.why_not)
+            min(seconds_needed(o, shape) for o in options if "MB" not in o.why_not)
             if any("MB" not in o.why_not for o in options)
             else None
         )
@@ -418,16 +440,23 @@ def plan(
     }
 
 
-def consider(rung, longest, lengths, measure, budget, memory_mb, rows, batch, max_epochs) -> Option:
-    """The rung at the covering max_length, or at a shorter one when only that leaves time for its epochs."""
-    option = size_option(
-        Option(rung, longest, measure(rung, longest)), budget, memory_mb, rows, batch, max_epochs
-    )
-    if option.fits or "MB" in option.why_not or not lengths:
-        return option
-    for shorter in [n for n in SHORTER_LENGTHS if n < longest]:
-        scale = mean_tokens(lengths, shorter) / mean_tokens(lengths, longest)
-        m = option.measurement
+def consider(
+    rung: Rung, longest: int, lengths: list[int], measure, budget: float, memory_mb: float, shape: Shape
+) -> Option:
+    """The rung at the longest max_length that fits: the covering one, else a shorter one. A rung without steps
+    (its probe is the whole run) is probed from the shortest length up, so planning never waits on a long run."""
+    candidates = [longest] + [n for n in SHORTER_LENGTHS if n < longest] if lengths else [longest]
+    if rung.min_epochs == 0:
+        candidates = candidates[::-1]
+    first = size_option(Option(rung, candidates[0], measure(rung, candidates[0])), budget, memory_mb, shape)
+    if "MB" in first.why_not or len(candidates) == 1 or (first.fits and rung.min_epochs > 0):
+        return first
+    if rung.min_epochs == 0 and not first.fits:
+        return first  # even the shortest is too long
+    best = first
+    for length in candidates[1:]:
+        scale = mean_tokens(lengths, length) / mean_tokens(lengths, candidates[0])
+        m = first.measurement
         whole = m.whole_run_seconds * scale if m.whole_run_seconds is not None else None
         estimate = Measurement(
             m.seconds_per_step * scale,
@@ -436,23 +465,25 @@ def consider(rung, longest, lengths, measure, budget, memory_mb, rows, batch, ma
             m.peak_memory_mb,
             whole,
         )
-        if size_option(Option(rung, shorter, estimate), budget, memory_mb, rows, batch, max_epochs).fits:
-            measured = size_option(
-                Option(rung, shorter, measure(rung, shorter)), budget, memory_mb, rows, batch, max_epochs
-            )
-            if measured.fits:
-                room = (
-                    f"only {option.epochs:g} epochs of {rung.label} fit; the first {shorter} tokens leave time for "
-                    f"{measured.epochs:g}"
-                    if m.whole_run_seconds is None
-                    else f"{rung.label} would take {m.whole_run_seconds:.0f} s; the first {shorter} tokens "
-                    f"{measured.predicted_seconds:.0f} s"
-                )
-                measured.reasons.append(
-                    f"max_length {shorter} instead of {longest}: at {longest} tokens {room}"
-                )
-                return measured
-    return option
+        if not size_option(Option(rung, length, estimate), budget, memory_mb, shape).fits:
+            continue
+        measured = size_option(Option(rung, length, measure(rung, length)), budget, memory_mb, shape)
+        if not measured.fits:
+            continue
+        if rung.min_epochs == 0:
+            best = measured  # ascending: keep the longest that fits
+            continue
+        measured.reasons.append(
+            f"max_length {length} instead of {longest}: at {longest} tokens only {first.epochs:g} epochs of "
+            f"{rung.label} fit; the first {length} tokens leave time for {measured.epochs:g}"
+        )
+        return measured
+    if rung.min_epochs == 0 and best.max_length != longest and lengths:
+        best.reasons.append(
+            f"max_length {best.max_length}: {rung.label} over the first {best.max_length} tokens fits the budget, "
+            f"over {longest} (95% of the examples whole) it would not"
+        )
+    return best
 
 
 def batch_size(cfg: Config, rows: int, kind: str) -> int:

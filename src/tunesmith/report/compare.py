@@ -24,6 +24,10 @@ HEADLINES = [
     ("examples_per_second", "examples/s"),
     ("train_seconds", "training seconds"),
     ("peak_memory_mb", "peak memory MB"),
+    ("plan.budget_seconds", "time budget s (plan)"),
+    ("plan.predicted_seconds", "predicted time s (plan)"),
+    ("plan.actual_seconds", "actual time s"),
+    ("plan.predicted_peak_memory_mb", "predicted peak memory MB (plan)"),
     ("parameters.trainable", "trainable parameters"),
 ]
 
