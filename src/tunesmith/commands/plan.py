@@ -42,6 +42,7 @@ from tunesmith.tasks.base import Rung
 PROBE_STEPS = 8  # optimizer steps a probe times (the first ones carry one-off costs; more cost more planning)
 SAFETY = 0.92  # plan to end at this fraction of the budget: the last evaluation and writing out vary
 EVALUATIONS = 5  # evaluations per planned run (early stopping and the curves need several points)
+IMBALANCE = 3.0  # classes this uneven (largest / smallest) get class weights
 SHORTER_LENGTHS = (256, 128)  # max_length tried when the data's p95 does not leave time for the rung
 
 
@@ -367,6 +368,16 @@ def plan(
         )
     batch = batch_size(cfg, rows, the_task.plan_kind)
     raw.setdefault("train", {})["batch_size"] = batch
+    classes = checked.report.get("train_classes") or {}
+    if classes.get("imbalance_ratio"):
+        ratio = classes["imbalance_ratio"]
+        weighted = ratio >= IMBALANCE and "class_weights" not in cfg.train.model_fields_set
+        if weighted:
+            raw["train"]["class_weights"] = True
+        reasons.append(
+            f"{len(classes['counts'])} classes, the largest {ratio:g}x the smallest: "
+            + ("the loss is weighted by inverse class frequency" if weighted else "no class weights needed")
+        )
     max_epochs = defaults.EPOCH_RANGE[the_task.plan_kind][1]
     cache = ProbeCache(default_cache_dir(cfg.output.cache_dir) / "plan_probes.json")
 
