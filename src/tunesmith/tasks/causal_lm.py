@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from transformers import set_seed
 
@@ -25,8 +24,14 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run, defaults
 from tunesmith.tasks.base import Rung, Task
-from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
-from tunesmith.training.checkpoints import checkpoint_step
+from tunesmith.tasks.common import (
+    decide_checkpointing,
+    evaluation_logged_at,
+    evaluation_of_final_weights,
+    finish_run,
+    peak_memory_mb,
+    resume_point,
+)
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
 from tunesmith.training.flops import training_flops
 from tunesmith.training.hardware import check_weights_dtype, describe_hardware, library_versions
@@ -182,9 +187,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
             run.update_summary(frozen_weights_bf16=frozen)
         output, stopped = fit(trainer, resume_from)
     train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    before = _evaluation_logged_at(
-        trainer, 0
-    )  # train.eval_on_start: evaluated inside the loop, before step 1
+    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop, before step 1
     if before is not None and not resume:
         summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
@@ -207,7 +210,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": peak_memory_mb(),
     }
     if validation_rows:
-        after = _evaluation_of_final_weights(trainer) or trainer.evaluate()
+        after = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
         before = summary.validation_loss_before
         say(
@@ -255,19 +258,6 @@ def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
                 "tuned": answer,
             }
             handle.write(json.dumps(record) + "\n")
-
-
-def _evaluation_logged_at(trainer, step: int) -> dict | None:
-    return next(
-        (log for log in trainer.state.log_history if "eval_loss" in log and log.get("step") == step), None
-    )
-
-
-def _evaluation_of_final_weights(trainer) -> dict | None:
-    """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
-    state = trainer.state
-    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
-    return _evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
 
 
 class CausalLMTask(Task):

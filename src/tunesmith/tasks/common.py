@@ -126,3 +126,17 @@ def decide_checkpointing(cfg, model, longest: int | None, precision: str) -> dic
     if setting == "auto" and decision["enabled"]:
         say(f"gradient checkpointing on: {decision['reason'].removeprefix('auto: ')}")
     return decision
+
+
+def evaluation_logged_at(trainer, step: int) -> dict | None:
+    """The evaluation the Trainer logged at `step` (step 0: train.eval_on_start), or None."""
+    return next(
+        (log for log in trainer.state.log_history if "eval_loss" in log and log.get("step") == step), None
+    )
+
+
+def evaluation_of_final_weights(trainer) -> dict | None:
+    """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
+    state = trainer.state
+    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
+    return evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)

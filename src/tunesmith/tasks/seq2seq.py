@@ -18,8 +18,14 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults, seq2seq_run
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.causal_lm import _evaluation_logged_at, _evaluation_of_final_weights
-from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import (
+    decide_checkpointing,
+    evaluation_logged_at,
+    evaluation_of_final_weights,
+    finish_run,
+    peak_memory_mb,
+    resume_point,
+)
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.seq2seq_loop import build_seq2seq_trainer
@@ -134,7 +140,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     set_seed(cfg.train.seed)  # the base's evaluation above must not change the data order
     output, stopped = fit(trainer, resume_from)
     train_seconds = counter.seconds
-    before = _evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop
+    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop
     if before is not None and not resume:
         summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
@@ -157,7 +163,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": peak_memory_mb(),
     }
     if validation_rows:
-        after = _evaluation_of_final_weights(trainer) or trainer.evaluate()
+        after = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]
         result["validation"] = {
             k.removeprefix("eval_"): v

@@ -26,7 +26,7 @@ from tunesmith.training.loop import (
 )
 
 
-class Seq2SeqTrainer(AtomicCheckpoints, Trainer):
+class EncoderDecoderTrainer(AtomicCheckpoints, Trainer):
     """Validation loss per target token over the whole split, plus ROUGE/BLEU on the first `generations` rows."""
 
     pad_token_id = 0
@@ -69,7 +69,7 @@ def build_seq2seq_trainer(
     extra_callbacks=(),
     resuming: bool = False,
     gradient_checkpointing: bool = False,
-) -> tuple[Seq2SeqTrainer, TokenCounter]:
+) -> tuple[EncoderDecoderTrainer, TokenCounter]:
     """`encoder`: the run's SourceEncoder; `references`: the validation rows' target texts, in row order."""
     tokenizer, pad_id = encoder.tokenizer, encoder.pad_token_id
     collator = Seq2SeqCollator(pad_id)
@@ -82,7 +82,7 @@ def build_seq2seq_trainer(
     )
     point_trackers_at(run, cfg)
     model.config.use_cache = False  # a KV cache is useless in training; generation turns it on itself
-    trainer = Seq2SeqTrainer(
+    trainer = EncoderDecoderTrainer(
         model=model,
         args=args,
         data_collator=collator,
