@@ -137,16 +137,16 @@ class SourceEncoder:
                 "model.name: the tokenizer has no end-of-sequence token; a seq2seq model needs one to stop"
             )
 
-    def _ids(self, text: str) -> list[int]:
-        ids = self.tokenizer(text)["input_ids"]
+    def _ended(self, ids: list[int]) -> list[int]:
         # T5/BART tokenizers end every text with EOS; a tokenizer that does not gets it added here.
         return ids if ids and ids[-1] == self.tokenizer.eos_token_id else [*ids, self.tokenizer.eos_token_id]
 
     def encode_source(self, text: str) -> list[int]:
-        return self._ids(self.prefix + text)
+        return self._ended(self.tokenizer(self.prefix + text)["input_ids"])
 
     def encode_target(self, text: str) -> list[int]:
-        return self._ids(text)
+        # text_target: tokenizers with target-side special tokens (mBART, NLLB language codes) apply them
+        return self._ended(self.tokenizer(text_target=text)["input_ids"])
 
     def encode_prompt(self, conversation) -> list[int]:
         """A served request's source: the last user message (a seq2seq model reads one text, not a dialogue)."""
