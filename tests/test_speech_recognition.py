@@ -471,6 +471,11 @@ def test_the_config_refuses_what_speech_recognition_cannot_do(tmp_path, whisper,
         TunesmithError, match="train.metric: wer is better when lower; set train.greater_is_better"
     ):
         config_from_dict(speech_config(tmp_path, whisper, clips, train={"metric": "eval_wer"}))
+    sweep = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, "metric": "eval_wer"}
+    with pytest.raises(
+        TunesmithError, match="sweep.direction: wer is better when lower; set sweep.direction: minimize"
+    ):
+        config_from_dict(speech_config(tmp_path, whisper, clips, sweep=sweep))
     with pytest.raises(TunesmithError, match="data.on_overflow: windows is not for speech"):
         config_from_dict(speech_config(tmp_path, whisper, clips, data={"on_overflow": "windows"}))
     cfg = config_from_dict(

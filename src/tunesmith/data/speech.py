@@ -142,6 +142,10 @@ def check_speech(cfg: DataConfig) -> CheckedData:
     train, test = hold_out_test(train, test, cfg, report, seeded_split)
     train, validation = clean_and_split(train, validation, cfg, report, seeded_split, held_out)
     test = drop_test_overlap(test, train + validation, cfg, report)
+    report["seconds"] = _seconds_stats(
+        [e.seconds for e in train + validation + test]
+    )  # vs the model's window
+    report["sample_rates"] = sorted({e.sample_rate for e in train + validation + test})
     return CheckedData(train, validation, report, problems, test)
 
 

@@ -335,6 +335,9 @@ class SpeechRecognitionTask(Task):
             problems.append(
                 f"train.metric: {metric} is better when lower; set train.greater_is_better: false"
             )
+        swept = (cfg.sweep.metric or cfg.train.metric).removeprefix("eval_") if cfg.sweep else None
+        if swept in ("wer", "cer") and cfg.sweep.direction != "minimize":
+            problems.append(f"sweep.direction: {swept} is better when lower; set sweep.direction: minimize")
         if metric in ("wer", "cer") and cfg.eval.train_generations == 0:
             problems.append(
                 f"train.metric: {metric} needs eval.train_generations > 0 (clips transcribed per evaluation)"
