@@ -496,3 +496,13 @@ def test_freeze_encoder_leaves_only_the_decoder_trainable(whisper):
     assert all(p.requires_grad for p in model.model.decoder.parameters())
     assert set_spec_augment(model, False)["enabled"] is False and model.config.apply_spec_augment is False
     assert set_spec_augment(model, "auto")["enabled"] is False  # auto keeps what the config says
+
+
+def test_forgetting_drift_of_a_word_error_rate_is_in_points_even_from_zero():
+    from tunesmith.evaluation.forgetting import describe, drift
+
+    result = drift({"wer": 0.0}, {"wer": 0.05}, 1.0, "wer")  # relative to 0 it would divide by zero
+    assert result["drift_percent"] == pytest.approx(5.0) and result["unit"] == "points" and result["warning"]
+    assert "(+5.00 points)" in describe(result, "ref.jsonl")
+    assert not drift({"wer": 0.10}, {"wer": 0.105}, 1.0, "wer")["warning"]  # +0.5 points: under the threshold
+    assert drift({"perplexity": 10.0}, {"perplexity": 12.0}, 10.0)["drift_percent"] == pytest.approx(20.0)

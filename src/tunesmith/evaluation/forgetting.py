@@ -125,31 +125,42 @@ class ProbeReference:
 
 
 def drift(before: dict, after: dict, threshold_percent: float, key: str = "perplexity") -> dict:
-    """Relative change of the reference score, in percent; a warning above the threshold."""
-    change = 100.0 * (after[key] - before[key]) / before[key]
-    # For perplexity (and speech's word error rate) a rise is forgetting; for accuracy (the classification
-    # probe) a fall is.
+    """Relative change of the reference score, in percent (a word error rate's: in percentage points); a warning
+    above the threshold."""
+    if key in POINTS:  # a rate already: relative to a near-zero WER any change reads huge (from 0: undefined)
+        change = 100.0 * (after[key] - before[key])
+    else:
+        change = 100.0 * (after[key] - before[key]) / before[key]
+    # For perplexity and word error rate a rise is forgetting; for accuracy (the classification probe) a fall is.
     worse = -change if key == "accuracy" else change
     return {
         "metric": key,
         "before": before,
         "after": after,
         "drift_percent": round(change, 3),
+        "unit": "points" if key in POINTS else "percent",
         "threshold_percent": threshold_percent,
         "warning": worse > threshold_percent,
     }
+
+
+POINTS = {"wer"}  # scores whose drift is their change in percentage points
 
 
 def describe(result: dict, reference: str) -> str:
     metric = result["metric"]
     line = (
         f"forgetting check: reference {metric} {result['before'][metric]:.4g} -> {result['after'][metric]:.4g} "
-        f"({result['drift_percent']:+.2f}%) on {reference}"
+        f"({result['drift_percent']:+.2f}{_unit(result)}) on {reference}"
         + (" (linear probe, 5-fold cross-validated)" if metric == "accuracy" else "")
     )
     if result["warning"]:
         line += (
-            f"; warning: drift beyond {result['threshold_percent']}%: the model may have forgotten general "
+            f"; warning: drift beyond {result['threshold_percent']}{_unit(result)}: the model may have forgotten general "
             "knowledge (lower the learning rate, train fewer steps, or use LoRA with a smaller rank)"
         )
     return line
+
+
+def _unit(result: dict) -> str:
+    return " points" if result.get("unit") == "points" else "%"

@@ -137,10 +137,8 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         )
     }
     train_rows, validation_rows, test_rows = (prepared[name][0] for name in ("train", "validation", "test"))
-    counts = {
-        name: report for name, (_, report) in prepared.items() if report["seconds"]
-    }  # splits with clips
-    report = checked.report | {"preprocessing": counts}
+    with_clips = {name: counts for name, (_, counts) in prepared.items() if counts["seconds"]}
+    report = checked.report | {"preprocessing": with_clips}
     run.write_json(run.data_report, report)
     print_data_summary(report)
     if not train_rows:
@@ -197,7 +195,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if reference and summary.reference_before is None:
         before = _scores(model, collator, tokenizer, reference, cfg, options)
         summary = run.update_summary(reference_before=before)
-        say(f"forgetting check: reference WER before training {before['wer']:.4f} ({len(reference)} clips)")
+        say(
+            f"forgetting check: reference WER before training {_rate(before['wer'])} ({len(reference)} clips)"
+        )
     if test_rows and cfg.eval.before_training and summary.test_before is None:
         summary = run.update_summary(test_before=_scores(model, collator, tokenizer, test_rows, cfg, options))
 
@@ -235,8 +235,8 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if test_rows:
         result["test"] = _scores(model, collator, tokenizer, test_rows, cfg, options)
         say(
-            f"test: WER {result['test']['wer']:.4f}, CER {result['test']['cer']:.4f} on {len(test_rows)} clips "
-            "(held out: no checkpoint or setting was chosen on them)"
+            f"test: WER {_rate(result['test']['wer'])}, CER {_rate(result['test']['cer'])} on {len(test_rows)} "
+            "clips (held out: no checkpoint or setting was chosen on them)"
         )
     if samples:
         write_samples(
@@ -252,6 +252,11 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
     return finish_run(run, cfg, run.read_summary(), SPEECH_RECOGNITION)
+
+
+def _rate(value: float | None) -> str:
+    """A WER or CER as printed; None when no reference had words left after normalization."""
+    return "n/a (no reference words)" if value is None else f"{value:.4f}"
 
 
 def _evaluation_of_final_weights(trainer) -> dict | None:
