@@ -248,3 +248,39 @@ def test_a_sweep_with_time_ends_on_time_and_says_its_best_was_searched_at_reduce
     assert best.startswith("# searched at reduced size: --time cut the trial at step")
     best_cfg = __import__("yaml").safe_load(best)
     assert best_cfg["train"]["max_steps"] == 3000 and "time_budget" not in best_cfg["train"]
+
+
+def test_a_data_file_is_planned_for_its_guessed_task_with_class_weights_when_classes_are_uneven(
+    tmp_path, tiny_bert, monkeypatch
+):
+    from conftest import topic_rows, write_jsonl
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))  # the probe cache of a bare data file
+
+    rows = topic_rows(240)  # 80 of each label; keep all sport and 20 of the others (duplicates are removed)
+    kept = {"sport": 80, "business": 20, "politics": 20}
+    rows = [r for r in rows if (kept := {**kept, r["label"]: kept[r["label"]] - 1})[r["label"]] >= 0]
+    data = write_jsonl(tmp_path / "topics.jsonl", rows)
+    seen: list[tuple[str, int]] = []
+
+    def probe(raw, rung, max_length, steps):
+        seen.append((rung.label, max_length))
+        assert raw["task"] == "text-classification" and raw["data"]["test_ratio"] == 0.1
+        if rung.label == "features":
+            return Measurement(0.0, 0.5, 10.0, 400.0, whole_run_seconds=12.0)
+        return Measurement(
+            seconds_per_step=0.2, evaluation_seconds=0.5, overhead_seconds=10.0, peak_memory_mb=500
+        )
+
+    from tunesmith.commands import plan as plan_module
+
+    result = plan_module.plan(data, "16s", model=str(tiny_bert), output=tmp_path / "p.yaml", probe=probe)
+    assert (
+        result["method"] == "features"
+    )  # 12 s + its pass over the test split fits 16 s x 0.92; no rung with epochs does
+    assert any(
+        "the smallest: the loss is weighted by inverse class frequency" in r for r in result["reasons"]
+    )
+    planned = __import__("yaml").safe_load(Path(result["config"]).read_text())
+    assert planned["train"]["class_weights"] is True and planned["method"]["name"] == "features"
+    assert seen[0] == ("features", result["max_length"])
