@@ -454,20 +454,17 @@ def plan(
 def consider(
     rung: Rung, longest: int, lengths: list[int], measure, budget: float, memory_mb: float, shape: Shape
 ) -> Option:
-    """The rung at the longest max_length that fits: the covering one, else a shorter one. A rung without steps
-    (its probe is the whole run) is probed from the shortest length up, so planning never waits on a long run."""
-    candidates = [longest] + [n for n in SHORTER_LENGTHS if n < longest] if lengths else [longest]
-    if rung.min_epochs == 0:
-        candidates = candidates[::-1]
+    """The rung at the longest max_length that fits, probed from the shortest length up: a longer length is
+    probed only when the shorter one's measurement, scaled by the token counts, says it fits, so planning never
+    waits on a probe the budget could not hold."""
+    candidates = sorted({longest, *(n for n in SHORTER_LENGTHS if n < longest)}) if lengths else [longest]
     first = size_option(Option(rung, candidates[0], measure(rung, candidates[0])), budget, memory_mb, shape)
-    if "MB" in first.why_not or len(candidates) == 1 or (first.fits and rung.min_epochs > 0):
-        return first
-    if rung.min_epochs == 0 and not first.fits:
-        return first  # even the shortest is too long
+    if not first.fits:
+        return first  # the shortest length does not fit: a longer one would not either
     best = first
     for length in candidates[1:]:
-        scale = mean_tokens(lengths, length) / mean_tokens(lengths, candidates[0])
-        m = first.measurement
+        scale = mean_tokens(lengths, length) / mean_tokens(lengths, best.max_length)
+        m = best.measurement
         whole = m.whole_run_seconds * scale if m.whole_run_seconds is not None else None
         estimate = Measurement(
             m.seconds_per_step * scale,
@@ -477,22 +474,17 @@ def consider(
             whole,
         )
         if not size_option(Option(rung, length, estimate), budget, memory_mb, shape).fits:
-            continue
+            break
         measured = size_option(Option(rung, length, measure(rung, length)), budget, memory_mb, shape)
         if not measured.fits:
-            continue
-        if rung.min_epochs == 0:
-            best = measured  # ascending: keep the longest that fits
-            continue
-        measured.reasons.append(
-            f"max_length {length} instead of {longest}: at {longest} tokens only {first.epochs:g} epochs of "
-            f"{rung.label} fit; the first {length} tokens leave time for {measured.epochs:g}"
-        )
-        return measured
-    if rung.min_epochs == 0 and best.max_length != longest and lengths:
+            break
+        best = measured
+    if best.max_length != longest:
         best.reasons.append(
-            f"max_length {best.max_length}: {rung.label} over the first {best.max_length} tokens fits the budget, "
-            f"over {longest} (95% of the examples whole) it would not"
+            f"max_length {best.max_length}, not {longest} (95% of the examples whole): {rung.label} over the first "
+            f"{best.max_length} tokens fits the budget"
+            + (f" with {best.epochs:g} epochs" if best.measurement.whole_run_seconds is None else "")
+            + f"; over {candidates[candidates.index(best.max_length) + 1]} it would not"
         )
     return best
 
