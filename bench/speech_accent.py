@@ -208,6 +208,7 @@ def main() -> None:
         warmup=0.1,
     )
     finetune["eval"]["reference"] = str(old_test)  # the forgetting check: old-accent WER before and after
+    finetune["eval"]["forgetting_threshold"] = 1.0  # warn when it rises by more than one percentage point
     tuned = api.train(config_from_dict(finetune))
     new_accent = api.evaluate(tuned["run_dir"], data=new_test, baseline=True)
     old_accent = api.evaluate(tuned["run_dir"], data=old_test, baseline=True)
