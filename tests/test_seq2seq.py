@@ -413,7 +413,7 @@ def greedy(model, source_ids: list[int], steps: int) -> list[int]:
     return decoded[1:]
 
 
-def test_bart_run_answers_as_greedy_decoding_and_exports_to_onnx_with_parity(tmp_path):
+def test_bart_run_answers_as_greedy_decoding_written_out(tmp_path):
     tokenizer = build_tokenizer()
     bart_model(len(tokenizer)).save_pretrained(tmp_path / "bart")
     tokenizer.save_pretrained(tmp_path / "bart")
@@ -439,9 +439,6 @@ def test_bart_run_answers_as_greedy_decoding_and_exports_to_onnx_with_parity(tmp
     ]
     assert api.generate(run_dir, sources, max_new_tokens=5) == expected
     assert all(expected)  # the decoder's start token is not taken for an answer, nor is EOS
-    record = api.export(run_dir, "onnx", tmp_path / "onnx")
-    assert record["inputs"] == ["input_ids", "attention_mask", "decoder_input_ids"]
-    assert record["parity"]["max_abs_logit_difference"] <= 1e-4 and "model.onnx" in record["files"]
 
 
 def test_eval_on_a_file_scores_every_row_of_it(lora_run, tmp_path):
