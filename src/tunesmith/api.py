@@ -94,7 +94,7 @@ def predict(
     run_dir: str | Path, source: str | Path, output: str | Path | None = None, batch_size: int = 32
 ) -> dict:
     """Label a table's rows or a folder's files with a classification run (transcribe them with a
-    speech-recognition run); writes JSONL or CSV."""
+    speech-recognition run; write a target for each source with a seq2seq run); writes JSONL or CSV."""
     run, task = _run_for(run_dir, "predict")
     return task.predict(run, source, output, batch_size)
 

@@ -376,7 +376,7 @@ VERBS: dict[str, Verb] = {
     ),
     "predict": Verb(
         "predict",
-        "label data (classification runs) or transcribe audio (speech runs)",
+        "label data (classification runs), transcribe audio (speech runs) or write targets (seq2seq runs)",
         _predict_arguments,
         lambda api, a: api.predict(a.run, a.input, a.output, a.batch_size),
         lambda a, r: print(f"wrote {r['rows']} predictions to {r['output']}") or 0,
