@@ -138,5 +138,7 @@ def evaluation_logged_at(trainer, step: int) -> dict | None:
 def evaluation_of_final_weights(trainer) -> dict | None:
     """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
     state = trainer.state
-    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
+    # train.load_best: false ends with the last step's weights even when a best checkpoint was recorded
+    best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    best_step = checkpoint_step(Path(best)) if best else None
     return evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from transformers import set_seed
 
@@ -22,8 +21,7 @@ from tunesmith.registry import get_method, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import finish_run, peak_memory_mb, resume_point
-from tunesmith.training.checkpoints import checkpoint_step
+from tunesmith.tasks.common import evaluation_of_final_weights, finish_run, peak_memory_mb, resume_point
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.speech_loop import build_speech_trainer
@@ -224,7 +222,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         "peak_memory_mb": peak_memory_mb(),
     }
     if validation_rows:
-        final = _evaluation_of_final_weights(trainer) or trainer.evaluate()
+        final = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = final["eval_loss"]
         result["validation"] = {
             k.removeprefix("eval_"): final[k] for k in ("eval_loss", "eval_wer", "eval_cer") if k in final
@@ -257,14 +255,6 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
 def _rate(value: float | None) -> str:
     """A WER or CER as printed; None when no reference had words left after normalization."""
     return "n/a (no reference words)" if value is None else f"{value:.4f}"
-
-
-def _evaluation_of_final_weights(trainer) -> dict | None:
-    """The evaluation already logged for the weights the run ends with (the best checkpoint's, or the last step's)."""
-    state = trainer.state
-    best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
-    step = checkpoint_step(Path(best)) if best else state.global_step
-    return next((log for log in state.log_history if "eval_loss" in log and log.get("step") == step), None)
 
 
 def _reference_text(row: dict, tokenizer) -> str:
