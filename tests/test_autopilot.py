@@ -284,3 +284,41 @@ def test_a_data_file_is_planned_for_its_guessed_task_with_class_weights_when_cla
     planned = __import__("yaml").safe_load(Path(result["config"]).read_text())
     assert planned["train"]["class_weights"] is True and planned["method"]["name"] == "features"
     assert seen[0] == ("features", result["max_length"])
+
+
+@pytest.mark.parametrize(
+    ("row", "task"),
+    [
+        ({"prompt": "p", "response": "r"}, "causal-lm"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "causal-lm"),
+        ({"prompt": "p", "chosen": "c", "rejected": "r"}, "preference"),
+        ({"source": "s", "target": "t"}, "seq2seq"),
+        ({"audio": "a.wav", "text": "t"}, "speech-recognition"),
+        ({"text": "t", "label": "l"}, "text-classification"),
+        ({"image": "a.png", "label": "l"}, "image-classification"),
+    ],
+)
+def test_a_tables_task_is_told_by_the_fields_the_tasks_declare(tmp_path, row, task):
+    from tunesmith.commands.plan import guess_task
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    assert guess_task(path) == task
+
+
+@pytest.mark.parametrize(
+    ("files", "task"),
+    [
+        (["a.wav", "a.txt"], "speech-recognition"),  # clips with transcripts beside them
+        (["yes/a.wav"], "audio-classification"),
+        (["cat/a.png"], "image-classification"),
+        (["sport/a.txt"], "text-classification"),
+    ],
+)
+def test_a_folders_task_is_told_by_its_files(tmp_path, files, task):
+    from tunesmith.commands.plan import guess_task
+
+    for name in files:
+        (tmp_path / "d" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / name).write_text("")
+    assert guess_task(tmp_path / "d") == task

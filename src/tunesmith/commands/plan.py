@@ -93,25 +93,17 @@ class Shape:
 
 # -- the data -----------------------------------------------------------------------------------------------
 def guess_task(path: Path) -> str:
-    """The task a data file or folder is for, from its fields (tables) or its files (folders)."""
+    """The task a data file or folder is for: the registered task whose data signature it matches best."""
+    from tunesmith.registry import default_task, task_names
+
     if path.is_dir():
-        suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
-        if suffixes & {".wav", ".flac", ".mp3", ".ogg"}:
-            return "speech-recognition" if ".txt" in suffixes else "audio-classification"
-        if suffixes & {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}:
-            return "image-classification"
-        return "text-classification"
-    first = next((row.data for row in read_rows(path) if isinstance(row.data, dict)), None)
-    fields = set(first or {})
-    for needed, task in (
-        ({"chosen", "rejected"}, "preference"),
-        ({"source", "target"}, "seq2seq"),
-        ({"audio", "text"}, "speech-recognition"),
-        ({"label"}, "text-classification"),
-    ):
-        if needed <= fields:
-            return task
-    return "causal-lm"
+        fields, suffixes = None, {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
+    else:
+        first = next((row.data for row in read_rows(path) if isinstance(row.data, dict)), None)
+        fields, suffixes = set(first or {}), None
+    scores = {name: get_task(name).recognizes(fields, suffixes) for name in task_names()}
+    best = max(scores, key=scores.get)
+    return best if scores[best] > 0 else default_task()
 
 
 def base_config(source: Path, model: str | None, task: str | None) -> dict:
@@ -130,8 +122,6 @@ def base_config(source: Path, model: str | None, task: str | None) -> dict:
     task = task or guess_task(source)
     say(f"plan: task {task} (from {'--task' if task else 'the data'}); --task chooses another")
     raw: dict = {"task": task, "model": {"name": model}, "data": {"train_file": str(source.resolve())}}
-    if task != "causal-lm" and "classification" not in task:
-        return raw
     raw["data"]["validation_ratio"] = 0.1
     raw["data"]["test_ratio"] = 0.1  # a held-out test split: the plan's run reports on data nothing chose
     return raw

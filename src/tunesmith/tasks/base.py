@@ -38,9 +38,12 @@ class Task:
     pipeline_tag: str = ""  # the hub's pipeline tag in the model card
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
-    plan_kind: str = (
-        "generator"  # tunesmith.tasks.defaults kind: the epoch range and learning rates it plans with
-    )
+    plan_kind: str = "generator"  # tunesmith.tasks.defaults kind: epochs and learning rates it plans with
+    # How `tunesmith plan DATA` recognizes this task's data: table fields that mark it, or, for a folder, file
+    # suffixes it holds (and suffixes it must also hold). The best match wins; no match means the default task.
+    table_fields: frozenset[str] = frozenset()
+    folder_suffixes: frozenset[str] = frozenset()
+    folder_needs: frozenset[str] = frozenset()
 
     # -- config and data ----------------------------------------------------------------------------------
     def config_problems(self, cfg: Config) -> list[str]:
@@ -61,6 +64,14 @@ class Task:
     # -- the recipe ---------------------------------------------------------------------------------------
     def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
         raise NotImplementedError
+
+    def recognizes(self, fields: set[str] | None, suffixes: set[str] | None) -> int:
+        """How well a table's fields (or a folder's file suffixes) match this task's data: 0 not at all."""
+        if fields is not None:
+            return len(self.table_fields) if self.table_fields and self.table_fields <= fields else 0
+        if suffixes and suffixes & self.folder_suffixes and self.folder_needs <= suffixes:
+            return 1 + len(self.folder_needs)
+        return 0
 
     def plan_ladder(self, cfg: Config) -> list[Rung]:
         """The methods `tunesmith plan` chooses among for this task, cheapest first (the richest that fits wins)."""

@@ -14,6 +14,7 @@ from transformers import set_seed
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
 from tunesmith.data.labelled import check_labelled
+from tunesmith.data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TEXT_SUFFIXES
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.classification import (
     CLASSIFICATION_METRICS,
@@ -396,6 +397,10 @@ class ClassificationTask(Task):
         self.modality, self.summary = modality, summary
         self.auto_class = modality.auto_class
         self.route_group = "classification" if modality.name == "text" else ""  # /v1/classify takes text
+        self.table_fields = frozenset({"label"} if modality.name == "text" else {modality.name, "label"})
+        self.folder_suffixes = frozenset(
+            {"text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}[modality.name]
+        )
 
     def config_problems(self, cfg: Config) -> list[str]:
         problems = []

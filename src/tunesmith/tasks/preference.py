@@ -300,6 +300,7 @@ class PreferenceTask(Task):
     verbs = frozenset({"generate", "merge"})
     route_group = "generation"
     pipeline_tag = "text-generation"
+    table_fields = frozenset({"chosen", "rejected"})
     auto_class = "AutoModelForCausalLM"
     sweep_metrics = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
 

@@ -236,6 +236,7 @@ class Seq2SeqTask(Task):
     verbs = frozenset({"generate", "predict"})
     route_group = "generation"  # /v1/completions: the prompt is the source
     pipeline_tag = "text2text-generation"
+    table_fields = frozenset({"source", "target"})
     auto_class = AUTO_CLASS
     sweep_metrics = ("eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_bleu")
 

@@ -10,6 +10,7 @@ from transformers import set_seed
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
+from tunesmith.data.media import AUDIO_SUFFIXES
 from tunesmith.data.speech import SpeechCollator, SpeechFeatures, check_speech, read_transcribed
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import describe as describe_drift
@@ -311,6 +312,9 @@ class SpeechRecognitionTask(Task):
     verbs = frozenset({"predict"})
     route_group = "transcription"
     pipeline_tag = "automatic-speech-recognition"
+    table_fields = frozenset({"audio", "text"})
+    folder_suffixes = frozenset(AUDIO_SUFFIXES)
+    folder_needs = frozenset({".txt"})  # each clip's transcript beside it
     auto_class = AUTO_CLASS
     sweep_metrics = ("eval_loss", "eval_wer", "eval_cer")
 

@@ -74,7 +74,9 @@ class TimeBudget(TrainerCallback):
         if len(self.step_seconds) < MEASURED_STEPS:
             return None
         steps = len(self.step_seconds)
-        recent = sorted(self.step_seconds[1:][-20:])  # the first step carries one-off costs (allocation, warmup)
+        recent = sorted(
+            self.step_seconds[1:][-20:]
+        )  # the first step carries one-off costs (allocation, warmup)
         pace = recent[len(recent) // 2] + self.between_seconds / steps
         if args.eval_strategy != "no" and state.eval_steps:
             every = state.eval_steps if state.eval_steps >= 1 else max(1, state.eval_steps * state.max_steps)
