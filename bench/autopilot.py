@@ -36,13 +36,17 @@ RESULTS = Path(__file__).parent / "results"
 TUNESMITH = [sys.executable, "-m", "tunesmith.cli"]
 
 
+class Failed(Exception):
+    """A command that exited non-zero: its last line is the row's result (e.g. plan's "no method fits")."""
+
+
 def timed(command: list[str], log: Path) -> float:
     """Run a command in its own process, its output to `log`; the wall seconds it took."""
     started = time.time()
     with log.open("w") as handle:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed; see {log}")
+        raise Failed(log.read_text().strip().splitlines()[-1])
     return round(time.time() - started, 1)
 
 
@@ -152,6 +156,12 @@ def markdown(result: dict) -> str:
         ]
         for row in bbc:
             fixed = row["best_fixed"] or {"strategy": "none fits", "accuracy": None}
+            if "error" in row:
+                lines.append(
+                    f"| {row['budget']} | {row['error']} | | | | | | {fixed['strategy']} | "
+                    f"{percent(fixed['accuracy'])} | |"
+                )
+                continue
             test = row["test"] or {}
             lines.append(
                 f"| {row['budget']} | {row['method']}, {row['max_length']}, {row['steps_done']} | "
@@ -200,8 +210,13 @@ def main() -> None:
         config = bbc_config(workdir)
         result["bbc"] = []
         for budget in args.budgets:
-            row = plan_and_train(config, budget, workdir, "bbc")
+            try:
+                row = plan_and_train(config, budget, workdir, "bbc")
+            except Failed as failure:
+                row = {"budget": budget, "budget_seconds": parse_duration(budget), "error": str(failure)}
+                print(f"{budget}: {failure}", flush=True)
             row["best_fixed"] = best_fixed(row["budget_seconds"])
+            row["load_after"] = round(os.getloadavg()[0], 2)
             result["bbc"].append(row)
             print(
                 json.dumps({k: row[k] for k in ("budget", "method", "test", "train_command_seconds")}),
