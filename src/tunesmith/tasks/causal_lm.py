@@ -29,8 +29,8 @@ from tunesmith.tasks.common import (
     evaluation_logged_at,
     evaluation_of_final_weights,
     finish_run,
-    peak_memory_mb,
     resume_point,
+    training_result,
 )
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
 from tunesmith.training.flops import training_flops
@@ -198,17 +198,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     trainer.save_model(str(run.model_dir))
     if is_main():
         tokenizer.save_pretrained(str(run.model_dir))
-    result = {
-        "status": "finished",
-        "global_step": trainer.state.global_step,
-        "train_loss": output.training_loss,
-        "train_seconds": round(train_seconds, 3),
-        "train_tokens": counter.tokens,
-        "tokens_per_second": round(counter.tokens / max(train_seconds, 1e-9), 1),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_metric": trainer.state.best_metric,
-        "peak_memory_mb": peak_memory_mb(),
-    }
+    result = training_result(trainer, output, counter, train_seconds)
     if validation_rows:
         after = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = after["eval_loss"]

@@ -37,6 +37,28 @@ def resume_point(run: RunFolder) -> str:
     return str(checkpoint)
 
 
+def training_result(trainer, output, counter, seconds: float) -> dict:
+    """run.json's fields of a finished training loop: steps, loss, time and throughput (`seconds`: the counter's
+    training time read as the loop ended; it leaves evaluations and checkpoint writes out), the best checkpoint
+    and the peak memory."""
+    rate = counter.tokens / max(seconds, 1e-9)
+    throughput = (
+        {"train_tokens": counter.tokens, "tokens_per_second": round(rate, 1)}
+        if counter.unit == "tok"
+        else {"examples_per_second": round(rate, 2)}
+    )
+    return {
+        "status": "finished",
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "train_seconds": round(seconds, 3),
+        **throughput,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -33,7 +33,7 @@ from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run, preference_run
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.causal_lm import write_samples
-from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import decide_checkpointing, finish_run, resume_point, training_result
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import (
     fit,
@@ -221,17 +221,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     trainer.save_model(str(run.model_dir))
     if is_main():
         tokenizer.save_pretrained(str(run.model_dir))
-    result = {
-        "status": "finished",
-        "global_step": trainer.state.global_step,
-        "train_loss": output.training_loss,
-        "train_seconds": round(train_seconds, 3),
-        "train_tokens": counter.tokens,
-        "tokens_per_second": round(counter.tokens / max(train_seconds, 1e-9), 1),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_metric": trainer.state.best_metric,
-        "peak_memory_mb": peak_memory_mb(),
-    }
+    result = training_result(trainer, output, counter, train_seconds)
     if validation_rows:
         result["validation"] = preference_run.final_evaluation(trainer)
         result["validation_loss_after"] = result["validation"]["eval_loss"]

@@ -22,7 +22,7 @@ from tunesmith.registry import get_method, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import evaluation_of_final_weights, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import evaluation_of_final_weights, finish_run, resume_point, training_result
 from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
 from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.speech_loop import build_speech_trainer
@@ -212,16 +212,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if is_main():
         extractor.save_pretrained(str(run.model_dir))
         tokenizer.save_pretrained(str(run.model_dir))
-    result = {
-        "status": "finished",
-        "global_step": trainer.state.global_step,
-        "train_loss": output.training_loss,
-        "train_seconds": round(seconds, 3),
-        "examples_per_second": round(counter.tokens / max(seconds, 1e-9), 2),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_metric": trainer.state.best_metric,
-        "peak_memory_mb": peak_memory_mb(),
-    }
+    result = training_result(trainer, output, counter, seconds)
     if validation_rows:
         final = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = final["eval_loss"]
