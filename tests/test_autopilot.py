@@ -267,7 +267,7 @@ def test_a_data_file_is_planned_for_its_guessed_task_with_class_weights_when_cla
         seen.append((rung.label, max_length))
         assert raw["task"] == "text-classification" and raw["data"]["test_ratio"] == 0.1
         if rung.label == "features":
-            return Measurement(0.0, 0.5, 10.0, 400.0, whole_run_seconds=12.0)
+            return Measurement(0.0, 0.5, 10.0, 400.0, whole_run_seconds=12.0, cached_seconds=6.0)
         return Measurement(
             seconds_per_step=0.2, evaluation_seconds=0.5, overhead_seconds=10.0, peak_memory_mb=500
         )

@@ -55,6 +55,7 @@ class Measurement:
     overhead_seconds: float  # the rest of the command: imports, loading, data, samples, writing, the report
     peak_memory_mb: float
     whole_run_seconds: float | None = None  # rungs without steps (features): the run itself
+    cached_seconds: float = 0.0  # of which work the planned run finds cached (features' embeddings)
     cached: bool = False
 
 
@@ -231,7 +232,8 @@ def run_probe(raw: dict, rung: Rung, max_length: int, steps: int) -> Measurement
     evaluation = max(evaluations) if evaluations else 0.0
     wall = elapsed
     if not summary.get("global_step"):  # a fitting step (features): the probe was the whole run
-        return Measurement(0.0, evaluation, wall, summary["peak_memory_mb"], whole_run_seconds=wall)
+        cached = summary.get("train_seconds") or 0.0  # the embeddings: cached, the planned run reuses them
+        return Measurement(0.0, evaluation, wall, summary["peak_memory_mb"], wall, cached)
     train = summary["train_seconds"]
     return Measurement(
         seconds_per_step=train / summary["global_step"],
@@ -287,8 +289,8 @@ def size_option(option: Option, budget: float, memory_mb: float, shape: Shape) -
     if m.peak_memory_mb > memory_mb:
         option.why_not = f"needs {m.peak_memory_mb:,.0f} MB, over the {memory_mb:,.0f} MB allowed"
         return option
-    if m.whole_run_seconds is not None:
-        option.predicted_seconds = m.whole_run_seconds * (1 + shape.test_per_seen)
+    if m.whole_run_seconds is not None:  # the probe's embeddings are cached; the test split's are new
+        option.predicted_seconds = m.whole_run_seconds + m.cached_seconds * (shape.test_per_seen - 1)
         option.fits = option.predicted_seconds <= budget * SAFETY
         option.why_not = "" if option.fits else f"takes {option.predicted_seconds:.0f} s"
         return option
@@ -315,7 +317,7 @@ def seconds_needed(option: Option, shape: Shape) -> float:
     """The budget at which this option would just fit (for the error when nothing does)."""
     m = option.measurement
     if m.whole_run_seconds is not None:
-        return m.whole_run_seconds * (1 + shape.test_per_seen) / SAFETY
+        return (m.whole_run_seconds + m.cached_seconds * (shape.test_per_seen - 1)) / SAFETY
     steps = max(1.0, option.rung.min_epochs * math.ceil(shape.train_rows / shape.batch))
     evaluations = EVALUATIONS + 1 + shape.test_per_validation
     return (m.overhead_seconds + steps * m.seconds_per_step + evaluations * m.evaluation_seconds) / SAFETY
@@ -462,6 +464,7 @@ def consider(
             m.overhead_seconds,
             m.peak_memory_mb,
             whole,
+            m.cached_seconds * scale,
         )
         if not size_option(Option(rung, length, estimate), budget, memory_mb, shape).fits:
             break
