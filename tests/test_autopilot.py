@@ -322,3 +322,22 @@ def test_a_folders_task_is_told_by_its_files(tmp_path, files, task):
         (tmp_path / "d" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "d" / name).write_text("")
     assert guess_task(tmp_path / "d") == task
+
+
+def test_a_fitting_step_is_probed_at_each_length_that_fits_and_chosen_by_its_validation_score():
+    from tunesmith.commands.plan import Shape, consider
+    from tunesmith.tasks.base import Rung
+
+    scores = {128: 0.97, 256: 0.95, 512: 0.99}
+    seconds = {128: 30.0, 256: 70.0, 512: 400.0}  # 512, estimated at 2 x 70 s, does not fit: never probed
+    probed = []
+
+    def measure(rung, length):
+        probed.append(length)
+        return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, scores[length])
+
+    chosen = consider(
+        Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 120, 8000, Shape(90, 10, 0, 8, 5)
+    )
+    assert probed == [128, 256] and chosen.max_length == 128
+    assert "scored validation 0.9700 at 128, 0.9500 at 256" in chosen.reasons[0]

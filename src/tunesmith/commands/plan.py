@@ -56,6 +56,7 @@ class Measurement:
     peak_memory_mb: float
     whole_run_seconds: float | None = None  # rungs without steps (features): the run itself
     cached_seconds: float = 0.0  # of which work the planned run finds cached (features' embeddings)
+    validation_score: float | None = None  # a whole-run probe's validation macro-F1 (or accuracy)
     cached: bool = False
 
 
@@ -233,7 +234,9 @@ def run_probe(raw: dict, rung: Rung, max_length: int, steps: int) -> Measurement
     wall = elapsed
     if not summary.get("global_step"):  # a fitting step (features): the probe was the whole run
         cached = summary.get("train_seconds") or 0.0  # the embeddings: cached, the planned run reuses them
-        return Measurement(0.0, evaluation, wall, summary["peak_memory_mb"], wall, cached)
+        scores = summary.get("validation") or {}
+        score = scores.get("f1_macro", scores.get("accuracy"))
+        return Measurement(0.0, evaluation, wall, summary["peak_memory_mb"], wall, cached, score)
     train = summary["train_seconds"]
     return Measurement(
         seconds_per_step=train / summary["global_step"],
@@ -274,7 +277,9 @@ class ProbeCache:
 
     def get(self, key: str) -> Measurement | None:
         entry = self.entries.get(key)
-        return Measurement(**{**entry, "cached": True}) if entry else None
+        if not entry or (entry.get("whole_run_seconds") is not None and "validation_score" not in entry):
+            return None  # none, or a whole-run probe from before scores were kept
+        return Measurement(**{**entry, "cached": True})
 
     def put(self, key: str, measurement: Measurement) -> None:
         self.entries[key] = {k: v for k, v in asdict(measurement).items() if k != "cached"}
@@ -453,10 +458,10 @@ def consider(
     first = size_option(Option(rung, candidates[0], measure(rung, candidates[0])), budget, memory_mb, shape)
     if not first.fits:
         return first  # the shortest length does not fit: a longer one would not either
-    best = first
+    fitting = [first]
     for length in candidates[1:]:
-        scale = mean_tokens(lengths, length) / mean_tokens(lengths, best.max_length)
-        m = best.measurement
+        scale = mean_tokens(lengths, length) / mean_tokens(lengths, fitting[-1].max_length)
+        m = fitting[-1].measurement
         whole = m.whole_run_seconds * scale if m.whole_run_seconds is not None else None
         estimate = Measurement(
             m.seconds_per_step * scale,
@@ -471,8 +476,18 @@ def consider(
         measured = size_option(Option(rung, length, measure(rung, length)), budget, memory_mb, shape)
         if not measured.fits:
             break
-        best = measured
-    if best.max_length != longest:
+        fitting.append(measured)
+    best = fitting[-1]  # a rung with steps: the longest length that leaves time for its epochs
+    scored = [o for o in fitting if o.measurement.validation_score is not None]
+    if first.measurement.whole_run_seconds is not None and len(scored) > 1:
+        # a probe of a fitting step was the whole run: its validation score is the run's, so choose by it
+        best = max(scored, key=lambda o: (o.measurement.validation_score, -o.max_length))
+        scores = ", ".join(f"{o.measurement.validation_score:.4f} at {o.max_length}" for o in scored)
+        best.reasons.append(
+            f"max_length {best.max_length}: the {rung.label} probes, each a whole run, scored validation {scores} "
+            "(the test split was left out of them)"
+        )
+    elif best.max_length != longest:
         best.reasons.append(
             f"max_length {best.max_length}, not {longest} (95% of the examples whole): {rung.label} over the first "
             f"{best.max_length} tokens fits the budget"
