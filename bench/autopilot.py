@@ -134,6 +134,7 @@ def plan_and_train(config: Path, budget: str, workdir: Path, label: str) -> dict
         "time_budget": summary.get("time_budget"),
         "reasons": raw["plan"]["reasons"],
         "run": str(run),
+        "load_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -165,7 +166,8 @@ def markdown(result: dict) -> str:
             test = row["test"] or {}
             lines.append(
                 f"| {row['budget']} | {row['method']}, {row['max_length']}, {row['steps_done']} | "
-                f"{percent(test.get('accuracy'))} | {test.get('f1_macro', '-')} | {row['train_command_seconds']:.0f} s | "
+                f"{percent(test.get('accuracy'))} | {test.get('f1_macro', '-')} | {row['train_command_seconds']:.0f} s "
+                f"(load after {row.get('load_after', '-')}) | "
                 f"{'yes' if row['within_budget_plus_10_percent'] else 'NO'} | {row['predicted_seconds']:.0f} s | "
                 f"{fixed['strategy']} | {percent(fixed['accuracy'])} | {row['planning_seconds']:.0f} s |"
             )
@@ -208,7 +210,10 @@ def main() -> None:
     result = {**previous, "host": host_description(), "load_at_start": round(os.getloadavg()[0], 2)}
     if "bbc" in args.part:
         config = bbc_config(workdir)
-        result["bbc"] = []
+        kept = [
+            row for row in result.get("bbc", []) if row["budget"] not in args.budgets
+        ]  # other budgets stay
+        result["bbc"] = kept
         for budget in args.budgets:
             try:
                 row = plan_and_train(config, budget, workdir, "bbc")
@@ -217,7 +222,7 @@ def main() -> None:
                 print(f"{budget}: {failure}", flush=True)
             row["best_fixed"] = best_fixed(row["budget_seconds"])
             row["load_after"] = round(os.getloadavg()[0], 2)
-            result["bbc"].append(row)
+            result["bbc"] = sorted([*result["bbc"], row], key=lambda r: r["budget_seconds"])
             print(
                 json.dumps({k: row[k] for k in ("budget", "method", "test", "train_command_seconds")}),
                 flush=True,
@@ -225,7 +230,9 @@ def main() -> None:
             write(output, result)
     if "quickstart" in args.part:
         config = prepare(workdir / "quickstart")
-        result["quickstart"] = []
+        result["quickstart"] = [
+            r for r in result.get("quickstart", []) if r["budget"] not in args.quickstart_budgets
+        ]
         for budget in args.quickstart_budgets:
             row = plan_and_train(config, budget, workdir, "quickstart")
             result["quickstart"].append(row)
