@@ -388,13 +388,19 @@ def plan(
         return found
 
     shape = Shape(rows, len(checked.validation), len(checked.test), batch, max_epochs)
+    # shorter lengths only where longer examples are cut, not dropped (a shorter length must not lose rows)
+    shortening = lengths if cfg.data.on_overflow != "drop" else []
+    if lengths and not shortening:
+        reasons.append(
+            f"data.on_overflow: drop: a max_length under {longest} would drop examples; none is tried"
+        )
     options: list[Option] = []
     ladder = the_task.plan_ladder(cfg)
     for rung in [r for r in ladder if not r.when_short_of_memory]:
-        options.append(consider(rung, longest, lengths, measure, budget, memory_mb, shape))
+        options.append(consider(rung, longest, shortening, measure, budget, memory_mb, shape))
     if not any(o.fits for o in options) and all("MB" in o.why_not for o in options):
         for rung in [r for r in ladder if r.when_short_of_memory]:
-            options.append(consider(rung, longest, lengths, measure, budget, memory_mb, shape))
+            options.append(consider(rung, longest, shortening, measure, budget, memory_mb, shape))
     for option in options:
         verdict = "fits" if option.fits else f"does not fit: {option.why_not}"
         say(
