@@ -156,10 +156,9 @@ def model_max_length(cfg: Config) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def covering_length(lengths: list[int], limit: int | None) -> int:
-    """max_length covering 95% of the examples, rounded up to a multiple of 32, within the model's positions."""
-    p95 = int(np.percentile(lengths, 95))
-    length = 32 * math.ceil(p95 / 32)
+def covering_length(lengths: list[int], limit: int | None, percent: float = 95) -> int:
+    """max_length covering `percent` of the examples, rounded up to a multiple of 32, within the model's positions."""
+    length = 32 * math.ceil(int(np.percentile(lengths, percent)) / 32)
     return min(length, limit) if limit else length
 
 
@@ -356,12 +355,15 @@ def plan(
     reasons = [f"data: {rows} training rows, {len(checked.validation)} validation, {len(checked.test)} test"]
     lengths = token_lengths(cfg, checked)
     limit = model_max_length(cfg)
-    longest = covering_length(lengths, limit) if lengths else cfg.data.max_length
+    # 95% of the examples whole; where longer ones would be dropped (not cut), all of them
+    covered = 100 if cfg.data.on_overflow == "drop" else 95
+    longest = covering_length(lengths, limit, covered) if lengths else cfg.data.max_length
     if lengths:
         reasons.append(
-            f"max_length {longest}: covers 95% of the training examples (p95 {int(np.percentile(lengths, 95))} "
-            f"tokens, longest {max(lengths)}{f'; the model reads at most {limit}' if limit else ''}); longer "
-            f"ones are counted in the data report ({cfg.data.on_overflow})"
+            f"max_length {longest}: covers {covered}% of the training examples (p95 "
+            f"{int(np.percentile(lengths, 95))} tokens, longest {max(lengths)}"
+            f"{f'; the model reads at most {limit}' if limit else ''}); any longer are counted in the data report "
+            f"({cfg.data.on_overflow})"
         )
     batch = batch_size(cfg, rows, the_task.plan_kind)
     raw.setdefault("train", {})["batch_size"] = batch
