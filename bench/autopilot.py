@@ -50,6 +50,13 @@ def timed(command: list[str], log: Path) -> float:
     return round(time.time() - started, 1)
 
 
+def run_folder(log: Path) -> Path:
+    """The folder `tunesmith train` made (its last line, "run: FOLDER (status)"): an earlier run of the same name
+    is never reused, so a rerun lands in NAME-2."""
+    line = next(line for line in reversed(log.read_text().splitlines()) if line.startswith("run: "))
+    return Path(line.removeprefix("run: ").rsplit(" (", 1)[0])
+
+
 def bbc_config(workdir: Path) -> Path:
     """The benchmark's split as two tables, and the config the plan starts from."""
     args = argparse.Namespace(
@@ -104,7 +111,7 @@ def plan_and_train(config: Path, budget: str, workdir: Path, label: str) -> dict
         [*TUNESMITH, "train", str(planned), "--set", f"output.name={raw['output']['name']}"],
         workdir / f"train-{label}-{budget}.log",
     )
-    run = Path(raw["output"]["dir"]) / raw["output"]["name"]
+    run = run_folder(workdir / f"train-{label}-{budget}.log")
     summary = json.loads((run / "run.json").read_text())
     return {
         "budget": budget,
