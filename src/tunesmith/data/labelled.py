@@ -16,7 +16,7 @@ from tunesmith.data.media import (
     audio_problem,
     image_problem,
 )
-from tunesmith.data.prepare import CheckedData, clean_and_split, drop_test_overlap, hold_out_test
+from tunesmith.data.prepare import CheckedData, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -286,9 +286,7 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
-    train, test = hold_out_test(train, test, cfg, report, stratified_split)
-    train, validation = clean_and_split(train, validation, cfg, report, stratified_split, held_out)
-    test = drop_test_overlap(test, train + validation, cfg, report)
+    train, validation, test = three_splits(train, validation, test, cfg, report, stratified_split, held_out)
     if len(label_names) < 2 and not cfg.multi_label:
         raise TunesmithError(
             f"{cfg.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "

@@ -65,10 +65,18 @@ def check_data(cfg: DataConfig) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
-    train, test = hold_out_test(train, test, cfg, report, _split)
-    train, validation = clean_and_split(train, validation, cfg, report, _split, held_out)
-    test = drop_test_overlap(test, train + validation, cfg, report)
+    train, validation, test = three_splits(train, validation, test, cfg, report, _split, held_out)
     return CheckedData(train, validation, report, problems, test)
+
+
+def three_splits(
+    train: list, validation: list, test: list, cfg: DataConfig, report: dict, split, held_out: str
+):
+    """Train, validation and test as every task makes them: test held out first, then validation split off and
+    cleaned, then test rows that repeat a seen one dropped (each step counted in `report`)."""
+    train, test = hold_out_test(train, test, cfg, report, split)
+    train, validation = clean_and_split(train, validation, cfg, report, split, held_out)
+    return train, validation, drop_test_overlap(test, train + validation, cfg, report)
 
 
 def hold_out_test(train: list, test: list, cfg: DataConfig, report: dict, split) -> tuple[list, list]:

@@ -16,9 +16,7 @@ from tunesmith.data.prepare import (
     CheckedData,
     _length_stats,
     _split,
-    clean_and_split,
-    drop_test_overlap,
-    hold_out_test,
+    three_splits,
 )
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
@@ -118,9 +116,7 @@ def check_pairs(cfg: DataConfig) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
-    train, test = hold_out_test(train, test, cfg, report, _split)
-    train, validation = clean_and_split(train, validation, cfg, report, _split, held_out)
-    test = drop_test_overlap(test, train + validation, cfg, report)
+    train, validation, test = three_splits(train, validation, test, cfg, report, _split, held_out)
     return CheckedData(train, validation, report, problems, test)
 
 

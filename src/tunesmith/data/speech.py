@@ -13,7 +13,7 @@ import torch
 from tunesmith.config import DataConfig
 from tunesmith.data.collate import IGNORE
 from tunesmith.data.media import AUDIO_SUFFIXES, audio_problem, read_audio
-from tunesmith.data.prepare import CheckedData, clean_and_split, drop_test_overlap, hold_out_test
+from tunesmith.data.prepare import CheckedData, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
@@ -139,9 +139,7 @@ def check_speech(cfg: DataConfig) -> CheckedData:
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} held out (seed {cfg.seed})"
-    train, test = hold_out_test(train, test, cfg, report, seeded_split)
-    train, validation = clean_and_split(train, validation, cfg, report, seeded_split, held_out)
-    test = drop_test_overlap(test, train + validation, cfg, report)
+    train, validation, test = three_splits(train, validation, test, cfg, report, seeded_split, held_out)
     report["seconds"] = _seconds_stats(
         [e.seconds for e in train + validation + test]
     )  # vs the model's window
