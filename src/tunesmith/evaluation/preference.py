@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +19,36 @@ class SequenceLogps:
     nll: torch.Tensor | None = None  # mean token NLL of the first nll_rows rows, prompt included (ORPO)
 
 
+def _innermost(model):
+    """The model under DDP/accelerate wrappers (they hold it as .module)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def lm_head_only_at(model, where: torch.Tensor):
+    """Within the block, the LM head projects only the hidden states at `where` (a rows x positions mask over
+    the positions the forward keeps), flattened into one row.
+
+    `logits_to_keep` can only keep whole columns: the union of every row's answer positions, so each short
+    chosen answer's row would be projected over the long rejected answer's span too. A pre-hook on the head
+    (through DDP, peft and a LoRA on the head alike) keeps exactly the scored tokens.
+    """
+    head = _innermost(model).get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][where].unsqueeze(0), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def sequence_logps(model, batch: dict, prefix: str = "", nll_rows: int = 0) -> SequenceLogps:
     """Log-probabilities of every row's answer (labels != IGNORE) in one forward pass.
 
-    As CausalLMTrainer does, the LM head runs only at positions some row scores: with long prompts that is a
-    fraction of the sequence, and the vocabulary-wide log-softmax is the largest tensor of the step.
+    The LM head and its vocabulary-wide log-softmax, the largest tensors of the step, run only at the
+    (row, position) pairs some loss term scores: with long prompts and unequal answers that is a fraction of
+    rows x positions (CausalLMTrainer's sparse head keeps whole columns; here rows differ too much for that).
     """
     input_ids, attention_mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
     answer = batch[f"{prefix}labels"][:, 1:].ne(IGNORE)  # the token at t+1 is predicted at position t
@@ -30,18 +56,23 @@ def sequence_logps(model, batch: dict, prefix: str = "", nll_rows: int = 0) -> S
     if nll_rows:  # TRL's ORPO takes its NLL term over the chosen rows' prompt and answer
         scored[:nll_rows] |= attention_mask[:nll_rows, 1:].bool()
     keep = scored.any(dim=0).nonzero().squeeze(-1)
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.float()
-    targets = torch.where(scored, input_ids[:, 1:], IGNORE)[:, keep]
-    per_token = -F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(targets.shape)
-    answer = answer[:, keep]
-    logps, lengths = (per_token * answer).sum(-1), answer.sum(-1)
+    where = scored[:, keep]
+    with lm_head_only_at(model, where):
+        outputs = model(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
+        )
+    logits = outputs.logits.float().reshape(-1, outputs.logits.size(-1))  # one row per scored token
+    targets = input_ids[:, 1:][:, keep][where]
+    per_token = -F.cross_entropy(logits, targets, reduction="none")
+    row = where.nonzero()[:, 0]  # each scored token's row, in the order the mask flattened them
+    on_answer = answer[:, keep][where].to(per_token.dtype)
+    rows = input_ids.shape[0]
+    logps = per_token.new_zeros(rows).index_add(0, row, per_token * on_answer)
+    lengths = answer.sum(-1)
     nll = None
     if nll_rows:
-        whole = scored[:nll_rows, keep]
-        nll = -(per_token[:nll_rows] * whole).sum() / whole.sum().clamp(min=1)
+        in_nll = row < nll_rows
+        nll = -per_token[in_nll].sum() / in_nll.sum().clamp(min=1)
     return SequenceLogps(logps, lengths, nll)
 
 
