@@ -178,3 +178,31 @@ def test_k_quants_go_through_llama_cpps_quantizer_and_the_same_gate(lm_run, tmp_
     reload = result["checks"]["reload"]
     assert 0 < reload["mean_kl"] < reload["max_kl"] == 0.1  # measured on the file llama.cpp's quantizer wrote
     assert not list((tmp_path / "q4").glob("*.tmp.gguf"))  # the f16 intermediate is gone
+
+
+def test_a_llama_cpp_answer_is_the_models_greedy_one_up_to_ties(tiny_model):
+    """The runtime check's tie rule: llama.cpp's own answer read back through the tuned model in one forward; its
+    greedy tokens fall 0 below the best logit, the second-best token exactly the gap between the two."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.export.gguf_checks import TIE_MARGIN, largest_shortfall
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompt = [5, 9, 13, 2]
+    answer = []
+    with torch.no_grad():  # greedy through whole forwards, as the check reads answers back
+        for _ in range(6):
+            answer.append(int(model(torch.tensor([prompt + answer])).logits[0, -1].argmax()))
+    assert largest_shortfall(model, prompt, answer, None) == 0.0
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + answer[:2]])).logits[0, -1]
+    top = logits.topk(2)
+    changed = answer[:2] + [int(top.indices[1])]  # the runner-up where greedy took the best
+    gap = (top.values[0] - top.values[1]).item()
+    assert largest_shortfall(model, prompt, changed, None) == pytest.approx(gap, abs=1e-5)
+    ended = largest_shortfall(
+        model, prompt, answer[:3], end=answer[3]
+    )  # an end token is read back like the rest
+    assert ended == 0.0
+    assert TIE_MARGIN["f16"] > TIE_MARGIN["f32"] > 0

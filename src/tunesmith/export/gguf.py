@@ -128,7 +128,7 @@ def export_gguf(
         llama = gguf_checks.open_llama(staging / file_name, max(context, 512))
         checks["template"] = gguf_checks.template_check(staging / file_name, renderer, prompts, llama)
         checks["llama_cpp"] = gguf_checks.runtime_check(
-            llama, model, renderer, prompts, cfg.eval.max_new_tokens
+            llama, model, renderer, prompts, cfg.eval.max_new_tokens, quantize
         )
         if llama is not None:
             llama.close()  # frees llama.cpp's copy of the model before the folder is renamed

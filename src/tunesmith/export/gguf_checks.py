@@ -12,6 +12,12 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export.chat_template import render
 
 TOLERANCE = 1e-4  # f32/f16: the same numbers through another loader differ by rounding only
+# llama.cpp's CPU kernels round activations to the weights' type before each product (f16 weights: f16
+# activations), which transformers does not. Where the tuned model's two best next tokens are closer than that
+# rounding (a logit near 25 rounds to f16 in steps of 0.016), greedy decoding may take either: a tie, not a
+# different model. A llama.cpp answer is the tuned model's greedy answer "up to ties" when, read back through the
+# tuned model in one forward, every token it chose (and its end token) is within this margin of the best logit.
+TIE_MARGIN = {"f32": 5e-3, "f16": 0.02}  # f32: a cached decode and a whole forward differ by ~1e-3
 # Defaults of the quality gate against the fp32 merged model: mean KL (nats/token) and top-1 disagreement.
 GATES = {
     "f32": {"max_kl": 1e-6, "max_drop": 0.0},
@@ -200,17 +206,32 @@ def open_llama(path: Path, context: int):
     )
 
 
-def _llama_greedy(llama, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+def _llama_greedy(llama, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int | None]:
+    """llama.cpp's greedy answer and the end-of-generation token it stopped at (None: it ran to the limit)."""
     tokens = []
     for token in llama.generate(
         prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
     ):
         if _is_end_of_generation(llama, token):
-            return tokens, True
+            return tokens, token
         tokens.append(token)
         if len(tokens) == max_new_tokens:
             break
-    return tokens, False
+    return tokens, None
+
+
+def largest_shortfall(model, prompt_ids: list[int], answer: list[int], end: int | None) -> float:
+    """How far below the tuned model's best logit llama.cpp's choices fall, at worst, along llama.cpp's own answer
+    (its end token included), from one forward pass: 0 when every choice is the model's own greedy one."""
+    chosen = answer + ([end] if end is not None else [])
+    if not chosen:
+        return 0.0
+    with torch.no_grad():
+        logits = (
+            model(input_ids=torch.tensor([prompt_ids + chosen])).logits[0, len(prompt_ids) - 1 : -1].float()
+        )
+    picked = logits.gather(-1, torch.tensor(chosen).unsqueeze(-1)).squeeze(-1)
+    return (logits.max(-1).values - picked).max().item()
 
 
 def _is_end_of_generation(llama, token: int) -> bool:
@@ -219,8 +240,14 @@ def _is_end_of_generation(llama, token: int) -> bool:
     return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llama.model), token))
 
 
-def runtime_check(llama, model, renderer: Renderer, prompts: list[Messages], max_new_tokens: int) -> dict:
-    """llama.cpp's greedy answers against tunesmith's, token for token, and whether both stop at the end token."""
+def runtime_check(
+    llama, model, renderer: Renderer, prompts: list[Messages], max_new_tokens: int, quantize: str = "f32"
+) -> dict:
+    """llama.cpp's greedy answers against tunesmith's, token for token, and whether both stop at the end token.
+
+    At f32/f16 an answer that departs from tunesmith's must be the tuned model's greedy answer up to ties
+    (TIE_MARGIN), or the export is refused; quantized files are compared and recorded, not gated here (their gate
+    is the reload check's KL and top-1 agreement)."""
     if llama is None:
         return {
             "skipped": "llama-cpp-python is not installed (pip install llama-cpp-python); no runtime check was run"
@@ -241,19 +268,31 @@ def runtime_check(llama, model, renderer: Renderer, prompts: list[Messages], max
     texts = generate(
         model, renderer, list(prompts), max_new_tokens=max_new_tokens
     )  # what `tunesmith generate` prints
-    equal = equal_text = stopped_tunesmith = stopped_llama = 0
+    margin = TIE_MARGIN.get(quantize)
+    equal = equal_text = up_to_ties = stopped_tunesmith = stopped_llama = 0
     differences = []
     for index, prompt in enumerate(prompts):
         ids = renderer.encode_prompt(prompt)
         expected, expected_stop = _tunesmith_greedy(model, ids, stop_ids, max_new_tokens)
-        got, got_stop = _llama_greedy(llama, ids, max_new_tokens)
-        equal += got == expected and got_stop == expected_stop
+        got, end = _llama_greedy(llama, ids, max_new_tokens)
+        got_stop = end is not None
+        same = got == expected and got_stop == expected_stop
+        equal += same
         stopped_tunesmith += expected_stop
         stopped_llama += got_stop
         text = llama.detokenize(got, special=False).decode("utf-8", errors="replace").strip()
         equal_text += text == texts[index]
-        if got != expected and len(differences) < 3:
-            differences.append({"prompt": index, "tunesmith": texts[index], "llama_cpp": text})
+        shortfall = 0.0 if same else largest_shortfall(model, ids, got, end)
+        up_to_ties += same or (margin is not None and shortfall <= margin)
+        if not same and len(differences) < 3:
+            differences.append(
+                {
+                    "prompt": index,
+                    "tunesmith": texts[index],
+                    "llama_cpp": text,
+                    "largest_logit_shortfall_of_llama_cpps_choices": round(shortfall, 5),
+                }
+            )
     record = {
         "runtime": f"llama-cpp-python {llama_cpp.__version__}",
         "prompts": len(prompts),
@@ -263,10 +302,20 @@ def runtime_check(llama, model, renderer: Renderer, prompts: list[Messages], max
         "stopped_at_end_token": {"tunesmith": stopped_tunesmith, "llama_cpp": stopped_llama},
         "stop_tokens_end_generation_in_llama_cpp": True,
     }
+    if margin is not None:
+        record |= {"greedy_equal_up_to_ties": up_to_ties, "tie_margin": margin}
     if differences:
         record["first_differences"] = differences
     record["verdict"] = (
-        f"greedy answers equal token for token on {equal} of {len(prompts)} prompts; stopped at the end token: "
-        f"llama.cpp {stopped_llama}, tunesmith {stopped_tunesmith}"
+        f"greedy answers equal token for token on {equal} of {len(prompts)} prompts"
+        + (f" ({up_to_ties} up to ties within {margin:g} logits)" if margin is not None else "")
+        + f"; stopped at the end token: llama.cpp {stopped_llama}, tunesmith {stopped_tunesmith}"
     )
+    if margin is not None and up_to_ties < len(prompts):
+        worst = max(differences, key=lambda d: d["largest_logit_shortfall_of_llama_cpps_choices"])
+        raise TunesmithError(
+            f"export --format gguf --quantize {quantize} refused: llama.cpp answers prompt {worst['prompt']} "
+            f"unlike the tuned model (a token {worst['largest_logit_shortfall_of_llama_cpps_choices']:.3g} logits "
+            f"below its best, more than a {margin:g} tie); {record['verdict']}; nothing was written"
+        )
     return record
