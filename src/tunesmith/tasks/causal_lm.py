@@ -250,6 +250,9 @@ def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
+HALF_EPOCH = 0.5  # the fewest epochs of the small adapter rungs in `tunesmith plan`
+
+
 class CausalLMTask(Task):
     name = "causal-lm"
     summary = "supervised fine-tuning of a language model on prompts and answers (or plain text)"
@@ -278,6 +281,9 @@ class CausalLMTask(Task):
         return check_data(data)
 
     def plan_ladder(self, cfg: Config) -> list[Rung]:
+        # A language model learns from every step: when the budget holds less than an epoch, half an epoch of
+        # the small adapters still lowers validation loss (the quickstart's 5-minute plan, docs/autopilot.md);
+        # the richer rungs are only worth a whole epoch.
         attention = ["q_proj", "v_proj"]
         return [
             Rung(
@@ -288,7 +294,7 @@ class CausalLMTask(Task):
                     "method.lora.alpha": 16,
                     "method.lora.target_modules": "all-linear",
                 },
-                1.0,
+                HALF_EPOCH,
                 "a 4-bit base under adapters: for when even LoRA's base weights do not fit",
                 True,
             ),
@@ -300,7 +306,7 @@ class CausalLMTask(Task):
                     "method.lora.alpha": 16,
                     "method.lora.target_modules": attention,
                 },
-                1.0,
+                HALF_EPOCH,
                 "the classic small adapter (attention queries and values)",
             ),
             Rung(
