@@ -1,5 +1,6 @@
 """Peak memory of DPO with LoRA (reference = adapter off) beside SFT on the same pairs' chosen side, and beside SFT
-on both sides (the same 2B rows a DPO batch holds, so only the reference pass and the loss differ).
+on both sides (the same 2B rows a DPO batch holds, in one step of batch 2B, so only the reference pass and the
+loss differ).
 
 Each run is its own process (peak RSS is per process). The pairs: a BBC article's opening as the prompt, its real
 headline chosen, the article's next sentences rejected (a paragraph, as a base model would write; no generation
@@ -45,6 +46,8 @@ def config(work: Path, task: str, steps: int) -> dict:
         "eval": {"before_training": False, "samples": 0},
         "output": {"dir": str(work / "runs"), "name": task},
     }
+    if task == "sft_both":  # a DPO step of 4 pairs holds 8 rows: the same 8 rows in one SFT step
+        raw["train"]["batch_size"] = 8
     if task.startswith(
         "preference"
     ):  # preference_precomputed: the reference's log-probs computed before step 1
