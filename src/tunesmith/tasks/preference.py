@@ -172,8 +172,13 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     say(f"preference: {pref.loss}, beta {pref.beta}; reference: {reference}")
 
     precision = pick_precision(cfg.train.precision, model.dtype)
-    # Chosen and rejected share one forward: the batch holds twice as many rows as train.batch_size says.
-    checkpointing = decide_checkpointing(cfg, model, 2 * max(longest(r) for r in train_rows), precision)
+    # Chosen and rejected share one forward: a step holds twice as many rows as train.batch_size says (KTO's
+    # mismatched rows run without gradients, so they keep no activations).
+    rows_per_example = 1 if pref.loss == "kto" else 2
+    step_rows = cfg.train.model_copy(update={"batch_size": rows_per_example * cfg.train.batch_size})
+    checkpointing = decide_checkpointing(
+        cfg.model_copy(update={"train": step_rows}), model, max(longest(r) for r in train_rows), precision
+    )
     resume_from = resume_point(run) if resume else None
     trainer, counter = build_trainer(
         cfg, run, model, tokenizer, collator, train_rows, validation_rows, precision, callbacks,

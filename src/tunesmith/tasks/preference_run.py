@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
@@ -19,8 +18,7 @@ from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, mer
 from tunesmith.models.loading import load_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run
-from tunesmith.tasks.common import bad_rows_error, data_for_eval
-from tunesmith.training.checkpoints import checkpoint_step
+from tunesmith.tasks.common import bad_rows_error, data_for_eval, evaluation_of_final_weights
 
 
 def base_weights(model, reference_model):
@@ -48,12 +46,9 @@ def sample_prompts(examples: list, count: int) -> list[tuple]:
 
 
 def final_evaluation(trainer) -> dict:
-    """The evaluation logged for the weights the run ends with (the best checkpoint's or the last step's)."""
-    state = trainer.state
-    best_step = checkpoint_step(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
-    step = best_step if best_step is not None else state.global_step
-    logged = [log for log in state.log_history if "eval_loss" in log and log.get("step") == step]
-    return logged[-1] if logged else trainer.evaluate()
+    """The evaluation logged for the weights the run ends with (the best checkpoint's with train.load_best, else
+    the last step's), or a new one where none was logged for them."""
+    return evaluation_of_final_weights(trainer) or trainer.evaluate()
 
 
 def held_out_pairs(cfg, data) -> list[PreferencePair]:
@@ -89,7 +84,9 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     def score(network) -> tuple[dict, list[str]]:
         scores = score_pairs(network, items, pad_id, cfg.eval.batch_size)
         outputs = (
-            generate(network, renderer, [p[1] for p in prompts], cfg.eval.max_new_tokens) if prompts else []
+            generate(network, renderer, [p[1] for p in prompts], cfg.eval.max_new_tokens, cfg.eval.batch_size)
+            if prompts
+            else []
         )
         if prompts:
             scores |= {
