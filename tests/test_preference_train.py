@@ -149,3 +149,112 @@ def test_quickstart_pairs_reuse_the_cached_base_answers(tmp_path):
     ]  # from the cache: no model ran
     assert [p["chosen"] for p in pairs] == [r["response"] for r in train]  # the real headlines
     assert config_from_dict(yaml.safe_load(config.read_text()), base=config.parent).task == "preference"
+
+
+def test_skip_trains_on_the_good_pairs_and_counts_the_bad(tmp_path, tiny_model):
+    from test_preference import bad_pairs_file
+
+    rows = [json.loads(line) for line in bad_pairs_file(tmp_path).read_text().splitlines()]
+    raw = preference_config(tmp_path, tiny_model, data={"on_error": "skip"})
+    write_jsonl(tmp_path / "pairs.jsonl", rows + preference_rows(24)[10:])  # 4 bad rows among 24
+    summary = api.train(config_from_dict(raw))
+    assert summary["status"] == "finished" and summary["global_step"] == 4
+    report = json.loads((tmp_path / "runs" / "run" / "data_report.json").read_text())
+    assert report["bad_rows"] == 4
+    assert report["train_pairs"] + report["validation_pairs"] == 20  # 24 rows read, the 4 bad ones skipped
+    assert f"{tmp_path / 'pairs.jsonl'}:2: 'chosen' and 'rejected' are identical" in json.dumps(report)
+
+
+def test_a_resumed_preference_run_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, tiny_model):
+    from test_train import StopAt
+
+    raw = preference_config(tmp_path, tiny_model, rows=40, train={"max_steps": 8, "save_steps": 4})
+    whole = api.train(config_from_dict(raw, overrides=["output.name=whole"]))
+    stopped = api.train(config_from_dict(raw, overrides=["output.name=split"]), callbacks=[StopAt(4)])
+    assert stopped["status"] == "stopped" and stopped["global_step"] == 4
+    resumed = api.train(config_from_dict(raw, overrides=["output.name=split"]), resume=True)
+    assert resumed["run_dir"] == stopped["run_dir"] and resumed["global_step"] == 8
+
+    def logged(run_dir, key):
+        return {
+            r["step"]: r[key] for r in read_metrics(Path(run_dir)) if key in r and "train_runtime" not in r
+        }
+
+    for key in ("loss", "rewards/margins", "eval_loss", "eval_rewards/accuracies"):
+        split, uninterrupted = logged(resumed["run_dir"], key), logged(whole["run_dir"], key)
+        assert sorted(split) == sorted(uninterrupted) and len(split) >= 4, key
+        for step, value in uninterrupted.items():
+            assert split[step] == pytest.approx(value, abs=1e-5), (key, step)
+    # the base's pair scores are kept from the first half, not recomputed from the half-trained weights
+    assert resumed["pairs_before"] == whole["pairs_before"]
+    assert resumed["pairs_after"] == pytest.approx(whole["pairs_after"], abs=1e-4)
+
+
+def test_serve_answers_for_a_preference_run_as_generate_does(tmp_path, tiny_model):
+    from fastapi.testclient import TestClient
+
+    summary = api.train(config_from_dict(preference_config(tmp_path, tiny_model)))
+    app = api.serve_app([summary["run_dir"]], max_tokens_cap=16)
+    with TestClient(app) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["run"]
+        reply = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "run",
+                "messages": [{"role": "user", "content": "pick one: a or b"}],
+                "max_tokens": 6,
+            },
+        )
+    assert reply.status_code == 200, reply.text
+    expected = api.generate(summary["run_dir"], ["pick one: a or b"], max_new_tokens=6)[0]
+    assert reply.json()["choices"][0]["message"]["content"] == expected
+
+
+def test_a_sweep_maximizes_held_out_preference_accuracy(tmp_path, tiny_model):
+    import yaml
+
+    raw = preference_config(tmp_path, tiny_model, eval={"samples": 0})
+    raw["sweep"] = {
+        "space": {"train.learning_rate": {"choices": [1e-5, 5e-2]}},
+        "trials": 2,
+        "metric": "rewards/accuracies",
+    }
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = api.sweep(path)
+    assert result["metric"] == "eval_rewards/accuracies"
+    records = json.loads((Path(result["folder"]) / "trials.json").read_text())
+    assert len(records) == 2 and {r["state"] for r in records} == {"COMPLETE"}
+    for record in records:  # each trial's value is its run's final held-out reward accuracy
+        summary = json.loads(Path(record["run_dir"], "run.json").read_text())
+        assert record["value"] == summary["validation"]["eval_rewards/accuracies"]
+    assert result["best"]["value"] == max(r["value"] for r in records)
+
+
+def test_two_processes_follow_one_process_losses_and_rewards(tmp_path, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = preference_config(tmp_path, tiny_model, eval={"samples": 0})
+    config = tmp_path / "pairs.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, nproc in (("one", 1), ("two", 2)):
+        command = [sys.executable, "-m", "tunesmith.cli", "train", str(config), "--nproc", str(nproc)]
+        result = subprocess.run(
+            command + ["--set", f"output.name={name}"], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    one, two = (read_metrics(tmp_path / "runs" / name) for name in ("one", "two"))
+    # the global batch of 4 pairs is split 2 + 2; gradients, losses and each metric's average over all pairs
+    # (summed over ranks before dividing) equal one process's
+    for key in ("loss", "rewards/margins", "eval_loss", "eval_rewards/accuracies", "eval_logps/rejected"):
+        single = {r["step"]: r[key] for r in one if key in r}
+        double = {r["step"]: r[key] for r in two if key in r}
+        assert sorted(single) == sorted(double) and single, key
+        for step, value in single.items():
+            assert double[step] == pytest.approx(value, abs=1e-4), (key, step)
+    assert json.loads((tmp_path / "runs" / "two" / "run.json").read_text())["processes"] == 2

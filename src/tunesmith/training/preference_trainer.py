@@ -4,6 +4,7 @@ the same weights with the adapter switched off (or a frozen copy), and the rewar
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 from transformers import Trainer
@@ -111,6 +112,34 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         result, policy = self.preference_step(model, inputs)
         self._record("train" if model.training else "eval", result, policy, inputs)
         return (result.loss, {}) if return_outputs else result.loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The loss and metrics over the whole split on every rank, each pair weighed once: the Trainer's sharded
+        loop pads a short last shard with repeated pairs and weighs batch losses by rows, so two processes would
+        report a different validation loss than one (measured: 0.5362 vs 0.5422 on six pairs)."""
+        with self._excluded():
+            started = time.perf_counter()
+            pairs = list(self.eval_dataset if eval_dataset is None else eval_dataset)
+            batch_size = self.args.per_device_eval_batch_size
+            model = self.accelerator.unwrap_model(self.model)  # no gradients, so nothing for DDP to sync
+            was_training = model.training
+            model.eval()
+            total = 0.0
+            with torch.no_grad():
+                for start in range(0, len(pairs), batch_size):
+                    chunk = pairs[start : start + batch_size]
+                    batch = self._prepare_inputs(self.data_collator(chunk))
+                    result, policy = self.preference_step(model, batch)
+                    self._record("eval", result, policy, batch)
+                    total += result.loss.item() * len(chunk)
+            model.train(was_training)
+            metrics = {
+                f"{metric_key_prefix}_loss": total / max(len(pairs), 1),
+                f"{metric_key_prefix}_runtime": round(time.perf_counter() - started, 4),
+            }
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
