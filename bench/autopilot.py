@@ -189,6 +189,9 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in quick:
+            if "error" in row:
+                lines.append(f"| {row['budget']} | {row['error']} | | | | | | | | |")
+                continue
             test = (row["test"] or {}).get("loss")
             lines.append(
                 f"| {row['budget']} | {row['method']}, {row['max_length']}, {row['steps_done']} | "
@@ -241,13 +244,24 @@ def main() -> None:
             r for r in result.get("quickstart", []) if r["budget"] not in args.quickstart_budgets
         ]
         for budget in args.quickstart_budgets:
-            row = plan_and_train(config, budget, workdir, "quickstart")
+            try:
+                row = plan_and_train(config, budget, workdir, "quickstart")
+            except Failed as failure:  # e.g. no method fits: recorded as a row, the other budgets still run
+                row = {"budget": budget, "budget_seconds": parse_duration(budget), "error": str(failure)}
+                print(f"{budget}: {failure}", flush=True)
+            row["load_after"] = round(os.getloadavg()[0], 2)
             result["quickstart"].append(row)
             print(
                 json.dumps(
                     {
-                        k: row[k]
-                        for k in ("budget", "method", "validation_loss_after", "train_command_seconds")
+                        k: row.get(k)
+                        for k in (
+                            "budget",
+                            "method",
+                            "validation_loss_after",
+                            "train_command_seconds",
+                            "error",
+                        )
                     }
                 ),
                 flush=True,
