@@ -175,7 +175,10 @@ def host_description() -> str:
     cpu = model_line.split(":", 1)[-1].strip() or platform.processor() or platform.machine()
     bf16 = "avx512_bf16" if "avx512_bf16" in flags else ("avx2" if "avx2" in flags else "no avx2")
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__}{gpu}"
+    # The threads too: a probe run with one thread (OMP_NUM_THREADS=1, or a busy host's setting) does not
+    # predict a run with two, so it is never reused for one.
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, {threads} threads, {bf16}, torch {torch.__version__}{gpu}"
 
 
 def probe_config(raw: dict, rung: Rung, max_length: int, folder: Path, steps: int) -> dict:
