@@ -146,8 +146,11 @@ def fixed_probe(calls):
     return probe
 
 
-def plan_for(tmp_path, make_config, budget, memory=None, rows=400):
-    raw = make_config(rows=rows, train={"max_steps": None, "eval_steps": None, "learning_rate": None})
+def plan_for(tmp_path, make_config, budget, memory=None, rows=400, grad_accum=1):
+    raw = make_config(
+        rows=rows,
+        train={"max_steps": None, "eval_steps": None, "learning_rate": None, "grad_accum": grad_accum},
+    )
     del raw["train"]["max_steps"], raw["train"]["eval_steps"], raw["train"]["learning_rate"]
     config_file = tmp_path / "config.yaml"
     config_file.write_text(json.dumps(raw))  # JSON is YAML
@@ -208,6 +211,14 @@ def test_the_plan_predicts_inside_the_budget_and_writes_a_config_that_trains(tmp
     assert record["time_error_percent"] == pytest.approx(
         100 * (record["actual_seconds"] - record["predicted_seconds"]) / record["predicted_seconds"], abs=0.1
     )
+
+
+def test_an_epoch_counts_optimizer_steps_of_batch_times_accumulation(tmp_path, make_config):
+    # a probe times optimizer steps: with 2 micro-batches of 4 a step takes 8 of the 320 rows, 40 steps an epoch
+    large, _ = plan_for(tmp_path, make_config, "10m", grad_accum=2)
+    assert (
+        large["method"] == "full" and large["steps"] == 5 * 40
+    )  # the generator's most epochs, at 40 a epoch
 
 
 def test_a_budget_too_small_for_any_method_names_the_smallest_that_fits(tmp_path, make_config):

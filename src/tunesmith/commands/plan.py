@@ -81,7 +81,7 @@ class Shape:
     train_rows: int
     validation_rows: int
     test_rows: int
-    batch: int
+    batch: int  # training rows per optimizer step (batch_size x grad_accum): what a probe's step timed
     max_epochs: float
 
     @property
@@ -392,7 +392,8 @@ def plan(
             cache.put(key, found)
         return found
 
-    shape = Shape(rows, len(checked.validation), len(checked.test), batch, max_epochs)
+    rows_per_step = batch * cfg.train.grad_accum
+    shape = Shape(rows, len(checked.validation), len(checked.test), rows_per_step, max_epochs)
     # shorter lengths only where longer examples are cut, not dropped (a shorter length must not lose rows)
     shortening = lengths if cfg.data.on_overflow != "drop" else []
     if lengths and not shortening:
@@ -542,7 +543,9 @@ def write_plan(raw, chosen: Option, budget, memory_mb, reasons, cfg, kind, rows,
             mine = f" (yours, {cfg.train.learning_rate:g}, was for {cfg.method.name})" if own_rate else ""
             reasons.append(f"learning rate {rate[0]:g}: {rate[1]}{mine}")
         reasons.append(
-            f"{chosen.steps} steps of batch {batch} ({chosen.epochs:g} epochs of {rows} rows) at the measured "
+            f"{chosen.steps} steps of batch {batch}"
+            + (f" x {cfg.train.grad_accum} accumulated" if cfg.train.grad_accum > 1 else "")
+            + f" ({chosen.epochs:g} epochs of {rows} rows) at the measured "
             f"{m.seconds_per_step:.2f} s a step, an evaluation every {chosen.eval_every} steps "
             f"({m.evaluation_seconds:.1f} s each), early stopping after 3 without improvement, the best kept"
         )
