@@ -271,6 +271,7 @@ def runtime_check(
     margin = TIE_MARGIN.get(quantize)
     equal = equal_text = up_to_ties = stopped_tunesmith = stopped_llama = 0
     differences = []
+    worst = (0.0, -1)  # (shortfall, prompt): the answer furthest from the model's own, over every prompt
     for index, prompt in enumerate(prompts):
         ids = renderer.encode_prompt(prompt)
         expected, expected_stop = _tunesmith_greedy(model, ids, stop_ids, max_new_tokens)
@@ -284,6 +285,7 @@ def runtime_check(
         equal_text += text == texts[index]
         shortfall = 0.0 if same else largest_shortfall(model, ids, got, end)
         up_to_ties += same or (margin is not None and shortfall <= margin)
+        worst = max(worst, (shortfall, index))
         if not same and len(differences) < 3:
             differences.append(
                 {
@@ -312,10 +314,9 @@ def runtime_check(
         + f"; stopped at the end token: llama.cpp {stopped_llama}, tunesmith {stopped_tunesmith}"
     )
     if margin is not None and up_to_ties < len(prompts):
-        worst = max(differences, key=lambda d: d["largest_logit_shortfall_of_llama_cpps_choices"])
         raise TunesmithError(
-            f"export --format gguf --quantize {quantize} refused: llama.cpp answers prompt {worst['prompt']} "
-            f"unlike the tuned model (a token {worst['largest_logit_shortfall_of_llama_cpps_choices']:.3g} logits "
+            f"export --format gguf --quantize {quantize} refused: llama.cpp answers prompt {worst[1]} "
+            f"unlike the tuned model (a token {worst[0]:.3g} logits "
             f"below its best, more than a {margin:g} tie); {record['verdict']}; nothing was written"
         )
     return record
