@@ -94,9 +94,9 @@ def tunesmith_run(strategy: str, train_file: str, test_file: str, test, args, se
         "data": {
             "train_file": train_file,
             "validation_ratio": 0.2,
-            "max_length": args.max_length,
             "seed": seed,
-        },
+        }
+        | ({"max_length": args.max_length} if args.max_length else {}),
         "method": {"name": strategy},
         "train": train | {"seed": seed, "precision": "fp32"},
         "eval": {"before_training": False, "batch_size": 32},
@@ -106,7 +106,10 @@ def tunesmith_run(strategy: str, train_file: str, test_file: str, test, args, se
     output = Path(summary["run_dir"]) / "test_predictions.jsonl"
     api.predict(summary["run_dir"], test_file, output)
     predicted = [json.loads(line)["label"] for line in output.read_text().splitlines()]
+    report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
     return scores([y for _, y in test], predicted) | {
+        "max_length": report["preprocessing"]["train"]["max_length"],
+        "max_length_set": bool(args.max_length),
         "collapse": (summary.get("collapse") or {}).get("kind"),
         "global_step": summary.get("global_step"),
         "defaults": {k: v["value"] for k, v in (summary.get("defaults") or {}).items()},
@@ -122,12 +125,13 @@ def host() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "avx512_bf16": "avx512_bf16" in flags,
         "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
 def run(args) -> None:
     texts = corpus()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     for per_class in args.per_class:
         for seed in args.seeds:
             train, test = split(texts, per_class, seed, args.test_per_class)
@@ -146,23 +150,24 @@ def run(args) -> None:
                         "seed": seed,
                         "strategy": strategy,
                         "settings": "-" if strategy == "tfidf" else args.settings,
-                        "max_length": args.max_length,
+                        "max_length": args.max_length or "-",
                         "test_examples": len(test),
                         "seconds": round(time.time() - started, 1),
                         "host": host(),
                         **result,
                     }
                     print(json.dumps(record), flush=True)
-                    with RESULTS.open("a") as handle:
+                    with args.results.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
 
 
-def table() -> str:
+def table(path: Path) -> str:
     """Mean and spread (sample standard deviation, min-max) of test accuracy per size and strategy."""
-    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        key = (r["per_class"], r["max_length"], r["test_examples"], r["settings"], r["strategy"])
+        length = r["max_length"] if r.get("max_length_set", True) else f"default ({r['max_length']})"
+        key = (r["per_class"], str(length), r["test_examples"], r["settings"], r["strategy"])
         groups.setdefault(key, []).append(r)
     lines = [
         "| articles per class | max_length | test articles | strategy | settings | seeds | test accuracy: mean ± sd (min-max) | macro-F1 mean | collapses | seconds per run |",
@@ -187,11 +192,16 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--settings", choices=["defaults", "starter"], default="defaults")
     parser.add_argument("--test-per-class", type=int, default=60)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument(
+        "--max-length", type=int, default=0, help="data.max_length for every run; 0: tunesmith's default"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="the JSON-lines file rows are appended to"
+    )
     parser.add_argument("--table", action="store_true", help="print the table from the results file and exit")
     args = parser.parse_args()
     if args.table:
-        print(table())
+        print(table(args.results))
         return
     run(args)
 

@@ -13,7 +13,7 @@ from conftest import classification_config, topic_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.features import FeatureHead, head_inputs, solve_head
+from tunesmith.methods.features import FeatureHead, head_inputs, sentence_pooling, solve_head
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.defaults import CLASSIFIER, GENERATOR
@@ -153,6 +153,36 @@ def test_an_unset_head_is_solved_without_gradient_steps(tmp_path, tiny_bert):
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("classifier."))
     set_lr = _train(tmp_path, tiny_bert, {"name": "head"}, {"precision": "fp32", "learning_rate": 1e-2}, "d")
     assert set_lr["global_step"] > 0 and "method" not in set_lr["defaults"]  # a set rate: gradient steps
+
+
+def test_a_head_on_a_mean_pooling_sentence_encoder_reads_the_mean_as_features_does(tmp_path, tiny_bert):
+    """A sentence-transformers folder that pools by the mean: the solved head is fitted on the mean of token
+    states (as `features`), not on BERT's pooler, and predicts exactly as the features run does."""
+    import shutil
+
+    encoder = tmp_path / "sentence-encoder"
+    shutil.copytree(tiny_bert, encoder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append(
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+    )
+    (encoder / "modules.json").write_text(json.dumps(modules))
+    (encoder / "1_Pooling").mkdir()
+    (encoder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert sentence_pooling(str(encoder)) == "mean" and sentence_pooling(str(tiny_bert)) is None
+
+    head = _train(tmp_path, encoder, {"name": "head"}, {"precision": "fp32"})
+    features = _train(tmp_path, encoder, {"name": "features"}, {"precision": "fp32"}, "f")
+    assert head["defaults"]["head input"]["value"] == "mean of token states"
+    assert (Path(head["run_dir"]) / "model" / "features_head.json").exists()
+    assert head["validation"] == features["validation"]
+    rows = write_jsonl(tmp_path / "new.jsonl", topic_rows(12, seed=5))
+    outputs = [tmp_path / "head.jsonl", tmp_path / "features.jsonl"]
+    api.predict(head["run_dir"], rows, outputs[0])
+    api.predict(features["run_dir"], rows, outputs[1])
+    assert outputs[0].read_text() == outputs[1].read_text()
+    with pytest.raises(TunesmithError, match="no tuned network to export"):
+        api.export(head["run_dir"], "onnx")
 
 
 def test_a_failed_start_leaves_no_run_folder_and_an_earlier_one_is_reused(tmp_path, tiny_bert):

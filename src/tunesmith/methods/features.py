@@ -140,6 +140,30 @@ register(
 )
 
 
+def sentence_pooling(model_path: str) -> str | None:
+    """How a sentence-transformers folder pools its token states ("mean", "cls", "max"), else None.
+
+    Such an encoder was trained to be read through that pooling; BERT's pooler (a dense layer on the first
+    token) was left as pretraining made it, so a head on the pooler reads a weaker summary (MiniLM on BBC News,
+    25 articles per class: logistic regression on the pooler 85-87%, on the mean of token states 94%).
+    """
+    folder = Path(model_path)
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for module in modules if isinstance(modules, list) else []:
+        if str(module.get("type", "")).endswith("Pooling"):
+            try:
+                config = json.loads((folder / module.get("path", "") / "config.json").read_text())
+            except (OSError, ValueError):
+                return None
+            for mode in ("mean", "cls", "max"):
+                if config.get(f"pooling_mode_{mode}_tokens"):
+                    return mode
+    return None
+
+
 def linear_head(model) -> torch.nn.Linear | None:
     """The model's head when it is one linear layer producing the logits (BERT, ViT), else None."""
     heads = [getattr(model, name) for name in head_names(model)]

@@ -35,6 +35,7 @@ from tunesmith.methods.features import (
     head_inputs,
     linear_head,
     model_fingerprint,
+    sentence_pooling,
     solve_head,
 )
 from tunesmith.models.anatomy import head_names
@@ -146,8 +147,13 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         cfg, len(checked.train), len(checked.validation) > 0, defaults.CLASSIFIER
     )
     solve = method.trains_network and solvable_head(model, cfg)
+    mean_pooled = solve and modality.name == "text" and sentence_pooling(model_path) == "mean"
     if solve:
         choices = [defaults.Choice("method", "head solved", SOLVED_HEAD, SOLVED_HEAD_OVERRIDE)]
+    if mean_pooled:
+        choices.append(
+            defaults.Choice("head input", "mean of token states", MEAN_POOLED_HEAD, SOLVED_HEAD_OVERRIDE)
+        )
     if not method.trains_network:
         choices = []  # a logistic regression: no learning rate, epochs or evaluations to choose
     defaults.announce(choices)
@@ -173,7 +179,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
         before = reference.score(model, *probe)
         run.update_summary(reference_before=before)
         say(f"forgetting check: reference probe accuracy before training {before['accuracy']:.4f}")
-    if not method.trains_network:
+    if not method.trains_network or mean_pooled:
         result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
     elif solve:
         result = fit_solved_head(cfg, run, model, modality, train_set, validation_set)
@@ -206,6 +212,11 @@ SOLVED_HEAD = (
     "logistic regression on what it reads from the frozen body (as features does) and loaded as its weights"
 )
 SOLVED_HEAD_OVERRIDE = "set train.learning_rate to train it by gradient steps instead"
+MEAN_POOLED_HEAD = (
+    "the body is a sentence encoder that pools by the mean of its token states (its 1_Pooling config): the "
+    "linear head reads that mean, not BERT's pooler (a dense layer on the first token that sentence training "
+    "left as pretraining made it), and is stored as model/features_head.json over the unchanged body"
+)
 
 
 def solvable_head(model, cfg: Config) -> bool:

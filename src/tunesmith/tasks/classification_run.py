@@ -19,10 +19,10 @@ from tunesmith.evaluation.classification import (
     probabilities,
     write_evaluation,
 )
-from tunesmith.methods.features import FeatureHead, embed
+from tunesmith.methods.features import HEAD_FILE, FeatureHead, embed
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.registry import get_method, get_task
+from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder, free_path
 from tunesmith.tasks.classification import classifier_arguments, fresh_head_unless_same_labels
 from tunesmith.tasks.common import bad_rows_error, data_for_eval
@@ -45,7 +45,7 @@ class RunClassifier:
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         self.head = None
-        if not get_method(summary.method).trains_network:
+        if (run.model_dir / HEAD_FILE).exists():  # features, or a head solved on mean-pooled states
             self.head, _ = FeatureHead.load(run.model_dir)
             weights = base_path
         elif summary.is_adapter:
@@ -220,7 +220,7 @@ def score_test(run: RunFolder, examples: list) -> dict:
 def exportable(run: RunFolder) -> Exportable:
     """The merged classifier, probes of two shapes, and validation batches for the accuracy check."""
     summary = run.finished_summary("export")
-    if not get_method(summary.method).trains_network:
+    if (run.model_dir / HEAD_FILE).exists():
         raise TunesmithError(
             f"{run.path}: a {summary.method} run has no tuned network to export; its classifier is "
             "model/features_head.json over the unchanged base model"
