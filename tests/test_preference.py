@@ -50,6 +50,7 @@ def tokenized(tmp_path, tokenizer, pref: PreferenceConfig, rows: list[dict]) -> 
 # -- against TRL ---------------------------------------------------------------------------------------------
 
 BETA = 0.3
+SFT_WEIGHT = 0.7
 
 
 def lora_config():
@@ -67,10 +68,12 @@ def trl_trainer(loss: str, model, tokenizer, tmp_path, ref_model=None, peft_conf
 
     common = {"output_dir": str(tmp_path / "trl"), "report_to": "none", "use_cpu": True, "beta": BETA}
     pairs = Dataset.from_list(preference_rows(4))
-    if loss in ("dpo", "ipo"):
+    if loss in ("dpo", "ipo", "dpo+sft"):
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(loss_type=["sigmoid" if loss == "dpo" else "ipo"], **common)
+        kinds = {"dpo": ["sigmoid"], "ipo": ["ipo"], "dpo+sft": ["sigmoid", "sft"]}[loss]
+        weights = {"loss_weights": [1.0, SFT_WEIGHT]} if loss == "dpo+sft" else {}
+        args = DPOConfig(loss_type=kinds, **weights, **common)
         return DPOTrainer(
             model,
             ref_model,
@@ -106,7 +109,7 @@ def trl_trainer(loss: str, model, tokenizer, tmp_path, ref_model=None, peft_conf
 
 def trl_loss_and_rewards(loss: str, trainer, batch: dict) -> tuple[torch.Tensor, float, float]:
     """TRL's own loss code on our batch: (loss, mean chosen reward, mean rejected reward)."""
-    if loss in ("dpo", "ipo", "kto"):
+    if loss in ("dpo", "ipo", "kto", "dpo+sft"):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         inputs["completion_mask"] = batch["labels"].ne(IGNORE).long()
         if loss == "kto":
@@ -140,6 +143,7 @@ def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 CASES = [  # loss, LoRA (reference = adapter off) or full (reference = frozen copy / none)
     ("dpo", True),
     ("dpo", False),
+    ("dpo+sft", True),  # RPO: DPO plus the chosen answers' NLL (TRL: loss_type [sigmoid, sft])
     ("ipo", True),
     ("kto", True),
     ("orpo", False),
@@ -151,7 +155,14 @@ CASES = [  # loss, LoRA (reference = adapter off) or full (reference = frozen co
 def test_loss_rewards_and_gradients_equal_trls(loss, adapter, tiny_model, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    pref = PreferenceConfig(loss=loss, beta=BETA, gamma=0.7, desirable_weight=1.5, undesirable_weight=0.7)
+    pref = PreferenceConfig(
+        loss=loss.removesuffix("+sft"),
+        beta=BETA,
+        gamma=0.7,
+        desirable_weight=1.5,
+        undesirable_weight=0.7,
+        sft_weight=SFT_WEIGHT if loss.endswith("+sft") else 0.0,
+    )
     rows = preference_rows(4)
     if loss == "kto":  # unpaired rows, two desirable and two not
         rows = [
@@ -167,7 +178,7 @@ def test_loss_rewards_and_gradients_equal_trls(loss, adapter, tiny_model, tokeni
     batch = collator(items)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    needs_copy = not adapter and loss in ("dpo", "ipo", "kto")
+    needs_copy = not adapter and loss in ("dpo", "ipo", "kto")  # "dpo+sft" runs with LoRA only
     reference = AutoModelForCausalLM.from_pretrained(tiny_model) if needs_copy else None
     if needs_copy:  # make the policy differ from its reference
         with torch.no_grad():
@@ -347,3 +358,22 @@ def test_unknown_fields_name_the_settings_to_change(tmp_path):
     renamed = PreferenceConfig(prompt_field="question", chosen_field="good", rejected_field="bad")
     checked = check_preference_data(DataConfig(train_file=str(path), validation_ratio=0.0), renamed)
     assert checked.train[0].chosen == "a" and checked.train[0].prompt == (("user", "q"),)
+
+
+def test_sft_weight_is_for_dpo_and_ipo_only():
+    from tunesmith.config import config_from_dict
+
+    def config(loss: str):
+        raw = {
+            "task": "preference",
+            "model": {"name": "m"},
+            "data": {"train_file": "pairs.jsonl"},
+            "preference": {"loss": loss, "sft_weight": 0.5},
+        }
+        return config_from_dict(raw)
+
+    assert config("dpo").preference.sft_weight == 0.5 and config("ipo").preference.sft_weight == 0.5
+    for loss in ("orpo", "simpo", "kto"):
+        with pytest.raises(TunesmithError) as error:
+            config(loss)
+        assert "preference.sft_weight" in str(error.value.args) + str(getattr(error.value, "details", ""))

@@ -335,6 +335,13 @@ class PreferenceConfig(Section):
         0.0, ge=0, lt=0.5, description="dpo, simpo: chance a preference is flipped"
     )
     gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="dpo, ipo: add this times the chosen answers' mean token NLL (RPO; TRL's loss_type "
+        "[sigmoid, sft] with loss_weights [1, w]), so the chosen answers get likelier, not only the rejected "
+        "ones less likely",
+    )
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")
     precompute_reference: bool = Field(

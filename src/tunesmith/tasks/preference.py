@@ -312,6 +312,11 @@ class PreferenceTask(Task):
             )
         if cfg.data.loss_on != "response":
             problems.append("data.loss_on: preference losses score the answers only; leave it at response")
+        if cfg.preference.sft_weight and cfg.preference.loss not in ("dpo", "ipo"):
+            problems.append(
+                f"preference.sft_weight: the chosen-answer NLL term is added to dpo and ipo; {cfg.preference.loss} "
+                "has its own (orpo always includes one) or none: set it to 0 or use loss dpo"
+            )
         return problems
 
     def check_data(self, data, preference=None):

@@ -76,6 +76,16 @@ def ipo_loss(
     return PreferenceLoss(losses.mean(), beta * chosen_logratios.detach(), beta * rejected_logratios.detach())
 
 
+def with_sft(result: PreferenceLoss, chosen_logps, chosen_lengths, weight: float) -> PreferenceLoss:
+    """Add `weight` x the chosen answers' NLL per token over the batch (every chosen answer token weighs alike),
+    as TRL 1.16's loss_type "sft" term with loss_weights [1, weight] (RPO, Pang et al. 2024)."""
+    if not weight:
+        return result
+    nll = -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
+    result.loss = result.loss + weight * nll
+    return result
+
+
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, switching form at -ln 2 to avoid cancellation."""
     return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))

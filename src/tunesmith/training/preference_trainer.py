@@ -20,6 +20,7 @@ from tunesmith.training.preference_losses import (
     kto_loss,
     orpo_loss,
     simpo_loss,
+    with_sft,
 )
 
 
@@ -38,10 +39,12 @@ def pair_loss(
         )
     ref_chosen, ref_rejected = reference[:pairs], reference[pairs:]
     if pref.loss == "ipo":
-        return ipo_loss(
+        result = ipo_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths, pref.beta
         )
-    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, pref.beta, pref.label_smoothing)
+    else:
+        result = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, pref.beta, pref.label_smoothing)
+    return with_sft(result, chosen, chosen_lengths, pref.sft_weight)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
