@@ -53,7 +53,11 @@ def config(work: Path, task: str, steps: int) -> dict:
     ):  # preference_precomputed: the reference's log-probs computed before step 1
         raw["task"] = "preference"
         raw["data"]["train_file"] = str(work / "preference.jsonl")
-        raw["preference"] = {"loss": "dpo", "precompute_reference": task == "preference_precomputed"}
+        raw["preference"] = {
+            "loss": "dpo",
+            "precompute_reference": task in ("preference_precomputed", "preference_split"),
+            "split_backward": task == "preference_split",  # chunks no larger than the chosen half
+        }
     return raw
 
 
@@ -87,7 +91,7 @@ def main() -> None:
             "peak_memory_mb": summary["peak_memory_mb"],
             "train_seconds": summary["train_seconds"],
         }
-    for dpo in ("preference", "preference_precomputed"):
+    for dpo in ("preference", "preference_precomputed", "preference_split"):
         for task in ("sft", "sft_both"):
             if task in results and dpo in results:
                 ratio = results[dpo]["peak_memory_mb"] / results[task]["peak_memory_mb"]

@@ -377,3 +377,39 @@ def test_sft_weight_is_for_dpo_and_ipo_only():
         with pytest.raises(TunesmithError) as error:
             config(loss)
         assert "preference.sft_weight" in str(error.value.args) + str(getattr(error.value, "details", ""))
+
+
+@pytest.mark.parametrize("loss", ["dpo+sft", "simpo"])
+def test_split_backward_gives_the_joint_steps_loss_and_gradient(loss, tiny_model, tokenizer, tmp_path):
+    """Scored without gradients, then backpropagated chunk by chunk with dL/ds as weights: the same gradient as
+    one backward through all rows, while no chunk is larger than the chosen half."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from tunesmith.training.preference_trainer import backward_chunks, split_backward
+
+    pref = PreferenceConfig(
+        loss=loss.removesuffix("+sft"), beta=BETA, gamma=0.7, sft_weight=0.5 if "sft" in loss else 0.0
+    )
+    items = tokenized(tmp_path, tokenizer, pref, preference_rows(6, seed=3))
+    batch = PreferenceCollator(tokenizer.pad_token_id)(items)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), lora_config())
+    args = TrainingArguments(output_dir=str(tmp_path / "ours"), report_to=[], use_cpu=True)
+    trainer = PreferenceTrainer(model=model, args=args, preference=pref, train_dataset=items)
+    model.train()
+
+    joint, _ = trainer.preference_step(model, batch)
+    joint_grads = gradients(model, joint.loss)
+    model.zero_grad()
+    split_loss = split_backward(trainer, model, batch, accumulation=1)
+    split_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chunks = backward_chunks(batch)
+    lengths = batch["attention_mask"].sum(-1)
+    chosen_size = 6 * int(lengths[:6].max())
+    assert len(chunks) > 2 and sorted(torch.cat(chunks).tolist()) == list(range(12))
+    assert all(len(c) * int(lengths[c].max()) <= chosen_size for c in chunks)
+    assert split_loss.item() == pytest.approx(joint.loss.item(), abs=1e-6)
+    assert split_grads.keys() == joint_grads.keys() and joint_grads
+    for name, grad in joint_grads.items():
+        assert torch.allclose(split_grads[name], grad, atol=1e-6, rtol=1e-5), name

@@ -344,6 +344,12 @@ class PreferenceConfig(Section):
     )
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")
+    split_backward: bool = Field(
+        False,
+        description="dpo, ipo, simpo: score every answer without gradients first, then backpropagate in chunks "
+        "of rows no larger than the chosen half (the exact same gradient): a step's peak activations are an SFT "
+        "step's on the chosen answers, for one more forward pass; one process only",
+    )
     precompute_reference: bool = Field(
         False, description="reference log-probabilities computed once before training and cached"
     )

@@ -312,6 +312,11 @@ class PreferenceTask(Task):
             )
         if cfg.data.loss_on != "response":
             problems.append("data.loss_on: preference losses score the answers only; leave it at response")
+        if cfg.preference.split_backward and cfg.preference.loss not in ("dpo", "ipo", "simpo"):
+            problems.append(
+                f"preference.split_backward: {cfg.preference.loss}'s loss reads more than each answer's summed "
+                "log-probability; it works with dpo, ipo and simpo: set it to false"
+            )
         if cfg.preference.sft_weight and cfg.preference.loss not in ("dpo", "ipo"):
             problems.append(
                 f"preference.sft_weight: the chosen-answer NLL term is added to dpo and ipo; {cfg.preference.loss} "

@@ -111,6 +111,19 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         )
         return result, policy
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.preference.split_backward:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        if self.accelerator.num_processes > 1:
+            raise RuntimeError(
+                "preference.split_backward runs in one process (each chunk's backward would sync)"
+            )
+        with self.compute_loss_context_manager():
+            loss = split_backward(self, model, inputs, self.current_gradient_accumulation_steps)
+        return loss.detach() / self.current_gradient_accumulation_steps
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result, policy = self.preference_step(model, inputs)
         self._record("train" if model.training else "eval", result, policy, inputs)
@@ -194,6 +207,47 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
         logs.update({f"{prefix}{key}": value for key, value in self.averages(mode).items()})
         self._sums[mode].clear()
         super().log(logs, start_time)
+
+
+def backward_chunks(batch: dict) -> list[torch.Tensor]:
+    """Row indices of a [chosen..., rejected...] batch in chunks no larger, in padded token positions, than the
+    chosen half: the chosen half whole, the rejected rows (longest first) packed greedily under that size."""
+    lengths = batch["attention_mask"].sum(-1)
+    pairs = lengths.shape[0] // 2
+    limit = pairs * int(lengths[:pairs].max())
+    chunks, current = [torch.arange(pairs)], []
+    for row in sorted(range(pairs, 2 * pairs), key=lambda r: -int(lengths[r])):
+        if current and (len(current) + 1) * int(lengths[current[0]]) > limit:
+            chunks.append(torch.tensor(current))
+            current = []
+        current.append(row)
+    if current:
+        chunks.append(torch.tensor(current))
+    return chunks
+
+
+def split_backward(trainer: PreferenceTrainer, model, batch: dict, accumulation: int) -> torch.Tensor:
+    """The step's loss and gradient with a chunk of rows in memory at a time.
+
+    The loss is a function of each row's summed answer log-probability s_i (and its length), so its gradient is
+    sum_i (dL/ds_i) grad s_i: s is computed for every row without gradients, dL/ds from the loss on those
+    numbers, then each chunk is run again with gradients and backpropagated with its rows' dL/ds as weights.
+    """
+    with torch.no_grad():
+        scored = sequence_logps(model, batch)
+    logps = scored.logps.detach().requires_grad_(True)
+    result = pair_loss(
+        trainer.preference, SequenceLogps(logps, scored.lengths), trainer.reference_logps(batch)
+    )
+    (weights,) = torch.autograd.grad(result.loss, logps)
+    trainer._record("train", result, SequenceLogps(logps.detach(), scored.lengths), batch)
+    for rows in backward_chunks(batch):
+        rows = rows.to(batch["input_ids"].device)
+        width = int(batch["attention_mask"][rows].sum(-1).max())  # rows are right-padded
+        chunk = {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "labels")}
+        surrogate = (weights[rows] * sequence_logps(model, chunk).logps).sum() / accumulation
+        trainer.accelerator.backward(surrogate)
+    return result.loss.detach()
 
 
 def precompute_reference(model, items: list[dict], collator, batch_size: int) -> list[dict]:
