@@ -103,7 +103,8 @@ def trl_trainer(loss: str, model, tokenizer, tmp_path, ref_model=None, peft_conf
         return ORPOTrainer(model, args=ORPOConfig(**common), train_dataset=pairs, processing_class=tokenizer)
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.7, **common)
+    alpha = SFT_WEIGHT if loss == "simpo+sft" else 0.0  # CPO-SimPO: SimPO plus the chosen answers' NLL
+    args = CPOConfig(loss_type="simpo", cpo_alpha=alpha, simpo_gamma=0.7, **common)
     return CPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer)
 
 
@@ -148,6 +149,7 @@ CASES = [  # loss, LoRA (reference = adapter off) or full (reference = frozen co
     ("kto", True),
     ("orpo", False),
     ("simpo", False),
+    ("simpo+sft", False),
 ]
 
 
@@ -360,7 +362,7 @@ def test_unknown_fields_name_the_settings_to_change(tmp_path):
     assert checked.train[0].chosen == "a" and checked.train[0].prompt == (("user", "q"),)
 
 
-def test_sft_weight_is_for_dpo_and_ipo_only():
+def test_sft_weight_is_for_dpo_ipo_and_simpo_only():
     from tunesmith.config import config_from_dict
 
     def config(loss: str):
@@ -372,8 +374,8 @@ def test_sft_weight_is_for_dpo_and_ipo_only():
         }
         return config_from_dict(raw)
 
-    assert config("dpo").preference.sft_weight == 0.5 and config("ipo").preference.sft_weight == 0.5
-    for loss in ("orpo", "simpo", "kto"):
+    assert all(config(loss).preference.sft_weight == 0.5 for loss in ("dpo", "ipo", "simpo"))
+    for loss in ("orpo", "kto"):
         with pytest.raises(TunesmithError) as error:
             config(loss)
         assert "preference.sft_weight" in str(error.value.args) + str(getattr(error.value, "details", ""))
@@ -393,7 +395,9 @@ def test_split_backward_gives_the_joint_steps_loss_and_gradient(loss, tiny_model
     )
     items = tokenized(tmp_path, tokenizer, pref, preference_rows(6, seed=3))
     batch = PreferenceCollator(tokenizer.pad_token_id)(items)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), lora_config())
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), lora_config()
+    )
     args = TrainingArguments(output_dir=str(tmp_path / "ours"), report_to=[], use_cpu=True)
     trainer = PreferenceTrainer(model=model, args=args, preference=pref, train_dataset=items)
     model.train()

@@ -151,6 +151,23 @@ def test_quickstart_pairs_reuse_the_cached_base_answers(tmp_path):
     assert config_from_dict(yaml.safe_load(config.read_text()), base=config.parent).task == "preference"
 
 
+def test_the_shipped_base_answers_are_the_installed_models_and_cover_the_demo(tmp_path, monkeypatch):
+    """The demo's rejected answers ship with tunesmith, keyed to the model that wrote them: they are used for the
+    installed SmolLM2 (every demo prompt answered, no generation), and not for any other model."""
+    from tunesmith import quickstart_preference as demo
+
+    header = json.loads(demo.SHIPPED_ANSWERS.read_text().splitlines()[0])
+    assert header["model"] == demo.model_identity(demo.smollm2_folder())
+    train, validation = demo.headline_examples(120, 30, body_chars=demo.BODY_CHARS)
+    prompts = [r["prompt"] for r in train + validation]
+    shipped = demo.shipped_answers()
+    assert set(prompts) <= set(shipped) and all(shipped[p].strip() for p in prompts)
+    cache = tmp_path / "data" / "base_answers.jsonl"
+    assert demo.base_answers(prompts[:3], cache) == [shipped[p] for p in prompts[:3]] and cache.exists()
+    monkeypatch.setattr(demo, "model_identity", lambda folder: "another model")
+    assert demo.shipped_answers() == {}
+
+
 def test_skip_trains_on_the_good_pairs_and_counts_the_bad(tmp_path, tiny_model):
     from test_preference import bad_pairs_file
 

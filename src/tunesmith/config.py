@@ -338,9 +338,9 @@ class PreferenceConfig(Section):
     sft_weight: float = Field(
         0.0,
         ge=0,
-        description="dpo, ipo: add this times the chosen answers' mean token NLL (RPO; TRL's loss_type "
-        "[sigmoid, sft] with loss_weights [1, w]), so the chosen answers get likelier, not only the rejected "
-        "ones less likely",
+        description="dpo, ipo, simpo: add this times the chosen answers' mean token NLL (RPO; TRL's DPO "
+        "loss_type [sigmoid, sft] with loss_weights [1, w], CPO's cpo_alpha for simpo), so the chosen answers "
+        "get likelier, not only the rejected ones less likely",
     )
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")

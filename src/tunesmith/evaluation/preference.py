@@ -83,7 +83,7 @@ def score_pairs(model, pairs: list[dict], pad_id: int, batch_size: int) -> dict:
     tuned model are scored alike (DPO's reward accuracy would be 0 for the base, whose rewards are all zero).
     """
     collate = PreferenceCollator(pad_id)
-    wins, chosen_means, rejected_means, chosen_tokens, rejected_tokens = [], [], [], [], []
+    wins, likelier, chosen_means, rejected_means, chosen_tokens, rejected_tokens = [], [], [], [], [], []
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -93,6 +93,7 @@ def score_pairs(model, pairs: list[dict], pad_id: int, batch_size: int) -> dict:
             half = scored.logps.shape[0] // 2
             means = scored.logps / scored.lengths.clamp(min=1)
             wins.append(means[:half] > means[half:])
+            likelier.append(scored.logps[:half] > scored.logps[half:])
             chosen_means.append(means[:half])
             rejected_means.append(means[half:])
             chosen_tokens.append(scored.lengths[:half].float())
@@ -103,6 +104,8 @@ def score_pairs(model, pairs: list[dict], pad_id: int, batch_size: int) -> dict:
     return {
         "pairs": len(pairs),
         "preference_accuracy": round(torch.cat(wins).float().mean().item(), 4),
+        # the same comparison on the whole answers' log-probabilities, log P(answer | prompt), unnormalised
+        "likelihood_accuracy": round(torch.cat(likelier).float().mean().item(), 4),
         "mean_logp_chosen": round(torch.cat(chosen_means).mean().item(), 4),
         "mean_logp_rejected": round(torch.cat(rejected_means).mean().item(), 4),
         "chosen_tokens": round(torch.cat(chosen_tokens).mean().item(), 1),

@@ -317,10 +317,10 @@ class PreferenceTask(Task):
                 f"preference.split_backward: {cfg.preference.loss}'s loss reads more than each answer's summed "
                 "log-probability; it works with dpo, ipo and simpo: set it to false"
             )
-        if cfg.preference.sft_weight and cfg.preference.loss not in ("dpo", "ipo"):
+        if cfg.preference.sft_weight and cfg.preference.loss not in ("dpo", "ipo", "simpo"):
             problems.append(
-                f"preference.sft_weight: the chosen-answer NLL term is added to dpo and ipo; {cfg.preference.loss} "
-                "has its own (orpo always includes one) or none: set it to 0 or use loss dpo"
+                f"preference.sft_weight: the chosen-answer NLL term is added to dpo, ipo and simpo; "
+                f"{cfg.preference.loss} has its own (orpo always includes one) or none: set it to 0"
             )
         return problems
 

@@ -30,9 +30,10 @@ def base_weights(model, reference_model):
 
 def describe_pairs(when: str, scores: dict) -> str:
     return (
-        f"preference accuracy {when}: {100 * scores['preference_accuracy']:.1f}% of {scores['pairs']} held-out "
-        f"pairs (mean log-prob per token, chosen {scores['mean_logp_chosen']:.3f} vs rejected "
-        f"{scores['mean_logp_rejected']:.3f})"
+        f"preference accuracy {when}: of {scores['pairs']} held-out pairs, the chosen answer is the likelier "
+        f"whole answer in {100 * scores['likelihood_accuracy']:.1f}% and the likelier per token in "
+        f"{100 * scores['preference_accuracy']:.1f}% (mean log-prob per token, chosen "
+        f"{scores['mean_logp_chosen']:.3f} vs rejected {scores['mean_logp_rejected']:.3f})"
     )
 
 

@@ -33,10 +33,11 @@ def pair_loss(
     chosen_lengths, rejected_lengths = policy.lengths[:pairs], policy.lengths[pairs:]
     if pref.loss == "orpo":
         return orpo_loss(chosen, rejected, chosen_lengths, rejected_lengths, policy.nll, pref.beta)
-    if pref.loss == "simpo":
-        return simpo_loss(
+    if pref.loss == "simpo":  # with sft_weight: TRL's CPOTrainer, loss_type simpo, cpo_alpha = sft_weight
+        result = simpo_loss(
             chosen, rejected, chosen_lengths, rejected_lengths, pref.beta, pref.gamma, pref.label_smoothing
         )
+        return with_sft(result, chosen, chosen_lengths, pref.sft_weight)
     ref_chosen, ref_rejected = reference[:pairs], reference[pairs:]
     if pref.loss == "ipo":
         result = ipo_loss(
