@@ -56,7 +56,8 @@ def config(work: Path, task: str, steps: int) -> dict:
         raw["preference"] = {
             "loss": "dpo",
             "precompute_reference": task in ("preference_precomputed", "preference_split"),
-            "split_backward": task == "preference_split",  # chunks no larger than the chosen half
+            # chunks no larger than the chosen half; _live: the reference is the adapter-off pass in the step
+            "split_backward": task in ("preference_split", "preference_split_live"),
         }
     return raw
 
@@ -91,7 +92,7 @@ def main() -> None:
             "peak_memory_mb": summary["peak_memory_mb"],
             "train_seconds": summary["train_seconds"],
         }
-    for dpo in ("preference", "preference_precomputed", "preference_split"):
+    for dpo in ("preference", "preference_precomputed", "preference_split", "preference_split_live"):
         for task in ("sft", "sft_both"):
             if task in results and dpo in results:
                 ratio = results[dpo]["peak_memory_mb"] / results[task]["peak_memory_mb"]
