@@ -134,6 +134,8 @@ def describe_reference(loss: str, adapter: bool, precomputed: bool) -> str:
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
     pref = cfg.preference
+    if pref.split_backward and world_size() > 1:  # each chunk's backward would all-reduce partial gradients
+        raise TunesmithError("preference.split_backward runs in one process: drop --nproc or set it to false")
     checked = PREFERENCE.validated_data(cfg)
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")

@@ -7,7 +7,7 @@ tests/test_preference.py checks losses, rewards and gradients against TRL's trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +82,7 @@ def with_sft(result: PreferenceLoss, chosen_logps, chosen_lengths, weight: float
     if not weight:
         return result
     nll = -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
-    result.loss = result.loss + weight * nll
-    return result
+    return replace(result, loss=result.loss + weight * nll)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:

@@ -117,11 +117,7 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        if self.accelerator.num_processes > 1:
-            raise RuntimeError(
-                "preference.split_backward runs in one process (each chunk's backward would sync)"
-            )
-        with self.compute_loss_context_manager():
+        with self.compute_loss_context_manager():  # one process only: the recipe refuses --nproc with it
             loss = split_backward(self, model, inputs, self.current_gradient_accumulation_steps)
         return loss.detach() / self.current_gradient_accumulation_steps
 
