@@ -353,3 +353,41 @@ def test_a_fitting_step_is_probed_at_each_length_that_fits_and_chosen_by_its_val
     )
     assert probed == [128, 256] and chosen.max_length == 128
     assert "scored validation 0.9700 at 128, 0.9500 at 256" in chosen.reasons[0]
+
+
+def test_a_richer_rung_reading_less_than_the_whole_run_rung_showed_matters_is_passed_over():
+    from tunesmith.commands.plan import Option, Shape, choose, consider
+    from tunesmith.tasks.base import Rung
+
+    shape = Shape(90, 10, 0, 8, 5)
+
+    def features(scores):
+        seconds = {128: 30.0, 256: 40.0, 512: 60.0}
+
+        def measure(rung, length):
+            return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, scores[length])
+
+        return consider(Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 600, 8000, shape)
+
+    def full(length):
+        return Option(Rung("full"), length, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
+
+    needed = lambda option, length: 4000.0  # noqa: E731
+    # features gains 1.5 points over 512 tokens: full fitting only over 128 reads too little, features is kept
+    reader = features({128: 0.955, 256: 0.950, 512: 0.970})
+    assert reader.max_length == 512 and reader.scores == {128: 0.955, 256: 0.950, 512: 0.970}
+    chosen = choose([reader, full(128)], needed)
+    assert chosen is reader
+    assert "not full: it fits this budget only over the first 128 tokens" in chosen.reasons[-1]
+    assert "0.9700 over 512 against 0.9550 over 128" in chosen.reasons[-1]
+    assert "would need about --time 66m40s" in chosen.reasons[-1]  # 4000 s
+    # full over 256: features over 256 is itself 2 points under its best, so it is still passed over
+    assert (
+        choose([features({128: 0.955, 256: 0.950, 512: 0.970}), full(256)], needed).rung.label == "features"
+    )
+    # reading longer gains less than a point: the richer rung is chosen as before
+    assert choose([features({128: 0.965, 256: 0.950, 512: 0.970}), full(128)], needed).rung.label == "full"
+    # the richer rung reads as far as features' best: chosen
+    assert choose([features({128: 0.955, 256: 0.950, 512: 0.970}), full(512)], needed).rung.label == "full"
+    # features best over the shortest length: nothing to pass over
+    assert choose([features({128: 0.975, 256: 0.950, 512: 0.970}), full(128)], needed).rung.label == "full"

@@ -44,6 +44,11 @@ SAFETY = 0.92  # plan to end at this fraction of the budget: the last evaluation
 EVALUATIONS = 5  # evaluations per planned run (early stopping and the curves need several points)
 IMBALANCE = 3.0  # classes this uneven (largest / smallest) get class weights
 SHORTER_LENGTHS = (256, 128)  # max_length tried when the data's p95 does not leave time for the rung
+# When a whole-run rung (features) scores this much more validation macro-F1 over its best length than over
+# the length a richer rung fits at, the text past that length matters on this data, and the richer rung,
+# reading less of each example, is passed over (the BBC small-data benchmark, docs/autopilot.md: fine-tuning
+# over the first 128 tokens scored under features over 512 at every size, where features itself gained 2-4).
+LENGTH_MATTERS = 0.01
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Option:
     fits: bool = False
     why_not: str = ""
     reasons: list[str] = field(default_factory=list)
+    scores: dict[int, float] = field(default_factory=dict)  # a whole-run rung's validation score per length
 
 
 @dataclass(frozen=True)
@@ -429,7 +435,7 @@ def plan(
             f"plan: no method fits in {format_seconds(budget)} on this machine; the smallest budget that "
             f"fits is {format_seconds(needed)} (--time {format_seconds(needed)})"
         )
-    chosen = fitting[-1]  # the ladder runs cheapest to richest
+    chosen = choose(fitting, lambda option, length: seconds_needed(rescaled(option, lengths, length), shape))
     planned = write_plan(raw, chosen, budget, memory_mb, reasons, cfg, the_task.plan_kind, rows, batch)
     path = free_path(Path(output) if output else Path(f"plan-{format_seconds(budget)}.yaml"))
     path.write_text(planned["text"], encoding="utf-8")
@@ -460,6 +466,45 @@ def plan(
     }
 
 
+def choose(fitting: list[Option], needed_at) -> Option:
+    """The richest fitting rung (the ladder runs cheapest to richest), unless it reads less of each example
+    than a whole-run rung's own validation scores showed matters: then the richest that reads enough."""
+    reader = next((o for o in fitting if len(o.scores) > 1), None)
+    if reader is None:
+        return fitting[-1]
+    best = reader.scores[reader.max_length]
+    for option in reversed(fitting):
+        if option is reader or option.max_length >= reader.max_length:
+            return option
+        shorter = [n for n in reader.scores if n <= option.max_length]
+        over_it = reader.scores[max(shorter)] if shorter else min(reader.scores.values())
+        if best - over_it < LENGTH_MATTERS:
+            return option
+        reader.reasons.append(
+            f"not {option.rung.label}: it fits this budget only over the first {option.max_length} tokens, and "
+            f"{reader.rung.label} scored validation {best:.4f} over {reader.max_length} against {over_it:.4f} over "
+            f"{max(shorter) if shorter else min(reader.scores)}: on this data the text past them matters, so "
+            f"{reader.rung.label} over {reader.max_length} is planned ({option.rung.label} over "
+            f"{reader.max_length} would need about --time {format_seconds(needed_at(option, reader.max_length))})"
+        )
+    return reader
+
+
+def rescaled(option: Option, lengths: list[int], length: int) -> Option:
+    """The option's measurement scaled by the token counts to another max_length (an estimate, not a probe)."""
+    scale = mean_tokens(lengths, length) / mean_tokens(lengths, option.max_length)
+    m = option.measurement
+    estimate = Measurement(
+        m.seconds_per_step * scale,
+        m.evaluation_seconds * scale,
+        m.overhead_seconds,
+        m.peak_memory_mb,
+        m.whole_run_seconds * scale if m.whole_run_seconds is not None else None,
+        m.cached_seconds * scale,
+    )
+    return Option(option.rung, length, estimate)
+
+
 def consider(
     rung: Rung, longest: int, lengths: list[int], measure, budget: float, memory_mb: float, shape: Shape
 ) -> Option:
@@ -472,18 +517,7 @@ def consider(
         return first  # the shortest length does not fit: a longer one would not either
     fitting = [first]
     for length in candidates[1:]:
-        scale = mean_tokens(lengths, length) / mean_tokens(lengths, fitting[-1].max_length)
-        m = fitting[-1].measurement
-        whole = m.whole_run_seconds * scale if m.whole_run_seconds is not None else None
-        estimate = Measurement(
-            m.seconds_per_step * scale,
-            m.evaluation_seconds * scale,
-            m.overhead_seconds,
-            m.peak_memory_mb,
-            whole,
-            m.cached_seconds * scale,
-        )
-        if not size_option(Option(rung, length, estimate), budget, memory_mb, shape).fits:
+        if not size_option(rescaled(fitting[-1], lengths, length), budget, memory_mb, shape).fits:
             break
         measured = size_option(Option(rung, length, measure(rung, length)), budget, memory_mb, shape)
         if not measured.fits:
@@ -494,6 +528,7 @@ def consider(
     if first.measurement.whole_run_seconds is not None and len(scored) > 1:
         # a probe of a fitting step was the whole run: its validation score is the run's, so choose by it
         best = max(scored, key=lambda o: (o.measurement.validation_score, -o.max_length))
+        best.scores = {o.max_length: o.measurement.validation_score for o in scored}
         scores = ", ".join(f"{o.measurement.validation_score:.4f} at {o.max_length}" for o in scored)
         best.reasons.append(
             f"max_length {best.max_length}: the {rung.label} probes, each a whole run, scored validation {scores} "
