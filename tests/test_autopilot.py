@@ -378,9 +378,19 @@ def test_a_richer_rung_reading_less_than_the_whole_run_rung_showed_matters_is_pa
     assert reader.max_length == 512 and reader.scores == {128: 0.955, 256: 0.950, 512: 0.970}
     chosen = choose([reader, full(128)], needed)
     assert chosen is reader
-    assert "not full: it fits this budget only over the first 128 tokens" in chosen.reasons[-1]
+    assert "not full: this budget fits it only over the first 128 tokens" in chosen.reasons[-1]
     assert "0.9700 over 512 against 0.9550 over 128" in chosen.reasons[-1]
-    assert "would need about --time 66m40s" in chosen.reasons[-1]  # 4000 s
+    assert "they would need: full about --time 66m40s" in chosen.reasons[-1]  # 4000 s
+    # every richer rung that reads too little is named in one line
+    lora = Option(Rung("lora r=8"), 128, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
+    chosen = choose([features({128: 0.955, 256: 0.950, 512: 0.970}), lora, full(128)], needed)
+    assert (
+        chosen.rung.label == "features" and "not full, lora r=8: this budget fits them" in chosen.reasons[-1]
+    )
+    # a cheaper rung that reads far enough is chosen over the richer ones passed over, and says why
+    last_n = Option(Rung("last_n 2"), 512, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
+    chosen = choose([features({128: 0.955, 256: 0.950, 512: 0.970}), last_n, full(128)], needed)
+    assert chosen is last_n and chosen.reasons[-1].startswith("not full: this budget fits it")
     # full over 256: features over 256 is itself 2 points under its best, so it is still passed over
     assert (
         choose([features({128: 0.955, 256: 0.950, 512: 0.970}), full(256)], needed).rung.label == "features"

@@ -472,22 +472,31 @@ def choose(fitting: list[Option], needed_at) -> Option:
     reader = next((o for o in fitting if len(o.scores) > 1), None)
     if reader is None:
         return fitting[-1]
-    best = reader.scores[reader.max_length]
+    best, passed = reader.scores[reader.max_length], []
+    chosen = reader
     for option in reversed(fitting):
-        if option is reader or option.max_length >= reader.max_length:
-            return option
-        shorter = [n for n in reader.scores if n <= option.max_length]
-        over_it = reader.scores[max(shorter)] if shorter else min(reader.scores.values())
-        if best - over_it < LENGTH_MATTERS:
-            return option
-        reader.reasons.append(
-            f"not {option.rung.label}: it fits this budget only over the first {option.max_length} tokens, and "
-            f"{reader.rung.label} scored validation {best:.4f} over {reader.max_length} against {over_it:.4f} over "
-            f"{max(shorter) if shorter else min(reader.scores)}: on this data the text past them matters, so "
-            f"{reader.rung.label} over {reader.max_length} is planned ({option.rung.label} over "
-            f"{reader.max_length} would need about --time {format_seconds(needed_at(option, reader.max_length))})"
+        if option is reader:
+            break
+        shorter = [n for n in reader.scores if n <= option.max_length] or [min(reader.scores)]
+        over = max(shorter)
+        if option.max_length >= reader.max_length or best - reader.scores[over] < LENGTH_MATTERS:
+            chosen = option
+            break
+        passed.append((option, over))
+    if passed:
+        over = passed[0][1]
+        needs = ", ".join(
+            f"{o.rung.label} about --time {format_seconds(needed_at(o, reader.max_length))}"
+            for o, _ in passed
         )
-    return reader
+        chosen.reasons.append(
+            f"not {', '.join(o.rung.label for o, _ in passed)}: this budget fits "
+            f"{'it' if len(passed) == 1 else 'them'} only over the first {passed[0][0].max_length} tokens, and "
+            f"{reader.rung.label} scored validation {best:.4f} over {reader.max_length} against "
+            f"{reader.scores[over]:.4f} over {over}: on this data the text past {over} tokens matters "
+            f"(over {reader.max_length} tokens they would need: {needs})"
+        )
+    return chosen
 
 
 def rescaled(option: Option, lengths: list[int], length: int) -> Option:
