@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import os
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
@@ -43,6 +44,22 @@ def planned_steps(cfg: Config, train_rows: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
 
+@contextlib.contextmanager
+def own_weight_names(model):
+    """Checkpoints hold the weights under the model's own names. transformers 5 saves some architectures (ViT)
+    under their original checkpoint names by default, while the Trainer reloads a checkpoint (resume, the best
+    one at the end) with a plain load_state_dict(strict=False): the names would not match and the weights in
+    memory would silently stay. from_pretrained reads either naming; the run's exported model keeps the default."""
+    if not isinstance(model, PreTrainedModel):  # a PEFT model saves its adapter's own names
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
 class AtomicCheckpoints:
     """Trainer mixin: checkpoints are staged, checksummed (manifest) and renamed into place, never half-written;
     evaluations and checkpoint writes are left out of the training throughput (`counter`, a TokenCounter)."""
@@ -70,7 +87,8 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
+            with own_weight_names(self.accelerator.unwrap_model(self.model)):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = str(root)
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
