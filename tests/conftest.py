@@ -11,9 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # `make test` runs one worker per core: one thread each, not 2 x cores
+# `make test` runs two pytest-xdist workers on the 2 cores: one torch thread each, not two each
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CHATML = (

@@ -205,6 +205,7 @@ def test_a_vit_run_resumes_and_keeps_its_best_checkpoint_with_the_weights_it_sav
     the weights in memory, silently. Checkpoints are written under the model's own names."""
     import safetensors.torch
     import torch
+    from transformers import AutoModelForImageClassification
 
     from test_train import StopAt
 
@@ -227,6 +228,6 @@ def test_a_vit_run_resumes_and_keeps_its_best_checkpoint_with_the_weights_it_sav
         "the resumed run did not continue the weights"
     )
     checkpoint = next((Path(whole["run_dir"]) / "checkpoints").glob("checkpoint-*"))
-    model = __import__("transformers").AutoModelForImageClassification.from_pretrained(checkpoint)
+    model = AutoModelForImageClassification.from_pretrained(checkpoint)
     saved = safetensors.torch.load_file(str(checkpoint / "model.safetensors"))
     assert set(saved) == set(model.state_dict())  # names the Trainer's reload finds

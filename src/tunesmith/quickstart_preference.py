@@ -26,7 +26,8 @@ SHIPPED_ANSWERS = Path(__file__).parent / "starters" / "preference_base_answers.
 
 
 def model_identity(folder: Path) -> str:
-    """Which model and settings wrote the answers: config, tokenizer (its chat template), and each weights file's size and first and last 4 MB."""
+    """Which model and settings wrote the answers: config, tokenizer (its chat template), and each weights
+    file's size and first and last 4 MB."""
     digest = hashlib.sha256(f"greedy, max_new_tokens={REJECTED_TOKENS}".encode())
     for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
         if (folder / name).exists():

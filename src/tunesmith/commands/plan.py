@@ -472,26 +472,29 @@ def choose(fitting: list[Option], needed_at) -> Option:
     reader = next((o for o in fitting if len(o.scores) > 1), None)
     if reader is None:
         return fitting[-1]
-    best, passed = reader.scores[reader.max_length], []
-    chosen = reader
-    for option in reversed(fitting):
-        if option is reader:
-            break
-        shorter = [n for n in reader.scores if n <= option.max_length] or [min(reader.scores)]
-        over = max(shorter)
-        if option.max_length >= reader.max_length or best - reader.scores[over] < LENGTH_MATTERS:
-            chosen = option
-            break
-        passed.append((option, over))
+    best = reader.scores[reader.max_length]
+
+    def scored_over(length: int) -> int:  # the longest length the reader was scored at that `length` covers
+        return max((n for n in reader.scores if n <= length), default=min(reader.scores))
+
+    def reads_enough(option: Option) -> bool:
+        return (
+            option is reader
+            or option.max_length >= reader.max_length
+            or best - reader.scores[scored_over(option.max_length)] < LENGTH_MATTERS
+        )
+
+    ranked = fitting[::-1]
+    chosen = next(o for o in ranked if reads_enough(o))  # the reader itself reads enough
+    passed = ranked[: ranked.index(chosen)]
     if passed:
-        over = passed[0][1]
+        over = scored_over(passed[0].max_length)
         needs = ", ".join(
-            f"{o.rung.label} about --time {format_seconds(needed_at(o, reader.max_length))}"
-            for o, _ in passed
+            f"{o.rung.label} about --time {format_seconds(needed_at(o, reader.max_length))}" for o in passed
         )
         chosen.reasons.append(
-            f"not {', '.join(o.rung.label for o, _ in passed)}: this budget fits "
-            f"{'it' if len(passed) == 1 else 'them'} only over the first {passed[0][0].max_length} tokens, and "
+            f"not {', '.join(o.rung.label for o in passed)}: this budget fits "
+            f"{'it' if len(passed) == 1 else 'them'} only over the first {passed[0].max_length} tokens, and "
             f"{reader.rung.label} scored validation {best:.4f} over {reader.max_length} against "
             f"{reader.scores[over]:.4f} over {over}: on this data the text past {over} tokens matters "
             f"(over {reader.max_length} tokens they would need: {needs})"

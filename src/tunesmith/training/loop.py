@@ -87,7 +87,8 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)
         try:
-            with own_weight_names(self.accelerator.unwrap_model(self.model)):
+            # the model Trainer._save calls save_pretrained on (under torch.compile too)
+            with own_weight_names(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)):
                 super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = str(root)
