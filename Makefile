@@ -56,7 +56,7 @@ format: $(STAMP)
 
 # pytest exits 5 when it collects no test: that is not a failure. The tests run in TEST_WORKERS processes
 # (pytest-xdist), one torch thread each (tests/conftest.py): many tests wait on subprocesses, imports and
-# small ops more than on the cores, so two workers on 2 cores take 10.5 min where one took 17.
+# small ops more than on the cores, so two workers on 2 cores take 9.5 min where one took 17.
 TEST_WORKERS ?= 2
 test: lint
 	$(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal || [ $$? -eq 5 ]
