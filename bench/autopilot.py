@@ -8,7 +8,7 @@ out for its own validation, early stopping and checkpoint choice) and reports ac
 validation articles, given as its test_file: nothing is chosen on them. Quickstart: the quickstart's data and
 config (SmolLM2-135M, 160 headline examples), planned for 5 and 15 minutes.
 
-Writes bench/results/autopilot.json and .md. Probes are cached in the work folder (--workdir), so a second run of
+Writes bench/results/autopilot.json (with bench/results_file.py's meta block) and .md. Probes are cached in the work folder (--workdir), so a second run of
 the same part plans without probing.
 Run: .venv/bin/python bench/autopilot.py [--part bbc quickstart] [--budgets 2m 5m 15m] [--workdir DIR]
 """
@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import classification as bbc_bench  # noqa: E402  (bench/classification.py: the benchmark's split and table)
-from tunesmith.commands.plan import host_description  # noqa: E402
+from results_file import Provenance, describe, write_results  # noqa: E402
 from tunesmith.config import config_from_dict, parse_duration  # noqa: E402
 from tunesmith.data.labelled import check_labelled  # noqa: E402
 from tunesmith.quickstart import prepare  # noqa: E402
@@ -142,6 +142,9 @@ def plan_and_train(config: Path, budget: str, workdir: Path, label: str) -> dict
         "reasons": raw["plan"]["reasons"],
         "run": str(run),
         "load_after": round(os.getloadavg()[0], 2),
+        "date": time.strftime(
+            "%Y-%m-%d %H:%M UTC"
+        ),  # rows of earlier invocations stay in the file: each keeps its own
     }
 
 
@@ -150,7 +153,7 @@ def percent(value) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Host: {result['host']}; load average at start {result['load_at_start']}.", ""]
+    lines = [f"Last written by: {describe(result['meta'])}. Each row has its own date and load after.", ""]
     bbc = result.get("bbc")
     if bbc:
         lines += [
@@ -217,7 +220,10 @@ def main() -> None:
     previous = (
         json.loads(output.with_suffix(".json").read_text()) if output.with_suffix(".json").exists() else {}
     )
-    result = {**previous, "host": host_description(), "load_at_start": round(os.getloadavg()[0], 2)}
+    provenance = Provenance.begin()
+    # Rows of other budgets or parts stay from earlier invocations (each with its own date); the provenance block
+    # (and the old files' host and load_at_start) describes this invocation only.
+    result = {k: v for k, v in previous.items() if k not in ("meta", "host", "load_at_start")}
     if "bbc" in args.part:
         config = bbc_config(workdir)
         kept = [
@@ -237,7 +243,7 @@ def main() -> None:
                 json.dumps({k: row[k] for k in ("budget", "method", "test", "train_command_seconds")}),
                 flush=True,
             )
-            write(output, result)
+            write(output, result, provenance)
     if "quickstart" in args.part:
         config = prepare(workdir / "quickstart")
         result["quickstart"] = [
@@ -266,13 +272,12 @@ def main() -> None:
                 ),
                 flush=True,
             )
-            write(output, result)
+            write(output, result, provenance)
 
 
-def write(output: Path, result: dict) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    output.with_suffix(".md").write_text(markdown(result))
+def write(output: Path, result: dict, provenance: Provenance) -> None:
+    path = write_results(output.name, result, provenance, output.parent)
+    output.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Every strategy trains on the same seeded, stratified 80/20 split, on this machin
 of the class folders (exact duplicate articles removed, so no article is in both halves), or with
 --split sklearn the usual notebook split (scikit-learn's train_test_split, random_state 42) written as two
 tables, where tunesmith removes the validation articles that repeat a training article. --overflow windows
-reads whole articles (data.on_overflow: windows). Writes bench/results/classification.json and .md (--output).
+reads whole articles (data.on_overflow: windows). Writes bench/results/classification.json (with bench/results_file.py's meta block) and .md (--output).
 Run: .venv/bin/python bench/classification.py [--strategies full head] [--max-length 128] [--overflow windows]
 """
 
@@ -14,13 +14,11 @@ import argparse
 import functools
 import importlib.util
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from results_file import Provenance, describe, write_results
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.labelled import _read_text_file, check_labelled
@@ -162,6 +160,7 @@ def main() -> None:
     )
     parser.add_argument("--output", default=str(RESULTS / "classification"))
     args = parser.parse_args()
+    provenance = Provenance.begin()
     workdir = Path(tempfile.mkdtemp(prefix="bench-classification-"))
     rows = []
     baseline = tfidf_baseline(config("full", args, workdir))
@@ -201,11 +200,10 @@ def main() -> None:
         "overflow": args.overflow,
         "epochs": args.epochs,
         "train_seed": args.train_seed,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "rows": rows,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output + ".json").write_text(json.dumps(result, indent=2))
+    output = Path(args.output)
+    result = json.loads(write_results(output.name, result, provenance, output.parent).read_text())
     Path(args.output + ".md").write_text(markdown(result))
     print(markdown(result))
 
@@ -230,7 +228,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['data']}; max_length {result['max_length']} tokens "
         f"({result.get('overflow', 'truncate')}), "
-        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''}, train seed {result.get('train_seed', 42)}; {result['machine']}.",
+        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''}, train seed {result.get('train_seed', 42)}; "
+        f"{describe(result['meta'])}.",
         "",
         "| strategy | accuracy | macro-F1 | training time | trainable parameters |",
         "|---|---|---|---|---|",

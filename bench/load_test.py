@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import secrets
@@ -31,7 +30,8 @@ from pathlib import Path
 
 import httpx
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import Provenance, write_results
+
 HOST = "127.0.0.1"  # never anything else: this drives a server as hard as it can
 
 
@@ -67,17 +67,6 @@ def memory_mb(pid: int) -> dict[str, float]:
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples in a /metrics page."""
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
-
-
-def host_description() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    return {
-        "cpu": model.group(1) if model else platform.processor(),
-        "nproc": os.cpu_count(),
-        "avx512_bf16": "avx512_bf16" in cpuinfo,
-        "load_average_1m_at_start": round(os.getloadavg()[0], 1),  # other work sharing the cores
-    }
 
 
 class Client:
@@ -168,7 +157,7 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         model = httpx.get(f"{base}/v1/models", headers=auth).json()["data"][0]["id"]
-        before, host = memory_mb(server.pid), host_description()
+        before, provenance = memory_mb(server.pid), Provenance.begin()
         clients = [
             Client(base, key, model, role, args.max_tokens, args.server_max_tokens)
             for role in roles(args.clients)
@@ -208,7 +197,6 @@ def main() -> None:
     cancelled = metric(page, "tunesmith_abandoned_generations_total")
     answered = [seconds for role, status, seconds in results if status.startswith("200")]
     report = {
-        "host": host,
         "clients": args.clients,
         "roles": {role: roles(args.clients).count(role) for role in ("hang_up", "stream", "whole")},
         "seconds": round(elapsed, 1),
@@ -232,8 +220,7 @@ def main() -> None:
         "server_rss_mb_after": after.get("VmRSS"),
         "server_peak_rss_mb": after.get("VmHWM"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "load_test.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_results("load_test", report, provenance)  # with the host and the load before and after the test
     print(json.dumps(report, indent=2))
     problems = []
     if unexpected or server_errors:

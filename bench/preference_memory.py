@@ -4,7 +4,8 @@ loss differ).
 
 Each run is its own process (peak RSS is per process). The pairs: a BBC article's opening as the prompt, its real
 headline chosen, the article's next sentences rejected (a paragraph, as a base model would write; no generation
-needed). Usage: .venv/bin/python bench/preference_memory.py [--steps 3] [--pairs 24] [--work /tmp/pref-memory]
+needed). Writes bench/results/preference_memory.json (bench/results_file.py: with host, load, date, command and
+versions). Usage: .venv/bin/python bench/preference_memory.py [--steps 3] [--pairs 24] [--work /tmp/pref-memory]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_file import Provenance, write_results
 from tunesmith.quickstart import _lead, _shuffled_articles, _write_jsonl, smollm2_folder
 
 PROMPT = "Write a short headline for this news article.\n\n{body}"
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/pref-memory")
     parser.add_argument("--runs", nargs="+", default=["sft", "sft_both", "preference"])
     args = parser.parse_args()
+    provenance = Provenance.begin()
     work = Path(args.work)
     rows = pairs(args.pairs)
     _write_jsonl(work / "preference.jsonl", rows)
@@ -82,6 +85,9 @@ def main() -> None:
             results[task] = {
                 "peak_memory_mb": summary["peak_memory_mb"],
                 "train_seconds": summary["train_seconds"],
+                "reused_from": str(
+                    work / "runs" / task
+                ),  # measured by an earlier invocation, not under this meta
             }
             continue
         path = work / f"{task}.yaml"
@@ -98,6 +104,8 @@ def main() -> None:
                 ratio = results[dpo]["peak_memory_mb"] / results[task]["peak_memory_mb"]
                 results[f"{dpo}_over_{task}"] = round(ratio, 3)
     print(json.dumps(results, indent=2))
+    settings = {"steps": args.steps, "pairs": args.pairs, "work": str(work)}
+    print(write_results("preference_memory", {"settings": settings, "results": results}, provenance))
 
 
 if __name__ == "__main__":

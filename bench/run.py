@@ -6,7 +6,7 @@ matmul rates at the model's own shapes, then for each recipe the median and spre
 (non-padding) tokens/s with the first optimizer step left out, peak RSS during training, validation loss on the
 same held-out answers, and MFU: executed FLOPs per second over the measured rate of the precision the recipe used.
 Repeats run round-robin, so a change in the host's load touches every recipe alike. Writes
-bench/results/recipes.json and recipes.md from this run only.
+bench/results/recipes.json (bench/results_file.py: with its meta block) and recipes.md from this run only.
 Run: .venv/bin/python bench/run.py [--train 50] [--repeats 3] [--only trl_tuned tunesmith]
 """
 
@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig
 
+from results_file import Provenance, describe, write_results
 from tunesmith import quickstart
 from tunesmith.config import ModelConfig
 from tunesmith.models.loading import default_cache_dir, resolve_model
 from tunesmith.training.flops import gemm_shapes
-from tunesmith.training.hardware import cpu_flags, library_versions
-from tunesmith.training.precision import cpu_model_name, matmul_gflops
+from tunesmith.training.precision import matmul_gflops
 
 RECIPES = {  # label -> (recipe in bench/recipes.py, tunesmith --set overrides)
     "classic (Trainer, pad to 512, fp32)": ("classic", []),
@@ -39,21 +37,6 @@ RECIPES = {  # label -> (recipe in bench/recipes.py, tunesmith --set overrides)
     "tunesmith default": ("tunesmith", []),
     "tunesmith + packing": ("tunesmith", ["--set", "data.packing=true"]),
 }
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def host() -> dict:
-    return {
-        "cpu": cpu_model_name(),
-        "flags": [flag for flag in FLAGS if flag in cpu_flags()],
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def load_average() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def run_recipe(
@@ -120,8 +103,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these recipes (bench/recipes.py names or labels)")
     args = parser.parse_args()
-    started = time.time()
-    load_before = load_average()
+    provenance = Provenance.begin()
     model_dir = resolve_model(ModelConfig(name=str(quickstart.smollm2_folder())), default_cache_dir())
     shapes = gemm_shapes(AutoConfig.from_pretrained(model_dir), 512)
     rates = {
@@ -151,22 +133,15 @@ def main() -> None:
                 shown = "failed" if "failed" in result else f"{result['tokens_per_second']:.1f} tok/s"
                 print(f"[{repeat + 1}/{args.repeats}] {label}: {shown}", flush=True)
             # Written after every round: a run cut short still leaves the rounds it finished (and says so).
-            meta = {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-                "host": host(),
-                "load_average_before": load_before,
-                "load_average_after": load_average(),
-                "versions": {**library_versions(), "trl": _version("trl")},
+            setup = {
                 "matmul_gflops": rates,
                 "matmul_shapes": [list(s) for s in shapes],
                 "train_examples": len(train),
                 "validation_examples": len(validation),
                 "repeats": args.repeats,
                 "rounds_done": repeat + 1,
-                "wall_seconds": round(time.time() - started),
             }
-            write_results(table_rows(chosen, runs, rates, bf16_fast), meta)
+            write_tables(table_rows(chosen, runs, rates, bf16_fast), setup, provenance)
 
 
 def table_rows(chosen: dict, runs: dict, rates: dict, bf16_fast: bool) -> list[dict]:
@@ -178,13 +153,7 @@ def table_rows(chosen: dict, runs: dict, rates: dict, bf16_fast: bool) -> list[d
     return rows
 
 
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
-
-
-def write_results(rows: list[dict], meta: dict) -> None:
+def write_tables(rows: list[dict], setup: dict, provenance: Provenance) -> None:
     by_recipe = {r["label"]: r for r in rows if r.get("tokens_per_second")}
     tuned = next((r for label, r in by_recipe.items() if label.startswith("TRL tuned")), None)
     classic = next((r for label, r in by_recipe.items() if label.startswith("classic")), None)
@@ -208,22 +177,16 @@ def write_results(rows: list[dict], meta: dict) -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    h = meta["host"]
+    path = write_results("recipes", {"setup": setup, "rows": rows}, provenance)
+    meta = json.loads(path.read_text())["meta"]
     header = (
-        f"{meta['date']}, `{meta['command']}`: {meta['train_examples']} BBC headline examples, one epoch, "
-        f"{meta['rounds_done']} of {meta['repeats']} planned repeats per recipe done, each in its own process, "
-        "first optimizer step left out.\n"
-        f"Host: {h['cpu']}, {h['cores']} cores, flags {' '.join(h['flags'])}; load average "
-        f"{meta['load_average_before']} before, {meta['load_average_after']} after (shared host: other jobs were "
-        f"running; treat the ratios, measured side by side, as firmer than the absolute rates).\n"
-        f"Matmul at the model's shapes: fp32 {meta['matmul_gflops']['fp32']:.1f}, bf16 "
-        f"{meta['matmul_gflops']['bf16']:.1f} GFLOP/s. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        f"{setup['train_examples']} BBC headline examples, one epoch, {setup['rounds_done']} of "
+        f"{setup['repeats']} planned repeats per recipe done, each in its own process, first optimizer step left "
+        "out. Shared host: treat the ratios, measured side by side, as firmer than the absolute rates.\n"
+        f"{describe(meta)}.\nMatmul at the model's shapes: fp32 {setup['matmul_gflops']['fp32']:.1f}, bf16 "
+        f"{setup['matmul_gflops']['bf16']:.1f} GFLOP/s."
     )
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "recipes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "recipes.md").write_text(f"{header}\n\n{table}\n")
+    path.with_suffix(".md").write_text(f"{header}\n\n{table}\n")
 
 
 if __name__ == "__main__":

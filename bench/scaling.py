@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from results_file import Provenance, describe, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -169,6 +169,7 @@ def main() -> None:
     if args.point:
         print("RESULT " + json.dumps(point(*args.point, args.steps, Path(args.folder))), flush=True)
         return
+    provenance = Provenance.begin()
     by_length = [r for r in (run_point(n, 64, 8, args.steps) for n in args.lengths) if r]
     for r in by_length:
         print(
@@ -181,16 +182,8 @@ def main() -> None:
             f"size {r['size']}: data preparation {r['prepare_seconds_cold']} s cold, {r['prepare_seconds_cached']} s cached, {r['tokens_per_second']} tok/s, peak {r['peak_rss_mb']} MB",
             flush=True,
         )
-    RESULTS.mkdir(exist_ok=True)
-    result = {
-        "steps": args.steps,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "by_length": by_length,
-        "by_size": by_size,
-    }
-    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2))
-    write_outputs(result)
+    result = {"steps": args.steps, "by_length": by_length, "by_size": by_size}
+    write_outputs(json.loads(write_results("scaling", result, provenance).read_text()))
 
 
 def write_outputs(result: dict) -> None:
@@ -198,9 +191,14 @@ def write_outputs(result: dict) -> None:
     by_length, by_size = result["by_length"], result["by_size"]
     plot(by_length, "length", RESULTS / "scaling_length.png", "tokens/s and peak memory vs sequence length")
     plot(by_size, "size", RESULTS / "scaling_size.png", "tokens/s and peak memory vs data set size")
+    # Files written before bench/results_file.py name only the threads and torch version.
+    host = (
+        describe(result["meta"])
+        if "meta" in result
+        else f"{result['threads']} threads, torch {result['torch']}"
+    )
     lines = [
-        f"SmolLM2-135M-Instruct, LoRA r=8 q/v, fp32, batch 1, {result['steps']} steps per point, "
-        f"{result['threads']} threads, torch {result['torch']}.",
+        f"SmolLM2-135M-Instruct, LoRA r=8 q/v, fp32, batch 1, {result['steps']} steps per point; {host}.",
         "",
         "| sequence length | steady real tokens/s | peak RSS MB |",
         "|---|---|---|",

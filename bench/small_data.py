@@ -6,7 +6,8 @@ articles per class, and minus any article whose text repeats a test article). tu
 holds out 20% of each class for its own validation (early stopping, best checkpoint); TF-IDF + LinearSVC is
 fitted on all of them. Every model is scored on the same test set, which nothing is chosen on.
 --settings starter reproduces issue 20's table: the starter config's explicit lr 5e-5, 3 epochs, batch 16.
-Each finished run appends one line to bench/results/small_data.jsonl (so a cut-short run keeps its rows);
+Each finished run appends one line to bench/results/small_data.jsonl (so a cut-short run keeps its rows), with
+its own meta block (bench/results_file.py: date, command, host, load before and after, versions);
 --table prints the mean and spread from that file.
 Run: .venv/bin/python bench/small_data.py --per-class 10 25 50 100 --seeds 0 1 2 3 4
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from results_file import Provenance
 
 RESULTS = Path(__file__).parent / "results" / "small_data.jsonl"
 STRATEGIES = ["tfidf", "features", "head", "lora", "last_n", "full"]
@@ -117,18 +119,6 @@ def tunesmith_run(strategy: str, train_file: str, test_file: str, test, args, se
     }
 
 
-def host() -> dict:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def run(args) -> None:
     texts = corpus()
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +130,7 @@ def run(args) -> None:
                 train_file = write_rows(work / "train.jsonl", train)
                 test_file = write_rows(work / "test.jsonl", test)
                 for strategy in args.strategies:
-                    started = time.time()
+                    provenance, started = Provenance.begin(), time.time()
                     if strategy == "tfidf":
                         result = tfidf(train, test)
                     else:
@@ -153,7 +143,7 @@ def run(args) -> None:
                         "max_length": args.max_length or "-",
                         "test_examples": len(test),
                         "seconds": round(time.time() - started, 1),
-                        "host": host(),
+                        "meta": provenance.meta(),  # each row's own date, host, load and versions
                         **result,
                     }
                     print(json.dumps(record), flush=True)

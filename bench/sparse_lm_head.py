@@ -1,16 +1,17 @@
 """Measure what train.sparse_lm_head buys: the quickstart fine-tune (SmolLM2-135M, LoRA) for a few steps, on and off.
 
 Run: .venv/bin/python bench/sparse_lm_head.py [--steps 6]
-Prints real (non-padding) tokens/s and final training loss for each setting, and writes bench/results/sparse_lm_head.json.
+Prints real (non-padding) tokens/s and final training loss for each setting, and writes bench/results/sparse_lm_head.json
+(bench/results_file.py: with host, load, date, command and versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
+from results_file import Provenance, write_results
 from tunesmith import api, quickstart
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
+    provenance = Provenance.begin()
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         config = quickstart.prepare(workdir / "quickstart")
@@ -51,9 +53,7 @@ def main() -> None:
         )
     speedup = rows[1]["tokens_per_second"] / rows[0]["tokens_per_second"]
     print(f"\nspeed-up: {speedup:.2f}x")
-    out = Path(__file__).parent / "results" / "sparse_lm_head.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "speedup": speedup}, indent=2))
+    write_results("sparse_lm_head", {"rows": rows, "speedup": speedup}, provenance)
 
 
 if __name__ == "__main__":

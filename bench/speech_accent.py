@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import subprocess
 import time
 from pathlib import Path
+
+from results_file import Provenance, write_results
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPECIAL = [
@@ -172,7 +172,7 @@ def main() -> None:
     from tunesmith import api
     from tunesmith.config import config_from_dict
 
-    started = time.time()
+    provenance, started = Provenance.begin(), time.time()
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     sizes = {"old_train": 600, "old_test": 80, "new_train": 120, "new_test": 80}
@@ -251,14 +251,6 @@ def main() -> None:
             "pretrain": round(pretrained_seconds, 1),
             "total": round(time.time() - started, 1),
         },
-        "host": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": __import__("torch").__version__,
-            "transformers": __import__("transformers").__version__,
-        },
-        "command": "python bench/speech_accent.py" + (" --quick" if args.quick else ""),
     }
     print(json.dumps(figures, indent=2))
     print(
@@ -267,15 +259,7 @@ def main() -> None:
         f"({record['seconds']['total']:.0f} s in all)"
     )
     if not args.quick:
-        results = Path(__file__).parent / "results"
-        (results / "speech_accent.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+        write_results("speech_accent", record, provenance)  # with host, load, date, command and versions
 
 
 if __name__ == "__main__":

@@ -156,7 +156,55 @@ def prepare(
     return config_path
 
 
+# The run's closing figures the demo prints, kept in the run folder as quickstart.json (bench/quickstart.py copies
+# them into bench/results/ with the host, load, date, command and versions they were measured under).
+FIGURES = (
+    "validation_loss_before",
+    "validation_loss_after",
+    "test_before",
+    "test",
+    "forgetting",
+    "peak_memory_mb",
+    "tokens_per_second",
+    "train_seconds",
+    "wall_seconds",
+    "global_step",
+    "precision",
+)
+
+
+def loss_changes(summary: dict) -> dict:
+    """The validation and test loss changes in percent, as printed."""
+    pairs = {
+        "validation_loss_change_percent": (
+            summary.get("validation_loss_before"),
+            summary.get("validation_loss_after"),
+        ),
+        "test_loss_change_percent": (
+            (summary.get("test_before") or {}).get("loss"),
+            (summary.get("test") or {}).get("loss"),
+        ),
+    }
+    return {
+        key: 100 * (after - before) / before for key, (before, after) in pairs.items() if before and after
+    }
+
+
+def save_figures(summary: dict, extra: dict | None = None) -> Path:
+    """Write the demo's closing figures (and the held-out samples it shows) to <run>/quickstart.json."""
+    run = Path(summary["run_dir"])
+    samples = run / "samples.jsonl"
+    figures = {key: summary.get(key) for key in FIGURES} | loss_changes(summary) | (extra or {})
+    if samples.exists() and "samples" not in figures:
+        figures["samples"] = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    path = run / "quickstart.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def print_comparison(summary: dict) -> None:
+    """Print the demo's closing figures and samples; they are saved to <run>/quickstart.json first."""
+    saved = save_figures(summary)
     before, after = summary.get("validation_loss_before"), summary.get("validation_loss_after")
     if before is not None and after is not None:
         print(
@@ -169,9 +217,8 @@ def print_comparison(summary: dict) -> None:
             f"({100 * (test['loss'] - test_before['loss']) / test_before['loss']:+.1f}%)"
         )
     samples_file = Path(summary["run_dir"]) / "samples.jsonl"
-    if not samples_file.exists():
-        return
-    for number, line in enumerate(samples_file.read_text().splitlines(), start=1):
+    lines = samples_file.read_text().splitlines() if samples_file.exists() else []
+    for number, line in enumerate(lines, start=1):
         sample = json.loads(line)
         article = sample["prompt"].split("\n\n", 1)[-1]
         print(f"\n[{number}] {textwrap.shorten(article, 110)}")
@@ -181,3 +228,4 @@ def print_comparison(summary: dict) -> None:
     report = Path(summary["run_dir"]) / "report.html"
     if report.exists():
         print(f"\nthe whole run on one page: {report}")
+    print(f"these figures, saved: {saved}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.quickstart import _write_jsonl, headline_examples, smollm2_folder
+from tunesmith.quickstart import _write_jsonl, headline_examples, save_figures, smollm2_folder
 
 BODY_CHARS = 250  # the article's opening: enough to tell its story (the prompt is most of each pair's tokens)
 REJECTED_TOKENS = 48  # the base writes a paragraph; this much of it is the rejected answer
@@ -162,9 +162,23 @@ def prepare(folder: str | Path = "quickstart-preference", train: int = 120, vali
     return config_path
 
 
+# What the closing table shows of `tunesmith eval --baseline`, base and tuned.
+SHOWN_METRICS = ("likelihood_accuracy", "preference_accuracy", "mean_answer_words", "generation_rougeL")
+
+
 def print_comparison(summary: dict, evaluation: dict) -> None:
-    """Held-out preference accuracy, answer length and ROUGE-L, base vs tuned; three generations side by side."""
+    """Held-out preference accuracy, answer length and ROUGE-L, base vs tuned; three generations side by side.
+    The figures are saved first to <run>/quickstart.json."""
     base, tuned = evaluation["baseline"], evaluation["tuned"]
+    shown = ("pairs", *SHOWN_METRICS)
+    saved = save_figures(
+        summary,
+        {
+            "evaluation_folder": str(evaluation["folder"]),
+            "base": {key: base.get(key) for key in shown},
+            "tuned": {key: tuned.get(key) for key in shown},
+        },
+    )
     print(f"\nheld-out pairs: {tuned['pairs']}")
     print(f"{'':28}{'base':>10}{'tuned':>10}")
     for key, label in (
@@ -190,3 +204,4 @@ def print_comparison(summary: dict, evaluation: dict) -> None:
         print(f"    base:  {textwrap.shorten(sample['base_output'], 150)}")
         print(f"    tuned: {sample['output']}")
     print(f"\nthe whole run on one page: {Path(summary['run_dir']) / 'report.html'}")
+    print(f"these figures, saved: {saved}")
