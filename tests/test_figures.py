@@ -1,0 +1,208 @@
+"""Every figure README.md and docs/*.md quote from a results file is the figure in that file.
+
+The convention (README.md, "Where the figures come from"): a quoted figure is a markdown link whose text is the
+number as shown and whose target is the results file, with the value's place in it after `#`:
+
+    [84.6](bench/results/recipes.json#rows.1.tokens_per_second)          rows[1]["tokens_per_second"]
+    [84.6 tokens/s](bench/results/recipes.json#rows.label=tunesmith%20default.tokens_per_second)
+    [56.1%](bench/results/recipes.json#rows.1.mfu*100)                    a fraction shown in percent
+    [25.9 min](bench/results/recipes.json#meta.wall_seconds/60)           seconds shown in minutes
+
+Path segments are dict keys, list indices, or `key=value` (the list item whose `key` is `value`, URL-encoded);
+a trailing `*N` or `/N` scales the value. The value, rounded to the decimals shown, must equal the number shown
+(thousands commas, a unit after the number and a Unicode minus are allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+# [figure](path/to/bench/results/name.json#where): the link text must start with a number
+QUOTE = re.compile(r"\[([^\]]*)\]\(([^)\s]*bench/results/[^)\s#]+\.json)#([^)\s]+)\)")
+# the number, then optionally its unit ("%", "x", " tokens/s", " GB"): anything not continuing the number
+NUMBER = re.compile(r"^([+\-\u2212]?)(\d[\d,]*)(?:\.(\d+))?(?:[^\d.,].*)?$")
+SCALE = re.compile(r"^(.*?)([*/])(\d+(?:\.\d+)?)$")
+
+
+def resolve(document: object, where: str) -> object:
+    """The value at `where` (dot-separated keys, list indices, or key=value selectors) in `document`."""
+    value = document
+    for segment in unquote(where).split("."):
+        if isinstance(value, list) and "=" in segment:
+            key, wanted = segment.split("=", 1)
+            matches = [item for item in value if isinstance(item, dict) and str(item.get(key)) == wanted]
+            if len(matches) != 1:
+                raise KeyError(f"{segment}: {len(matches)} list items match")
+            value = matches[0]
+        elif isinstance(value, list):
+            value = value[int(segment)]
+        elif isinstance(value, dict) and segment in value:
+            value = value[segment]
+        else:
+            raise KeyError(f"{segment}: not in the file")
+    return value
+
+
+def shown_number(text: str) -> tuple[float, int]:
+    """The number a link shows and how many decimals it shows."""
+    match = NUMBER.match(text.strip())
+    if match is None:
+        raise ValueError(f"[{text}] does not start with a number")
+    sign, whole, decimals = match.groups()
+    number = float(whole.replace(",", "") + ("." + decimals if decimals else ""))
+    return (-number if sign in ("-", "\u2212") else number), len(decimals or "")
+
+
+def check_figures(markdown: Path) -> tuple[int, list[str]]:
+    """How many quoted figures `markdown` has, and a line per one that differs from its file (or cannot be read)."""
+    problems, count = [], 0
+    for number, line in enumerate(markdown.read_text(encoding="utf-8").splitlines(), start=1):
+        for text, target, where in QUOTE.findall(line):
+            count += 1
+            place = f"{markdown.name}:{number}: [{text}]({target}#{where})"
+            source = (markdown.parent / target).resolve()
+            try:
+                shown, decimals = shown_number(text)
+                scaled = SCALE.match(where)
+                path, operator, factor = scaled.groups() if scaled else (where, None, None)
+                value = resolve(json.loads(source.read_text(encoding="utf-8")), path)
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ValueError(f"the file holds {value!r}, not a number")
+                if operator:
+                    value = value * float(factor) if operator == "*" else value / float(factor)
+            except (OSError, KeyError, IndexError, ValueError, json.JSONDecodeError) as error:
+                problems.append(f"{place}: {error}")
+                continue
+            # Round half away from zero, as people do (Python's round() goes to even on exact halves).
+            rounded = math.copysign(math.floor(abs(value) * 10**decimals + 0.5) / 10**decimals, value)
+            if not math.isclose(rounded, shown, abs_tol=10 ** -(decimals + 6)):
+                problems.append(f"{place}: the file holds {value!r}, which shows as {rounded:.{decimals}f}")
+    return count, problems
+
+
+def published() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_figure_quoted_from_a_results_file_is_the_file_s_figure():
+    checked = {path.name: check_figures(path) for path in published()}
+    problems = [problem for _, found in checked.values() for problem in found]
+    assert problems == []
+    # The README's own figures are quoted by this convention: a parser that found nothing would pass vacuously.
+    assert checked["README.md"][0] >= 3
+
+
+def test_every_link_into_bench_results_names_a_committed_file():
+    missing = []
+    for markdown in published():
+        for target in re.findall(
+            r"\]\(([^)\s#]*bench/results/[^)\s#]+)", markdown.read_text(encoding="utf-8")
+        ):
+            if not (markdown.parent / target).resolve().is_file():
+                missing.append(f"{markdown.name}: {target}")
+    assert missing == []
+
+
+@pytest.fixture
+def results_and_page(tmp_path):
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    rows = [{"label": "TRL tuned", "tps": 49.77}, {"label": "tunesmith default", "tps": 84.64, "mfu": 0.5612}]
+    (results / "speed.json").write_text(json.dumps({"rows": rows, "minutes": {"demo": 725.0}}))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    return docs / "page.md"
+
+
+@pytest.mark.parametrize(
+    "quote",
+    [
+        "[84.6](../bench/results/speed.json#rows.1.tps)",
+        "[84.6 tokens/s](../bench/results/speed.json#rows.label=tunesmith%20default.tps)",
+        "[56.1%](../bench/results/speed.json#rows.1.mfu*100)",
+        "[12.1 min](../bench/results/speed.json#minutes.demo/60)",
+        "[85](../bench/results/speed.json#rows.1.tps)",
+    ],
+)
+def test_the_checker_accepts_a_figure_as_its_file_rounds_it(results_and_page, quote):
+    results_and_page.write_text(f"tunesmith trains at {quote} here.\n")
+    assert check_figures(results_and_page) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("quote", "reason"),
+    [
+        ("[84.7](../bench/results/speed.json#rows.1.tps)", "which shows as 84.6"),
+        ("[84.60](../bench/results/speed.json#rows.1.tps)", "which shows as 84.64"),
+        ("[49.8](../bench/results/speed.json#rows.1.tps)", "which shows as 84.6"),
+        ("[-84.6](../bench/results/speed.json#rows.1.tps)", "which shows as 84.6"),
+        ("[56.1%](../bench/results/speed.json#rows.1.mfu)", "which shows as 0.6"),
+        ("[84.6](../bench/results/speed.json#rows.label=classic.tps)", "0 list items match"),
+        ("[84.6](../bench/results/speed.json#rows.1.seconds)", "seconds: not in the file"),
+        ("[84.6](../bench/results/missing.json#rows.1.tps)", "No such file"),
+        ("[TRL](../bench/results/speed.json#rows.0.label)", "does not start with a number"),
+        ("[1](../bench/results/speed.json#rows.0.label)", "not a number"),
+    ],
+)
+def test_the_checker_rejects_a_figure_its_file_does_not_hold(results_and_page, quote, reason):
+    results_and_page.write_text(f"A line before.\nWe measured {quote}.\n")
+    count, problems = check_figures(results_and_page)
+    assert count == 1
+    assert len(problems) == 1
+    assert problems[0].startswith("page.md:2:")
+    assert reason in problems[0]
+
+
+def test_the_demo_saves_the_figures_it_prints_in_its_run_folder(tmp_path):
+    from tunesmith.quickstart import save_figures
+
+    (tmp_path / "samples.jsonl").write_text(
+        json.dumps({"reference": "Real", "base": "b", "tuned": "t"}) + "\n"
+    )
+    summary = {
+        "run_dir": str(tmp_path),
+        "validation_loss_before": 4.0,
+        "validation_loss_after": 3.0,
+        "test_before": {"loss": 5.0},
+        "test": {"loss": 4.5},
+        "peak_memory_mb": 3637.0,
+    }
+    path = save_figures(summary, {"base": {"pairs": 30}})
+    assert path == tmp_path / "quickstart.json"
+    figures = json.loads(path.read_text())
+    assert figures["validation_loss_change_percent"] == pytest.approx(-25.0)
+    assert figures["test_loss_change_percent"] == pytest.approx(-10.0)
+    assert figures["peak_memory_mb"] == 3637.0
+    assert figures["base"] == {"pairs": 30}
+    assert figures["samples"] == [{"reference": "Real", "base": "b", "tuned": "t"}]
+
+
+def test_a_bench_results_file_carries_its_host_load_date_command_and_versions(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from results_file import Provenance, write_results
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    provenance = Provenance.begin(["python", "bench/example.py", "--steps", "3"])
+    path = write_results("example", {"rows": [{"tokens_per_second": 84.6}]}, provenance, tmp_path)
+    written = json.loads(path.read_text())
+    meta = written["meta"]
+    assert written["rows"] == [{"tokens_per_second": 84.6}]
+    assert meta["command"] == "python bench/example.py --steps 3"
+    assert len(meta["load_average_before"]) == len(meta["load_average_after"]) == 3
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        assert ("avx2" in meta["host"]["flags"]) == (" avx2 " in cpuinfo.read_text().replace("\n", " "))
+    assert meta["versions"]["torch"] == __import__("torch").__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", meta["date"])
+    with pytest.raises(ValueError, match="meta"):
+        write_results("example", {"meta": {}}, provenance, tmp_path)
