@@ -7,9 +7,10 @@ number as shown and whose target is the results file, with the value's place in 
     [84.6 tokens/s](bench/results/recipes.json#rows.label=tunesmith%20default.tokens_per_second)
     [56.1%](bench/results/recipes.json#rows.1.mfu*100)                    a fraction shown in percent
     [25.9 min](bench/results/recipes.json#meta.wall_seconds/60)           seconds shown in minutes
+    [1.70x](bench/results/recipes.json#rows.1.tokens_per_second/rows.0.tokens_per_second)   a ratio
 
 Path segments are dict keys, list indices, or `key=value` (the list item whose `key` is `value`, URL-encoded);
-a trailing `*N` or `/N` scales the value. The value, rounded to the decimals shown, must equal the number shown
+a trailing `*N` or `/N` scales the value, and `/other.path` divides it by another value of the file (a ratio). The value, rounded to the decimals shown, must equal the number shown
 (thousands commas, a unit after the number and a Unicode minus are allowed).
 """
 
@@ -29,7 +30,8 @@ ROOT = Path(__file__).parents[1]
 QUOTE = re.compile(r"\[([^\]]*)\]\(([^)\s]*bench/results/[^)\s#]+\.json)#([^)\s]+)\)")
 # the number, then optionally its unit ("%", "x", " tokens/s", " GB"): anything not continuing the number
 NUMBER = re.compile(r"^([+\-\u2212]?)(\d[\d,]*)(?:\.(\d+))?(?:[^\d.,].*)?$")
-SCALE = re.compile(r"^(.*?)([*/])(\d+(?:\.\d+)?)$")
+# a trailing "*N", "/N" (a constant) or "/other.path" (another value of the same file: a ratio)
+SCALE = re.compile(r"^([^*/]+)([*/])([^*/]+)$")
 
 
 def resolve(document: object, where: str) -> object:
@@ -48,6 +50,13 @@ def resolve(document: object, where: str) -> object:
             value = value[segment]
         else:
             raise KeyError(f"{segment}: not in the file")
+    return value
+
+
+def number_at(document: object, where: str) -> float:
+    value = resolve(document, where)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"the file holds {value!r} at {where}, not a number")
     return value
 
 
@@ -73,11 +82,13 @@ def check_figures(markdown: Path) -> tuple[int, list[str]]:
                 shown, decimals = shown_number(text)
                 scaled = SCALE.match(where)
                 path, operator, factor = scaled.groups() if scaled else (where, None, None)
-                value = resolve(json.loads(source.read_text(encoding="utf-8")), path)
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ValueError(f"the file holds {value!r}, not a number")
+                document = json.loads(source.read_text(encoding="utf-8"))
+                value = number_at(document, path)
                 if operator:
-                    value = value * float(factor) if operator == "*" else value / float(factor)
+                    by = (
+                        float(factor) if re.fullmatch(r"\d+(\.\d+)?", factor) else number_at(document, factor)
+                    )
+                    value = value * by if operator == "*" else value / by
             except (OSError, KeyError, IndexError, ValueError, json.JSONDecodeError) as error:
                 problems.append(f"{place}: {error}")
                 continue
@@ -130,6 +141,7 @@ def results_and_page(tmp_path):
         "[56.1%](../bench/results/speed.json#rows.1.mfu*100)",
         "[12.1 min](../bench/results/speed.json#minutes.demo/60)",
         "[85](../bench/results/speed.json#rows.1.tps)",
+        "[1.70x](../bench/results/speed.json#rows.1.tps/rows.0.tps)",
     ],
 )
 def test_the_checker_accepts_a_figure_as_its_file_rounds_it(results_and_page, quote):
@@ -150,6 +162,8 @@ def test_the_checker_accepts_a_figure_as_its_file_rounds_it(results_and_page, qu
         ("[84.6](../bench/results/missing.json#rows.1.tps)", "No such file"),
         ("[TRL](../bench/results/speed.json#rows.0.label)", "does not start with a number"),
         ("[1](../bench/results/speed.json#rows.0.label)", "not a number"),
+        ("[1.69x](../bench/results/speed.json#rows.1.tps/rows.0.tps)", "which shows as 1.70"),
+        ("[1.70x](../bench/results/speed.json#rows.1.tps/rows.2.tps)", "list index out of range"),
     ],
 )
 def test_the_checker_rejects_a_figure_its_file_does_not_hold(results_and_page, quote, reason):
