@@ -45,7 +45,8 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
         checked.report["lengths"] = lengths.not_checked()
         return checked
     cfg, _ = _config(target, overrides)
-    checked = get_task(cfg.task).check_data(cfg.data.model_copy(update={"on_error": "skip"}))
+    every_row = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": "skip"})})
+    checked = get_task(cfg.task).validated_data(every_row)  # on_error skip: every bad row listed, none raised
     checked.report["lengths"] = _token_lengths(cfg, checked)
     return checked
 

@@ -403,6 +403,30 @@ class Config(Section):
     speech: SpeechConfig = SpeechConfig()
     sweep: SweepConfig | None = None
     plan: PlanConfig | None = None
+    # Sections that tasks own (registry.register_section), validated by their own classes; written back as
+    # top-level keys by dump_config. Read one through section(key).
+    task_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mount_task_sections(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        registry.load_plugins()
+        raw, sections, problems = dict(raw), {}, []
+        for key in [k for k in raw if k in registry.SECTIONS and k not in cls.model_fields]:
+            try:
+                sections[key] = registry.SECTIONS[key].model_validate(raw.pop(key) or {})
+            except ValidationError as exc:
+                problems += [_describe(e | {"loc": (key, *e["loc"])}) for e in exc.errors()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        raw["task_sections"] = sections
+        return raw
+
+    def section(self, key: str) -> Any:
+        """A task's own config section (registry.register_section): as written, or its defaults."""
+        return self.task_sections.get(key) or registry.SECTIONS[key]()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -459,6 +483,10 @@ def _describe(error: dict[str, Any]) -> str:
 
 def _allowed_keys(parent: tuple) -> list[str]:
     model: type[BaseModel] = Config
+    if parent and str(parent[0]) in registry.SECTIONS:
+        model, parent = registry.SECTIONS[str(parent[0])], parent[1:]
+    elif not parent:
+        return [k for k in Config.model_fields if k != "task_sections"] + list(registry.SECTIONS)
     for part in parent:
         field = model.model_fields.get(str(part))
         if (
@@ -583,19 +611,27 @@ def dump_config(config: Config, path: Path) -> None:
         section = getattr(config, name)  # (output.dir made absolute) is written with those keys
         if name not in raw and isinstance(section, BaseModel) and section.model_fields_set:
             raw[name] = section.model_dump(mode="json", exclude_unset=True)
+    for key, section in config.task_sections.items():
+        raw[key] = section.model_dump(mode="json", exclude_unset=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
 STARTERS_DIR = Path(__file__).parent / "starters"  # one commented YAML per starter; a new task adds its file
 
 
+def _task_starters() -> dict[str, Path]:
+    """Starters that task packages keep beside their code (Task.starter_file), by name."""
+    registry.load_plugins()
+    return {t.starter: t.starter_file for t in registry.TASKS.values() if getattr(t, "starter_file", None)}
+
+
 def starter_names() -> list[str]:
-    return sorted(path.stem for path in STARTERS_DIR.glob("*.yaml"))
+    return sorted({path.stem for path in STARTERS_DIR.glob("*.yaml")} | set(_task_starters()))
 
 
 def starter_config(kind: str) -> str:
     """The commented starter config `tunesmith init KIND` prints."""
-    path = STARTERS_DIR / f"{kind}.yaml"
+    path = _task_starters().get(kind) or STARTERS_DIR / f"{kind}.yaml"
     if not path.is_file():
         raise TunesmithError(
             f"tunesmith init {kind}: unknown starter; available: {', '.join(starter_names())}"

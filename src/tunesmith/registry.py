@@ -18,6 +18,7 @@ from tunesmith.errors import TunesmithError
 BUILT_IN = ("tunesmith.methods", "tunesmith.tasks")  # each registers its members when imported
 TASKS: dict[str, Any] = {}
 METHODS: dict[str, Any] = {}
+SECTIONS: dict[str, Any] = {}  # a top-level config key a task owns -> its pydantic section class
 DEFAULT_TASK: list[str] = []  # the task a config gets when it names none (set by the task that claims it)
 _loaded = False
 
@@ -28,6 +29,12 @@ def register_task(task: Any, default: bool = False) -> Any:
     if default:
         DEFAULT_TASK[:] = [task.name]
     return task
+
+
+def register_section(key: str, section: Any) -> Any:
+    """Mount a task's own config section (a pydantic model) under the top-level key `key`."""
+    SECTIONS[key] = section
+    return section
 
 
 def register_method(method: Any) -> Any:

@@ -23,6 +23,9 @@ def not_checked(reason: str = NO_TOKENIZER) -> dict:
 
 def token_count(example, renderer: Renderer, loss_on: str) -> int | None:
     """Tokens the model sees for this example, rendered as training renders it; None for images and audio."""
+    counts_itself = getattr(example, "token_count", None)
+    if counts_itself is not None:  # a task package's own example type says how its tokens are counted
+        return counts_itself(renderer.tokenizer)
     if isinstance(example, Example):
         return len(encode(example, renderer, loss_on)["input_ids"])
     if isinstance(example, LabelledExample):

@@ -32,14 +32,14 @@ def classifier_alarm(
             f"{share:.0%} of the {len(predictions)} validation predictions are {name} "
             f"(it is {true_share:.0%} of the true labels)"
         )
-        return _alarm("one class", seen, CLASSIFIER_CAUSES)
+        return alarm("one class", seen, CLASSIFIER_CAUSES)
     chance = 1 / len(labels)
     if not multi_label and f1_macro <= chance:
         seen = (
             f"validation macro-F1 is {f1_macro:.3f}, no better than guessing among {len(labels)} classes "
             f"({chance:.3f})"
         )
-        return _alarm("chance level", seen, CLASSIFIER_CAUSES)
+        return alarm("chance level", seen, CLASSIFIER_CAUSES)
     return None
 
 
@@ -49,10 +49,10 @@ def generator_alarm(outputs: list[str]) -> dict | None:
         return None
     stripped = [text.strip() for text in outputs]
     if not any(stripped):
-        return _alarm("empty", f"all {len(outputs)} sampled generations are empty", GENERATOR_CAUSES)
+        return alarm("empty", f"all {len(outputs)} sampled generations are empty", GENERATOR_CAUSES)
     if len(set(stripped)) == 1:
         seen = f"all {len(outputs)} sampled generations are the same text: {stripped[0][:80]!r}"
-        return _alarm("identical", seen, GENERATOR_CAUSES)
+        return alarm("identical", seen, GENERATOR_CAUSES)
     return None
 
 
@@ -96,7 +96,8 @@ GENERATOR_CAUSES = [
 ]
 
 
-def _alarm(kind: str, seen: str, causes: list[tuple[str, str, str]]) -> dict:
+def alarm(kind: str, seen: str, causes: list[tuple[str, str, str]]) -> dict:
+    """An alarm record: what kind of collapse, what was seen, and each likely (cause, why, what to try)."""
     return {
         "kind": kind,
         "seen": seen,

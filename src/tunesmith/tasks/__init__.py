@@ -7,4 +7,12 @@ from tunesmith.registry import get_task, task_names
 
 __all__ = ["get_task", "task_names"]
 
-from tunesmith.tasks import causal_lm, classification, preference, seq2seq, speech_recognition  # noqa: E402,F401  (each registers its tasks)
+# each registers its tasks
+from tunesmith.tasks import (  # noqa: E402,F401
+    causal_lm,
+    classification,
+    preference,
+    seq2seq,
+    speech_recognition,
+    token_classification,
+)

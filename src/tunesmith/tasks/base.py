@@ -39,6 +39,7 @@ class Task:
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
     plan_kind: str = "generator"  # tunesmith.tasks.defaults kind: epochs and learning rates it plans with
+    selection_metric: tuple[str, str] | None = None  # (train.metric, why) a classifier-kind task chooses by
     # How `tunesmith plan DATA` recognizes this task's data: table fields that mark it, or, for a folder, file
     # suffixes it holds (and suffixes it must also hold). The best match wins; no match means the default task.
     table_fields: frozenset[str] = frozenset()
@@ -63,7 +64,52 @@ class Task:
 
     # -- the recipe ---------------------------------------------------------------------------------------
     def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+        """The one recipe (tasks/pipeline.py) over this task's hooks below."""
+        from tunesmith.tasks import pipeline
+
+        return pipeline.train(self, cfg, default_name, resume, callbacks)
+
+    # -- the pipeline's hooks, in the order it calls them ----------------------------------------------------
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir):
+        """The checked splits made ready for the trainer: a tasks.pipeline.Prepared."""
         raise NotImplementedError
+
+    def print_data_summary(self, report: dict) -> None:
+        """The data report's headline lines on the screen."""
+
+    def build_model(self, cfg: Config, model_path: str, method, data):
+        """The base model loaded for this task, with the method applied."""
+        raise NotImplementedError
+
+    def build_trainer(
+        self, cfg: Config, run: RunFolder, model, data, precision, callbacks, resuming, checkpointing
+    ):
+        """(trainer, tunesmith.training.callbacks.TokenCounter) for the prepared data."""
+        raise NotImplementedError
+
+    def summary_fields(self, cfg: Config, data) -> dict:
+        """This task's own RunSummary fields, written when training starts."""
+        return {}
+
+    def forgetting_probe(self, cfg: Config, model_path: str, data):
+        """The forgetting check's probe (score, describe, drift, describe_drift), or None without eval.reference."""
+        return None
+
+    def save(self, run: RunFolder, trainer, data) -> None:
+        """The final weights (and what reloads them) into run.model_dir."""
+        raise NotImplementedError
+
+    def score(self, model, data, split: str) -> dict:
+        """The model's headline scores on one prepared split ("validation" or "test")."""
+        raise NotImplementedError
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        """One line for a split's scores (and the untouched model's, when measured)."""
+        return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+
+    def collapse_alarm(self, scores: dict) -> dict | None:
+        """The collapse alarm for the final validation scores, or None."""
+        return None
 
     def recognizes(self, fields: set[str] | None, suffixes: set[str] | None) -> int:
         """How well a table's fields (or a folder's file suffixes) match this task's data: 0 not at all."""

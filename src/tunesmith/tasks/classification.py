@@ -38,7 +38,7 @@ from tunesmith.methods.features import (
     sentence_pooling,
     solve_head,
 )
-from tunesmith.models.anatomy import head_names
+from tunesmith.models.heads import fresh_head_unless_same_labels
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.registry import get_method, get_task, register_task
 from tunesmith.run_folder import RunFolder
@@ -91,25 +91,6 @@ def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
     if cfg.data.multi_label:
         arguments["problem_type"] = "multi_label_classification"
     return arguments
-
-
-def fresh_head_unless_same_labels(model, model_path: str, labels: list[str]) -> str:
-    """A checkpoint's head is kept only when it was trained for exactly these labels, in this order."""
-    from transformers import AutoConfig
-
-    saved = AutoConfig.from_pretrained(model_path).id2label or {}
-    if [saved.get(i) for i in range(len(saved))] == labels:
-        return "kept (the checkpoint was trained on the same labels)"
-    std = getattr(model.config, "initializer_range", 0.02)
-    for name in head_names(model):
-        for module in getattr(model, name).modules():  # same shape, other labels: start from scratch
-            if isinstance(module, torch.nn.Linear):  # as transformers initializes a new head
-                torch.nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    torch.nn.init.zeros_(module.bias)
-            elif hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return f"new ({', '.join(head_names(model))}), sized for {len(labels)} labels"
 
 
 def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:

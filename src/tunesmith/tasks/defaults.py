@@ -35,8 +35,11 @@ class Choice:
         return f"default: {self.key} = {self.value} ({self.why}; {override})"
 
 
-def choose(cfg: Config, train_rows: int, has_validation: bool, kind: str) -> tuple[Config, list[Choice]]:
-    """A copy of `cfg` with the unset training settings chosen for `kind`, the method and `train_rows`."""
+def choose(
+    cfg: Config, train_rows: int, has_validation: bool, kind: str, metric: tuple[str, str] | None = None
+) -> tuple[Config, list[Choice]]:
+    """A copy of `cfg` with the unset training settings chosen for `kind`, the method and `train_rows`
+    (`metric`: the task's own (train.metric, why) for a classifier, instead of macro-F1)."""
     user_set = _user_set(cfg)
     choices: list[Choice] = []
     learning_rate = get_method(cfg.method.name).default_learning_rate(kind, cfg.method)
@@ -46,8 +49,11 @@ def choose(cfg: Config, train_rows: int, has_validation: bool, kind: str) -> tup
         choices += _training_length(cfg, train_rows, has_validation, kind)
     if kind == CLASSIFIER:
         if "metric" not in user_set and has_validation:
-            why = "macro-F1 weighs every class alike: a model that learned one class scores low"
-            choices.append(Choice("train.metric", "f1_macro", why))
+            name, why = metric or (
+                "f1_macro",
+                "macro-F1 weighs every class alike: a model that learned one class scores low",
+            )
+            choices.append(Choice("train.metric", name, why))
         if "warmup" not in user_set:
             why = "a tenth of all steps: the new head starts random"
             choices.append(Choice("train.warmup", CLASSIFIER_WARMUP, why))

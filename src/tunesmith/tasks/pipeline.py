@@ -1,0 +1,155 @@
+"""The one training recipe, read top to bottom; a task fills in what differs through a few hooks.
+
+Every cross-task guarantee is written here once: three splits (the test split scored once, at the end, by the
+final weights), the measured precision decision, gradient checkpointing from the memory estimate, `compile`
+applied or refused with a reason, resume from the last valid checkpoint, the forgetting check, the collapse
+alarm, and the run summary. A task supplies its data, model, trainer and scores (tasks.base.PipelineHooks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import set_seed
+
+from tunesmith.config import Config
+from tunesmith.console import say, world_size
+from tunesmith.evaluation.collapse import describe as describe_collapse
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.models.loading import default_cache_dir, resolve_model
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks import defaults
+from tunesmith.tasks.common import decide_checkpointing, finish_run, resume_point, training_result
+from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
+from tunesmith.training.flops import training_flops
+from tunesmith.training.hardware import describe_hardware, library_versions
+from tunesmith.training.loop import fit, stop_message
+from tunesmith.training.precision import decide_precision, measured_gflops
+
+
+@dataclass
+class Prepared:
+    """A task's data, ready for its trainer: the three splits, the data report, and tokens per training row."""
+
+    train: Any
+    validation: Any
+    test: Any
+    report: dict
+    lengths: list[int] | None = None  # None: inputs that are not token sequences (no memory estimate)
+    extras: dict = field(default_factory=dict)  # what the task's own hooks pass each other (label ids, ...)
+
+
+def train(task, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
+    started = time.time()
+    checked = task.validated_data(cfg)
+    cache_dir = default_cache_dir(cfg.output.cache_dir)
+    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
+    run = RunFolder.for_training(cfg, default_name, resume)
+    say(f"run folder: {run.path}")
+    run.save_config(cfg)
+    data = task.prepare(cfg, checked, model_path, cache_dir)
+    run.write_json(run.data_report, data.report)
+    task.print_data_summary(data.report)
+
+    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
+    run_cfg, choices = defaults.choose(
+        cfg, len(data.train), len(data.validation) > 0, task.plan_kind, task.selection_metric
+    )
+    defaults.announce(choices)
+    method = get_method(cfg.method.name)
+    set_seed(cfg.train.seed)  # a new head and adapters start random: seeded, two identical configs agree
+    model = task.build_model(cfg, model_path, method, data)
+    parameters = count_parameters(model)
+    say(
+        f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
+        f"({parameters['trainable_percent']}%)"
+    )
+    decided = run_time_decisions(run_cfg, model, method, data, cache_dir)
+    resume_from = resume_point(run) if resume else None
+    trainer, counter = task.build_trainer(
+        run_cfg, run, model, data, decided["precision"], callbacks, resume, decided["checkpointing"]
+    )
+    summary = run.update_summary(
+        status="running",
+        task=cfg.task,
+        base_model=cfg.model.name,
+        base_model_path=model_path,
+        method=method.name,
+        is_adapter=method.is_adapter,
+        parameters=parameters,
+        precision=decided["precision"],
+        precision_probe=decided["precision_probe"],
+        gradient_checkpointing=decided["gradient_checkpointing"],
+        compile=decided["compile"],
+        processes=world_size(),
+        defaults=defaults.record(choices),
+        hardware=describe_hardware(),
+        versions=library_versions(),
+        **task.summary_fields(cfg, data),
+    )
+    probe = task.forgetting_probe(cfg, model_path, data)
+    if probe is not None and "reference_before" not in summary:  # a resumed run keeps its first score
+        summary = run.update_summary(reference_before=probe.score(model))
+        say(f"forgetting check: {probe.describe(summary.reference_before)} before training")
+    if data.test and cfg.eval.before_training and summary.test_before is None:
+        summary = run.update_summary(test_before=task.score(model, data, "test"))
+
+    set_seed(cfg.train.seed)  # every rank (and a single process) shuffles the data identically
+    output, stopped = fit(trainer, resume_from)
+    if stopped:
+        say(stop_message(trainer))
+        run.update_summary(status="stopped", global_step=trainer.state.global_step)
+        return finish_run(run, cfg, run.read_summary(), task)
+
+    task.save(run, trainer, data)
+    result = training_result(trainer, output, counter, counter.seconds)
+    if data.validation:
+        result["validation"] = task.score(model, data, "validation")
+        alarm = task.collapse_alarm(result["validation"])
+        if alarm is not None:
+            say(describe_collapse(alarm))
+            result["collapse"] = alarm
+    if data.test:  # scored once, by the final weights: nothing was chosen on it
+        result["test"] = task.score(model, data, "test")
+        say(
+            f"test: {task.describe_scores(result['test'], summary.test_before)} (held out: nothing was chosen on it)"
+        )
+    if probe is not None:
+        result["forgetting"] = probe.drift(summary.reference_before, probe.score(model), cfg)
+        say(probe.describe_drift(result["forgetting"]))
+    result["wall_seconds"] = round(time.time() - started, 1)
+    run.update_summary(**result)
+    return finish_run(run, cfg, run.read_summary(), task)
+
+
+def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir) -> dict:
+    """Precision (measured), gradient checkpointing (estimated) and torch.compile (applied or refused), each
+    recorded with its reason; the config keeps what the user wrote."""
+    precision_probe = decide_precision(run_cfg.train.precision, model.config, cache_dir)
+    precision = precision_probe["precision"]
+    say(f"precision: {precision_probe['reason']}")
+    longest = max(data.lengths) if data.lengths else None
+    checkpointing = decide_checkpointing(run_cfg, model, longest, precision)
+    train = run_cfg.train
+    if data.lengths:
+        tokens = planned_tokens(
+            train.max_steps, train.epochs, train.batch_size * train.grad_accum, data.lengths
+        )
+        mean_length = sum(data.lengths) / len(data.lengths)
+        flops = training_flops(model.config, 1, mean_length, 1, frozen_base=method.is_adapter)
+        compiling = decide_compile(train.compile, tokens, flops, measured_gflops(precision_probe))
+    else:
+        compiling = {"enabled": False, "reason": "auto: off, no token estimate for these inputs"}
+        if train.compile is True:
+            compiling = {"enabled": True, "reason": "train.compile: true in the config"}
+    if compiling["enabled"]:
+        say(f"torch.compile: {compile_blocks(model)} blocks ({compiling['reason']})")
+    return {
+        "precision": precision,
+        "precision_probe": precision_probe,
+        "gradient_checkpointing": checkpointing,
+        "checkpointing": checkpointing["enabled"],
+        "compile": compiling,
+    }
