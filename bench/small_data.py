@@ -8,7 +8,7 @@ fitted on all of them. Every model is scored on the same test set, which nothing
 --settings starter reproduces issue 20's table: the starter config's explicit lr 5e-5, 3 epochs, batch 16.
 Each finished run appends one line to bench/results/small_data.jsonl (so a cut-short run keeps its rows), with
 its own meta block (bench/results_file.py: date, command, host, load before and after, versions);
---table prints the mean and spread from that file.
+--table prints the mean and spread from that file and writes them beside it as .md (the table docs copy).
 Run: .venv/bin/python bench/small_data.py --per-class 10 25 50 100 --seeds 0 1 2 3 4
 """
 
@@ -188,10 +188,15 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="the JSON-lines file rows are appended to"
     )
-    parser.add_argument("--table", action="store_true", help="print the table from the results file and exit")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the table from the results file, write it beside the file as .md (what the docs copy), exit",
+    )
     args = parser.parse_args()
     if args.table:
         print(table(args.results))
+        args.results.with_suffix(".md").write_text(table(args.results) + "\n", encoding="utf-8")
         return
     run(args)
 

@@ -9,6 +9,12 @@ number as shown and whose target is the results file, with the value's place in 
     [25.9 min](bench/results/recipes.json#meta.wall_seconds/60)           seconds shown in minutes
     [1.70x](bench/results/recipes.json#rows.1.tokens_per_second/rows.0.tokens_per_second)   a ratio
 
+A table copied whole from a results table is announced by the line before it (a blank line may follow):
+
+    Copied from [bench/results/classification.md](../bench/results/classification.md):
+
+and every row of it must be a line of that file.
+
 Path segments are dict keys, list indices, or `key=value` (the list item whose `key` is `value`, URL-encoded);
 a trailing `*N` or `/N` scales the value, and `/other.path` divides it by another value of the file (a ratio). The value, rounded to the decimals shown, must equal the number shown
 (thousands commas, a unit after the number and a Unicode minus are allowed).
@@ -99,6 +105,49 @@ def check_figures(markdown: Path) -> tuple[int, list[str]]:
     return count, problems
 
 
+COPIED = re.compile(r"^Copied from \[[^\]]*\]\(([^)\s]*bench/results/[^)\s]+\.md)\):\s*$")
+
+
+def check_copied_tables(markdown: Path) -> tuple[int, list[str]]:
+    """How many tables `markdown` says it copied from a results file, and a line per row that file lacks."""
+    problems, count = [], 0
+    lines = markdown.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        match = COPIED.match(line)
+        if match is None:
+            if "Copied from [" in line:  # a marker inside a sentence would leave its table unchecked
+                problems.append(
+                    f"{markdown.name}:{number}: 'Copied from [...](...):' must be a line of its own"
+                )
+            continue
+        count += 1
+        try:
+            source = {
+                row.strip()
+                for row in (markdown.parent / match.group(1)).read_text(encoding="utf-8").splitlines()
+            }
+        except OSError as error:
+            problems.append(f"{markdown.name}:{number}: {error}")
+            continue
+        following = lines[number:]
+        while following and not following[0].strip():
+            following = following[1:]
+        table = []
+        for row in following:
+            if not row.startswith("|"):
+                break
+            table.append(row)
+        if not table:
+            problems.append(f"{markdown.name}:{number}: no table follows")
+        start = len(lines) - len(following) + 1
+        problems += [
+            f"{markdown.name}:{start + offset}: not a row of {match.group(1)}: {row}"
+            for offset, row in enumerate(table)
+            if row.strip() not in source
+        ]
+    return count, problems
+
+
 def published() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -109,6 +158,43 @@ def test_every_figure_quoted_from_a_results_file_is_the_file_s_figure():
     assert problems == []
     # The README's own figures are quoted by this convention: a parser that found nothing would pass vacuously.
     assert checked["README.md"][0] >= 3
+
+
+def test_every_table_copied_from_a_results_file_is_rows_of_that_file():
+    problems = [problem for path in published() for problem in check_copied_tables(path)[1]]
+    assert problems == []
+
+
+def test_the_small_data_tables_are_the_bench_s_own_summary_of_its_committed_rows():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from small_data import table
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for rows in sorted((ROOT / "bench" / "results").glob("small_data*.jsonl")):
+        assert rows.with_suffix(".md").read_text(encoding="utf-8") == table(rows) + "\n", rows.name
+
+
+def test_the_checker_finds_a_copied_row_its_file_does_not_hold(tmp_path):
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "t.md").write_text(
+        "Host: x\n\n| a | b |\n|---|---|\n| full | 98.12% |\n"
+    )
+    page = tmp_path / "page.md"
+    copied = "Copied from [bench/results/t.md](bench/results/t.md):\n\n| a | b |\n|---|---|\n"
+    page.write_text(copied + "| full | 98.12% |\n\nAfter.\n")
+    assert check_copied_tables(page) == (1, [])
+    page.write_text(copied + "| full | 98.13% |\n")
+    count, problems = check_copied_tables(page)
+    assert count == 1
+    assert problems == ["page.md:5: not a row of bench/results/t.md: | full | 98.13% |"]
+    page.write_text("Copied from [bench/results/t.md](bench/results/t.md):\n\nNo table.\n")
+    assert check_copied_tables(page)[1] == ["page.md:1: no table follows"]
+    page.write_text("As measured. " + copied + "| full | 98.13% |\n")
+    assert check_copied_tables(page) == (
+        0,
+        ["page.md:1: 'Copied from [...](...):' must be a line of its own"],
+    )
 
 
 def test_every_link_into_bench_results_names_a_committed_file():
