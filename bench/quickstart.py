@@ -6,35 +6,35 @@ before and after, date, command and versions (bench/results_file.py).
 
 A figure taken while other jobs share the cores measures them too: the load averages are in the file; quote only a
 run whose load before and after stayed near zero as "on a quiet host".
-Run: .venv/bin/python bench/quickstart.py [--demo sft|preference] [--folder /tmp/tunesmith-demo]
+Run: .venv/bin/python bench/quickstart.py [--demo sft|preference] [--folder NEW_OR_EMPTY_DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from results_file import Provenance, write_results
 from tunesmith.models.loading import default_cache_dir
 
-RUN_NAMES = {"sft": "headlines", "preference": "headline-style"}  # the demos' output.name
 RESULT_NAMES = {"sft": "quickstart", "preference": "quickstart_preference"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", choices=sorted(RUN_NAMES), default="sft")
-    parser.add_argument(
-        "--folder", default="/tmp/tunesmith-demo", help="emptied first, so the demo starts from nothing"
-    )
+    parser.add_argument("--demo", choices=sorted(RESULT_NAMES), default="sft")
+    parser.add_argument("--folder", help="a new or empty folder for the demo (default: a new temporary one)")
     args = parser.parse_args()
-    folder = Path(args.folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="tunesmith-demo-"))
+    if folder.exists() and any(
+        folder.iterdir()
+    ):  # the demo keeps data and configs it finds: start from nothing
+        sys.exit(f"{folder} is not empty: give a new or empty --folder")
     cache = default_cache_dir()
     cached_before = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
     command = [sys.executable, "-m", "tunesmith.cli", "quickstart", args.demo, "--dir", str(folder)]
@@ -42,10 +42,13 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
-    run = folder / ("preference" if args.demo == "preference" else "") / "runs" / RUN_NAMES[args.demo]
-    figures = json.loads((run / "quickstart.json").read_text())
+    saved = sorted(folder.rglob("quickstart.json"))  # <run>/quickstart.json: the demo's own closing figures
+    if len(saved) != 1:
+        sys.exit(f"expected one quickstart.json under {folder}, found {[str(p) for p in saved]}")
+    figures = json.loads(saved[0].read_text())
     record = {
         "demo_command": " ".join(["tunesmith", *command[3:]]),
+        "run": str(saved[0].parent),
         "demo_seconds": round(seconds, 1),
         "demo_minutes": round(seconds / 60, 1),
         # The first run on a machine also converts SmolLM2's GGUF into a safetensors folder under the cache.
