@@ -123,7 +123,7 @@ def test_a_run_with_a_time_budget_ends_inside_it_with_its_schedule_decayed(make_
 
 
 # -- tunesmith plan ---------------------------------------------------------------------------------------
-from tunesmith.commands.plan import Measurement, plan, run_probe  # noqa: E402
+from tunesmith.commands.plan import Measurement, ProbeOutOfTime, plan, run_probe  # noqa: E402
 from tunesmith.tasks.causal_lm import CAUSAL_LM  # noqa: E402
 
 # A fixed measurement per rung of the causal-LM ladder: (seconds a step, peak MB)
@@ -135,30 +135,47 @@ MEASURED = {
 }
 
 
-def fixed_probe(calls):
-    def probe(raw, rung, max_length, steps):
+def fixed_probe(calls, clock, cost=0.0):
+    """A probe that takes `cost` seconds of the fake clock (stopped at its timeout, as run_probe is)."""
+
+    def probe(raw, rung, max_length, steps, timeout=None):
         calls.append(rung.label)
+        if timeout is not None and cost > timeout:
+            clock.now += timeout
+            raise ProbeOutOfTime(rung.label)
+        clock.now += cost
         pace, peak = MEASURED[rung.label]
         return Measurement(
-            seconds_per_step=pace, evaluation_seconds=1.0, overhead_seconds=20.0, peak_memory_mb=peak
+            seconds_per_step=pace,
+            evaluation_seconds=1.0,
+            overhead_seconds=20.0,
+            peak_memory_mb=peak,
+            probe_seconds=cost,
         )
 
     return probe
 
 
-def plan_for(tmp_path, make_config, budget, memory=None, rows=400, grad_accum=1):
+def plan_for(tmp_path, make_config, budget, memory=None, rows=400, grad_accum=1, cost=0.0):
     raw = make_config(
         rows=rows,
+        data={"test_ratio": 0.0},  # the arithmetic below: 20% of the rows for validation, the rest to train
         train={"max_steps": None, "eval_steps": None, "learning_rate": None, "grad_accum": grad_accum},
     )
     del raw["train"]["max_steps"], raw["train"]["eval_steps"], raw["train"]["learning_rate"]
     config_file = tmp_path / "config.yaml"
     config_file.write_text(json.dumps(raw))  # JSON is YAML
     calls: list[str] = []
+    clock = FakeClock()  # planning's own work costs nothing here; each probe costs `cost`
     from tunesmith.commands import plan as plan_module
 
     result = plan_module.plan(
-        config_file, budget, memory, output=tmp_path / "plan.yaml", probe=fixed_probe(calls)
+        config_file,
+        budget,
+        memory,
+        output=tmp_path / "plan.yaml",
+        probe=fixed_probe(calls, clock, cost),
+        clock=clock,
     )
     return result, calls
 
@@ -166,8 +183,9 @@ def plan_for(tmp_path, make_config, budget, memory=None, rows=400, grad_accum=1)
 def test_the_plan_grows_with_the_budget_and_shrinks_with_the_memory(tmp_path, make_config):
     # 320 training rows, batch 4: 80 steps an epoch; 20 s overhead and 6 evaluations of 1 s besides the steps
     small, calls = plan_for(tmp_path, make_config, "45s")
-    # 45 s x 0.92 - 26 s leaves 15.4 s of steps: one epoch at 0.1 s a step (8 s), not at 0.2 s (16 s)
-    assert small["method"] == "lora r=8 on q,v"
+    # probes free here, so the run gets all 45 s: x 0.92 - 26 s leaves 15.4 s of steps: one epoch at 0.1 s a step
+    # (8 s), not at 0.2 s (16 s)
+    assert small["method"] == "lora r=8 on q,v" and small["run_budget_seconds"] == 45
     assert "qlora r=8" not in calls  # qlora is for when memory is short
     large, _ = plan_for(tmp_path, make_config, "10m")
     assert large["method"] == "full"
@@ -186,12 +204,78 @@ def test_the_plan_grows_with_the_budget_and_shrinks_with_the_memory(tmp_path, ma
     assert all(option["cached"] for option in again["options"])
 
 
+def test_probes_stop_at_their_share_and_the_run_gets_what_planning_left(tmp_path, make_config):
+    # 2 minutes: planning may spend 40%, 48 s; each probe takes 20 s, so the third (full) would end past it
+    result, calls = plan_for(tmp_path, make_config, "2m", cost=20.0)
+    assert calls == ["lora r=8 on q,v", "lora r=16 all-linear"]
+    assert result["planning_seconds"] == 40 and result["run_budget_seconds"] == 80
+    length = result["max_length"]
+    assert result["probes"]["not_probed"] == [f"full at {length}"]
+    assert result["probes"]["measured"] == [
+        f"lora r=8 on q,v at {length} (20 s)",
+        f"lora r=16 all-linear at {length} (20 s)",
+    ]
+    # sized to the 80 s left: 80 x 0.92 - 26 s leaves 47.6 s of steps, 238 at 0.2 s (lora r=16, 2.97 epochs)
+    assert result["method"] == "lora r=16 all-linear" and result["steps"] == 238
+    assert result["predicted_seconds"] <= 80
+    written = Path(result["config"]).read_text()
+    planned = __import__("yaml").safe_load(written)
+    assert planned["train"]["time_budget"] == 80 and planned["plan"]["budget_seconds"] == 80
+    assert "this run gets 1m20s (train.time_budget)" in written
+    assert "not probed, planning's share spent: full at" in written
+
+
+def test_a_probe_running_past_the_share_is_stopped_and_the_refusal_says_so(tmp_path, make_config):
+    # 50 s: planning's share is 20 s; the first probe would take 30 s, so it is stopped at 20 s and nothing is known
+    with pytest.raises(
+        TunesmithError, match=r"share ran out before any method was measured .*stopped after 20 s"
+    ):
+        plan_for(tmp_path, make_config, "50s", cost=30.0)
+
+
+def test_a_budget_too_small_for_any_probe_is_refused_before_the_data_is_read(
+    tmp_path, make_config, monkeypatch
+):
+    from tunesmith.commands import plan as plan_module
+
+    def no_data_read(name):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(plan_module, "get_task", no_data_read)
+    # no probe of this model measured here yet: the floor is 12 s, and probes get 40% of the budget
+    with pytest.raises(
+        TunesmithError,
+        match=r"--time 20s is too short to measure anything: .*smallest budget that could fit is 30s \(--time 30s\)",
+    ):
+        plan_for(tmp_path, make_config, "20s")
+
+
+def test_cached_probes_cost_nothing_and_are_reported_as_reused(tmp_path, make_config):
+    first, calls = plan_for(tmp_path, make_config, "2m", cost=20.0)
+    assert len(calls) == 2 and first["probes"]["reused"] == []
+    again, calls = plan_for(tmp_path, make_config, "2m", cost=20.0)
+    assert calls == ["full"]  # the two measured before are reused; full fits in the share now and is probed
+    length = again["max_length"]
+    assert again["probes"]["reused"] == [f"lora r=8 on q,v at {length}", f"lora r=16 all-linear at {length}"]
+    assert again["planning_seconds"] == 20 and again["run_budget_seconds"] == 100
+    assert "reused from the cache, costing nothing: lora r=8 on q,v at" in Path(again["config"]).read_text()
+    # this model's probes took 20 s here: 40 s leaves planning 16 s, too little for one. With this data's probes
+    # all cached, it is planned all the same (the run gets all of it) ...
+    tiny, calls = plan_for(tmp_path, make_config, "40s", cost=20.0)
+    assert calls == [] and tiny["planning_seconds"] == 0 and tiny["method"] == "lora r=8 on q,v"
+    # ... and for other data, refused at once, naming the budget from the probes measured here
+    with pytest.raises(
+        TunesmithError, match=r"\(20 s, the fastest probe of this model measured here\).* 50s"
+    ):
+        plan_for(tmp_path, make_config, "40s", rows=200, cost=20.0)
+
+
 def test_the_plan_predicts_inside_the_budget_and_writes_a_config_that_trains(tmp_path, make_config):
     result, _ = plan_for(tmp_path, make_config, "2m")
     assert result["predicted_seconds"] <= 120
     written = Path(result["config"]).read_text()
-    assert written.startswith("# Written by `tunesmith plan`")
-    assert "time_budget: 120.0" in written and "predicted_seconds" in written
+    assert written.startswith("# Written by `tunesmith plan`. --time counts planning and training together")
+    assert "time_budget: 120" in written and "predicted_seconds" in written
     cfg = config_from_dict(__import__("yaml").safe_load(written))
     assert cfg.plan.predicted_seconds == result["predicted_seconds"]
     assert cfg.method.name == "full" and cfg.train.max_steps == result["steps"]
@@ -223,11 +307,13 @@ def test_an_epoch_counts_optimizer_steps_of_batch_times_accumulation(tmp_path, m
 
 def test_a_budget_too_small_for_any_method_names_the_smallest_that_fits(tmp_path, make_config):
     # the cheapest rung needs 20 s + 6 s of evaluations + half an epoch, 40 steps x 0.1 s = 30 s, planned at 92%:
-    # 32.6 s
+    # 32.6 s. Planning spent 10 s on two probes (full did not fit the share), which the cache saves next time.
     with pytest.raises(
-        TunesmithError, match=r"no method fits in 30s .* smallest budget that fits is 33s \(--time 33s\)"
+        TunesmithError,
+        match=r"no method fits in 30s .*planning took 10s, leaving the run 20s.* smallest budget that fits is 33s "
+        r"\(--time 33s; its probes are cached now, so planning it takes about 0 s\)",
     ):
-        plan_for(tmp_path, make_config, "30s")
+        plan_for(tmp_path, make_config, "30s", cost=5.0)
 
 
 def test_a_probe_measures_a_real_short_run_in_its_own_process(tmp_path, make_config):
@@ -237,6 +323,11 @@ def test_a_probe_measures_a_real_short_run_in_its_own_process(tmp_path, make_con
     assert 0 < measured.seconds_per_step < 30
     assert measured.evaluation_seconds > 0 and measured.overhead_seconds > 0
     assert measured.peak_memory_mb > 100  # a process holding torch and the model
+    assert measured.probe_seconds > measured.overhead_seconds
+    started = time.time()
+    with pytest.raises(ProbeOutOfTime):  # its process is stopped at the timeout, not waited for
+        run_probe(json.loads(json.dumps(raw)), rung, 64, steps=3, timeout=1.0)
+    assert time.time() - started < 5
 
 
 def test_plan_refuses_a_budget_that_is_not_a_duration(tmp_path, make_config):
@@ -275,21 +366,24 @@ def test_a_data_file_is_planned_for_its_guessed_task_with_class_weights_when_cla
     data = write_jsonl(tmp_path / "topics.jsonl", rows)
     seen: list[tuple[str, int]] = []
 
-    def probe(raw, rung, max_length, steps):
+    def probe(raw, rung, max_length, steps, timeout=None):
         seen.append((rung.label, max_length))
         assert raw["task"] == "text-classification" and raw["data"]["test_ratio"] == 0.1
         if rung.label == "features":
             return Measurement(0.0, 0.5, 10.0, 400.0, whole_run_seconds=12.0, cached_seconds=6.0)
         return Measurement(
-            seconds_per_step=0.2, evaluation_seconds=0.5, overhead_seconds=10.0, peak_memory_mb=500
+            seconds_per_step=2.0, evaluation_seconds=0.5, overhead_seconds=10.0, peak_memory_mb=500
         )
 
     from tunesmith.commands import plan as plan_module
 
-    result = plan_module.plan(data, "16s", model=str(tiny_bert), output=tmp_path / "p.yaml", probe=probe)
-    assert (
-        result["method"] == "features"
-    )  # 12 s + its pass over the test split fits 16 s x 0.92; no rung with epochs does
+    clock = FakeClock()
+    result = plan_module.plan(
+        data, "40s", model=str(tiny_bert), output=tmp_path / "p.yaml", probe=probe, clock=clock
+    )
+    # features: 12 s and its pass over the test split fits 40 s x 0.92; no rung with epochs does (2 epochs of
+    # about 13 steps of 2 s alone take over 50 s)
+    assert result["method"] == "features"
     assert any(
         "the smallest: the loss is weighted by inverse class frequency" in r for r in result["reasons"]
     )
@@ -355,17 +449,50 @@ def test_a_fitting_step_is_probed_at_each_length_that_fits_and_chosen_by_its_val
     assert "scored validation 0.9700 at 128, 0.9500 at 256" in chosen.reasons[0]
 
 
+EXPECTED = [f"c{i % 4}" for i in range(200)]  # 200 validation examples of 4 classes
+
+
+def answers(wrong: set[int]) -> dict:
+    """A probe's validation answers: right except on the examples `wrong`."""
+    predicted = [
+        ("c1" if label == "c0" else "c0") if i in wrong else label for i, label in enumerate(EXPECTED)
+    ]
+    return {"expected": EXPECTED, "predicted": predicted}
+
+
+COMMON = {0, 1, 2, 3}  # examples every length gets wrong
+
+
+def test_the_paired_bootstrap_scores_macro_f1_and_bounds_the_difference_from_the_examples_both_got():
+    from sklearn.metrics import f1_score
+
+    from tunesmith.commands.plan import paired_bootstrap
+
+    longer, shorter = answers(COMMON), answers(COMMON | set(range(10, 30)))  # 20 more right, none worse
+    first, second, low = paired_bootstrap(EXPECTED, longer["predicted"], shorter["predicted"])
+    assert first == pytest.approx(f1_score(EXPECTED, longer["predicted"], average="macro"))
+    assert second == pytest.approx(f1_score(EXPECTED, shorter["predicted"], average="macro"))
+    assert 0.04 < low < first - second  # 20 examples the other way: a gain beyond the noise
+    assert paired_bootstrap(EXPECTED, longer["predicted"], shorter["predicted"])[2] == low  # seeded
+    # 2 points of accuracy, but from 6 examples right against 2 wrong: the noise of 200 examples
+    noisy = answers(COMMON | {50, 51})["predicted"], answers(COMMON | set(range(10, 16)))["predicted"]
+    first, second, low = paired_bootstrap(EXPECTED, *noisy)
+    assert first - second > 0.01 and low < 0
+
+
 def test_a_richer_rung_reading_less_than_the_whole_run_rung_showed_matters_is_passed_over():
     from tunesmith.commands.plan import Option, Shape, choose, consider
     from tunesmith.tasks.base import Rung
 
     shape = Shape(90, 10, 0, 8, 5)
 
-    def features(scores):
+    def features(wrong: dict[int, set[int]], kept: bool = True):
         seconds = {128: 30.0, 256: 40.0, 512: 60.0}
 
         def measure(rung, length):
-            return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, scores[length])
+            score = 1 - len(wrong[length]) / len(EXPECTED)  # accuracy stands in for macro-F1 here
+            given = answers(wrong[length]) if kept else None
+            return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, score, given)
 
         return consider(Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 600, 8000, shape)
 
@@ -373,31 +500,54 @@ def test_a_richer_rung_reading_less_than_the_whole_run_rung_showed_matters_is_pa
         return Option(Rung("full"), length, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
 
     needed = lambda option, length: 4000.0  # noqa: E731
-    # features gains 1.5 points over 512 tokens: full fitting only over 128 reads too little, features is kept
-    reader = features({128: 0.955, 256: 0.950, 512: 0.970})
-    assert reader.max_length == 512 and reader.scores == {128: 0.955, 256: 0.950, 512: 0.970}
+    # over 512 tokens features gets 20 more of the 200 right than over 128 (and 256), none fewer: beyond the noise
+    matters = {128: COMMON | set(range(10, 30)), 256: COMMON | set(range(30, 50)), 512: COMMON}
+    reader = features(matters)
+    assert reader.max_length == 512 and sorted(reader.answers) == [128, 256, 512]
     chosen = choose([reader, full(128)], needed)
     assert chosen is reader
     assert "not full: this budget fits it only over the first 128 tokens" in chosen.reasons[-1]
-    assert "0.9700 over 512 against 0.9550 over 128" in chosen.reasons[-1]
-    assert "they would need: full about --time 66m40s" in chosen.reasons[-1]  # 4000 s
+    from sklearn.metrics import f1_score
+
+    over = {n: f1_score(EXPECTED, answers(matters[n])["predicted"], average="macro") for n in (128, 512)}
+    assert (
+        f"macro-F1 {over[512]:.4f} over 512 tokens against {over[128]:.4f} over 128 on the same 200 examples"
+        in chosen.reasons[-1]
+    )
+    assert "one-sided 95% lower bound is +" in chosen.reasons[-1]
+    assert "they would need, for the run alone: full about --time 66m40s" in chosen.reasons[-1]  # 4000 s
     # every richer rung that reads too little is named in one line
     lora = Option(Rung("lora r=8"), 128, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
-    chosen = choose([features({128: 0.955, 256: 0.950, 512: 0.970}), lora, full(128)], needed)
+    chosen = choose([features(matters), lora, full(128)], needed)
     assert (
         chosen.rung.label == "features" and "not full, lora r=8: this budget fits them" in chosen.reasons[-1]
     )
     # a cheaper rung that reads far enough is chosen over the richer ones passed over, and says why
     last_n = Option(Rung("last_n 2"), 512, Measurement(1.0, 1.0, 10.0, 900.0), fits=True)
-    chosen = choose([features({128: 0.955, 256: 0.950, 512: 0.970}), last_n, full(128)], needed)
+    chosen = choose([features(matters), last_n, full(128)], needed)
     assert chosen is last_n and chosen.reasons[-1].startswith("not full: this budget fits it")
-    # full over 256: features over 256 is itself 2 points under its best, so it is still passed over
-    assert (
-        choose([features({128: 0.955, 256: 0.950, 512: 0.970}), full(256)], needed).rung.label == "features"
-    )
-    # reading longer gains less than a point: the richer rung is chosen as before
-    assert choose([features({128: 0.965, 256: 0.950, 512: 0.970}), full(128)], needed).rung.label == "full"
+    # full over 256: features over 256 is itself beaten beyond the noise by 512, so full is still passed over
+    assert choose([features(matters), full(256)], needed).rung.label == "features"
+    # 2 points more over 512 (the old fixed rule passed full over at 1 point) but from 8 examples that differ:
+    # within the noise, so full over 128 is chosen, and says so
+    noisy = {128: COMMON | set(range(10, 16)), 256: COMMON | set(range(30, 50)), 512: COMMON | {50, 51}}
+    chosen = choose([features(noisy), full(128)], needed)
+    assert chosen.rung.label == "full" and "within the validation set's noise" in chosen.reasons[-1]
+    # no answers to pair (a probe cached before they were kept): no evidence, the richer rung as before
+    assert choose([features(matters, kept=False), full(128)], needed).rung.label == "full"
     # the richer rung reads as far as features' best: chosen
-    assert choose([features({128: 0.955, 256: 0.950, 512: 0.970}), full(512)], needed).rung.label == "full"
+    assert choose([features(matters), full(512)], needed).rung.label == "full"
     # features best over the shortest length: nothing to pass over
-    assert choose([features({128: 0.975, 256: 0.950, 512: 0.970}), full(128)], needed).rung.label == "full"
+    best_short = {128: COMMON, 256: COMMON | set(range(30, 50)), 512: COMMON | set(range(10, 30))}
+    assert choose([features(best_short), full(128)], needed).rung.label == "full"
+
+
+def test_plan_help_says_the_budget_counts_planning_and_the_probes_share(capsys):
+    from tunesmith import cli
+    from tunesmith.commands.plan import PROBE_SHARE
+
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["plan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "planning and training together" in text
+    assert f"the probes get at most {PROBE_SHARE:.0%} of it (cached ones cost nothing)" in text

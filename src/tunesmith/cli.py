@@ -311,7 +311,13 @@ def _plan_arguments(parser):
     parser.add_argument(
         "source", help="a config .yaml, or a data file or folder (then --model names the model)"
     )
-    parser.add_argument("--time", required=True, help="the time budget for the whole run, e.g. 20m, 90s, 1h")
+    parser.add_argument(
+        "--time",
+        required=True,
+        help="your wall clock for planning and training together, e.g. 20m, 90s, 1h: the probes get at most 40%%"
+        " of it (cached ones cost nothing), the run the rest (train.time_budget, counted from `tunesmith train`);"
+        " a budget too small for one probe is refused at once, naming one that could fit",
+    )
     parser.add_argument(
         "--memory", help="the most memory the run may use, e.g. 8G (default: 90%% of free memory)"
     )
@@ -421,7 +427,7 @@ VERBS: dict[str, Verb] = {
     ),
     "plan": Verb(
         "plan",
-        "choose the method, size and schedule that fit a time budget on this machine (measured)",
+        "choose the method, size and schedule that fit a time budget, planning included, on this machine (measured)",
         _plan_arguments,
         lambda api, a: api.plan(a.source, a.time, a.memory, a.model, a.task, a.output),
         _show_plan,

@@ -4,8 +4,9 @@ The recipe, top to bottom: read and check the data (rows, token lengths, classes
 methods (cheapest first); measure each one here with a short probe run in its own process (a few optimizer steps
 on the real data, one evaluation; cached per model, settings, data and host); size the richest one that fits the
 budget and the memory (steps, evaluations, warmup, early stopping), predict its time and peak memory, and write
-the config with every choice's reason. The run it starts keeps `train.time_budget`, so it ends inside the budget
-even when the machine turns out slower than the probe.
+the config with every choice's reason. The budget is the user's wall clock for planning and training together:
+planning gets at most PROBE_SHARE of it (cached probes cost nothing), and the run gets what planning left, as its
+`train.time_budget`, so it ends inside the budget even when the machine turns out slower than the probe.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,11 +46,19 @@ SAFETY = 0.92  # plan to end at this fraction of the budget: the last evaluation
 EVALUATIONS = 5  # evaluations per planned run (early stopping and the curves need several points)
 IMBALANCE = 3.0  # classes this uneven (largest / smallest) get class weights
 SHORTER_LENGTHS = (256, 128)  # max_length tried when the data's p95 does not leave time for the rung
-# When a whole-run rung (features) scores this much more validation macro-F1 over its best length than over
-# the length a richer rung fits at, the text past that length matters on this data, and the richer rung,
-# reading less of each example, is passed over (the BBC small-data benchmark, docs/autopilot.md: fine-tuning
-# over the first 128 tokens scored under features over 512 at every size, where features itself gained 2-4).
-LENGTH_MATTERS = 0.01
+# Planning (reading the data, the probes) gets at most this share of --time; the run gets what planning leaves.
+# A choice, not a fit to any score: it leaves the run most of the budget and still probes two or three rungs of
+# MiniLM on BBC in a 15-minute budget on the 2-core AVX2 host (docs/autopilot.md).
+PROBE_SHARE = 0.4
+# The least a probe takes when none was measured here yet: a training process of its own that imports torch and
+# transformers, loads the model, steps and writes its report (the tiny test models: 12-15 s on the 2-core AVX2
+# host; MiniLM on BBC 36 s and up). Once a probe of the model ran on this host, its fastest is the floor.
+PROBE_FLOOR_SECONDS = 12.0
+# A richer rung that fits only over fewer tokens than a whole-run rung's (features) best length is passed over
+# only when features over the longer length beats features over the shorter one on the same validation examples
+# with this one-sided confidence (a paired bootstrap of the macro-F1 difference), not by a fixed point margin.
+CONFIDENCE = 0.95
+BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass
@@ -62,6 +72,9 @@ class Measurement:
     whole_run_seconds: float | None = None  # rungs without steps (features): the run itself
     cached_seconds: float = 0.0  # of which work the planned run finds cached (features' embeddings)
     validation_score: float | None = None  # a whole-run probe's validation macro-F1 (or accuracy)
+    # a whole-run probe's validation split, example by example: {"expected": [...], "predicted": [...]} labels
+    validation_answers: dict | None = None
+    probe_seconds: float = 0.0  # what the probe cost planning: its whole process, answers included
     cached: bool = False
 
 
@@ -69,7 +82,7 @@ class Measurement:
 class Option:
     rung: Rung
     max_length: int
-    measurement: Measurement
+    measurement: Measurement | None  # None: not probed (planning's share of the budget was spent)
     steps: int = 0
     epochs: float = 0.0
     eval_every: int = 0
@@ -78,6 +91,7 @@ class Option:
     why_not: str = ""
     reasons: list[str] = field(default_factory=list)
     scores: dict[int, float] = field(default_factory=dict)  # a whole-run rung's validation score per length
+    answers: dict[int, dict] = field(default_factory=dict)  # and its validation answers per length
 
 
 @dataclass(frozen=True)
@@ -218,40 +232,103 @@ def apply_rung(raw: dict, rung: Rung, max_length: int) -> dict:
     return planned
 
 
-def run_probe(raw: dict, rung: Rung, max_length: int, steps: int) -> Measurement:
-    """Train the rung for `steps` steps in a process of its own and read what it measured."""
+class ProbeOutOfTime(Exception):
+    """A probe stopped because planning's share of the budget ran out."""
+
+
+# The probe's process: `tunesmith train` of the probe config (as the CLI runs it), then its answers.
+PROBE_PROCESS = "import sys; from tunesmith.commands.plan import probe_process; probe_process(*sys.argv[1:])"
+
+
+def run_probe(
+    raw: dict, rung: Rung, max_length: int, steps: int, timeout: float | None = None
+) -> Measurement:
+    """Train the rung for `steps` steps in a process of its own and read what it measured; stopped (ProbeOutOfTime)
+    after `timeout` seconds."""
     with tempfile.TemporaryDirectory(prefix="tunesmith-probe-") as folder:
         config_file = Path(folder) / "probe.yaml"
         config_file.write_text(yaml.safe_dump(probe_config(raw, rung, max_length, Path(folder), steps)))
+        ended_file = Path(folder) / "ended.json"
         started = time.time()
-        done = subprocess.run(
-            [sys.executable, "-m", "tunesmith.cli", "train", str(config_file)],
-            capture_output=True,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != STARTED_AT_ENV},
-        )
-        elapsed = time.time() - started  # the whole command, as a planned run is timed: imports to report
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", PROBE_PROCESS, str(config_file), str(ended_file)],
+                capture_output=True,
+                text=True,
+                env={k: v for k, v in os.environ.items() if k != STARTED_AT_ENV},
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:  # the child is killed
+            raise ProbeOutOfTime(f"{rung.label} at max_length {max_length}") from None
+        probe_seconds = time.time() - started
         summary_file = Path(folder) / "probe" / "run.json"
-        if done.returncode != 0 or not summary_file.exists():
+        if done.returncode != 0 or not summary_file.exists() or not ended_file.exists():
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise TunesmithError(f"plan: the probe of {rung.label} failed: {last[0]}")
         summary = json.loads(summary_file.read_text())
+        ended = json.loads(ended_file.read_text())
         metrics = [json.loads(line) for line in (Path(folder) / "probe" / "metrics.jsonl").open()]
+    # the whole `tunesmith train` command, as a planned run is timed: imports to report (not the answers after it)
+    wall = ended["trained_at"] - started
     evaluations = [m["eval_runtime"] for m in metrics if "eval_runtime" in m]
     evaluation = max(evaluations) if evaluations else 0.0
-    wall = elapsed
     if not summary.get("global_step"):  # a fitting step (features): the probe was the whole run
         cached = summary.get("train_seconds") or 0.0  # the embeddings: cached, the planned run reuses them
         scores = summary.get("validation") or {}
         score = scores.get("f1_macro", scores.get("accuracy"))
-        return Measurement(0.0, evaluation, wall, summary["peak_memory_mb"], wall, cached, score)
+        return Measurement(
+            0.0,
+            evaluation,
+            wall,
+            summary["peak_memory_mb"],
+            wall,
+            cached,
+            score,
+            ended.get("answers"),
+            probe_seconds,
+        )
     train = summary["train_seconds"]
     return Measurement(
         seconds_per_step=train / summary["global_step"],
         evaluation_seconds=evaluation,
         overhead_seconds=max(0.0, wall - train - sum(evaluations)),
         peak_memory_mb=summary["peak_memory_mb"],
+        probe_seconds=probe_seconds,
     )
+
+
+def probe_process(config_file: str, ended_file: str) -> None:
+    """In the probe's own process: train as `tunesmith train` does (its clock from this process's start), then,
+    for a whole run (features), label its validation split example by example for the paired comparison."""
+    os.environ.setdefault(STARTED_AT_ENV, str(psutil.Process().create_time()))
+    from tunesmith import api
+
+    summary = api.train(config_file)
+    trained_at = time.time()
+    answers = (
+        None if summary.get("global_step") else validation_answers(Path(config_file), summary["run_dir"])
+    )
+    Path(ended_file).write_text(json.dumps({"trained_at": trained_at, "answers": answers}))
+
+
+def validation_answers(config_file: Path, run_dir: str) -> dict | None:
+    """Each validation example's label and the run's answer, through `predict` (single-label text only)."""
+    from tunesmith import api
+
+    cfg = config_from_dict(read_yaml(config_file))
+    if getattr(cfg.data, "multi_label", False):
+        return None
+    examples = get_task(cfg.task).validated_data(cfg).validation  # the split the run made: the same settings
+    if not examples or any(getattr(e, "text", None) is None for e in examples):
+        return None
+    pair = cfg.data.text_pair_field
+    rows = [{cfg.data.text_field: e.text, **({pair: e.text_pair} if pair else {})} for e in examples]
+    inputs = Path(run_dir) / "validation-inputs.jsonl"
+    inputs.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    output = Path(run_dir) / "validation-answers.jsonl"
+    api.predict(run_dir, inputs, output)
+    predicted = [json.loads(line)["label"] for line in output.open(encoding="utf-8")]
+    return {"expected": [e.labels[0] for e in examples], "predicted": predicted}
 
 
 def file_digest(path: Path) -> str:
@@ -277,28 +354,53 @@ class ProbeCache:
 
     @staticmethod
     def key(raw: dict, rung: Rung, max_length: int) -> str:
-        data = raw.get("data", {})
+        return ProbeCache._digest([raw, rung.settings, max_length, PROBE_STEPS])
+
+    @staticmethod
+    def _digest(parts: list) -> str:
+        data = parts[0].get("data", {})
         files = [data.get(k) for k in ("train_file", "validation_file", "test_file")]
         stamps = [file_digest(Path(f)) for f in files if f and Path(f).exists()]
-        parts = [raw, rung.settings, max_length, stamps, host_description(), PROBE_STEPS]
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        whole = [*parts, stamps, host_description()]
+        return hashlib.sha256(json.dumps(whole, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    @staticmethod
+    def plan_key(raw: dict) -> str:
+        """The config, data and host a plan's probes were measured for (all its rungs and lengths)."""
+        return ProbeCache._digest([raw])
 
     def get(self, key: str) -> Measurement | None:
         entry = self.entries.get(key)
-        if not entry or (entry.get("whole_run_seconds") is not None and "validation_score" not in entry):
-            return None  # none, or a whole-run probe from before scores were kept
-        return Measurement(**{**entry, "cached": True})
+        if not entry or (entry.get("whole_run_seconds") is not None and "validation_answers" not in entry):
+            return None  # none, or a whole-run probe from before its answers were kept
+        fields = {k: v for k, v in entry.items() if k in Measurement.__dataclass_fields__}
+        return Measurement(**{**fields, "cached": True})
 
-    def put(self, key: str, measurement: Measurement) -> None:
-        self.entries[key] = {k: v for k, v in asdict(measurement).items() if k != "cached"}
+    def put(self, key: str, measurement: Measurement, plan_key: str, model: str) -> None:
+        entry = {k: v for k, v in asdict(measurement).items() if k != "cached"}
+        self.entries[key] = {**entry, "plan": plan_key, "model": model, "host": host_description()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.entries, indent=1))
+
+    def holds_plan(self, plan_key: str) -> bool:
+        return any(entry.get("plan") == plan_key for entry in self.entries.values())
+
+    def fastest_probe(self, model: str) -> float | None:
+        """The quickest probe of this model measured on this host (a floor for the next one's cost)."""
+        host = host_description()
+        seconds = [
+            e["probe_seconds"]
+            for e in self.entries.values()
+            if e.get("model") == model and e.get("host") == host and e.get("probe_seconds")
+        ]
+        return min(seconds, default=None)
 
 
 # -- sizing -------------------------------------------------------------------------------------------------
 def size_option(option: Option, budget: float, memory_mb: float, shape: Shape) -> Option:
     """Steps, evaluations and the predicted time of one option inside the budget; fits says whether it does."""
     m, rung = option.measurement, option.rung
+    option.fits, option.why_not = False, ""
     if m.peak_memory_mb > memory_mb:
         option.why_not = f"needs {m.peak_memory_mb:,.0f} MB, over the {memory_mb:,.0f} MB allowed"
         return option
@@ -341,6 +443,69 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
+# -- the clock ----------------------------------------------------------------------------------------------
+@dataclass
+class Planning:
+    """The user's clock: planning spends at most PROBE_SHARE of the budget; the run gets what planning leaves."""
+
+    budget: float
+    started: float
+    clock: Callable[[], float]
+    floor: float  # the least a probe not measured yet costs here
+    measured: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    not_probed: list[str] = field(default_factory=list)
+    probing_seconds: float = 0.0
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def share_left(self) -> float:
+        return self.budget * PROBE_SHARE - self.elapsed()
+
+    def run_budget(self) -> float:
+        return self.budget - self.elapsed()
+
+    @property
+    def least_run_budget(
+        self,
+    ) -> float:  # while probing: what the run gets at least, planning stopping at its share
+        return self.budget * (1 - PROBE_SHARE)
+
+    def summary(self) -> str:
+        parts = [f"measured {', '.join(self.measured)}"] if self.measured else []
+        if self.reused:
+            parts.append(f"reused from the cache, costing nothing: {', '.join(self.reused)}")
+        if self.not_probed:
+            parts.append(f"not probed, planning's share spent: {', '.join(self.not_probed)}")
+        return "; ".join(parts) or "none"
+
+
+def command_started(clock: Callable[[], float]) -> float:
+    """When the user's wait began: the `tunesmith plan` process's start (its imports counted) when this process is
+    that command; called from Python, now."""
+    if clock is time.time and sys.argv[1:2] == ["plan"]:
+        return psutil.Process().create_time()
+    return clock()
+
+
+def refuse_a_budget_too_small_to_probe(budget: float, floor: float, measured_here: bool) -> None:
+    """At once, before reading the data: a budget whose planning share cannot hold one probe."""
+    if budget * PROBE_SHARE >= floor:
+        return
+    needed = floor / PROBE_SHARE
+    basis = (
+        "the fastest probe of this model measured here"
+        if measured_here
+        else "a probe's least on a 2-core host"
+    )
+    raise TunesmithError(
+        f"plan: --time {format_seconds(budget)} is too short to measure anything: a probe is a short training run "
+        f"in its own process ({floor:.0f} s, {basis}) and probes get {PROBE_SHARE:.0%} of the budget; the "
+        f"smallest budget that could fit is {format_seconds(needed)} (--time {format_seconds(needed)})"
+    )
+
+
 # -- the recipe ---------------------------------------------------------------------------------------------
 def plan(
     source: str | Path,
@@ -350,14 +515,22 @@ def plan(
     task: str | None = None,
     output: str | Path | None = None,
     probe=run_probe,
+    clock: Callable[[], float] = time.time,
 ) -> dict:
-    """Write a config that fits `time_budget` (and `memory`) on this machine; returns the plan."""
+    """Write a config whose planning and run together fit `time_budget` (and `memory`) on this machine."""
     budget = parse_budget(time_budget)
+    started = command_started(clock)
     memory_mb = parse_memory(memory) if memory else psutil.virtual_memory().available / 2**20 * 0.9
     source = Path(source)
     raw = base_config(source, model, task)
     cfg = config_from_dict(raw, base=source.parent if source.suffix in {".yaml", ".yml"} else ".")
     raw = json.loads(cfg.model_dump_json(exclude_unset=True))  # paths made absolute, as validated
+    cache = ProbeCache(default_cache_dir(cfg.output.cache_dir) / "plan_probes.json")
+    plan_key = ProbeCache.plan_key(raw)
+    fastest = cache.fastest_probe(cfg.model.name)
+    if not cache.holds_plan(plan_key):  # with its probes cached, planning costs next to nothing
+        refuse_a_budget_too_small_to_probe(budget, fastest or PROBE_FLOOR_SECONDS, fastest is not None)
+    planning = Planning(budget, started, clock, fastest or PROBE_FLOOR_SECONDS)
     the_task = get_task(cfg.task)
     checked = the_task.validated_data(cfg)
     rows = len(checked.train)
@@ -387,15 +560,32 @@ def plan(
             + ("the loss is weighted by inverse class frequency" if weighted else "no class weights needed")
         )
     max_epochs = defaults.EPOCH_RANGE[the_task.plan_kind][1]
-    cache = ProbeCache(default_cache_dir(cfg.output.cache_dir) / "plan_probes.json")
 
-    def measure(rung: Rung, max_length: int) -> Measurement:
+    def measure(rung: Rung, max_length: int) -> Measurement | None:
+        """The cached probe, else a probe while planning's share lasts (None once it is spent)."""
+        label = f"{rung.label} at {max_length}"
         key = ProbeCache.key(raw, rung, max_length)
         found = cache.get(key)
-        if found is None:
-            say(f"plan: probing {rung.label} at max_length {max_length} ({PROBE_STEPS} steps) ...")
-            found = probe(raw, rung, max_length, PROBE_STEPS)
-            cache.put(key, found)
+        if found is not None:
+            planning.reused.append(label)
+            return found
+        left = planning.share_left()
+        if left < planning.floor:
+            planning.not_probed.append(label)
+            return None
+        say(f"plan: probing {label} ({PROBE_STEPS} steps; {left:.0f} s of planning's share left) ...")
+        began = planning.clock()
+        try:
+            found = probe(raw, rung, max_length, PROBE_STEPS, timeout=left)
+        except ProbeOutOfTime:
+            planning.not_probed.append(f"{label} (stopped after {planning.clock() - began:.0f} s)")
+            return None
+        finally:
+            planning.probing_seconds += planning.clock() - began
+        seconds = planning.clock() - began
+        planning.measured.append(f"{label} ({seconds:.0f} s)")
+        planning.floor = min(planning.floor, seconds) if len(planning.measured) > 1 else seconds
+        cache.put(key, found, plan_key, cfg.model.name)
         return found
 
     rows_per_step = batch * cfg.train.grad_accum
@@ -408,40 +598,36 @@ def plan(
         )
     options: list[Option] = []
     ladder = the_task.plan_ladder(cfg)
+    sizing = planning.least_run_budget
     for rung in [r for r in ladder if not r.when_short_of_memory]:
-        options.append(consider(rung, longest, shortening, measure, budget, memory_mb, shape))
-    if not any(o.fits for o in options) and all("MB" in o.why_not for o in options):
+        options.append(consider(rung, longest, shortening, measure, sizing, memory_mb, shape))
+    measured = [o for o in options if o.measurement is not None]
+    if not any(o.fits for o in options) and measured and all("MB" in o.why_not for o in measured):
         for rung in [r for r in ladder if r.when_short_of_memory]:
-            options.append(consider(rung, longest, shortening, measure, budget, memory_mb, shape))
+            options.append(consider(rung, longest, shortening, measure, sizing, memory_mb, shape))
+    run_budget = math.floor(planning.run_budget())  # sized to what planning actually left
     for option in options:
-        verdict = "fits" if option.fits else f"does not fit: {option.why_not}"
-        say(
-            f"  {option.rung.label} at max_length {option.max_length}: {verdict} "
-            f"(predicted {option.predicted_seconds:.0f} s, peak {option.measurement.peak_memory_mb:,.0f} MB"
-            f"{', cached probe' if option.measurement.cached else ''})"
-        )
+        if option.measurement is not None:
+            size_option(option, run_budget, memory_mb, shape)
+        say(f"  {describe(option)}")
     fitting = [o for o in options if o.fits]
     if not fitting:
-        needed = (
-            min(seconds_needed(o, shape) for o in options if "MB" not in o.why_not)
-            if any("MB" not in o.why_not for o in options)
-            else None
-        )
-        if needed is None:
-            raise TunesmithError(
-                f"plan: no method fits in {memory_mb:,.0f} MB here; allow more with --memory"
-            )
-        raise TunesmithError(
-            f"plan: no method fits in {format_seconds(budget)} on this machine; the smallest budget that "
-            f"fits is {format_seconds(needed)} (--time {format_seconds(needed)})"
-        )
+        raise TunesmithError(nothing_fits(options, planning, shape, memory_mb, run_budget))
     chosen = choose(fitting, lambda option, length: seconds_needed(rescaled(option, lengths, length), shape))
-    planned = write_plan(raw, chosen, budget, memory_mb, reasons, cfg, the_task.plan_kind, rows, batch)
+    reasons.append(
+        f"--time {format_seconds(budget)} is planning and training together: planning gets at most "
+        f"{PROBE_SHARE:.0%} ({format_seconds(budget * PROBE_SHARE)}) and took {format_seconds(planning.elapsed())} "
+        f"(probes: {planning.summary()}), so this run gets {format_seconds(run_budget)} (train.time_budget), "
+        "counted from the start of `tunesmith train`: start it right away, the wait between is not counted"
+    )
+    planned = write_plan(raw, chosen, run_budget, memory_mb, reasons, cfg, the_task.plan_kind, rows, batch)
     path = free_path(Path(output) if output else Path(f"plan-{format_seconds(budget)}.yaml"))
     path.write_text(planned["text"], encoding="utf-8")
     say(
         f"plan: {chosen.rung.label}, predicted {chosen.predicted_seconds:.0f} s and "
-        f"{chosen.measurement.peak_memory_mb:,.0f} MB peak; config written to {path}"
+        f"{chosen.measurement.peak_memory_mb:,.0f} MB peak; planning took {planning.elapsed():.0f} s of the "
+        f"{format_seconds(budget)} (probes: {planning.summary()}); config written to {path}, its run gets "
+        f"{format_seconds(run_budget)}"
     )
     return {
         "config": str(path),
@@ -451,6 +637,14 @@ def plan(
         "predicted_seconds": round(chosen.predicted_seconds, 1),
         "predicted_peak_memory_mb": chosen.measurement.peak_memory_mb,
         "budget_seconds": budget,
+        "planning_seconds": round(planning.elapsed(), 1),
+        "run_budget_seconds": run_budget,
+        "probes": {
+            "measured": planning.measured,
+            "reused": planning.reused,
+            "not_probed": planning.not_probed,
+            "seconds": round(planning.probing_seconds, 1),
+        },
         "reasons": planned["reasons"],
         "options": [
             {
@@ -459,47 +653,141 @@ def plan(
                 "fits": o.fits,
                 "why_not": o.why_not,
                 "predicted_seconds": round(o.predicted_seconds, 1),
-                **asdict(o.measurement),
+                **(
+                    {k: v for k, v in asdict(o.measurement).items() if k != "validation_answers"}
+                    if o.measurement
+                    else {}
+                ),
             }
             for o in options
         ],
     }
 
 
+def describe(option: Option) -> str:
+    if option.measurement is None:
+        return f"{option.rung.label} at max_length {option.max_length}: {option.why_not}"
+    verdict = "fits" if option.fits else f"does not fit: {option.why_not}"
+    return (
+        f"{option.rung.label} at max_length {option.max_length}: {verdict} (predicted "
+        f"{option.predicted_seconds:.0f} s, peak {option.measurement.peak_memory_mb:,.0f} MB"
+        f"{', cached probe' if option.measurement.cached else ''})"
+    )
+
+
+def nothing_fits(
+    options: list[Option], planning: Planning, shape: Shape, memory_mb: float, run_budget: float
+) -> str:
+    """The one-line refusal: what would fit, from what was measured."""
+    measured = [o for o in options if o.measurement is not None]
+    budget = format_seconds(planning.budget)
+    if not measured:
+        needed = planning.elapsed() / PROBE_SHARE
+        return (
+            f"plan: --time {budget}: planning's {PROBE_SHARE:.0%} share ran out before any method was measured "
+            f"({', '.join(planning.not_probed)}); more than {format_seconds(needed)} is needed (--time "
+            f"{format_seconds(needed)} or more)"
+        )
+    timed = [o for o in measured if "MB" not in o.why_not]
+    if not timed:
+        return f"plan: no method fits in {memory_mb:,.0f} MB here; allow more with --memory"
+    again = planning.elapsed() - planning.probing_seconds  # the probes are cached now
+    needed = min(seconds_needed(o, shape) for o in timed) + again
+    return (
+        f"plan: no method fits in {budget} on this machine (planning took {format_seconds(planning.elapsed())}, "
+        f"leaving the run {format_seconds(max(0, run_budget))}); the smallest budget that fits is "
+        f"{format_seconds(needed)} (--time {format_seconds(needed)}; its probes are cached now, so planning it "
+        f"takes about {again:.0f} s)"
+    )
+
+
 def choose(fitting: list[Option], needed_at) -> Option:
-    """The richest fitting rung (the ladder runs cheapest to richest), unless it reads less of each example
-    than a whole-run rung's own validation scores showed matters: then the richest that reads enough."""
+    """The richest fitting rung (the ladder runs cheapest to richest), unless it reads less of each example than a
+    whole-run rung (features) showed matters, beyond the validation set's noise: then the richest that reads enough."""
     reader = next((o for o in fitting if len(o.scores) > 1), None)
     if reader is None:
         return fitting[-1]
-    best = reader.scores[reader.max_length]
 
     def scored_over(length: int) -> int:  # the longest length the reader was scored at that `length` covers
         return max((n for n in reader.scores if n <= length), default=min(reader.scores))
 
+    def comparison(length: int) -> tuple[float, float, float] | None:
+        """features over its best length against over `length`, on the same validation examples."""
+        longer, shorter = reader.answers.get(reader.max_length), reader.answers.get(scored_over(length))
+        if not longer or not shorter or longer["expected"] != shorter["expected"]:
+            return None  # no answers to pair (e.g. a probe cached before they were kept): no evidence
+        return paired_bootstrap(longer["expected"], longer["predicted"], shorter["predicted"])
+
     def reads_enough(option: Option) -> bool:
-        return (
-            option is reader
-            or option.max_length >= reader.max_length
-            or best - reader.scores[scored_over(option.max_length)] < LENGTH_MATTERS
-        )
+        if option is reader or option.max_length >= reader.max_length:
+            return True
+        found = comparison(option.max_length)
+        return found is None or found[2] <= 0
 
     ranked = fitting[::-1]
     chosen = next(o for o in ranked if reads_enough(o))  # the reader itself reads enough
     passed = ranked[: ranked.index(chosen)]
-    if passed:
-        over = scored_over(passed[0].max_length)
-        needs = ", ".join(
-            f"{o.rung.label} about --time {format_seconds(needed_at(o, reader.max_length))}" for o in passed
-        )
-        chosen.reasons.append(
-            f"not {', '.join(o.rung.label for o in passed)}: this budget fits "
-            f"{'it' if len(passed) == 1 else 'them'} only over the first {passed[0].max_length} tokens, and "
-            f"{reader.rung.label} scored validation {best:.4f} over {reader.max_length} against "
-            f"{reader.scores[over]:.4f} over {over}: on this data the text past {over} tokens matters "
-            f"(over {reader.max_length} tokens they would need: {needs})"
-        )
+    shortest = passed[0] if passed else chosen  # the passed-over rungs read no further than the first of them
+    if shortest.max_length >= reader.max_length:
+        return chosen
+    compared = comparison(shortest.max_length)
+    if compared is None:
+        return chosen
+    over = scored_over(shortest.max_length)
+    examples = len(reader.answers[reader.max_length]["expected"])
+    evidence = (
+        f"{reader.rung.label} scored validation macro-F1 {compared[0]:.4f} over {reader.max_length} tokens against "
+        f"{compared[1]:.4f} over {over} on the same {examples} examples, a difference whose one-sided "
+        f"{CONFIDENCE:.0%} lower bound is {100 * compared[2]:+.2f} points (paired bootstrap, "
+        f"{BOOTSTRAP_SAMPLES} resamples)"
+    )
+    if not passed:
+        if compared[0] > compared[1]:
+            chosen.reasons.append(
+                f"{chosen.rung.label} over the first {chosen.max_length} tokens although {evidence}: within the "
+                "validation set's noise, so the text past them is not shown to matter"
+            )
+        return chosen
+    needs = ", ".join(
+        f"{o.rung.label} about --time {format_seconds(needed_at(o, reader.max_length))}" for o in passed
+    )
+    chosen.reasons.append(
+        f"not {', '.join(o.rung.label for o in passed)}: this budget fits "
+        f"{'it' if len(passed) == 1 else 'them'} only over the first {passed[0].max_length} tokens, and {evidence}: "
+        f"on this data the text past {over} tokens matters (over {reader.max_length} tokens they would need, for "
+        f"the run alone: {needs})"
+    )
     return chosen
+
+
+def paired_bootstrap(expected: list, first: list, second: list, seed: int = 0) -> tuple[float, float, float]:
+    """Macro-F1 of the answers `first` and `second` to the same examples, and the one-sided CONFIDENCE lower bound
+    of first minus second: examples resampled with replacement, each keeping both answers (seeded: a plan
+    repeats)."""
+    names = sorted({*expected, *first, *second})
+    code = {name: i for i, name in enumerate(names)}
+    truth, one, other = (np.array([code[x] for x in xs], dtype=np.int32) for xs in (expected, first, second))
+    random = np.random.default_rng(seed)
+    gains = []
+    for size in [250] * (BOOTSTRAP_SAMPLES // 250):  # in chunks: a large validation set stays small in memory
+        draws = random.integers(0, len(truth), size=(size, len(truth)))
+        gains.append(
+            macro_f1(truth[draws], one[draws], len(names)) - macro_f1(truth[draws], other[draws], len(names))
+        )
+    low = float(np.quantile(np.concatenate(gains), 1 - CONFIDENCE))
+    first_f1, second_f1 = (float(macro_f1(truth[None], a[None], len(names))[0]) for a in (one, other))
+    return first_f1, second_f1, low
+
+
+def macro_f1(truth: np.ndarray, answers: np.ndarray, classes: int) -> np.ndarray:
+    """Macro-F1 of each row over the classes of the whole split (one neither expected nor answered in a row
+    scores 0 there)."""
+    scores = []
+    for k in range(classes):
+        hit, said = truth == k, answers == k
+        tp, fp, fn = (hit & said).sum(1), (~hit & said).sum(1), (hit & ~said).sum(1)
+        scores.append(2 * tp / np.maximum(2 * tp + fp + fn, 1))
+    return np.mean(scores, axis=0)
 
 
 def rescaled(option: Option, lengths: list[int], length: int) -> Option:
@@ -524,14 +812,22 @@ def consider(
     probed only when the shorter one's measurement, scaled by the token counts, says it fits, so planning never
     waits on a probe the budget could not hold."""
     candidates = sorted({longest, *(n for n in SHORTER_LENGTHS if n < longest)}) if lengths else [longest]
-    first = size_option(Option(rung, candidates[0], measure(rung, candidates[0])), budget, memory_mb, shape)
+    shortest = measure(rung, candidates[0])
+    if shortest is None:
+        return Option(
+            rung, candidates[0], None, why_not="not probed: planning's share of the budget was spent"
+        )
+    first = size_option(Option(rung, candidates[0], shortest), budget, memory_mb, shape)
     if not first.fits:
         return first  # the shortest length does not fit: a longer one would not either
     fitting = [first]
     for length in candidates[1:]:
         if not size_option(rescaled(fitting[-1], lengths, length), budget, memory_mb, shape).fits:
             break
-        measured = size_option(Option(rung, length, measure(rung, length)), budget, memory_mb, shape)
+        measurement = measure(rung, length)
+        if measurement is None:
+            break
+        measured = size_option(Option(rung, length, measurement), budget, memory_mb, shape)
         if not measured.fits:
             break
         fitting.append(measured)
@@ -541,6 +837,9 @@ def consider(
         # a probe of a fitting step was the whole run: its validation score is the run's, so choose by it
         best = max(scored, key=lambda o: (o.measurement.validation_score, -o.max_length))
         best.scores = {o.max_length: o.measurement.validation_score for o in scored}
+        best.answers = {
+            o.max_length: o.measurement.validation_answers for o in scored if o.measurement.validation_answers
+        }
         scores = ", ".join(f"{o.measurement.validation_score:.4f} at {o.max_length}" for o in scored)
         best.reasons.append(
             f"max_length {best.max_length}: the {rung.label} probes, each a whole run, scored validation {scores} "
@@ -564,7 +863,7 @@ def batch_size(cfg: Config, rows: int, kind: str) -> int:
     return cfg.train.batch_size
 
 
-def write_plan(raw, chosen: Option, budget, memory_mb, reasons, cfg, kind, rows, batch) -> dict:
+def write_plan(raw, chosen: Option, run_budget, memory_mb, reasons, cfg, kind, rows, batch) -> dict:
     """The planned config as commented YAML: every choice's reason above the settings."""
     m = chosen.measurement
     planned = apply_rung(raw, chosen.rung, chosen.max_length)
@@ -596,17 +895,17 @@ def write_plan(raw, chosen: Option, budget, memory_mb, reasons, cfg, kind, rows,
             f"{m.seconds_per_step:.2f} s a step, an evaluation every {chosen.eval_every} steps "
             f"({m.evaluation_seconds:.1f} s each), early stopping after 3 without improvement, the best kept"
         )
-    train["time_budget"] = budget
+    train["time_budget"] = run_budget
     reasons.append(
-        f"train.time_budget {format_seconds(budget)}: the run re-sizes its schedule if this machine runs slower "
-        "than the probe"
+        f"train.time_budget {format_seconds(run_budget)}: what planning left of --time; the run re-sizes its "
+        "schedule if this machine runs slower than the probe"
     )
     reasons.append(
         f"predicted: {chosen.predicted_seconds:.0f} s for the whole run and {m.peak_memory_mb:,.0f} MB peak "
         f"memory (probe of {PROBE_STEPS} steps on this machine{', cached' if m.cached else ''})"
     )
     planned["plan"] = {
-        "budget_seconds": budget,
+        "budget_seconds": run_budget,  # the run's: run.json's plan record times `tunesmith train` against it
         "memory_limit_mb": round(memory_mb),
         "predicted_seconds": round(chosen.predicted_seconds, 1),
         "predicted_peak_memory_mb": m.peak_memory_mb,
@@ -614,7 +913,11 @@ def write_plan(raw, chosen: Option, budget, memory_mb, reasons, cfg, kind, rows,
         "reasons": reasons,
     }
     config_from_dict(copy.deepcopy(planned))  # what is written is a valid config
-    header = ["# Written by `tunesmith plan`. Why each choice was made:"] + [f"#  - {r}" for r in reasons]
+    header = [
+        "# Written by `tunesmith plan`. --time counts planning and training together: planning (its probes) took",
+        f"# part of it and this run gets the rest, {format_seconds(run_budget)} (train.time_budget) from the start of",
+        "# `tunesmith train`. Why each choice was made:",
+    ] + [f"#  - {r}" for r in reasons]
     body = yaml.safe_dump(planned, sort_keys=False, width=120)
     return {"text": "\n".join(header) + "\n" + body, "reasons": reasons}
 
