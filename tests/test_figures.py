@@ -285,6 +285,34 @@ def test_the_demo_saves_the_figures_it_prints_in_its_run_folder(tmp_path):
     assert figures["samples"] == [{"reference": "Real", "base": "b", "tuned": "t"}]
 
 
+def test_the_preference_demo_saves_the_base_and_tuned_figures_it_prints(tmp_path, capsys):
+    from tunesmith.quickstart_preference import print_comparison
+
+    evaluation_folder = tmp_path / "eval" / "validation"
+    evaluation_folder.mkdir(parents=True)
+    generation = {
+        "prompt": "Write.\n\nArticle",
+        "reference": "Real",
+        "base_output": "A paragraph",
+        "output": "Tuned",
+    }
+    (evaluation_folder / "generations.jsonl").write_text(json.dumps(generation) + "\n")
+    scores = {
+        "baseline": {"pairs": 29, "likelihood_accuracy": 0.241, "preference_accuracy": 0.0},
+        "tuned": {"pairs": 29, "likelihood_accuracy": 0.931, "preference_accuracy": 0.207},
+    }
+    for side, words, rouge in (("baseline", 11.6, 14.54), ("tuned", 6.4, 24.3)):
+        scores[side] |= {"mean_answer_words": words, "generation_rougeL": rouge}
+    print_comparison({"run_dir": str(tmp_path)}, {**scores, "folder": str(evaluation_folder)})
+    figures = json.loads((tmp_path / "quickstart.json").read_text())
+    assert figures["base"]["likelihood_accuracy"] == 0.241
+    assert figures["tuned"] == scores["tuned"]
+    assert figures["evaluation_folder"] == str(evaluation_folder)
+    printed = capsys.readouterr().out
+    assert "93.1" in printed
+    assert f"these figures, saved: {tmp_path / 'quickstart.json'}" in printed
+
+
 def test_a_bench_results_file_carries_its_host_load_date_command_and_versions(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
