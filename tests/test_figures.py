@@ -98,9 +98,10 @@ def check_figures(markdown: Path) -> tuple[int, list[str]]:
             except (OSError, KeyError, IndexError, ValueError, json.JSONDecodeError) as error:
                 problems.append(f"{place}: {error}")
                 continue
-            # Round half away from zero, as people do (Python's round() goes to even on exact halves).
+            # Half away from zero, as people round, or as Python's format() printed it (to even on exact halves).
             rounded = math.copysign(math.floor(abs(value) * 10**decimals + 0.5) / 10**decimals, value)
-            if not math.isclose(rounded, shown, abs_tol=10 ** -(decimals + 6)):
+            printed = float(f"{value:.{decimals}f}")
+            if not any(math.isclose(shown, r, abs_tol=10 ** -(decimals + 6)) for r in (rounded, printed)):
                 problems.append(f"{place}: the file holds {value!r}, which shows as {rounded:.{decimals}f}")
     return count, problems
 
@@ -213,7 +214,7 @@ def results_and_page(tmp_path):
     results = tmp_path / "bench" / "results"
     results.mkdir(parents=True)
     rows = [{"label": "TRL tuned", "tps": 49.77}, {"label": "tunesmith default", "tps": 84.64, "mfu": 0.5612}]
-    (results / "speed.json").write_text(json.dumps({"rows": rows, "minutes": {"demo": 725.0}}))
+    (results / "speed.json").write_text(json.dumps({"rows": rows, "minutes": {"demo": 725.0}, "half": 0.125}))
     docs = tmp_path / "docs"
     docs.mkdir()
     return docs / "page.md"
@@ -228,6 +229,8 @@ def results_and_page(tmp_path):
         "[12.1 min](../bench/results/speed.json#minutes.demo/60)",
         "[85](../bench/results/speed.json#rows.1.tps)",
         "[1.70x](../bench/results/speed.json#rows.1.tps/rows.0.tps)",
+        "[0.13](../bench/results/speed.json#half)",  # 0.125: half away from zero
+        "[0.12](../bench/results/speed.json#half)",  # 0.125: as Python's format() prints it
     ],
 )
 def test_the_checker_accepts_a_figure_as_its_file_rounds_it(results_and_page, quote):
@@ -249,6 +252,7 @@ def test_the_checker_accepts_a_figure_as_its_file_rounds_it(results_and_page, qu
         ("[TRL](../bench/results/speed.json#rows.0.label)", "does not start with a number"),
         ("[1](../bench/results/speed.json#rows.0.label)", "not a number"),
         ("[1.69x](../bench/results/speed.json#rows.1.tps/rows.0.tps)", "which shows as 1.70"),
+        ("[0.11](../bench/results/speed.json#half)", "which shows as 0.13"),
         ("[1.70x](../bench/results/speed.json#rows.1.tps/rows.2.tps)", "list index out of range"),
     ],
 )
