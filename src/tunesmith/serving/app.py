@@ -1,6 +1,6 @@
 """The FastAPI app: the guard (API key, slots, metrics), errors, /health, /metrics, /v1/models, and the route
 groups of the served models (routes_generation: chat/completions; routes_classification: classify;
-routes_transcription: audio/transcriptions)."""
+routes_transcription: audio/transcriptions; routes_entities: entities)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError
-from tunesmith.serving import routes_classification, routes_generation, routes_transcription
+from tunesmith.serving import routes_classification, routes_entities, routes_generation, routes_transcription
 from tunesmith.serving.context import ApiError, Limits, Metrics, ServingContext, error_response
 from tunesmith.serving.guard import Guard
 from tunesmith.serving.registry import Registry, ServedModel
@@ -27,6 +27,7 @@ ROUTE_GROUPS: dict[str, ModuleType] = {
     routes_generation.GROUP: routes_generation,
     routes_classification.GROUP: routes_classification,
     routes_transcription.GROUP: routes_transcription,
+    routes_entities.GROUP: routes_entities,
 }
 
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.handles import Generator
 
 if TYPE_CHECKING:
     from tunesmith.evaluation.generation import Cancellation
@@ -28,9 +29,9 @@ class ServedModel:
     route_group: str = ""  # the server's routes that answer for it (the Task says which)
     model: object = None  # a PeftModel holding several adapters, or a plain model
     adapter: str | None = None  # which adapter of `model` answers for this id
-    renderer: object = None  # causal LM: the run's template (the one `tunesmith generate` uses)
+    renderer: object = None  # a Generator's template (the one `tunesmith generate` uses)
     system_prompt: str | None = None
-    classifier: object = None  # classification: a RunClassifier
+    handle: object = None  # the run as its Task loads it (tunesmith.tasks.handles: Generator, Labeller, ...)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per weights
 
 
@@ -65,9 +66,8 @@ class Registry:
         base_path = summary.base_model_path
         shared = self.bases.get(base_path) if summary.is_adapter else None
         loaded = task.load_run(run, adapter_name=model_id, into=shared)
-        served = ServedModel(model_id, task.name, run, route_group=task.route_group)
-        if not hasattr(loaded, "renderer"):  # a classifier
-            served.classifier = loaded
+        served = ServedModel(model_id, task.name, run, route_group=task.route_group, handle=loaded)
+        if not isinstance(loaded, Generator):  # labellers, transcribers, taggers answer through their handle
             return served
         served.model, served.renderer = loaded.model, loaded.renderer
         served.system_prompt = loaded.cfg.data.system_prompt
@@ -116,7 +116,7 @@ class Registry:
         from tunesmith.data.labelled import LabelledExample
         from tunesmith.evaluation.classification import predicted, probabilities
 
-        classifier = served.classifier
+        classifier = served.handle
         examples = [LabelledExample(f"input:{i}", (), text=t) for i, t in enumerate(texts)]
         with served.lock:
             probs = probabilities(classifier.logits(examples, 16, progress=False), classifier.multi_label)
@@ -132,6 +132,10 @@ class Registry:
                 }
             )
         return results
+
+    def tag(self, served: ServedModel, texts: list[str]) -> list[list[dict]]:
+        with served.lock:
+            return served.handle.entities(texts)
 
     @staticmethod
     def _select(served: ServedModel) -> None:

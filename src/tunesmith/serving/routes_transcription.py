@@ -57,9 +57,7 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             raise ApiError(
                 400, "temperature: this server transcribes greedily; send 0 or leave it out", "temperature"
             )
-        transcriber = (
-            served.classifier
-        )  # the run as its Task loads it (tunesmith.tasks.speech_recognition_run)
+        transcriber = served.handle  # a tunesmith.tasks.handles.Transcriber
         configured = transcriber.cfg.speech.language
         if language and configured and language.lower() != configured.lower():
             raise ApiError(

@@ -39,6 +39,11 @@ class ClassifyRequest(BaseModel):
     input: str | list[str] = Field(description="one text or a list of texts")
 
 
+class EntitiesRequest(BaseModel):
+    model: str
+    input: str | list[str] = Field(description="one text or a list of texts")
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str
