@@ -551,3 +551,25 @@ def test_plan_help_says_the_budget_counts_planning_and_the_probes_share(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "planning and training together" in text
     assert f"the probes get at most {PROBE_SHARE:.0%} of it (cached ones cost nothing)" in text
+
+
+def test_a_features_probe_answers_each_validation_example_as_its_run_scored_them(tmp_path, tiny_bert):
+    from sklearn.metrics import f1_score
+
+    from conftest import classification_config, topic_rows, write_jsonl
+    from tunesmith.registry import get_task
+
+    data = write_jsonl(tmp_path / "topics.jsonl", topic_rows(60))
+    raw = classification_config(tmp_path, tiny_bert, "text-classification", data, method={"name": "features"})
+    raw["data"]["test_ratio"] = 0.0
+    cfg = config_from_dict(json.loads(json.dumps(raw)))
+    features = get_task("text-classification").plan_ladder(cfg)[0]
+    measured = run_probe(json.loads(json.dumps(raw)), features, 32, steps=8)
+    assert measured.whole_run_seconds > 0 and measured.probe_seconds >= measured.whole_run_seconds
+    given = measured.validation_answers
+    validation = get_task("text-classification").validated_data(cfg).validation
+    assert given["expected"] == [example.labels[0] for example in validation]
+    # predict's answers, paired example by example, give back the score the run itself reported
+    assert f1_score(given["expected"], given["predicted"], average="macro") == pytest.approx(
+        measured.validation_score, abs=1e-6
+    )
