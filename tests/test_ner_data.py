@@ -199,3 +199,19 @@ def test_the_name_finder_slots_every_name_and_refuses_a_sentence_it_cannot_accou
     )
     # "Bank" is a capitalised word that is neither a known place, organisation nor a first name + surname.
     assert finder.template(sentences[1]) is None
+
+
+def test_the_sizes_table_in_the_docs_is_this_build(built):
+    _, manifest, splits = built
+    page = (BENCH.parents[1] / "docs" / "token-classification.md").read_text(encoding="utf-8")
+    for split in ("train", "validation", "test"):
+        row = next(line for line in page.splitlines() if line.startswith(f"| {split} |"))
+        counts = manifest["splits"][split]
+        expected = [
+            counts["sentences"],
+            counts["tokens"],
+            counts["o_only_sentences"],
+            *counts["entities"].values(),
+        ]
+        expected.append(len(entity_strings(splits[split])))
+        assert [cell.strip() for cell in row.strip(" |").split("|")][1:] == [str(n) for n in expected], split
