@@ -296,8 +296,9 @@ class NameFinder:
 
 def usable(tokens: list[str]) -> bool:
     """A whole, plain sentence: 8-40 tokens, not a list item or a score line, quotes balanced."""
-    ends_well = tokens[-1] in ".!?" or (tokens[-1] == '"' and len(tokens) > 1 and tokens[-2] in ".!?")
-    return 8 <= len(tokens) <= 40 and ends_well and not tokens[0][0].isdigit() and tokens.count('"') % 2 == 0
+    if not 8 <= len(tokens) <= 40 or tokens[0][0].isdigit() or tokens.count('"') % 2:
+        return False
+    return tokens[-1] in ".!?" or (tokens[-1] == '"' and tokens[-2] in ".!?")
 
 
 def bbc_templates(finder: NameFinder, articles, article_split: dict[str, str]) -> dict[str, list[Template]]:
@@ -318,7 +319,7 @@ def bbc_templates(finder: NameFinder, articles, article_split: dict[str, str]) -
 
 
 def drop_repeats(by_split: dict[str, list[Template]]) -> None:
-    """The BBC corpus repeats some articles: a sentence seen in an earlier split leaves the later ones."""
+    """The BBC corpus repeats some articles: a sentence already seen (in this split or an earlier one) goes."""
     seen: set[tuple[str, ...]] = set()
     for split in SIZES:
         kept = []
