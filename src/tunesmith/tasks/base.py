@@ -7,6 +7,7 @@ names. A new task is one module that subclasses Task, fills in what differs, and
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,30 @@ class Task:
         """The forgetting check's probe (score, describe, drift, describe_drift), or None without eval.reference."""
         return None
 
+    def samples(self, cfg: Config, data) -> list:
+        """Held-out inputs answered before and after training (samples.jsonl); [] for tasks that do not generate."""
+        return []
+
+    def generate(self, model, data, samples: list) -> list[str]:
+        """The model's answers to `samples`."""
+        raise NotImplementedError
+
+    def write_samples(self, run: RunFolder, data, samples: list, tuned: list[str]) -> None:
+        """samples.jsonl: each sample, its reference, the base model's answer (samples_base.json) and the tuned one."""
+        raise NotImplementedError
+
+    def training_context(self, run: RunFolder, model, precision: str, method):
+        """What the training loop runs inside (e.g. frozen weights held in bf16); nothing by default."""
+        return contextlib.nullcontext()
+
+    def validation_scores(self, model, data, final: dict) -> dict:
+        """The final weights' validation scores; `final` is the Trainer's evaluation of them (eval_* keys)."""
+        return {
+            k.removeprefix("eval_"): v
+            for k, v in final.items()
+            if k.startswith("eval_") and "runtime" not in k
+        }
+
     def save(self, run: RunFolder, trainer, data) -> None:
         """The final weights (and what reloads them) into run.model_dir."""
         raise NotImplementedError
@@ -107,8 +132,8 @@ class Task:
         """One line for a split's scores (and the untouched model's, when measured)."""
         return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
 
-    def collapse_alarm(self, scores: dict) -> dict | None:
-        """The collapse alarm for the final validation scores, or None."""
+    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+        """The collapse alarm from the final validation scores and the tuned model's sample answers, or None."""
         return None
 
     def recognizes(self, fields: set[str] | None, suffixes: set[str] | None) -> int:

@@ -2,8 +2,9 @@
 
 Every cross-task guarantee is written here once: three splits (the test split scored once, at the end, by the
 final weights), the measured precision decision, gradient checkpointing from the memory estimate, `compile`
-applied or refused with a reason, resume from the last valid checkpoint, the forgetting check, the collapse
-alarm, and the run summary. A task supplies its data, model, trainer and scores (tasks.base.PipelineHooks).
+applied or refused with a reason, resume from the last valid checkpoint, the forgetting check, samples before and
+after training, the collapse alarm, and the run summary. A task supplies its data, model, trainer and scores
+(the hooks of tasks.base.Task, in the order this recipe calls them).
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from typing import Any
 from transformers import set_seed
 
 from tunesmith.config import Config
-from tunesmith.console import say, world_size
+from tunesmith.console import is_main, say, world_size
 from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, resolve_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
-from tunesmith.tasks.common import decide_checkpointing, finish_run, resume_point, training_result
+from tunesmith.tasks.common import (
+    decide_checkpointing,
+    evaluation_logged_at,
+    evaluation_of_final_weights,
+    finish_run,
+    resume_point,
+    training_result,
+)
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
 from tunesmith.training.flops import training_flops
-from tunesmith.training.hardware import describe_hardware, library_versions
+from tunesmith.training.hardware import check_weights_dtype, describe_hardware, library_versions
 from tunesmith.training.loop import fit, stop_message
 from tunesmith.training.precision import decide_precision, measured_gflops
 
@@ -37,8 +45,8 @@ class Prepared:
     validation: Any
     test: Any
     report: dict
-    lengths: list[int] | None = None  # None: inputs that are not token sequences (no memory estimate)
-    extras: dict = field(default_factory=dict)  # what the task's own hooks pass each other (label ids, ...)
+    lengths: list[int] | None = None  # None: no activation or FLOP estimate for these inputs
+    extras: dict = field(default_factory=dict)  # what the task's own hooks pass each other (tokenizer, ...)
 
 
 def train(task, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
@@ -95,27 +103,43 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         say(f"forgetting check: {probe.describe(summary.reference_before)} before training")
     if data.test and cfg.eval.before_training and summary.test_before is None:
         summary = run.update_summary(test_before=task.score(model, data, "test"))
+    # Samples come from the test split when there is one: nothing was chosen on it.
+    samples = task.samples(cfg, data) if is_main() else []
+    if samples and not resume:
+        run.write_json(run.path / "samples_base.json", {"outputs": task.generate(model, data, samples)})
 
-    set_seed(cfg.train.seed)  # every rank (and a single process) shuffles the data identically
-    output, stopped = fit(trainer, resume_from)
+    # Evaluations and rank-0-only generation above may have drawn random numbers on some ranks only: re-seed so
+    # every rank (and a single process) shuffles the data identically.
+    set_seed(cfg.train.seed)
+    with task.training_context(run, model, decided["precision"], method):
+        output, stopped = fit(trainer, resume_from)
+    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
+    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop, before step 1
+    if before is not None and not resume:
+        summary = run.update_summary(validation_loss_before=before["eval_loss"])
     if stopped:
         say(stop_message(trainer))
         run.update_summary(status="stopped", global_step=trainer.state.global_step)
         return finish_run(run, cfg, run.read_summary(), task)
 
     task.save(run, trainer, data)
-    result = training_result(trainer, output, counter, counter.seconds)
+    result = training_result(trainer, output, counter, train_seconds)
     if data.validation:
-        result["validation"] = task.score(model, data, "validation")
-        alarm = task.collapse_alarm(result["validation"])
-        if alarm is not None:
-            say(describe_collapse(alarm))
-            result["collapse"] = alarm
+        final = evaluation_of_final_weights(trainer) or trainer.evaluate()
+        result["validation_loss_after"] = final["eval_loss"]
+        result["validation"] = task.validation_scores(model, data, final)
+        say(f"validation after training: {task.describe_scores(result['validation'], None)}")
     if data.test:  # scored once, by the final weights: nothing was chosen on it
         result["test"] = task.score(model, data, "test")
-        say(
-            f"test: {task.describe_scores(result['test'], summary.test_before)} (held out: nothing was chosen on it)"
-        )
+        scores = task.describe_scores(result["test"], summary.test_before)
+        say(f"test: {scores} (held out: no checkpoint or setting was chosen on it)")
+    tuned = task.generate(model, data, samples) if samples else []
+    if samples:
+        task.write_samples(run, data, samples, tuned)
+    alarm = task.collapse_alarm(result.get("validation"), tuned)
+    if alarm is not None:
+        say(describe_collapse(alarm))
+        result["collapse"] = alarm
     if probe is not None:
         result["forgetting"] = probe.drift(summary.reference_before, probe.score(model), cfg)
         say(probe.describe_drift(result["forgetting"]))
@@ -127,23 +151,23 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
 def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir) -> dict:
     """Precision (measured), gradient checkpointing (estimated) and torch.compile (applied or refused), each
     recorded with its reason; the config keeps what the user wrote."""
-    precision_probe = decide_precision(run_cfg.train.precision, model.config, cache_dir)
+    precision_probe = decide_precision(run_cfg.train.precision, model.config, cache_dir, model.dtype)
     precision = precision_probe["precision"]
+    check_weights_dtype(model.dtype, precision)  # model.dtype: float16 on a CPU, fp32 over bf16 weights
     say(f"precision: {precision_probe['reason']}")
     longest = max(data.lengths) if data.lengths else None
     checkpointing = decide_checkpointing(run_cfg, model, longest, precision)
     train = run_cfg.train
-    if data.lengths:
+    flops = flops_per_token(model, method, data.lengths)
+    if flops is not None:
         tokens = planned_tokens(
             train.max_steps, train.epochs, train.batch_size * train.grad_accum, data.lengths
         )
-        mean_length = sum(data.lengths) / len(data.lengths)
-        flops = training_flops(model.config, 1, mean_length, 1, frozen_base=method.is_adapter)
         compiling = decide_compile(train.compile, tokens, flops, measured_gflops(precision_probe))
+    elif train.compile is True:
+        compiling = {"enabled": True, "reason": "train.compile: true in the config"}
     else:
-        compiling = {"enabled": False, "reason": "auto: off, no token estimate for these inputs"}
-        if train.compile is True:
-            compiling = {"enabled": True, "reason": "train.compile: true in the config"}
+        compiling = {"enabled": False, "reason": f"{train.compile}: off, no FLOP estimate for these inputs"}
     if compiling["enabled"]:
         say(f"torch.compile: {compile_blocks(model)} blocks ({compiling['reason']})")
     return {
@@ -153,3 +177,14 @@ def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir
         "checkpointing": checkpointing["enabled"],
         "compile": compiling,
     }
+
+
+def flops_per_token(model, method, lengths: list[int] | None) -> float | None:
+    """The estimate train.compile: auto weighs, or None where the inputs are not token sequences or the
+    architecture's sizes are unknown to tunesmith.training.flops."""
+    if not lengths:
+        return None
+    try:
+        return training_flops(model.config, 1, sum(lengths) / len(lengths), 1, frozen_base=method.is_adapter)
+    except (AttributeError, TypeError):
+        return None

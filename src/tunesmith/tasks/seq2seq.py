@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-
-from transformers import set_seed
 
 from tunesmith.config import Config
-from tunesmith.console import is_main, say, world_size
+from tunesmith.console import is_main, say
 from tunesmith.data.seq2seq import SourceEncoder, check_pairs, length_report, tokenize_pairs
 from tunesmith.evaluation.seq2seq import generate_targets, target_loss
 from tunesmith.evaluation.text_metrics import generation_scores
-from tunesmith.methods import count_parameters, get_method
-from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import defaults, seq2seq_run
+from tunesmith.tasks import seq2seq_run
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import (
-    decide_checkpointing,
-    evaluation_logged_at,
-    evaluation_of_final_weights,
-    finish_run,
-    resume_point,
-    training_result,
-)
-from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
-from tunesmith.training.loop import fit, stop_message
+from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.seq2seq_loop import build_seq2seq_trainer
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
@@ -60,118 +47,6 @@ def print_data_summary(report: dict) -> None:
                     f"data: {over[side]['count']} {split} {side} longer than {over[side]['max_length']} "
                     f"tokens were {action}"
                 )
-
-
-def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-    started = time.time()
-    checked = SEQ2SEQ.validated_data(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
-    encoder = SourceEncoder(load_tokenizer(model_path, cfg.model), cfg.data.source_prefix)
-    run = RunFolder.for_training(cfg, default_name, resume)
-    say(f"run folder: {run.path}")
-    run.save_config(cfg)
-    splits, report = tokenize_splits(checked, cfg, encoder)
-    run.write_json(run.data_report, report)
-    print_data_summary(report)
-    (train_rows, _), (validation_rows, validation_kept) = splits["train"], splits["validation"]
-    test_rows, test_kept = splits["test"]
-    if not train_rows:
-        raise seq2seq_run.nothing_left(cfg.data)
-
-    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
-    run_cfg, choices = defaults.choose(cfg, len(train_rows), bool(validation_rows), defaults.GENERATOR)
-    defaults.announce(choices)
-
-    method = get_method(cfg.method.name)
-    set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
-    model = method.apply(load_model(model_path, cfg.model, auto_class=AUTO_CLASS), cfg.method)
-    parameters = count_parameters(model)
-    say(
-        f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
-        f"({parameters['trainable_percent']}%)"
-    )
-    # The CPU bf16 probe measures a decoder's matrix shapes; an encoder-decoder takes the plain rule, as classifiers do.
-    precision = pick_precision(cfg.train.precision, model.dtype)
-    say(f"precision: {precision}")
-    checkpointing = decide_checkpointing(run_cfg, model, None, precision)  # the estimate is for decoders only
-    resume_from = resume_point(run) if resume else None
-
-    trainer, counter = build_seq2seq_trainer(
-        run_cfg,
-        run,
-        model,
-        encoder,
-        train_rows,
-        validation_rows,
-        [example.target for example in validation_kept],
-        precision,
-        callbacks,
-        resuming=resume,
-        gradient_checkpointing=checkpointing["enabled"],
-    )
-    summary = run.update_summary(
-        status="running",
-        task=cfg.task,
-        base_model=cfg.model.name,
-        base_model_path=model_path,
-        method=method.name,
-        is_adapter=method.is_adapter,
-        parameters=parameters,
-        precision=precision,
-        gradient_checkpointing=checkpointing,
-        processes=world_size(),
-        template=encoder.kind,
-        stop_token_ids=encoder.stop_token_ids(),
-        defaults=defaults.record(choices),
-        hardware=describe_hardware(),
-        versions=library_versions(),
-    )
-    if test_rows and cfg.eval.before_training and summary.test_before is None:
-        before = test_scores(model, encoder, test_rows, test_kept, cfg)
-        summary = run.update_summary(test_before=before)
-    # Samples come from the test split when there is one: nothing was chosen on it.
-    sample_rows, sample_kept = (test_rows, test_kept) if test_rows else (validation_rows, validation_kept)
-    samples = list(zip(sample_rows, sample_kept, strict=True))[: cfg.eval.samples] if is_main() else []
-    if samples and not resume:
-        outputs = _generate(model, encoder, [row for row, _ in samples], cfg)
-        run.write_json(run.path / "samples_base.json", {"outputs": outputs})
-
-    set_seed(cfg.train.seed)  # the base's evaluation above must not change the data order
-    output, stopped = fit(trainer, resume_from)
-    train_seconds = counter.seconds
-    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop
-    if before is not None and not resume:
-        summary = run.update_summary(validation_loss_before=before["eval_loss"])
-    if stopped:
-        say(stop_message(trainer))
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), SEQ2SEQ)
-
-    trainer.save_model(str(run.model_dir))
-    if is_main():
-        encoder.tokenizer.save_pretrained(str(run.model_dir))
-    result = training_result(trainer, output, counter, train_seconds)
-    if validation_rows:
-        after = evaluation_of_final_weights(trainer) or trainer.evaluate()
-        result["validation_loss_after"] = after["eval_loss"]
-        result["validation"] = {
-            k.removeprefix("eval_"): v
-            for k, v in after.items()
-            if k.startswith("eval_") and "runtime" not in k
-        }
-        say(f"validation after training: {_line(result['validation'])}")
-    if test_rows:
-        result["test"] = test_scores(model, encoder, test_rows, test_kept, cfg)
-        say(
-            f"test after training: {_line(result['test'])} on {len(test_rows)} test examples "
-            "(held out: no checkpoint or setting was chosen on them)"
-        )
-    if samples:
-        write_samples(run, samples, _generate(model, encoder, [row for row, _ in samples], cfg))
-    result["wall_seconds"] = round(time.time() - started, 1)
-    run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), SEQ2SEQ)
 
 
 def _line(scores: dict) -> str:
@@ -253,8 +128,57 @@ class Seq2SeqTask(Task):
     def check_data(self, data):
         return check_pairs(data)
 
-    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-        return train(cfg, default_name, resume, callbacks)
+    # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
+        encoder = SourceEncoder(load_tokenizer(model_path, cfg.model), cfg.data.source_prefix)
+        splits, report = tokenize_splits(checked, cfg, encoder)
+        if not splits["train"][0]:
+            raise seq2seq_run.nothing_left(cfg.data)
+        rows = {name: rows for name, (rows, _) in splits.items()}
+        kept = {name: examples for name, (_, examples) in splits.items()}
+        # lengths None: the activation estimate (gradient checkpointing: auto) is for decoders only
+        extras = {"encoder": encoder, "kept": kept, "cfg": cfg}
+        return Prepared(rows["train"], rows["validation"], rows["test"], report, None, extras)
+
+    def print_data_summary(self, report: dict) -> None:
+        print_data_summary(report)
+
+    def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        return method.apply(load_model(model_path, cfg.model, auto_class=AUTO_CLASS), cfg.method)
+
+    def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        references = [example.target for example in data.extras["kept"]["validation"]]
+        return build_seq2seq_trainer(
+            cfg, run, model, data.extras["encoder"], data.train, data.validation, references, precision,
+            callbacks, resuming=resuming, gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+
+    def summary_fields(self, cfg: Config, data: Prepared) -> dict:
+        encoder = data.extras["encoder"]
+        return {"template": encoder.kind, "stop_token_ids": encoder.stop_token_ids()}
+
+    def samples(self, cfg: Config, data: Prepared) -> list:
+        split = "test" if data.test else "validation"
+        pairs = zip(getattr(data, split), data.extras["kept"][split], strict=True)
+        return list(pairs)[: cfg.eval.samples]
+
+    def generate(self, model, data: Prepared, samples: list) -> list[str]:
+        return _generate(model, data.extras["encoder"], [row for row, _ in samples], data.extras["cfg"])
+
+    def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
+        write_samples(run, samples, tuned)
+
+    def save(self, run: RunFolder, trainer, data: Prepared) -> None:
+        trainer.save_model(str(run.model_dir))
+        if is_main():
+            data.extras["encoder"].tokenizer.save_pretrained(str(run.model_dir))
+
+    def score(self, model, data: Prepared, split: str) -> dict:
+        kept = data.extras["kept"][split]
+        return test_scores(model, data.extras["encoder"], getattr(data, split), kept, data.extras["cfg"])
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        return _line(scores) + (f" (before: {_line(before)})" if before else "")
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         return seq2seq_run.load_run(run, adapter_name, into)

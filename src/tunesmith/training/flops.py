@@ -15,14 +15,26 @@ def block_matmul_weights(model_config) -> int:
     return c.num_hidden_layers * (attention + 3 * c.hidden_size * c.intermediate_size)
 
 
+def widths(model_config) -> tuple[int | None, int | None]:
+    """(model width, MLP width) under the names transformers' configs use (BERT/Llama, T5, Whisper/BART)."""
+    c = model_config
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None)
+    inner = (
+        getattr(c, "intermediate_size", None)
+        or getattr(c, "d_ff", None)
+        or getattr(c, "encoder_ffn_dim", None)
+    )
+    return (hidden, inner) if isinstance(hidden, int) and isinstance(inner, int) else (None, None)
+
+
+def has_gemm_shapes(model_config) -> bool:
+    return widths(model_config)[0] is not None
+
+
 def gemm_shapes(model_config, tokens: int) -> list[tuple[int, int, int]]:
     """(rows, inner, columns) of the products a block runs for `tokens` positions: q projection and MLP up/down."""
-    c = model_config
-    return [
-        (tokens, c.hidden_size, c.hidden_size),
-        (tokens, c.hidden_size, c.intermediate_size),
-        (tokens, c.intermediate_size, c.hidden_size),
-    ]
+    hidden, inner = widths(model_config)
+    return [(tokens, hidden, hidden), (tokens, hidden, inner), (tokens, inner, hidden)]
 
 
 def training_flops(

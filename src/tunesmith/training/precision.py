@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.training.flops import gemm_shapes
+from tunesmith.training.flops import gemm_shapes, has_gemm_shapes
 from tunesmith.training.hardware import cpu_flags, cpu_has_fast_bf16, pick_precision
 
 PROBE_TOKENS = (
@@ -90,8 +90,22 @@ def measured_gflops(decision: dict) -> float | None:
     return probe[f"{decision['precision']}_gflops"] if probe else None
 
 
-def decide_precision(requested: str, model_config, cache_dir: Path | None) -> dict:
-    """Resolve train.precision into {"precision", "reason", "probe"}; the config keeps what the user wrote."""
+def decide_precision(
+    requested: str, model_config, cache_dir: Path | None, weights: torch.dtype = torch.float32
+) -> dict:
+    """Resolve train.precision into {"precision", "reason", "probe"}; the config keeps what the user wrote.
+    Weights loaded in 16 bits (`weights`, model.dtype) train in their own type under auto."""
+    if requested == "auto" and weights in (torch.bfloat16, torch.float16):
+        precision = pick_precision(requested, weights)
+        return {"precision": precision, "reason": f"auto: {precision}, the weights' own type", "probe": None}
+    if not has_gemm_shapes(model_config):  # e.g. a convolutional network: no probe at its shapes
+        precision = pick_precision(requested, weights)
+        reason = f"{'auto' if requested == 'auto' else 'set in the config'}: {precision} (no probe: this "
+        return {
+            "precision": precision,
+            "reason": reason + "architecture's matrix shapes are unknown)",
+            "probe": None,
+        }
     if torch.cuda.is_available():
         precision = pick_precision(requested)
         origin = "auto on a GPU" if requested == "auto" else "set in the config"

@@ -179,8 +179,11 @@ class TokenClassificationTask(Task):
         )
         return line + (f"; before training {before['f1']:.4f}" if before else "")
 
-    def collapse_alarm(self, scores: dict) -> dict | None:
-        return metrics.collapse_alarm(scores)
+    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+        return self.score(model, data, "validation")  # over every word, as the test split is scored
+
+    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+        return metrics.collapse_alarm(validation) if validation else None
 
     def plan_ladder(self, cfg: Config) -> list[Rung]:
         return [
