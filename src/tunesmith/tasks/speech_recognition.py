@@ -4,27 +4,20 @@ holds the finished run (transcribing, `tunesmith predict`, `tunesmith eval`, exp
 from __future__ import annotations
 
 import json
-import time
-
-from transformers import set_seed
 
 from tunesmith.config import Config
-from tunesmith.console import is_main, say, world_size
+from tunesmith.console import is_main, say
 from tunesmith.data.media import AUDIO_SUFFIXES
 from tunesmith.data.speech import SpeechCollator, SpeechFeatures, check_speech, read_transcribed
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.forgetting import drift
 from tunesmith.evaluation.speech import error_rates, example_wer, generation_arguments
-from tunesmith.methods import count_parameters
-from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.registry import get_method, register_task
+from tunesmith.models.loading import load_model
+from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import evaluation_of_final_weights, finish_run, resume_point, training_result
-from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
-from tunesmith.training.loop import fit, stop_message
+from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.speech_loop import build_speech_trainer
 
 AUTO_CLASS = "AutoModelForSpeechSeq2Seq"
@@ -111,139 +104,6 @@ def transcripts(model, collator, tokenizer, rows: list[dict], cfg: Config, optio
     return texts
 
 
-def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-    started = time.time()
-    checked = SPEECH_RECOGNITION.validated_data(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
-    extractor, tokenizer = load_processor(model_path, cfg)
-    run = RunFolder.for_training(cfg, default_name, resume)
-    say(f"run folder: {run.path}")
-    run.save_config(cfg)
-
-    method = get_method(cfg.method.name)
-    set_seed(cfg.train.seed)  # adapter initialisation is random
-    model = load_model(model_path, cfg.model, None, AUTO_CLASS)
-    spec_augment = set_spec_augment(model, cfg.speech.spec_augment)
-    max_labels = min(cfg.data.max_target_length, model.config.max_target_positions)
-    speech = SpeechFeatures(extractor, tokenizer, max_labels, cfg.data.on_overflow)
-    prepared = {
-        name: speech.prepare(examples)
-        for name, examples in (
-            ("train", checked.train),
-            ("validation", checked.validation),
-            ("test", checked.test),
-        )
-    }
-    train_rows, validation_rows, test_rows = (prepared[name][0] for name in ("train", "validation", "test"))
-    with_clips = {name: counts for name, (_, counts) in prepared.items() if counts["seconds"]}
-    report = checked.report | {"preprocessing": with_clips}
-    run.write_json(run.data_report, report)
-    print_data_summary(report)
-    if not train_rows:
-        raise TunesmithError(f"{cfg.data.train_file}: no training clips left; see {run.data_report}")
-
-    model = method.apply(model, cfg.method)
-    frozen = freeze_encoder(model) if cfg.speech.freeze_encoder else 0
-    parameters = count_parameters(model)
-    say(
-        f"method {method.name}{' (encoder frozen)' if frozen else ''}: {parameters['trainable']:,} trainable of "
-        f"{parameters['total']:,} parameters ({parameters['trainable_percent']}%)"
-    )
-    run_cfg, choices = defaults.choose(cfg, len(train_rows), bool(validation_rows), defaults.GENERATOR)
-    defaults.announce(choices)
-    precision = pick_precision(cfg.train.precision, model.dtype)
-    resume_from = resume_point(run) if resume else None
-    collator = SpeechCollator(speech, model.config.decoder_start_token_id)
-    options = generation_arguments(model, cfg.speech.language, cfg.speech.task)
-    trainer, counter = build_speech_trainer(
-        run_cfg,
-        run,
-        model,
-        tokenizer,
-        collator,
-        train_rows,
-        validation_rows,
-        options,
-        precision,
-        callbacks,
-        resume,
-    )
-    summary = run.update_summary(
-        status="running",
-        task=cfg.task,
-        base_model=cfg.model.name,
-        base_model_path=model_path,
-        method=method.name,
-        is_adapter=method.is_adapter,
-        parameters=parameters,
-        precision=precision,
-        speech={"spec_augment": spec_augment, "generate": options, "encoder_frozen": bool(frozen)},
-        processes=world_size(),
-        defaults=defaults.record(choices),
-        hardware=describe_hardware(),
-        versions=library_versions(),
-    )
-    # Transcribed before and after training, shown worst first in report.html (from the test split when there is
-    # one: nothing was chosen on it).
-    samples = (test_rows or validation_rows)[: cfg.eval.generations] if is_main() else []
-    if samples and not resume:
-        base = transcripts(model, collator, tokenizer, samples, cfg, options)
-        run.write_json(run.path / "samples_base.json", {"outputs": base})
-    reference = _reference_rows(cfg, speech) if cfg.eval.reference else []
-    if reference and summary.reference_before is None:
-        before = _scores(model, collator, tokenizer, reference, cfg, options)
-        summary = run.update_summary(reference_before=before)
-        say(
-            f"forgetting check: reference WER before training {_rate(before['wer'])} ({len(reference)} clips)"
-        )
-    if test_rows and cfg.eval.before_training and summary.test_before is None:
-        summary = run.update_summary(test_before=_scores(model, collator, tokenizer, test_rows, cfg, options))
-
-    set_seed(cfg.train.seed)
-    output, stopped = fit(trainer, resume_from)
-    seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    if stopped:
-        say(stop_message(trainer))
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), SPEECH_RECOGNITION)
-
-    trainer.save_model(str(run.model_dir))
-    if is_main():
-        extractor.save_pretrained(str(run.model_dir))
-        tokenizer.save_pretrained(str(run.model_dir))
-    result = training_result(trainer, output, counter, seconds)
-    if validation_rows:
-        final = evaluation_of_final_weights(trainer) or trainer.evaluate()
-        result["validation_loss_after"] = final["eval_loss"]
-        result["validation"] = {
-            k.removeprefix("eval_"): final[k] for k in ("eval_loss", "eval_wer", "eval_cer") if k in final
-        }
-        say(
-            "validation after training: " + ", ".join(f"{k} {v:.4f}" for k, v in result["validation"].items())
-        )
-    if test_rows:
-        result["test"] = _scores(model, collator, tokenizer, test_rows, cfg, options)
-        say(
-            f"test: WER {_rate(result['test']['wer'])}, CER {_rate(result['test']['cer'])} on {len(test_rows)} "
-            "clips (held out: no checkpoint or setting was chosen on them)"
-        )
-    if samples:
-        write_samples(
-            run, samples, transcripts(model, collator, tokenizer, samples, cfg, options), tokenizer, cfg
-        )
-    if reference:
-        after = _scores(model, collator, tokenizer, reference, cfg, options)
-        result["forgetting"] = drift(
-            run.read_summary().reference_before, after, cfg.eval.forgetting_threshold, "wer"
-        )
-        result["forgetting"]["reference"] = cfg.eval.reference
-        say(describe_drift(result["forgetting"], cfg.eval.reference))
-    result["wall_seconds"] = round(time.time() - started, 1)
-    run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), SPEECH_RECOGNITION)
-
-
 def _rate(value: float | None) -> str:
     """A WER or CER as printed; None when no reference had words left after normalization."""
     return "n/a (no reference words)" if value is None else f"{value:.4f}"
@@ -294,6 +154,28 @@ def write_samples(run: RunFolder, rows: list[dict], tuned: list[str], tokenizer,
                 handle.write(json.dumps(record) + "\n")
 
 
+class ReferenceClips:
+    """The forgetting check of a speech model: its WER on eval.reference (transcribed clips it should still
+    recognize), before and after fine-tuning."""
+
+    def __init__(self, cfg: Config, data: Prepared):
+        self.cfg, self.data = cfg, data
+        self.rows = _reference_rows(cfg, data.extras["speech"])
+
+    def score(self, model) -> dict:
+        e = self.data.extras
+        return _scores(model, e["collator"], e["tokenizer"], self.rows, self.cfg, e["options"])
+
+    def describe(self, score: dict) -> str:
+        return f"reference WER {_rate(score['wer'])} ({len(self.rows)} clips)"
+
+    def drift(self, before: dict, after: dict, cfg: Config) -> dict:
+        return drift(before, after, cfg.eval.forgetting_threshold, "wer") | {"reference": cfg.eval.reference}
+
+    def describe_drift(self, change: dict) -> str:
+        return describe_drift(change, self.cfg.eval.reference)
+
+
 class SpeechRecognitionTask(Task):
     name = "speech-recognition"
     summary = "audio in, transcript out: fine-tune a Whisper-style model to an accent, a vocabulary, a domain"
@@ -337,8 +219,87 @@ class SpeechRecognitionTask(Task):
     def check_data(self, data):
         return check_speech(data)
 
-    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-        return train(cfg, default_name, resume, callbacks)
+    # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
+        from transformers import AutoConfig
+
+        extractor, tokenizer = load_processor(model_path, cfg)
+        positions = AutoConfig.from_pretrained(model_path, revision=cfg.model.revision).max_target_positions
+        speech = SpeechFeatures(
+            extractor, tokenizer, min(cfg.data.max_target_length, positions), cfg.data.on_overflow
+        )
+        prepared = {name: speech.prepare(getattr(checked, name)) for name in ("train", "validation", "test")}
+        with_clips = {name: counts for name, (_, counts) in prepared.items() if counts["seconds"]}
+        report = checked.report | {"preprocessing": with_clips}
+        if not prepared["train"][0]:
+            raise TunesmithError(
+                f"{cfg.data.train_file}: no training clips left; see the data report {with_clips}"
+            )
+        rows = {name: rows for name, (rows, _) in prepared.items()}
+        extras = {"extractor": extractor, "tokenizer": tokenizer, "speech": speech, "cfg": cfg}
+        return Prepared(rows["train"], rows["validation"], rows["test"], report, None, extras)
+
+    def print_data_summary(self, report: dict) -> None:
+        print_data_summary(report)
+
+    def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        model = load_model(model_path, cfg.model, None, AUTO_CLASS)
+        data.extras["spec_augment"] = set_spec_augment(model, cfg.speech.spec_augment)
+        model = method.apply(model, cfg.method)
+        data.extras["frozen"] = freeze_encoder(model) if cfg.speech.freeze_encoder else 0
+        if data.extras["frozen"]:
+            say(f"speech.freeze_encoder: {data.extras['frozen']:,} encoder parameters frozen")
+        return model
+
+    def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        extras = data.extras
+        extras["collator"] = SpeechCollator(extras["speech"], model.config.decoder_start_token_id)
+        extras["options"] = generation_arguments(model, cfg.speech.language, cfg.speech.task)
+        return build_speech_trainer(
+            cfg, run, model, extras["tokenizer"], extras["collator"], data.train, data.validation,
+            extras["options"], precision, callbacks, resuming, checkpointing,
+        )  # fmt: skip
+
+    def summary_fields(self, cfg: Config, data: Prepared) -> dict:
+        extras = data.extras
+        speech = {"spec_augment": extras["spec_augment"], "generate": extras["options"]}
+        return {"speech": speech | {"encoder_frozen": bool(extras["frozen"])}}
+
+    def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
+        return ReferenceClips(cfg, data) if cfg.eval.reference else None
+
+    def samples(self, cfg: Config, data: Prepared) -> list:
+        return (data.test or data.validation)[: cfg.eval.generations]
+
+    def generate(self, model, data: Prepared, samples: list) -> list[str]:
+        e = data.extras
+        return transcripts(model, e["collator"], e["tokenizer"], samples, e["cfg"], e["options"])
+
+    def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
+        write_samples(run, samples, tuned, data.extras["tokenizer"], data.extras["cfg"])
+
+    def save(self, run: RunFolder, trainer, data: Prepared) -> None:
+        trainer.save_model(str(run.model_dir))
+        if is_main():
+            data.extras["extractor"].save_pretrained(str(run.model_dir))
+            data.extras["tokenizer"].save_pretrained(str(run.model_dir))
+
+    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+        return {
+            k.removeprefix("eval_"): final[k] for k in ("eval_loss", "eval_wer", "eval_cer") if k in final
+        }
+
+    def score(self, model, data: Prepared, split: str) -> dict:
+        e = data.extras
+        return _scores(model, e["collator"], e["tokenizer"], getattr(data, split), e["cfg"], e["options"])
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        if "wer" not in scores or "cer" not in scores:  # validation: the Trainer's loss, WER and CER
+            return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+        line = (
+            f"WER {_rate(scores['wer'])}, CER {_rate(scores['cer'])} on {scores.get('examples', '?')} clips"
+        )
+        return line + (f" (before: WER {_rate(before['wer'])})" if before else "")
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         from tunesmith.tasks.speech_recognition_run import Transcriber

@@ -78,11 +78,14 @@ def build_speech_trainer(
     precision: str,
     extra_callbacks=(),
     resuming: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> tuple[SpeechTrainer, TokenCounter]:
     counter = TokenCounter(collator)
     has_validation = bool(validation_rows)
     callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
-    args = training_arguments(cfg, run, len(train_rows), has_validation, precision, resuming)
+    args = training_arguments(
+        cfg, run, len(train_rows), has_validation, precision, resuming, None, gradient_checkpointing
+    )
     point_trackers_at(run, cfg)
     model.config.use_cache = False  # a KV cache is useless in training; generate() turns it on itself
     trainer = SpeechTrainer(
