@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import classification_config, topic_rows, write_jsonl
+from test_preference_train import preference_config, read_metrics
 from tunesmith import api
-from tunesmith.config import DataConfig, config_from_dict
+from tunesmith.config import DataConfig, PreferenceConfig, config_from_dict
 from tunesmith.data.labelled import check_labelled
+from tunesmith.data.preference import check_preference_data
 from tunesmith.data.prepare import check_data
 from tunesmith.errors import TunesmithError
 from tunesmith.export.hub import model_card
@@ -76,3 +78,65 @@ def test_a_classification_run_scores_its_test_split_into_evaluation_json(tmp_pat
     assert evaluation["split"] == "test" and evaluation["examples"] == summary["test"]["examples"] == 24
     assert json.loads((folder / "evaluation_validation.json").read_text())["split"] == "validation"
     assert summary["test"]["accuracy"] == evaluation["accuracy"]
+
+
+def test_a_fresh_run_on_500_rows_reports_test_scores_with_no_setting(make_config, capsys):
+    raw = make_config(rows=500)
+    assert "test_ratio" not in raw["data"] and "test_file" not in raw["data"]
+    summary = api.train(config_from_dict(raw))
+    report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
+    assert report["test_ratio"] == 0.1 and report["test_ratio_auto"] == "auto: 500 rows >= 300"
+    assert summary["test"]["examples"] == report["test_examples"] == 50  # 10% of 500 distinct rows
+    assert report["train_examples"] + report["validation_examples"] == 450
+    assert summary["test"]["loss"] < summary["test_before"]["loss"]
+    printed = capsys.readouterr().out
+    assert printed.count("data: test split: 10% of train_file held out (auto: 500 rows >= 300)") == 1
+    assert "data.test_ratio: 0 turns it off" in printed
+
+
+def test_100_rows_get_no_test_split_by_default_and_say_so(make_config, capsys):
+    summary = api.train(config_from_dict(make_config(rows=100)))
+    report = json.loads((Path(summary["run_dir"]) / "data_report.json").read_text())
+    assert report["test_ratio"] == 0.0 and report["test_split"] == "no test split"
+    assert report["train_examples"] + report["validation_examples"] == 100  # nothing held back for testing
+    assert summary.get("test") is None
+    assert "data: no test split (auto: 100 rows < 300)" in capsys.readouterr().out
+
+
+def test_an_explicit_test_ratio_is_kept_whatever_the_size(tmp_path, capsys):
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(400)]
+    data = str(write_jsonl(tmp_path / "d.jsonl", rows))
+    off = check_data(DataConfig(train_file=data, test_ratio=0))
+    assert off.test == [] and "test_ratio_auto" not in off.report
+    small = check_data(
+        DataConfig(train_file=str(write_jsonl(tmp_path / "s.jsonl", rows[:50])), test_ratio=0.2)
+    )
+    assert len(small.test) == 10
+    assert "auto" not in capsys.readouterr().out  # the user's own choice is not announced as ours
+
+
+def test_auto_leaves_training_data_or_the_config_says_why():
+    with pytest.raises(TunesmithError, match="test_ratio"):
+        config_from_dict({"model": {"name": "m"}, "data": {"train_file": "x", "validation_ratio": 0.9}})
+
+
+def test_a_preference_run_holds_out_test_prompts_and_scores_them_once_at_the_end(tmp_path, tiny_model):
+    raw = preference_config(tmp_path, tiny_model, rows=40, data={"test_ratio": 0.2})
+    checked = check_preference_data(config_from_dict(raw).data, PreferenceConfig())
+    train_prompts = {e.prompt for e in checked.train + checked.validation}
+    assert len(checked.test) == 8 and not train_prompts & {e.prompt for e in checked.test}
+    summary = api.train(config_from_dict(raw))
+    test = summary["test"]
+    assert test["examples"] == 8 and {
+        "loss",
+        "reward_margin",
+        "reward_accuracy",
+        "preference_accuracy",
+    } <= set(test)
+    assert test["reward_margin"] > 0  # learned: chosen and rejected answers differ systematically
+    assert not any(key.startswith("test") for r in read_metrics(Path(summary["run_dir"])) for key in r)
+    result = api.evaluate(summary["run_dir"], generations=0)
+    assert result["split"] == "test" and result["examples"] == 8
+    assert result["tuned"]["preference_accuracy"] == test["preference_accuracy"]
+    kto = check_preference_data(config_from_dict(raw).data, PreferenceConfig(loss="kto"))
+    assert {e.prompt for e in kto.test} == {e.prompt for e in checked.test}  # KTO holds out the same prompts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -54,6 +54,13 @@ class ModelConfig(Section):
     attn_implementation: str | None = "sdpa"
 
 
+# data.test_ratio: auto holds out AUTO_TEST_RATIO of train_file from AUTO_TEST_MIN_ROWS rows up: the test split
+# then has at least 30 examples (an accuracy's standard error under 9 points); below that, a test figure is too
+# noisy to be worth the rows it takes from training, and the run reports validation alone.
+AUTO_TEST_RATIO = 0.1
+AUTO_TEST_MIN_ROWS = 300
+
+
 class DataConfig(Section):
     train_file: str
     validation_file: str | None = None
@@ -62,12 +69,11 @@ class DataConfig(Section):
         None,
         description="held-out test data: scored once at the end, never read in training or model selection",
     )
-    test_ratio: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
+    test_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
+        "auto",
         description="without test_file: hold out this share of train_file (seeded, stratified for "
-        "classification) as the test split, before validation is split off",
+        f"classification) as the test split, before validation is split off; auto: {AUTO_TEST_RATIO:g} when "
+        f"train_file has at least {AUTO_TEST_MIN_ROWS} valid rows, none below (0 turns it off)",
     )
     format: Literal["auto", "prompt_response", "alpaca", "chat", "text"] = "auto"
     prompt_field: str = "prompt"
@@ -430,13 +436,15 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        test_ratio = AUTO_TEST_RATIO if self.data.test_ratio == "auto" else self.data.test_ratio
         if (
             self.data.test_file is None
             and self.data.validation_file is None
-            and (self.data.test_ratio + self.data.validation_ratio >= 1)
+            and (test_ratio + self.data.validation_ratio >= 1)
         ):
             raise ValueError(
-                "data.test_ratio + data.validation_ratio must leave some of train_file for training"
+                f"data.test_ratio ({self.data.test_ratio}) + data.validation_ratio must leave some of train_file "
+                "for training"
             )
         if self.train.save_steps and self.train.eval_steps and self.train.save_steps % self.train.eval_steps:
             raise ValueError(

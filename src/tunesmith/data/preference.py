@@ -14,7 +14,7 @@ import torch
 
 from tunesmith.config import DataConfig, PreferenceConfig
 from tunesmith.data.collate import IGNORE, PadCollator
-from tunesmith.data.prepare import CheckedData, clean_and_split
+from tunesmith.data.prepare import CheckedData, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.data.templates import Messages, Renderer
 from tunesmith.errors import TunesmithError
@@ -227,23 +227,26 @@ def _split_by_prompt(examples: list, ratio: float, seed: int) -> tuple[list, lis
 
 
 def check_preference_data(cfg: DataConfig, pref: PreferenceConfig) -> CheckedData:
-    """Read and validate every row of the train (and validation) file; counted in the report."""
+    """Read and validate every row of the train (validation and test) files; split as every task splits (whole
+    prompts held out), counted in the report."""
     rows = read_rows(cfg.train_file)
     shape = detect_shape(rows, pref)
     train, problems = validate_preference_rows(rows, shape, pref, cfg)
     read = len(rows)
     validation: list = []
-    if cfg.validation_file:
-        validation_rows = read_rows(cfg.validation_file)
-        validation, more = validate_preference_rows(validation_rows, shape, pref, cfg)
-        problems += more
-        read += len(validation_rows)
-    if shape == "paired" and pref.loss == "kto":
-        train, validation = unpair(train), unpair(validation)
+    test: list = []
+    for path, split in ((cfg.validation_file, validation), (cfg.test_file, test)):
+        if path:
+            more_rows = read_rows(path)
+            examples, more = validate_preference_rows(more_rows, shape, pref, cfg)
+            split.extend(examples)
+            problems += more
+            read += len(more_rows)
+    unpaired_for_kto = shape == "paired" and pref.loss == "kto"
     report = {
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
-        "format": f"preference ({shape}{', unpaired for kto' if shape == 'paired' and pref.loss == 'kto' else ''})",
+        "format": f"preference ({shape}{', unpaired for kto' if unpaired_for_kto else ''})",
         "rows_read": read,
         "bad_rows": len(problems),
         "bad_row_list": problems[:200],
@@ -252,11 +255,14 @@ def check_preference_data(cfg: DataConfig, pref: PreferenceConfig) -> CheckedDat
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of the prompts in {cfg.train_file} held out (seed {cfg.seed})"
-    train, validation = clean_and_split(train, validation, cfg, report, _split_by_prompt, held_out)
+    # Split the rows as written, then unpair for KTO: a KTO run and its pair-scoring eval hold out the same prompts.
+    train, validation, test = three_splits(train, validation, test, cfg, report, _split_by_prompt, held_out)
+    if unpaired_for_kto:
+        train, validation, test = unpair(train), unpair(validation), unpair(test)
     if pref.loss == "kto":
         report["desirable"] = sum(example.desirable for example in train)
         report["undesirable"] = len(train) - report["desirable"]
-    return CheckedData(train, validation, report, problems)
+    return CheckedData(train, validation, report, problems, test)
 
 
 # -- tokens ------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.config import DataConfig
+from tunesmith.config import AUTO_TEST_MIN_ROWS, AUTO_TEST_RATIO, DataConfig
+from tunesmith.console import say
 from tunesmith.data.collate import IGNORE
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Renderer
@@ -84,12 +85,37 @@ def hold_out_test(train: list, test: list, cfg: DataConfig, report: dict, split)
     validation is split off, so that choosing checkpoints and settings on validation never sees it."""
     if cfg.test_file:
         report["test_split"] = f"test from {cfg.test_file}"
-    elif cfg.test_ratio > 0:
-        train, test = split(train, cfg.test_ratio, cfg.seed)
-        report["test_split"] = (
-            f"{cfg.test_ratio:g} of {cfg.train_file} held out for testing (seed {cfg.seed})"
-        )
+        return train, test
+    ratio, reason = test_ratio_for(cfg, len(train))
+    report["test_ratio"] = ratio
+    if reason:
+        report["test_ratio_auto"] = reason
+    if ratio > 0:
+        train, test = split(train, ratio, cfg.seed)
+        report["test_split"] = f"{ratio:g} of {cfg.train_file} held out for testing (seed {cfg.seed})"
+    else:
+        report["test_split"] = "no test split"
+    if reason:  # the user did not choose: say what was chosen and how to change it
+        say(f"data: {describe_auto_test_split(ratio, reason)}")
     return train, test
+
+
+def test_ratio_for(cfg: DataConfig, rows: int) -> tuple[float, str | None]:
+    """data.test_ratio as a number for `rows` valid training rows, and why where `auto` chose it (else None)."""
+    if cfg.test_ratio != "auto":
+        return cfg.test_ratio, None
+    if rows >= AUTO_TEST_MIN_ROWS:
+        return AUTO_TEST_RATIO, f"auto: {rows} rows >= {AUTO_TEST_MIN_ROWS}"
+    return 0.0, f"auto: {rows} rows < {AUTO_TEST_MIN_ROWS}"
+
+
+def describe_auto_test_split(ratio: float, reason: str) -> str:
+    if ratio > 0:
+        return (
+            f"test split: {100 * ratio:g}% of train_file held out ({reason}), scored once at the end; "
+            "data.test_ratio: 0 turns it off"
+        )
+    return f"no test split ({reason}): figures are on validation; data.test_ratio: 0.1 holds one out"
 
 
 def drop_test_overlap(test: list, seen: list, cfg: DataConfig, report: dict) -> list:

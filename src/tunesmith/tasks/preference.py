@@ -49,29 +49,35 @@ from tunesmith.training.preference_trainer import PreferenceTrainer, precompute_
 REFERENCE_CACHE_VERSION = "1"
 
 
-def tokenize(checked, cfg: Config, renderer: Renderer) -> tuple[list[dict], list[dict], dict]:
-    """Both splits tokenized; over-length pairs dropped whole and counted in the report."""
+def tokenize(checked, cfg: Config, renderer: Renderer) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """Every split tokenized; over-length pairs dropped whole and counted in the report."""
     train, train_report = tokenize_preference(checked.train, renderer, cfg.data.max_length, "train")
     validation, validation_report = tokenize_preference(
         checked.validation, renderer, cfg.data.max_length, "validation"
     )
+    test, test_report = tokenize_preference(checked.test, renderer, cfg.data.max_length, "test")
     report = {**checked.report, **train_report, **validation_report, "template": renderer.kind}
+    if checked.test:
+        report |= test_report
     if not train:
         raise TunesmithError(
             f"{cfg.data.train_file}: every training pair is longer than data.max_length={cfg.data.max_length} "
             "(prompt plus its longer answer); raise max_length"
         )
-    return train, validation, report
+    return train, validation, test, report
 
 
 def print_data_summary(report: dict, loss: str) -> None:
     unit = "answers" if loss == "kto" else "pairs"
+    test = f" / {report['test_pairs']} test" if "test_pairs" in report else ""
     say(
         f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report.get('duplicates_removed', 0)} "
-        f"duplicates removed; {report['train_pairs']} train / {report['validation_pairs']} validation {unit} "
-        f"({report['format']})"
+        f"duplicates removed; {report['train_pairs']} train / {report['validation_pairs']} validation{test} "
+        f"{unit} ({report['format']})"
     )
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
+        if f"{split}_pairs" not in report:
+            continue
         over = report[f"{split}_over_max_length"]
         if over["count"]:
             say(
@@ -145,7 +151,7 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     model_path = resolve_model(cfg.model, cache_dir)
     tokenizer = load_tokenizer(model_path, cfg.model)
     renderer = Renderer(tokenizer, cfg.data.template)
-    train_rows, validation_rows, report = tokenize(checked, cfg, renderer)
+    train_rows, validation_rows, test_rows, report = tokenize(checked, cfg, renderer)
     run.write_json(run.data_report, report)
     print_data_summary(report, pref.loss)
 
@@ -162,11 +168,12 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     pad_id = pad_token_id(tokenizer)
     collator = (UnpairedCollator if pref.loss == "kto" else PreferenceCollator)(pad_id)
     if pref.precompute_reference and NEEDS_REFERENCE[pref.loss]:
-        for rows in (train_rows, validation_rows):
+        for rows in filter(None, (train_rows, validation_rows, test_rows)):
             key = reference_cache_key(rows, model_path, cfg, renderer)
             cache = cache_dir / "reference" / f"{key}.json" if cache_dir else None
             rows[:] = with_reference(rows, model, collator, cfg.eval.batch_size, cache)
-        say(f"reference log-probabilities precomputed for {len(train_rows) + len(validation_rows)} examples")
+        examples = len(train_rows) + len(validation_rows) + len(test_rows)
+        say(f"reference log-probabilities precomputed for {examples} examples")
     # A second copy of the base only where nothing else can stand in for it: full/last_n, live reference.
     needs_copy = NEEDS_REFERENCE[pref.loss] and not method.is_adapter and not pref.precompute_reference
     reference_model = load_model(model_path, cfg.model) if needs_copy else None
@@ -235,6 +242,9 @@ def train(cfg: Config, default_name: str = "run", resume: bool = False, callback
     if paired_validation:
         result["pairs_after"] = score_pairs(model, paired_validation, pad_id, cfg.eval.batch_size)
         say(preference_run.describe_pairs("after training", result["pairs_after"]))
+    if test_rows:
+        result["test"] = preference_run.score_test(trainer, test_rows, pad_id, cfg.eval.batch_size)
+        say(preference_run.describe_test(result["test"]))
     if samples:
         write_samples(
             run, samples, generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)

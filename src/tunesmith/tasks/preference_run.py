@@ -52,8 +52,9 @@ def final_evaluation(trainer) -> dict:
     return evaluation_of_final_weights(trainer) or trainer.evaluate()
 
 
-def held_out_pairs(cfg, data) -> list[PreferencePair]:
-    """The pairs `tunesmith eval` scores: the run's validation split, or every row of --data."""
+def held_out_pairs(cfg, data) -> tuple[list[PreferencePair], str]:
+    """The pairs `tunesmith eval` scores and their split: the run's test split (nothing was chosen on it), else
+    its validation split, or every row of --data."""
     data_cfg = data_for_eval(cfg.data, data)
     paired = cfg.preference.model_copy(update={"loss": "dpo"})  # a KTO run is evaluated on pairs too
     try:
@@ -62,10 +63,52 @@ def held_out_pairs(cfg, data) -> list[PreferencePair]:
         raise TunesmithError(f"eval: preference accuracy needs chosen/rejected pairs; {error}") from None
     if checked.problems and data_cfg.on_error == "stop":
         raise bad_rows_error(checked)
-    pairs = checked.train if data else checked.validation
+    split = "data" if data else ("test" if checked.test else "validation")
+    pairs = {"data": checked.train, "test": checked.test, "validation": checked.validation}[split]
     if not pairs:
         raise TunesmithError(f"eval: no pairs to score in {data or 'the validation split'}")
-    return pairs
+    return pairs, split
+
+
+def score_test(trainer, rows: list[dict], pad_id: int, batch_size: int) -> dict:
+    """The final weights on the test split, once: the loss and reward margin as validation logs them, and for
+    pairs the reward and per-token preference accuracies. Outside Trainer.evaluate, so that no callback, checkpoint
+    choice or metrics.jsonl row ever sees the test split."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    loss_sum, chosen, rejected = 0.0, [], []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = {key: value.to(model.device) for key, value in trainer.data_collator(chunk).items()}
+            result, _ = trainer.preference_step(model, batch)
+            loss_sum += result.loss.item() * len(chunk)
+            chosen.append(result.chosen_rewards)
+            rejected.append(result.rejected_rewards)
+    model.train(was_training)
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    scores = {"examples": len(rows), "loss": round(loss_sum / len(rows), 6)}
+    if len(chosen) and len(rejected):  # KTO: a test split may hold one kind of answer only
+        scores["reward_margin"] = round((chosen.mean() - rejected.mean()).item(), 6)
+    if "chosen_ids" in rows[0]:
+        scores["reward_accuracy"] = round((chosen > rejected).float().mean().item(), 4)
+        pairs = score_pairs(model, rows, pad_id, batch_size)
+        scores |= {key: pairs[key] for key in ("preference_accuracy", "likelihood_accuracy")}
+    return scores
+
+
+def describe_test(scores: dict) -> str:
+    margin = f", reward margin {scores['reward_margin']:.4f}" if "reward_margin" in scores else ""
+    accuracy = (
+        f", preference accuracy {100 * scores['preference_accuracy']:.1f}%"
+        if "preference_accuracy" in scores
+        else ""
+    )
+    return (
+        f"test loss after training: {scores['loss']:.4f}{margin}{accuracy} on {scores['examples']} test examples "
+        "(held out: no checkpoint or setting was chosen on them)"
+    )
 
 
 def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
@@ -73,7 +116,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     tuned_lm = causal_lm_run.load_run(run)
     model, renderer, cfg = tuned_lm.model, tuned_lm.renderer, tuned_lm.cfg
     generations = cfg.eval.generations if generations is None else generations
-    pairs = held_out_pairs(cfg, data)
+    pairs, split = held_out_pairs(cfg, data)
     items, report = tokenize_preference(pairs, renderer, cfg.data.max_length, "evaluated")
     if report["evaluated_over_max_length"]["count"]:
         say(
@@ -116,6 +159,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     ]
     return {
         "task": cfg.task,
+        "split": split,
         "examples": len(items),
         "tuned": tuned,
         "baseline": base,
@@ -128,7 +172,7 @@ def exportable(run: RunFolder, auto_class: str) -> Exportable:
     tuned_lm = causal_lm_run.load_run(run)
     renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
     pad = pad_token_id(renderer.tokenizer)
-    pairs = held_out_pairs(cfg, None)[:MAX_VALIDATION_EXAMPLES]
+    pairs = held_out_pairs(cfg, None)[0][:MAX_VALIDATION_EXAMPLES]
     items, _ = tokenize_preference(pairs, renderer, cfg.data.max_length, "export")
     rows = [
         {
