@@ -225,12 +225,26 @@ def test_probes_stop_at_their_share_and_the_run_gets_what_planning_left(tmp_path
     assert "not probed, planning's share spent: full at" in written
 
 
-def test_a_probe_running_past_the_share_is_stopped_and_the_refusal_says_so(tmp_path, make_config):
-    # 50 s: planning's share is 20 s; the first probe would take 30 s, so it is stopped at 20 s and nothing is known
+def test_the_first_probe_may_run_past_the_share_and_the_budget_it_names_then_fits(tmp_path, make_config):
+    # 50 s: planning's share is 20 s, but without one measurement nothing can be planned: the first probe (30 s)
+    # runs on, no other starts, and the 20 s left do not hold the cheapest run (32.6 s at 92%)
     with pytest.raises(
-        TunesmithError, match=r"share ran out before any method was measured .*stopped after 20 s"
+        TunesmithError,
+        match=r"no method fits in 50s .*planning took 30s, leaving the run 20s.* smallest budget that fits is 33s",
     ):
         plan_for(tmp_path, make_config, "50s", cost=30.0)
+    # the named budget: the probe is cached, planning costs nothing, the run gets all 33 s
+    result, calls = plan_for(tmp_path, make_config, "33s", cost=30.0)
+    assert calls == [] and result["method"] == "lora r=8 on q,v" and result["run_budget_seconds"] == 33
+
+
+def test_a_first_probe_that_outlasts_the_budget_is_stopped_at_its_end(tmp_path, make_config):
+    with pytest.raises(
+        TunesmithError,
+        match=r"--time 40s ran out before any method was measured \(lora r=8 on q,v at \d+ \(stopped after 40 s\)"
+        r".*--time 1m20s or more",
+    ):
+        plan_for(tmp_path, make_config, "40s", cost=60.0)
 
 
 def test_a_budget_too_small_for_any_probe_is_refused_before_the_data_is_read(
@@ -438,7 +452,7 @@ def test_a_fitting_step_is_probed_at_each_length_that_fits_and_chosen_by_its_val
     seconds = {128: 30.0, 256: 70.0, 512: 400.0}  # 512, estimated at 2 x 70 s, does not fit: never probed
     probed = []
 
-    def measure(rung, length):
+    def measure(rung, length, expected=0.0):
         probed.append(length)
         return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, scores[length])
 
@@ -489,7 +503,7 @@ def test_a_richer_rung_reading_less_than_the_whole_run_rung_showed_matters_is_pa
     def features(wrong: dict[int, set[int]], kept: bool = True):
         seconds = {128: 30.0, 256: 40.0, 512: 60.0}
 
-        def measure(rung, length):
+        def measure(rung, length, expected=0.0):
             score = 1 - len(wrong[length]) / len(EXPECTED)  # accuracy stands in for macro-F1 here
             given = answers(wrong[length]) if kept else None
             return Measurement(0.0, 0.0, 10.0, 500.0, seconds[length], 0.0, score, given)
@@ -573,3 +587,24 @@ def test_a_features_probe_answers_each_validation_example_as_its_run_scored_them
     assert f1_score(given["expected"], given["predicted"], average="macro") == pytest.approx(
         measured.validation_score, abs=1e-6
     )
+
+
+def test_a_longer_length_is_not_probed_when_its_probe_would_outlast_the_share_left():
+    from tunesmith.commands.plan import Option, Shape, consider, probe_cost
+    from tunesmith.tasks.base import Rung
+
+    # every example 600 tokens: 256 reads twice the tokens of 128. The 128 probe took 40 s, 20 s of them embedding.
+    at_128 = Measurement(0.0, 0.0, 30.0, 500.0, 30.0, 20.0, 0.9, None, probe_seconds=40.0)
+    assert probe_cost(Option(Rung("features"), 128, at_128), [600] * 20, 256) == pytest.approx(60.0)
+    steps = Measurement(1.0, 2.0, 25.0, 500.0, probe_seconds=40.0)  # 15 s of steps and evaluation
+    assert probe_cost(Option(Rung("full"), 128, steps), [600] * 20, 512) == pytest.approx(40.0 + 15.0 * 3)
+    asked = []
+
+    def measure(rung, length, expected=0.0):
+        asked.append((length, expected))
+        return at_128 if expected <= 50 else None  # 50 s of planning's share left
+
+    chosen = consider(
+        Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 600, 8000, Shape(90, 10, 0, 8, 5)
+    )
+    assert asked == [(128, 0.0), (256, pytest.approx(60.0))] and chosen.max_length == 128

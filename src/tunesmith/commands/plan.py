@@ -466,11 +466,9 @@ class Planning:
     def run_budget(self) -> float:
         return self.budget - self.elapsed()
 
-    @property
-    def least_run_budget(
-        self,
-    ) -> float:  # while probing: what the run gets at least, planning stopping at its share
-        return self.budget * (1 - PROBE_SHARE)
+    def sizing_budget(self) -> float:
+        """While probing: the least the run will get (planning stops at its share, or already ran past it)."""
+        return min(self.budget * (1 - PROBE_SHARE), self.run_budget())
 
     def summary(self) -> str:
         parts = [f"measured {', '.join(self.measured)}"] if self.measured else []
@@ -561,19 +559,25 @@ def plan(
         )
     max_epochs = defaults.EPOCH_RANGE[the_task.plan_kind][1]
 
-    def measure(rung: Rung, max_length: int) -> Measurement | None:
-        """The cached probe, else a probe while planning's share lasts (None once it is spent)."""
+    def measure(rung: Rung, max_length: int, expected: float = 0.0) -> Measurement | None:
+        """The cached probe, else a probe while planning's share lasts (None once it is spent, or when the probe
+        is `expected` to take longer than the share left)."""
         label = f"{rung.label} at {max_length}"
         key = ProbeCache.key(raw, rung, max_length)
         found = cache.get(key)
         if found is not None:
             planning.reused.append(label)
             return found
-        left = planning.share_left()
-        if left < planning.floor:
-            planning.not_probed.append(label)
+        # Without one measurement nothing can be planned: the first probe may start and run past the share (never
+        # past the budget), so that a refusal names a budget that would fit and the next plan finds it cached.
+        first = not planning.measured and not planning.reused
+        left = planning.run_budget() if first else planning.share_left()
+        if left < max(planning.floor, expected):
+            planning.not_probed.append(
+                label + (f" (about {expected:.0f} s)" if expected > planning.floor else "")
+            )
             return None
-        say(f"plan: probing {label} ({PROBE_STEPS} steps; {left:.0f} s of planning's share left) ...")
+        say(f"plan: probing {label} ({PROBE_STEPS} steps; stopped after {left:.0f} s at most) ...")
         began = planning.clock()
         try:
             found = probe(raw, rung, max_length, PROBE_STEPS, timeout=left)
@@ -598,13 +602,16 @@ def plan(
         )
     options: list[Option] = []
     ladder = the_task.plan_ladder(cfg)
-    sizing = planning.least_run_budget
     for rung in [r for r in ladder if not r.when_short_of_memory]:
-        options.append(consider(rung, longest, shortening, measure, sizing, memory_mb, shape))
+        options.append(
+            consider(rung, longest, shortening, measure, planning.sizing_budget(), memory_mb, shape)
+        )
     measured = [o for o in options if o.measurement is not None]
     if not any(o.fits for o in options) and measured and all("MB" in o.why_not for o in measured):
         for rung in [r for r in ladder if r.when_short_of_memory]:
-            options.append(consider(rung, longest, shortening, measure, sizing, memory_mb, shape))
+            options.append(
+                consider(rung, longest, shortening, measure, planning.sizing_budget(), memory_mb, shape)
+            )
     run_budget = math.floor(planning.run_budget())  # sized to what planning actually left
     for option in options:
         if option.measurement is not None:
@@ -681,12 +688,11 @@ def nothing_fits(
     """The one-line refusal: what would fit, from what was measured."""
     measured = [o for o in options if o.measurement is not None]
     budget = format_seconds(planning.budget)
-    if not measured:
-        needed = planning.elapsed() / PROBE_SHARE
+    if not measured:  # the first probe was stopped at the budget's end, or could not start
         return (
-            f"plan: --time {budget}: planning's {PROBE_SHARE:.0%} share ran out before any method was measured "
-            f"({', '.join(planning.not_probed)}); more than {format_seconds(needed)} is needed (--time "
-            f"{format_seconds(needed)} or more)"
+            f"plan: --time {budget} ran out before any method was measured ({', '.join(planning.not_probed)}); "
+            "the probe did not finish, so nothing is cached: a budget over twice as long is likely needed, for "
+            f"the probe and a run about as long (--time {format_seconds(2 * planning.budget)} or more)"
         )
     timed = [o for o in measured if "MB" not in o.why_not]
     if not timed:
@@ -824,7 +830,7 @@ def consider(
     for length in candidates[1:]:
         if not size_option(rescaled(fitting[-1], lengths, length), budget, memory_mb, shape).fits:
             break
-        measurement = measure(rung, length)
+        measurement = measure(rung, length, probe_cost(fitting[-1], lengths, length))
         if measurement is None:
             break
         measured = size_option(Option(rung, length, measurement), budget, memory_mb, shape)
@@ -853,6 +859,15 @@ def consider(
             + f"; over {candidates[candidates.index(best.max_length) + 1]} it would not"
         )
     return best
+
+
+def probe_cost(option: Option, lengths: list[int], length: int) -> float:
+    """About what probing the option's rung at another length costs: the part of its probe that reads tokens
+    (the embedding pass of a whole run; the steps and the evaluation otherwise) scaled by the token counts."""
+    m = option.measurement
+    reading = m.cached_seconds if m.whole_run_seconds is not None else m.probe_seconds - m.overhead_seconds
+    scale = mean_tokens(lengths, length) / mean_tokens(lengths, option.max_length)
+    return m.probe_seconds + max(0.0, reading) * (scale - 1)
 
 
 def batch_size(cfg: Config, rows: int, kind: str) -> int:
