@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
-
-from transformers import set_seed
 
 from tunesmith.config import Config
-from tunesmith.console import is_main, say, world_size
+from tunesmith.console import is_main, say
 from tunesmith.data.collate import pack, pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
-from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.evaluation.collapse import generator_alarm
 from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.generation import generate
 from tunesmith.evaluation.lm import language_model_loss
-from tunesmith.methods import count_parameters, get_method
-from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import causal_lm_run, defaults
+from tunesmith.tasks import causal_lm_run
 from tunesmith.tasks.base import Rung, Task
-from tunesmith.tasks.common import (
-    decide_checkpointing,
-    evaluation_logged_at,
-    evaluation_of_final_weights,
-    finish_run,
-    resume_point,
-    training_result,
-)
-from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
-from tunesmith.training.flops import training_flops
-from tunesmith.training.hardware import check_weights_dtype, describe_hardware, library_versions
-from tunesmith.training.loop import build_trainer, fit, stop_message
-from tunesmith.training.precision import decide_precision, frozen_weights_in_bf16, measured_gflops
+from tunesmith.tasks.pipeline import Prepared
+from tunesmith.training.loop import build_trainer
+from tunesmith.training.precision import frozen_weights_in_bf16
 
 
 def overflow_line(over: dict, split: str) -> str:
@@ -68,170 +54,6 @@ def sample_conversations(validation_examples, count: int):
     return [(e.where, e.messages[:-1], e.messages[-1][1]) for e in picked]
 
 
-def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-    started = time.time()
-    checked = CAUSAL_LM.validated_data(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
-    tokenizer = load_tokenizer(model_path, cfg.model)
-    run = RunFolder.for_training(cfg, default_name, resume)
-    say(f"run folder: {run.path}")
-    run.save_config(cfg)
-    renderer = Renderer(tokenizer, cfg.data.template)
-    data = tokenize_data(checked, cfg.data, renderer, cache_dir)
-    report = {**checked.report, **data["report"]}
-    test_rows, test_over = tokenize_examples(checked.test, cfg.data, renderer)
-    if checked.test:
-        report["over_max_length"]["test"] = test_over
-    run.write_json(run.data_report, report)
-    print_data_summary(report)
-    train_rows, validation_rows = data["train"], data["validation"]
-    if cfg.data.packing:
-        packed = pack(train_rows, cfg.data.max_length)
-        say(
-            f"data: packed {len(train_rows)} examples into {len(packed)} rows of up to {cfg.data.max_length} tokens"
-        )
-        train_rows = packed
-
-    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
-    run_cfg, choices = defaults.choose(cfg, len(train_rows), bool(validation_rows), defaults.GENERATOR)
-    defaults.announce(choices)
-
-    method = get_method(cfg.method.name)
-    set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
-    model = method.apply(
-        load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
-    )
-    parameters = count_parameters(model)
-    say(
-        f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
-        f"({parameters['trainable_percent']}%)"
-    )
-    precision_decision = decide_precision(cfg.train.precision, model.config, cache_dir)
-    precision = precision_decision["precision"]
-    check_weights_dtype(model.dtype, precision)  # model.dtype: float16 on a CPU, fp32 over bf16 weights
-    say(f"precision: {precision_decision['reason']}")
-    lengths = [len(r["input_ids"]) for r in train_rows]
-    checkpointing = decide_checkpointing(run_cfg, model, max(lengths), precision)
-    compiling = decide_compile(
-        cfg.train.compile,
-        planned_tokens(
-            run_cfg.train.max_steps,
-            run_cfg.train.epochs,
-            run_cfg.train.batch_size * run_cfg.train.grad_accum,
-            lengths,
-        ),
-        training_flops(model.config, 1, sum(lengths) / len(lengths), 1, frozen_base=method.is_adapter),
-        measured_gflops(precision_decision),
-    )
-    if compiling["enabled"]:
-        say(f"torch.compile: {compile_blocks(model)} blocks ({compiling['reason']})")
-    resume_from = resume_point(run) if resume else None
-
-    trainer, counter = build_trainer(
-        run_cfg,
-        run,
-        model,
-        tokenizer,
-        train_rows,
-        validation_rows,
-        precision,
-        callbacks,
-        resuming=resume,
-        gradient_checkpointing=checkpointing["enabled"],
-    )
-    summary = run.update_summary(
-        status="running",
-        task=cfg.task,
-        base_model=cfg.model.name,
-        base_model_path=model_path,
-        method=method.name,
-        is_adapter=method.is_adapter,
-        parameters=parameters,
-        precision=precision,
-        precision_probe=precision_decision,
-        gradient_checkpointing=checkpointing,
-        compile=compiling,
-        processes=world_size(),
-        template=renderer.kind,
-        stop_token_ids=renderer.stop_token_ids(),
-        defaults=defaults.record(choices),
-        hardware=describe_hardware(),
-        versions=library_versions(),
-    )
-    pad_id = pad_token_id(tokenizer)
-    reference = Reference.load(cfg, renderer.encode_text) if cfg.eval.reference else None
-    if reference is not None and "reference_before" not in summary:  # a resumed run keeps its first score
-        before = reference.score(model, pad_id, cfg.eval.batch_size)
-        summary = run.update_summary(reference_before=before)
-        say(
-            f"forgetting check: reference perplexity before training {before['perplexity']:.4g} "
-            f"({reference.texts_used} of {reference.texts_total} texts, {before['tokens']} tokens)"
-        )
-    if test_rows and cfg.eval.before_training and summary.test_before is None:
-        summary = run.update_summary(
-            test_before=language_model_loss(model, test_rows, pad_id, cfg.eval.batch_size)
-        )
-    # Samples come from the test split when there is one: nothing was chosen on it.
-    samples = sample_conversations(checked.test or checked.validation, cfg.eval.samples) if is_main() else []
-    if samples and not resume:
-        outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        run.write_json(run.path / "samples_base.json", {"outputs": outputs})
-
-    # Evaluation and rank-0-only sample generation above may have drawn random numbers on some ranks only;
-    # re-seed so every rank (and a single-process run) shuffles the data identically.
-    set_seed(cfg.train.seed)
-    # Frozen base weights in bf16 (adapters under bf16 autocast): no per-step re-cast, half their memory.
-    with frozen_weights_in_bf16(model, enabled=precision == "bf16" and method.is_adapter) as frozen:
-        if frozen["layers"]:
-            run.update_summary(frozen_weights_bf16=frozen)
-        output, stopped = fit(trainer, resume_from)
-    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop, before step 1
-    if before is not None and not resume:
-        summary = run.update_summary(validation_loss_before=before["eval_loss"])
-    if stopped:
-        say(stop_message(trainer))
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), CAUSAL_LM)
-
-    trainer.save_model(str(run.model_dir))
-    if is_main():
-        tokenizer.save_pretrained(str(run.model_dir))
-    result = training_result(trainer, output, counter, train_seconds)
-    if validation_rows:
-        after = evaluation_of_final_weights(trainer) or trainer.evaluate()
-        result["validation_loss_after"] = after["eval_loss"]
-        before = summary.validation_loss_before
-        say(
-            f"validation loss after training: {after['eval_loss']:.4f}"
-            + (f" (before: {before:.4f})" if before else "")
-        )
-    if test_rows:
-        result["test"] = language_model_loss(model, test_rows, pad_id, cfg.eval.batch_size)
-        before = summary.test_before
-        say(
-            f"test loss after training: {result['test']['loss']:.4f}"
-            + (f" (before: {before['loss']:.4f})" if before else "")
-            + f" on {len(test_rows)} test examples (held out: no checkpoint or setting was chosen on them)"
-        )
-    if samples:
-        tuned = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        write_samples(run, samples, tuned)
-        alarm = generator_alarm(tuned)
-        if alarm is not None:
-            say(describe_collapse(alarm))
-            result["collapse"] = alarm
-    if reference is not None:
-        after = reference.score(model, pad_id, cfg.eval.batch_size)
-        result["forgetting"] = drift(summary.reference_before, after, cfg.eval.forgetting_threshold)
-        result["forgetting"]["reference"] = reference.path
-        say(describe_drift(result["forgetting"], reference.path))
-    result["wall_seconds"] = round(time.time() - started, 1)
-    run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), CAUSAL_LM)
-
-
 def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
     """samples.jsonl: each held-out prompt with its reference, the base model's answer and the tuned one's."""
     base_file = run.path / "samples_base.json"
@@ -248,6 +70,31 @@ def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
                 "tuned": answer,
             }
             handle.write(json.dumps(record) + "\n")
+
+
+class ReferencePerplexity:
+    """The forgetting check of a language model: its perplexity on eval.reference (general text), before and after."""
+
+    def __init__(self, cfg: Config, data: Prepared):
+        self.cfg = cfg
+        self.pad_id = pad_token_id(data.extras["tokenizer"])
+        self.reference = Reference.load(cfg, data.extras["renderer"].encode_text)
+
+    def score(self, model) -> dict:
+        return self.reference.score(model, self.pad_id, self.cfg.eval.batch_size)
+
+    def describe(self, score: dict) -> str:
+        r = self.reference
+        return (
+            f"reference perplexity {score['perplexity']:.4g} ({r.texts_used} of {r.texts_total} texts, "
+            f"{score['tokens']} tokens)"
+        )
+
+    def drift(self, before: dict, after: dict, cfg: Config) -> dict:
+        return drift(before, after, cfg.eval.forgetting_threshold) | {"reference": self.reference.path}
+
+    def describe_drift(self, change: dict) -> str:
+        return describe_drift(change, self.reference.path)
 
 
 HALF_EPOCH = 0.5  # the fewest epochs of the small adapter rungs in `tunesmith plan`
@@ -336,8 +183,83 @@ class CausalLMTask(Task):
             )
         return checked
 
-    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-        return train(cfg, default_name, resume, callbacks)
+    # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
+        tokenizer = load_tokenizer(model_path, cfg.model)
+        renderer = Renderer(tokenizer, cfg.data.template)
+        data = tokenize_data(checked, cfg.data, renderer, cache_dir)
+        report = {**checked.report, **data["report"]}
+        test_rows, test_over = tokenize_examples(checked.test, cfg.data, renderer)
+        if checked.test:
+            report["over_max_length"]["test"] = test_over
+        train_rows = data["train"]
+        if cfg.data.packing:
+            packed = pack(train_rows, cfg.data.max_length)
+            say(
+                f"data: packed {len(train_rows)} examples into {len(packed)} rows of up to {cfg.data.max_length} tokens"
+            )
+            train_rows = packed
+        extras = {"tokenizer": tokenizer, "renderer": renderer, "checked": checked, "cfg": cfg}
+        lengths = [len(row["input_ids"]) for row in train_rows]
+        return Prepared(train_rows, data["validation"], test_rows, report, lengths, extras)
+
+    def print_data_summary(self, report: dict) -> None:
+        print_data_summary(report)
+
+    def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        return method.apply(
+            load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
+        )
+
+    def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        return build_trainer(
+            cfg, run, model, data.extras["tokenizer"], data.train, data.validation, precision, callbacks,
+            resuming=resuming, gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+
+    def summary_fields(self, cfg: Config, data: Prepared) -> dict:
+        renderer = data.extras["renderer"]
+        return {"template": renderer.kind, "stop_token_ids": renderer.stop_token_ids()}
+
+    def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
+        return ReferencePerplexity(cfg, data) if cfg.eval.reference else None
+
+    def samples(self, cfg: Config, data: Prepared) -> list:
+        checked = data.extras["checked"]
+        return sample_conversations(checked.test or checked.validation, cfg.eval.samples)
+
+    def generate(self, model, data: Prepared, samples: list) -> list[str]:
+        tokens = data.extras["cfg"].eval.max_new_tokens
+        return generate(model, data.extras["renderer"], [s[1] for s in samples], tokens)
+
+    def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
+        write_samples(run, samples, tuned)
+
+    @contextlib.contextmanager
+    def training_context(self, run: RunFolder, model, precision: str, method):
+        # Frozen base weights in bf16 (adapters under bf16 autocast): no per-step re-cast, half their memory.
+        with frozen_weights_in_bf16(model, enabled=precision == "bf16" and method.is_adapter) as frozen:
+            if frozen["layers"]:
+                run.update_summary(frozen_weights_bf16=frozen)
+            yield
+
+    def save(self, run: RunFolder, trainer, data: Prepared) -> None:
+        trainer.save_model(str(run.model_dir))
+        if is_main():
+            data.extras["tokenizer"].save_pretrained(str(run.model_dir))
+
+    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+        return {}  # the loss alone: run.json's validation_loss_after
+
+    def score(self, model, data: Prepared, split: str) -> dict:
+        pad_id = pad_token_id(data.extras["tokenizer"])
+        return language_model_loss(model, getattr(data, split), pad_id, data.extras["cfg"].eval.batch_size)
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        return f"loss {scores['loss']:.4f}" + (f" (before: {before['loss']:.4f})" if before else "")
+
+    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+        return generator_alarm(generated)
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         return causal_lm_run.load_run(run, adapter_name, into)

@@ -127,8 +127,15 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     if data.validation:
         final = evaluation_of_final_weights(trainer) or trainer.evaluate()
         result["validation_loss_after"] = final["eval_loss"]
-        result["validation"] = task.validation_scores(model, data, final)
-        say(f"validation after training: {task.describe_scores(result['validation'], None)}")
+        first = summary.validation_loss_before
+        say(
+            f"validation loss after training: {final['eval_loss']:.4f}"
+            + (f" (before: {first:.4f})" if first else "")
+        )
+        scores = task.validation_scores(model, data, final)
+        if scores:
+            result["validation"] = scores
+            say(f"validation after training: {task.describe_scores(scores, None)}")
     if data.test:  # scored once, by the final weights: nothing was chosen on it
         result["test"] = task.score(model, data, "test")
         scores = task.describe_scores(result["test"], summary.test_before)

@@ -94,10 +94,7 @@ def decide_precision(
     requested: str, model_config, cache_dir: Path | None, weights: torch.dtype = torch.float32
 ) -> dict:
     """Resolve train.precision into {"precision", "reason", "probe"}; the config keeps what the user wrote.
-    Weights loaded in 16 bits (`weights`, model.dtype) train in their own type under auto."""
-    if requested == "auto" and weights in (torch.bfloat16, torch.float16):
-        precision = pick_precision(requested, weights)
-        return {"precision": precision, "reason": f"auto: {precision}, the weights' own type", "probe": None}
+    `weights` (model.dtype) decides auto only where no probe runs (an architecture of unknown shapes)."""
     if not has_gemm_shapes(model_config):  # e.g. a convolutional network: no probe at its shapes
         precision = pick_precision(requested, weights)
         reason = f"{'auto' if requested == 'auto' else 'set in the config'}: {precision} (no probe: this "
