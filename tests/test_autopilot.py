@@ -608,3 +608,34 @@ def test_a_longer_length_is_not_probed_when_its_probe_would_outlast_the_share_le
         Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 600, 8000, Shape(90, 10, 0, 8, 5)
     )
     assert asked == [(128, 0.0), (256, pytest.approx(60.0))] and chosen.max_length == 128
+
+
+def test_a_probe_trains_and_validates_on_the_runs_own_rows_never_on_its_test_split(tmp_path, make_config):
+    from tunesmith.commands.plan import probe_config
+    from tunesmith.registry import get_task
+
+    def validation_of(raw):
+        return [e.key for e in get_task("causal-lm").validated_data(config_from_dict(raw)).validation]
+
+    rung = CAUSAL_LM.plan_ladder(None)[0]
+    raw = make_config(rows=400, data={"test_ratio": 0.1})
+    probe = probe_config(json.loads(json.dumps(raw)), rung, 64, tmp_path / "probe", 8)
+    assert probe["data"]["test_ratio"] == 0.1  # the same test split held out: the same validation split
+    assert validation_of(probe) == validation_of(raw)
+    # a test file holds none of the training rows: left out of the probe (its pass is added back by the sizing)
+    raw["data"] |= {"test_file": raw["data"]["train_file"], "test_ratio": 0.0}
+    probe = probe_config(json.loads(json.dumps(raw)), rung, 64, tmp_path / "probe", 8)
+    assert probe["data"]["test_file"] is None and probe["data"]["test_ratio"] == 0.0
+
+
+def test_a_whole_run_is_sized_from_its_probe_less_the_embeddings_it_cached():
+    from tunesmith.commands.plan import Shape, whole_run_seconds
+
+    shape = Shape(train_rows=80, validation_rows=10, test_rows=10, batch=8, max_epochs=5)
+    # a probe of 60 s, 36 s of it embedding the 90 training and validation rows (cached for the run)
+    untested = Measurement(0.0, 1.0, 60.0, 500.0, 60.0, 36.0)
+    assert whole_run_seconds(untested, shape) == pytest.approx(
+        60 - 36 + 36 * 10 / 90
+    )  # + the test split's pass
+    tested = Measurement(0.0, 1.0, 60.0, 500.0, 60.0, 36.0, tested=True)
+    assert whole_run_seconds(tested, shape) == pytest.approx(60 - 36)  # its test pass is in the 60 s

@@ -75,6 +75,7 @@ class Measurement:
     # a whole-run probe's validation split, example by example: {"expected": [...], "predicted": [...]} labels
     validation_answers: dict | None = None
     probe_seconds: float = 0.0  # what the probe cost planning: its whole process, answers included
+    tested: bool = False  # the probe held out and scored the run's own test split: its pass is in the times
     cached: bool = False
 
 
@@ -213,12 +214,16 @@ def probe_config(raw: dict, rung: Rung, max_length: int, folder: Path, steps: in
         "train.compile": False,
         "train.report_to": [],
         "eval.before_training": False,
-        "data.test_file": None,  # the sizing adds the test split's evaluation back from the validation one
-        "data.test_ratio": 0.0,
         "output.dir": str(folder),
         "output.name": "probe",
     }.items():
         set_key(probe, key.split("."), value, "plan")
+    if probe.get("data", {}).get("test_file"):  # a test file is apart from the training rows: left out, the
+        # sizing adds its evaluation back from the validation one
+        set_key(probe, ["data", "test_file"], None, "plan")
+        set_key(probe, ["data", "test_ratio"], 0.0, "plan")
+    # A test split held out of train_file stays held out, so the probe trains and validates on the run's own
+    # rows (a validation score that chooses must never see a test example); its one test pass is timed with it.
     probe.pop("plan", None)
     probe.pop("sweep", None)
     return probe
@@ -286,6 +291,7 @@ def run_probe(
             score,
             ended.get("answers"),
             probe_seconds,
+            tested=bool(summary.get("test")),
         )
     train = summary["train_seconds"]
     return Measurement(
@@ -294,6 +300,7 @@ def run_probe(
         overhead_seconds=max(0.0, wall - train - sum(evaluations)),
         peak_memory_mb=summary["peak_memory_mb"],
         probe_seconds=probe_seconds,
+        tested=bool(summary.get("test")),
     )
 
 
@@ -405,20 +412,20 @@ def size_option(option: Option, budget: float, memory_mb: float, shape: Shape) -
         option.why_not = f"needs {m.peak_memory_mb:,.0f} MB, over the {memory_mb:,.0f} MB allowed"
         return option
     if m.whole_run_seconds is not None:  # the probe's embeddings are cached; the test split's are new
-        option.predicted_seconds = m.whole_run_seconds + m.cached_seconds * (shape.test_per_seen - 1)
+        option.predicted_seconds = whole_run_seconds(m, shape)
         option.fits = option.predicted_seconds <= budget * SAFETY
         option.why_not = "" if option.fits else f"takes {option.predicted_seconds:.0f} s"
         return option
     steps_per_epoch = max(1, math.ceil(shape.train_rows / shape.batch))
     # the evaluations: EVALUATIONS during the run, one before training, and the test split's after it
-    fixed = m.overhead_seconds + (EVALUATIONS + 1 + shape.test_per_validation) * m.evaluation_seconds
+    fixed = m.overhead_seconds + (EVALUATIONS + 1 + test_passes(m, shape)) * m.evaluation_seconds
     available = budget * SAFETY - fixed
     steps = (
         int(min(available / m.seconds_per_step, shape.max_epochs * steps_per_epoch)) if available > 0 else 0
     )
     option.steps, option.epochs = steps, round(steps / steps_per_epoch, 2)
     option.eval_every = max(1, steps // EVALUATIONS)
-    evaluations = (steps // option.eval_every if steps else 0) + 1 + shape.test_per_validation
+    evaluations = (steps // option.eval_every if steps else 0) + 1 + test_passes(m, shape)
     option.predicted_seconds = (
         m.overhead_seconds + steps * m.seconds_per_step + evaluations * m.evaluation_seconds
     )
@@ -428,13 +435,26 @@ def size_option(option: Option, budget: float, memory_mb: float, shape: Shape) -
     return option
 
 
+def test_passes(m: Measurement, shape: Shape) -> float:
+    """The test split's evaluation in units of a validation one, where the probe's times do not hold it already."""
+    return 0.0 if m.tested else shape.test_per_validation
+
+
+def whole_run_seconds(m: Measurement, shape: Shape) -> float:
+    """A whole-run rung's run: its probe less the training embeddings it cached, plus a test pass if the probe
+    had none."""
+    return (
+        m.whole_run_seconds - m.cached_seconds + (0.0 if m.tested else m.cached_seconds * shape.test_per_seen)
+    )
+
+
 def seconds_needed(option: Option, shape: Shape) -> float:
     """The budget at which this option would just fit (for the error when nothing does)."""
     m = option.measurement
     if m.whole_run_seconds is not None:
-        return (m.whole_run_seconds + m.cached_seconds * (shape.test_per_seen - 1)) / SAFETY
+        return whole_run_seconds(m, shape) / SAFETY
     steps = max(1.0, option.rung.min_epochs * math.ceil(shape.train_rows / shape.batch))
-    evaluations = EVALUATIONS + 1 + shape.test_per_validation
+    evaluations = EVALUATIONS + 1 + test_passes(m, shape)
     return (m.overhead_seconds + steps * m.seconds_per_step + evaluations * m.evaluation_seconds) / SAFETY
 
 
@@ -807,6 +827,7 @@ def rescaled(option: Option, lengths: list[int], length: int) -> Option:
         m.peak_memory_mb,
         m.whole_run_seconds * scale if m.whole_run_seconds is not None else None,
         m.cached_seconds * scale,
+        tested=m.tested,
     )
     return Option(option.rung, length, estimate)
 
