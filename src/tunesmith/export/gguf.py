@@ -1,10 +1,11 @@
-"""`tunesmith export RUN --format gguf`: one GGUF file for llama.cpp, Ollama and LM Studio, proven against the run.
+"""`tunesmith export RUN --format gguf`: one GGUF file for llama.cpp, Ollama and LM Studio, checked against the run.
 
 Read top to bottom: merge the adapter (with its parity check), write the file with the run's tokenizer, template
-and stop tokens, then prove it: transformers reloads the file and gives the merged model's logits (quantized
+and stop tokens, then check it: transformers reloads the file and gives the merged model's logits (quantized
 types: KL and top-1 agreement under a threshold), the embedded template gives training's token ids, and
-llama.cpp itself (when llama-cpp-python is installed) answers the validation prompts as `tunesmith generate` does.
-A failed proof leaves nothing behind.
+llama.cpp itself (llama-cpp-python, which `make setup` builds) answers the validation prompts as `tunesmith
+generate` does. Without llama-cpp-python that last check cannot run, and the export says "not checked in
+llama.cpp" on screen, in export.json and in its README.md, never more. A failed check leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ MAX_CONVERSATIONS = 64  # validation conversations for the logits check: seconds
 MAX_PROMPTS = 20  # validation prompts for the template and llama.cpp checks
 
 
-def _validation_conversations(task, cfg) -> list:
+def validation_conversations(task, cfg) -> list:
     """The run's validation conversations that end with an answer (the prompts are what precedes it)."""
     checked = task.validated_data(cfg)
     examples = checked.validation or checked.train
@@ -89,7 +90,7 @@ def export_gguf(
     architecture, arch, _ = architecture_of(model)
     vocab = vocabulary(renderer, model.config.vocab_size)
     template = run_template(renderer)
-    conversations = _validation_conversations(task, cfg)[:MAX_CONVERSATIONS]
+    conversations = validation_conversations(task, cfg)[:MAX_CONVERSATIONS]
     system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
     prompts = [c[:-1] for c in conversations[:MAX_PROMPTS]] or [(*system, ("user", "Hi"))]
     name = _model_name(run)

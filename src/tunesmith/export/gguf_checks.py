@@ -18,6 +18,8 @@ TOLERANCE = 1e-4  # f32/f16: the same numbers through another loader differ by r
 # different model. A llama.cpp answer is the tuned model's greedy answer "up to ties" when, read back through the
 # tuned model in one forward, every token it chose (and its end token) is within this margin of the best logit.
 TIE_MARGIN = {"f32": 5e-3, "f16": 0.02}  # f32: a cached decode and a whole forward differ by ~1e-3
+# What an export says, on screen and in export.json and its README.md, when llama.cpp could not run the file.
+NOT_CHECKED = "not checked in llama.cpp"
 # Defaults of the quality gate against the fp32 merged model: mean KL (nats/token) and top-1 disagreement.
 GATES = {
     "f32": {"max_kl": 1e-6, "max_drop": 0.0},
@@ -64,7 +66,7 @@ def _rounded_to_file(model, quantize: str):
     return rounded
 
 
-def _batches(sequences: list[list[int]], size: int = 8):
+def batches(sequences: list[list[int]], size: int = 8):
     for start in range(0, len(sequences), size):
         chunk = sequences[start : start + size]
         width = max(map(len, chunk))
@@ -86,7 +88,7 @@ def reload_check(
     kl_sum = agree = count = 0.0
     largest = 0.0
     with torch.no_grad():
-        for ids, mask in _batches(sequences):
+        for ids, mask in batches(sequences):
             real = mask.bool()
             got = reloaded(input_ids=ids, attention_mask=mask).logits[real].double()
             reference = model(input_ids=ids, attention_mask=mask).logits[real].double()
@@ -195,6 +197,15 @@ def _tunesmith_greedy(
     return output, False
 
 
+def not_checked_in_llama_cpp() -> dict:
+    """The runtime check's record when llama.cpp could not be loaded: says so, and claims nothing about llama.cpp."""
+    return {
+        "checked": False,
+        "verdict": f"{NOT_CHECKED}: llama-cpp-python is not installed (`pip install llama-cpp-python`; `make "
+        "setup` builds it), so llama.cpp generated no answer; only the reload and template checks ran",
+    }
+
+
 def open_llama(path: Path, context: int):
     """llama-cpp-python's Llama on the file, or None when the package is not installed."""
     try:
@@ -249,9 +260,7 @@ def runtime_check(
     (TIE_MARGIN), or the export is refused; quantized files are compared and recorded, not gated here (their gate
     is the reload check's KL and top-1 agreement)."""
     if llama is None:
-        return {
-            "skipped": "llama-cpp-python is not installed (pip install llama-cpp-python); no runtime check was run"
-        }
+        return not_checked_in_llama_cpp()
     import llama_cpp
 
     from tunesmith.evaluation.generation import generate
@@ -296,6 +305,7 @@ def runtime_check(
                 }
             )
     record = {
+        "checked": True,
         "runtime": f"llama-cpp-python {llama_cpp.__version__}",
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
