@@ -468,6 +468,39 @@ def test_lora_adapts_encoder_and_decoder_and_the_test_split_is_scored_before_and
     assert result["split"] == "test" and result["examples"] == 3
 
 
+def test_a_run_learns_to_hear_two_words_lowering_validation_loss_and_wer(tmp_path, whisper):
+    # Learnable: each clip says "zero" or "seven", at one of five speeds. A decoder that ignores the audio can do no
+    # better than always writing the commoner word, so a WER under that shows the encoder learned to listen
+    # (measured: WER 3.0 -> 0.33 at step 75 -> 0.0 at step 150; loss 5.69 -> 0.005; 0.67 at 150 steps of 3e-3).
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rows = []
+    for i in range(24):
+        text = ("zero", "seven")[i % 2]
+        say(text, folder / f"{i}.wav", speed=140 + 15 * (i // 2 % 5))
+        rows.append({"audio": f"{i}.wav", "text": text})
+    raw = speech_config(
+        tmp_path,
+        whisper,
+        write_jsonl(folder / "clips.jsonl", rows),
+        train={"max_steps": 150, "learning_rate": 1e-2, "eval_steps": 75, "save_steps": 75},
+        eval={"before_training": True, "train_generations": 8, "generations": 0},
+    )
+    summary = api.train(config_from_dict(raw))
+    metrics = (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    evaluations = [m for m in map(json.loads, metrics) if "eval_wer" in m]
+    first, last = evaluations[0], evaluations[-1]
+    assert (first["step"], last["step"]) == (0, 150)
+    assert last["eval_loss"] < first["eval_loss"] and last["eval_wer"] < first["eval_wer"]
+    result = api.evaluate(summary["run_dir"], generations=8)
+    generated = Path(result["folder"], "generations.jsonl").read_text().splitlines()
+    references = [json.loads(line)["reference"] for line in generated]
+    assert len(references) == result["examples"] == 6  # the whole validation split was transcribed
+    deaf = 1 - max(references.count(word) for word in ("zero", "seven")) / len(references)
+    assert result["tuned"]["wer"] == pytest.approx(last["eval_wer"])
+    assert last["eval_wer"] < deaf
+
+
 def test_the_config_refuses_what_speech_recognition_cannot_do(tmp_path, whisper, clips):
     with pytest.raises(
         TunesmithError, match="train.metric: wer is better when lower; set train.greater_is_better"
