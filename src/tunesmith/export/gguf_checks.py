@@ -25,7 +25,7 @@ GATES = {
     "f32": {"max_kl": 1e-6, "max_drop": 0.0},
     "f16": {"max_kl": 1e-3, "max_drop": 0.01},
     "q8_0": {"max_kl": 1e-2, "max_drop": 0.03},
-    "k-quant": {"max_kl": 0.1, "max_drop": 0.15},
+    "k-quant": {"max_kl": 0.1, "max_drop": 0.15},  # not measured yet: bench/gguf_quickstart.py measures them
 }
 
 
