@@ -17,8 +17,8 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP) $(LLAMA_CPP_STAMP) system-deps
 
 # Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set; chromium and its
-# chromedriver render report.html headless.
-DEBIAN_PACKAGES := espeak-ng chromium chromium-driver
+# chromedriver render report.html headless; g++ and cmake compile llama.cpp (below).
+DEBIAN_PACKAGES := espeak-ng chromium chromium-driver g++ cmake
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml Makefile
 # Measured 2026-12-03 on a shared 2-core AVX2 host (bench/results/gguf_llama_cpp_build.json): 30.2 min wall while other
 # jobs held the load average at 9.3 on average (up to 13.4); 6.9 CPU-minutes in all; 12 s again from the wheel cache.
 LLAMA_CPP_INCLUDE := $(VENV)/llama-cpp-no-common.cmake
-$(LLAMA_CPP_STAMP): $(STAMP)
+$(LLAMA_CPP_STAMP): $(STAMP) | system-deps
 	echo 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "llama-cpp-python never loads it" FORCE)' > $(LLAMA_CPP_INCLUDE)
 	@echo "building llama-cpp-python 0.3.36 (llama.cpp from source, once per .venv; 7 CPU-minutes)"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=$(CURDIR)/$(LLAMA_CPP_INCLUDE)" \
