@@ -52,7 +52,9 @@ def test_lora_classifier_onnx_int8_reports_size_and_accuracy(classifier_run):
     quantization = result["quantization"]
     assert quantization["size_mb_after"] < quantization["size_mb_before"]
     assert quantization["metric"] == "validation_accuracy" and 0 <= quantization["after"] <= 1
-    assert quantization["change"] == pytest.approx(quantization["after"] - quantization["before"])
+    # The fp32 figure is measured on the exported ONNX graph: it must match what the trainer measured in PyTorch.
+    summary = json.loads((Path(classifier_run) / "run.json").read_text())
+    assert quantization["before"] == pytest.approx(summary["validation"]["accuracy"], abs=1e-6)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(Path(result["output"]) / "model.onnx"))
@@ -92,9 +94,8 @@ def test_int8_export_is_refused_past_its_max_drop(classifier_run, tmp_path):
     measured = api.export(classifier_run, "onnx", output=tmp_path / "measured", quantize="int8")[
         "quantization"
     ]
-    gate = measured["gate"]
-    assert gate["max_drop"] == 0.02 and gate["drop"] == pytest.approx(measured["before"] - measured["after"])
-    strict = gate["drop"] - 0.01  # just below what int8 measurably lost (or gained) on the validation split
+    # Just below what int8 lost (or gained) in accuracy on the validation split: the export must be refused.
+    strict = measured["before"] - measured["after"] - 0.01
     with pytest.raises(TunesmithError, match=r"--quantize int8 refused: validation_accuracy"):
         api.export(classifier_run, "onnx", output=tmp_path / "strict", quantize="int8", max_drop=strict)
     assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.partial").exists()

@@ -292,7 +292,6 @@ def test_eval_baseline_scores_match_sacrebleu_and_rouge_on_the_same_strings(lora
         assert result[side]["bleu"] == pytest.approx(bleu, abs=0.01)
         assert result[side]["rougeL"] == pytest.approx(100 * rouge, abs=0.01)
     assert result["tuned"]["loss"] < result["baseline"]["loss"]
-    assert result["difference"]["loss"] == pytest.approx(result["tuned"]["loss"] - result["baseline"]["loss"])
 
 
 def _free_port() -> int:
