@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import classification_config, topic_rows, write_jsonl
 from test_preference_train import preference_config, read_metrics
 from tunesmith import api
-from tunesmith.config import DataConfig, PreferenceConfig, config_from_dict
+from tunesmith.config import DataConfig, PreferenceConfig, config_from_dict, starter_config, starter_names
 from tunesmith.data.labelled import check_labelled
 from tunesmith.data.preference import check_preference_data
 from tunesmith.data.prepare import check_data
@@ -101,6 +102,16 @@ def test_100_rows_get_no_test_split_by_default_and_say_so(make_config, capsys):
     assert report["train_examples"] + report["validation_examples"] == 100  # nothing held back for testing
     assert summary.get("test") is None
     assert "data: no test split (auto: 100 rows < 300)" in capsys.readouterr().out
+
+
+def test_every_starter_shows_the_test_keys_with_a_reason_and_loads():
+    for name in starter_names():
+        text = starter_config(name)
+        for key in ("test_file", "test_ratio"):
+            line = next((line for line in text.splitlines() if line.strip().startswith(f"{key}:")), "")
+            assert "#" in line, f"{name}: data.{key} is missing or has no comment saying why"
+        cfg = config_from_dict(yaml.safe_load(text))
+        assert cfg.data.test_ratio == "auto" and cfg.data.test_file is None, name
 
 
 def test_an_explicit_test_ratio_is_kept_whatever_the_size(tmp_path, capsys):
