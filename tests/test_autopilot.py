@@ -123,7 +123,8 @@ def test_a_run_with_a_time_budget_ends_inside_it_with_its_schedule_decayed(make_
 
 
 # -- tunesmith plan ---------------------------------------------------------------------------------------
-from tunesmith.commands.plan import Measurement, ProbeOutOfTime, plan, run_probe  # noqa: E402
+from tunesmith.commands.plan import plan  # noqa: E402
+from tunesmith.commands.plan_probes import Measurement, ProbeOutOfTime, run_probe  # noqa: E402
 from tunesmith.tasks.causal_lm import CAUSAL_LM  # noqa: E402
 
 # A fixed measurement per rung of the causal-LM ladder: (seconds a step, peak MB)
@@ -611,7 +612,7 @@ def test_a_longer_length_is_not_probed_when_its_probe_would_outlast_the_share_le
 
 
 def test_a_probe_trains_and_validates_on_the_runs_own_rows_never_on_its_test_split(tmp_path, make_config):
-    from tunesmith.commands.plan import probe_config
+    from tunesmith.commands.plan_probes import probe_config
     from tunesmith.registry import get_task
 
     def validation_of(raw):
