@@ -232,9 +232,17 @@ def run_manpages(budgets: list[str], workdir: Path, per_section: int, seed: int)
     previous_file = RESULTS / "autopilot_manpages.json"
     previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
     same_corpus = previous.get("corpus", {}).get("pages_sha256") == corpus["pages_sha256"]
-    # rows of other budgets stay from earlier invocations on the same pages (each with its own date and load)
-    kept = [r for r in previous.get("rows", []) if same_corpus and r["budget"] not in budgets]
-    result = {"corpus": corpus, "rows": kept}
+    # rows of other budgets stay from earlier invocations on the same pages (each with its own date and load), and
+    # a budget measured again keeps its earlier attempts beside the new row
+    earlier = previous.get("rows", []) if same_corpus else []
+    result = {
+        "corpus": corpus,
+        "rows": [r for r in earlier if r["budget"] not in budgets],
+        "earlier_attempts": [
+            *(previous.get("earlier_attempts", []) if same_corpus else []),
+            *(r for r in earlier if r["budget"] in budgets),
+        ],
+    }
     for budget in budgets:
         started = time.time()
         try:
