@@ -609,6 +609,7 @@ def test_a_longer_length_is_not_probed_when_its_probe_would_outlast_the_share_le
         Rung("features", min_epochs=0.0), 512, [600] * 20, measure, 600, 8000, Shape(90, 10, 0, 8, 5)
     )
     assert asked == [(128, 0.0), (256, pytest.approx(60.0))] and chosen.max_length == 128
+    assert chosen.reasons[-1].endswith("over 256 it was not probed: planning's share of the budget was spent")
 
 
 def test_a_probe_trains_and_validates_on_the_runs_own_rows_never_on_its_test_split(tmp_path, make_config):

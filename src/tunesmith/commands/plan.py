@@ -612,12 +612,13 @@ def consider(
     first = size_option(Option(rung, candidates[0], shortest), budget, memory_mb, shape)
     if not first.fits:
         return first  # the shortest length does not fit: a longer one would not either
-    fitting = [first]
+    fitting, unprobed = [first], None
     for length in candidates[1:]:
         if not size_option(rescaled(fitting[-1], lengths, length), budget, memory_mb, shape).fits:
             break
         measurement = measure(rung, length, probe_cost(fitting[-1], lengths, length))
         if measurement is None:
+            unprobed = length
             break
         measured = size_option(Option(rung, length, measurement), budget, memory_mb, shape)
         if not measured.fits:
@@ -635,14 +636,18 @@ def consider(
         scores = ", ".join(f"{o.measurement.validation_score:.4f} at {o.max_length}" for o in scored)
         best.reasons.append(
             f"max_length {best.max_length}: the {rung.label} probes, each a whole run, scored validation {scores} "
-            "(the test split was left out of them)"
+            "(their validation split holds no test example)"
         )
     elif best.max_length != longest:
         best.reasons.append(
             f"max_length {best.max_length}, not {longest} (95% of the examples whole): {rung.label} over the first "
             f"{best.max_length} tokens fits the budget"
             + (f" with {best.epochs:g} epochs" if best.measurement.whole_run_seconds is None else "")
-            + f"; over {candidates[candidates.index(best.max_length) + 1]} it would not"
+            + (
+                f"; over {unprobed} it was not probed: planning's share of the budget was spent"
+                if unprobed
+                else f"; over {candidates[candidates.index(best.max_length) + 1]} it would not"
+            )
         )
     return best
 
