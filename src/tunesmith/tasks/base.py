@@ -39,6 +39,7 @@ class Task:
     pipeline_tag: str = ""  # the hub's pipeline tag in the model card
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
+    scores_test_before: bool = True  # the untouched model is scored on the test split before training
     plan_kind: str = "generator"  # tunesmith.tasks.defaults kind: epochs and learning rates it plans with
     selection_metric: tuple[str, str] | None = None  # (train.metric, why) a classifier-kind task chooses by
     # How `tunesmith plan DATA` recognizes this task's data: table fields that mark it, or, for a folder, file
@@ -112,7 +113,11 @@ class Task:
         """What the training loop runs inside (e.g. frozen weights held in bf16); nothing by default."""
         return contextlib.nullcontext()
 
-    def validation_scores(self, model, data, final: dict) -> dict:
+    def solver(self, cfg: Config, model_path: str, model, method, data):
+        """A tasks.pipeline.Solver when this run fits without gradient steps (features, a solved head), else None."""
+        return None
+
+    def validation_scores(self, trainer, model, data, final: dict) -> dict:
         """The final weights' validation scores; `final` is the Trainer's evaluation of them (eval_* keys)."""
         return {
             k.removeprefix("eval_"): v
@@ -132,7 +137,7 @@ class Task:
         """One line for a split's scores (and the untouched model's, when measured)."""
         return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
 
-    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+    def collapse_alarm(self, data, validation: dict | None, generated: list[str]) -> dict | None:
         """The collapse alarm from the final validation scores and the tuned model's sample answers, or None."""
         return None
 

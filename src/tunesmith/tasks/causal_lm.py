@@ -248,7 +248,7 @@ class CausalLMTask(Task):
         if is_main():
             data.extras["tokenizer"].save_pretrained(str(run.model_dir))
 
-    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+    def validation_scores(self, trainer, model, data: Prepared, final: dict) -> dict:
         return {}  # the loss alone: run.json's validation_loss_after
 
     def score(self, model, data: Prepared, split: str) -> dict:
@@ -258,7 +258,7 @@ class CausalLMTask(Task):
     def describe_scores(self, scores: dict, before: dict | None) -> str:
         return f"loss {scores['loss']:.4f}" + (f" (before: {before['loss']:.4f})" if before else "")
 
-    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+    def collapse_alarm(self, data, validation: dict | None, generated: list[str]) -> dict | None:
         return generator_alarm(generated)
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import set_seed
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
@@ -24,10 +23,6 @@ from tunesmith.evaluation.classification import (
     write_evaluation,
 )
 from tunesmith.evaluation.collapse import classifier_alarm
-from tunesmith.evaluation.collapse import describe as describe_collapse
-from tunesmith.evaluation.forgetting import ProbeReference, drift
-from tunesmith.evaluation.forgetting import describe as describe_drift
-from tunesmith.methods import count_parameters
 from tunesmith.methods.features import (
     FeatureHead,
     cached_embeddings,
@@ -39,16 +34,15 @@ from tunesmith.methods.features import (
     solve_head,
 )
 from tunesmith.models.heads import fresh_head_unless_same_labels
-from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.registry import get_method, get_task, register_task
+from tunesmith.models.loading import load_model
+from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Rung, Task
-from tunesmith.tasks.common import decide_checkpointing, finish_run, peak_memory_mb, resume_point
+from tunesmith.tasks.common import LinearProbeCheck, peak_memory_mb
 from tunesmith.tasks.modalities import AudioModality, ImageModality, TextModality
+from tunesmith.tasks.pipeline import Prepared, Solver
 from tunesmith.training.classification_loop import build_classification_trainer
-from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
-from tunesmith.training.loop import fit, stop_message
 
 
 def print_data_summary(report: dict) -> None:
@@ -93,111 +87,31 @@ def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
     return arguments
 
 
-def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-    task = get_task(cfg.task)
-    started = time.time()
-    checked = task.validated_data(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-    model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
-    modality = task.modality(model_path, cfg.model, cfg.data)
-    run = RunFolder.for_training(cfg, default_name, resume)
-    say(f"run folder: {run.path}")
-    run.save_config(cfg)
-    labels = checked.report["labels"]
-    label_ids = {label: i for i, label in enumerate(labels)}
-    train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
-    validation_set = modality.prepare(checked.validation, label_ids, cfg.data.multi_label, training=False)
-    report = checked.report | {
-        "preprocessing": {"train": train_set.report, "validation": validation_set.report}
-    }
-    run.write_json(run.data_report, report)
-    print_data_summary(report)
-
-    method = get_method(cfg.method.name)
-    set_seed(cfg.train.seed)  # the new head's initialisation is random
-    model = load_model(model_path, cfg.model, None, modality.auto_class, **classifier_arguments(cfg, labels))
-    head = fresh_head_unless_same_labels(model, model_path, labels)
-    model = method.apply(model, cfg.method)
-    parameters = count_parameters(model)
-    say(
-        f"strategy {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
-        f"({parameters['trainable_percent']}%)"
-    )
-    # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
-    run_cfg, choices = defaults.choose(
-        cfg, len(checked.train), len(checked.validation) > 0, defaults.CLASSIFIER
-    )
-    solve = method.trains_network and solvable_head(model, cfg)
-    mean_pooled = solve and modality.name == "text" and sentence_pooling(model_path) == "mean"
-    if solve:
-        choices = [defaults.Choice("method", "head solved", SOLVED_HEAD, SOLVED_HEAD_OVERRIDE)]
-    if mean_pooled:
-        choices.append(
-            defaults.Choice("head input", "mean of token states", MEAN_POOLED_HEAD, SOLVED_HEAD_OVERRIDE)
-        )
-    if not method.trains_network:
-        choices = []  # a logistic regression: no learning rate, epochs or evaluations to choose
-    defaults.announce(choices)
-    run.update_summary(
-        status="running",
-        task=cfg.task,
-        base_model=cfg.model.name,
-        base_model_path=model_path,
-        method=method.name,
-        is_adapter=method.is_adapter,
-        labels=labels,
-        multi_label=cfg.data.multi_label,
-        head=head,
-        parameters=parameters,
-        processes=world_size(),
-        hardware=describe_hardware(),
-        versions=library_versions(),
-        defaults=defaults.record(choices),
-    )
-    reference = ProbeReference.load(cfg, modality) if cfg.eval.reference else None
-    probe = (modality.collator(model), cfg.eval.batch_size, modality.name == "text", cfg.train.seed)
-    if reference is not None and "reference_before" not in run.read_summary():
-        before = reference.score(model, *probe)
-        run.update_summary(reference_before=before)
-        say(f"forgetting check: reference probe accuracy before training {before['accuracy']:.4f}")
-    if not method.trains_network or mean_pooled:
-        result = fit_features(cfg, run, model, modality, train_set, validation_set, model_path, cache_dir)
-    elif solve:
-        result = fit_solved_head(cfg, run, model, modality, train_set, validation_set)
-    else:
-        result = fit_network(run_cfg, run, model, modality, train_set, validation_set, resume, callbacks)
-    if reference is not None and result.get("status") == "finished":
-        before = run.read_summary().reference_before
-        result["forgetting"] = drift(
-            before, reference.score(model, *probe), cfg.eval.forgetting_threshold, "accuracy"
-        )
-        result["forgetting"]["reference"] = reference.path
-        say(describe_drift(result["forgetting"], reference.path))
-    if result.get("status") == "stopped":
-        run.update_summary(**result)
-        return finish_run(run, cfg, run.read_summary(), task)
-    if is_main():
-        modality.save(run.model_dir)
-    result["peak_memory_mb"] = peak_memory_mb()
-    result["wall_seconds"] = round(time.time() - started, 1)
-    run.update_summary(**result)
-    if checked.test and is_main():  # scored once, by the saved model as `tunesmith predict` loads it
-        from tunesmith.tasks.classification_run import score_test
-
-        run.update_summary(test=score_test(run, checked.test))
-    return finish_run(run, cfg, run.read_summary(), task)
-
-
 SOLVED_HEAD = (
     "only a linear head trains and no learning rate, epochs or max_steps was set: the head is solved by "
     "logistic regression on what it reads from the frozen body (as features does) and loaded as its weights"
 )
 SOLVED_HEAD_OVERRIDE = "set train.learning_rate to train it by gradient steps instead"
+HEAD_SOLVED = defaults.Choice("method", "head solved", SOLVED_HEAD, SOLVED_HEAD_OVERRIDE)
 MEAN_POOLED_HEAD = (
     "the body is a sentence encoder that pools by the mean of its token states (its 1_Pooling config): the "
     "linear head reads that mean, not BERT's pooler (a dense layer on the first token that sentence training "
     "left as pretraining made it), and is stored as model/features_head.json over the unchanged body"
 )
+
+
+HEAD_READS_MEAN = defaults.Choice(
+    "head input", "mean of token states", MEAN_POOLED_HEAD, SOLVED_HEAD_OVERRIDE
+)
+
+
+def solved(run: RunFolder, data: Prepared, result: dict) -> dict:
+    """A solved fit's model gets its processor beside it; run.json gets the fit's peak memory; a collapse alarm
+    goes to the pipeline, which says and records it."""
+    if is_main() and result.get("status") == "finished":
+        data.extras["modality"].save(run.model_dir)
+    data.extras["alarm"] = result.pop("collapse", None)
+    return result | {"peak_memory_mb": peak_memory_mb()}
 
 
 def solvable_head(model, cfg: Config) -> bool:
@@ -240,61 +154,6 @@ def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dic
     return result
 
 
-def fit_network(cfg, run, model, modality, train_set, validation_set, resume, callbacks) -> dict:
-    """Train with the Trainer (full, head, last_n, lora, dora); evaluate the final weights on validation."""
-    precision = pick_precision(cfg.train.precision, model.dtype)
-    text = modality.name == "text"
-    longest = max((len(row["input_ids"]) for row in train_set.dataset), default=0) if text else None
-    checkpointing = decide_checkpointing(cfg, model, longest, precision)
-    resume_from = resume_point(run) if resume else None
-    trainer, counter = build_classification_trainer(
-        cfg,
-        run,
-        model,
-        train_set.dataset,
-        validation_set,
-        modality.collator(model),
-        train_set.targets,
-        model.config.num_labels,
-        precision,
-        callbacks,
-        resuming=resume,
-        gradient_checkpointing=checkpointing["enabled"],
-    )
-    set_seed(cfg.train.seed)
-    output, stopped = fit(trainer, resume_from)
-    seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    if stopped:
-        say(stop_message(trainer))
-        return {"status": "stopped", "global_step": trainer.state.global_step}
-    trainer.save_model(str(run.model_dir))
-    rate_key = "tokens_per_second" if counter.unit == "tok" else "examples_per_second"
-    result = {
-        "status": "finished",
-        "precision": precision,
-        "gradient_checkpointing": checkpointing,
-        "global_step": trainer.state.global_step,
-        "train_loss": output.training_loss,
-        "train_seconds": round(seconds, 1),
-        rate_key: round(counter.tokens / max(seconds, 1e-9), 1),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_metric": trainer.state.best_metric,
-    }
-    if len(validation_set.dataset):
-        prediction = trainer.predict(validation_set.dataset, metric_key_prefix="final")
-        logits = (
-            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        )
-        result |= evaluate_logits(
-            cfg,
-            run,
-            validation_set.text_scores(logits, cfg.data.multi_label),
-            np.asarray(validation_set.text_targets),
-            model.config.id2label,
-        )
-    return result
-
-
 def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> dict:
     """Write evaluation.json and the confusion matrix (one row of logits per text); return the headline numbers."""
     names = [id2label[i] for i in range(len(id2label))]
@@ -308,8 +167,7 @@ def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> d
     )
     result = {"validation": {k: report[k] for k in report if isinstance(report[k], float)}}
     alarm = classifier_alarm(targets, predictions, names, report["f1_macro"], cfg.data.multi_label)
-    if alarm is not None:
-        say(describe_collapse(alarm))
+    if alarm is not None:  # said and recorded by the pipeline (ClassificationTask.collapse_alarm)
         result["collapse"] = alarm
     return result
 
@@ -440,8 +298,105 @@ class ClassificationTask(Task):
             ),
         ]
 
-    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-        return train(cfg, default_name, resume, callbacks)
+    # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
+    scores_test_before = False  # the test split is scored by the saved model, as `tunesmith predict` loads it
+
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
+        modality = self.modality(model_path, cfg.model, cfg.data)
+        labels = checked.report["labels"]
+        label_ids = {label: i for i, label in enumerate(labels)}
+        train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
+        validation_set = modality.prepare(checked.validation, label_ids, cfg.data.multi_label, training=False)
+        report = checked.report | {
+            "preprocessing": {"train": train_set.report, "validation": validation_set.report}
+        }
+        text = modality.name == "text"
+        lengths = [len(row["input_ids"]) for row in train_set.dataset] if text else None
+        extras = {"modality": modality, "labels": labels, "sets": (train_set, validation_set), "cfg": cfg}
+        extras["cache_dir"] = cache_dir
+        return Prepared(train_set.dataset, validation_set.dataset, checked.test, report, lengths, extras)
+
+    def print_data_summary(self, report: dict) -> None:
+        print_data_summary(report)
+
+    def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        labels, modality = data.extras["labels"], data.extras["modality"]
+        model = load_model(
+            model_path, cfg.model, None, modality.auto_class, **classifier_arguments(cfg, labels)
+        )
+        data.extras["head"] = fresh_head_unless_same_labels(model, model_path, labels)
+        return method.apply(model, cfg.method)
+
+    def solver(self, cfg: Config, model_path: str, model, method, data: Prepared):
+        """features (a logistic regression on frozen embeddings) and a lone linear head are solved, not trained."""
+        e = data.extras
+        modality, (train_set, validation_set), run = e["modality"], e["sets"], data.run
+        solve = method.trains_network and solvable_head(model, cfg)
+        mean_pooled = solve and modality.name == "text" and sentence_pooling(model_path) == "mean"
+        if method.trains_network and not solve:
+            return None
+        sets = (train_set, validation_set)
+        if not method.trains_network or mean_pooled:  # a logistic regression on embeddings: no rate or epochs
+            choices = [] if not method.trains_network else [HEAD_SOLVED, HEAD_READS_MEAN]
+            more = (model_path, e["cache_dir"])
+            return Solver(
+                choices, lambda: solved(run, data, fit_features(cfg, run, model, modality, *sets, *more))
+            )
+        return Solver(
+            [HEAD_SOLVED], lambda: solved(run, data, fit_solved_head(cfg, run, model, modality, *sets))
+        )
+
+    def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        train_set, validation_set = data.extras["sets"]
+        return build_classification_trainer(
+            cfg, run, model, train_set.dataset, validation_set, data.extras["modality"].collator(model),
+            train_set.targets, model.config.num_labels, precision, callbacks, resuming=resuming,
+            gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+
+    def summary_fields(self, cfg: Config, data: Prepared) -> dict:
+        e = data.extras
+        return {"labels": e["labels"], "multi_label": cfg.data.multi_label, "head": e["head"]}
+
+    def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
+        return LinearProbeCheck(cfg, data.extras["modality"]) if cfg.eval.reference else None
+
+    def save(self, run: RunFolder, trainer, data: Prepared) -> None:
+        trainer.save_model(str(run.model_dir))
+        if is_main():
+            data.extras["modality"].save(run.model_dir)
+
+    def validation_scores(self, trainer, model, data: Prepared, final: dict) -> dict:
+        """Per text (a text's windows averaged): evaluation.json, the confusion matrix and the collapse alarm."""
+        validation_set = data.extras["sets"][1]
+        prediction = trainer.predict(validation_set.dataset, metric_key_prefix="final")
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
+        cfg = data.extras["cfg"]
+        targets = np.asarray(validation_set.text_targets)
+        result = evaluate_logits(
+            cfg,
+            data.run,
+            validation_set.text_scores(logits, cfg.data.multi_label),
+            targets,
+            model.config.id2label,
+        )
+        data.extras["alarm"] = result.get("collapse")
+        return result["validation"]
+
+    def collapse_alarm(self, data: Prepared, validation: dict | None, generated: list[str]) -> dict | None:
+        return data.extras.get("alarm")  # found by evaluate_logits over the validation predictions
+
+    def score(self, model, data: Prepared, split: str) -> dict:
+        from tunesmith.tasks.classification_run import score_test
+
+        return score_test(data.run, data.test) if is_main() else {}
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        if "accuracy" not in scores:
+            return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+        return f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f}"
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         from tunesmith.tasks.classification_run import RunClassifier

@@ -164,3 +164,35 @@ def evaluation_of_final_weights(trainer) -> dict | None:
     best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
     best_step = checkpoint_step(Path(best)) if best else None
     return evaluation_logged_at(trainer, best_step if best_step is not None else state.global_step)
+
+
+class LinearProbeCheck:
+    """The forgetting check of an encoder (classification, token classification): a linear probe's accuracy on
+    its pooled features of eval.reference (a labelled text set), before and after fine-tuning."""
+
+    def __init__(self, cfg, modality):
+        from tunesmith.evaluation.forgetting import ProbeReference
+
+        self.cfg, self.modality = cfg, modality
+        self.reference = ProbeReference.load(cfg, modality)
+
+    def score(self, model) -> dict:
+        cfg, text = self.cfg, self.modality.name == "text"
+        return self.reference.score(
+            model, self.modality.collator(model), cfg.eval.batch_size, text, cfg.train.seed
+        )
+
+    def describe(self, score: dict) -> str:
+        return f"reference probe accuracy {score['accuracy']:.4f}"
+
+    def drift(self, before: dict, after: dict, cfg) -> dict:
+        from tunesmith.evaluation.forgetting import drift
+
+        return drift(before, after, cfg.eval.forgetting_threshold, "accuracy") | {
+            "reference": self.reference.path
+        }
+
+    def describe_drift(self, change: dict) -> str:
+        from tunesmith.evaluation.forgetting import describe
+
+        return describe(change, self.reference.path)

@@ -10,6 +10,7 @@ after training, the collapse alarm, and the run summary. A task supplies its dat
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,25 @@ class Prepared:
     report: dict
     lengths: list[int] | None = None  # None: no activation or FLOP estimate for these inputs
     extras: dict = field(default_factory=dict)  # what the task's own hooks pass each other (tokenizer, ...)
+    run: RunFolder | None = None  # set by the pipeline: the run folder the hooks write into
+
+
+@dataclass
+class Solver:
+    """A fit without gradient steps (a classifier's features or solved head): the defaults it stands for, and the
+    fit, which saves the model and returns run.json's result fields."""
+
+    choices: list
+    fit: Callable[[], dict]
+
+
+# What run.json records for a run that takes no gradient steps: no precision, checkpointing or compile decision.
+NO_GRADIENT_STEPS = {
+    "precision": None,
+    "precision_probe": None,
+    "gradient_checkpointing": None,
+    "compile": None,
+}
 
 
 def train(task, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
@@ -58,6 +78,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     say(f"run folder: {run.path}")
     run.save_config(cfg)
     data = task.prepare(cfg, checked, model_path, cache_dir)
+    data.run = run
     run.write_json(run.data_report, data.report)
     task.print_data_summary(data.report)
 
@@ -65,7 +86,6 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     run_cfg, choices = defaults.choose(
         cfg, len(data.train), len(data.validation) > 0, task.plan_kind, task.selection_metric
     )
-    defaults.announce(choices)
     method = get_method(cfg.method.name)
     set_seed(cfg.train.seed)  # a new head and adapters start random: seeded, two identical configs agree
     model = task.build_model(cfg, model_path, method, data)
@@ -74,11 +94,14 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
-    decided = run_time_decisions(run_cfg, model, method, data, cache_dir)
-    resume_from = resume_point(run) if resume else None
-    trainer, counter = task.build_trainer(
-        run_cfg, run, model, data, decided["precision"], callbacks, resume, decided["checkpointing"]
-    )
+    solver = task.solver(run_cfg, model_path, model, method, data)
+    choices = choices if solver is None else solver.choices
+    defaults.announce(choices)
+    decided = NO_GRADIENT_STEPS if solver else run_time_decisions(run_cfg, model, method, data, cache_dir)
+    resume_from = resume_point(run) if resume and solver is None else None
+    trainer, counter = (None, None) if solver else task.build_trainer(
+        run_cfg, run, model, data, decided["precision"], callbacks, resume, decided["gradient_checkpointing"]["enabled"]
+    )  # fmt: skip
     summary = run.update_summary(
         status="running",
         task=cfg.task,
@@ -87,10 +110,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         method=method.name,
         is_adapter=method.is_adapter,
         parameters=parameters,
-        precision=decided["precision"],
-        precision_probe=decided["precision_probe"],
-        gradient_checkpointing=decided["gradient_checkpointing"],
-        compile=decided["compile"],
+        **decided,
         processes=world_size(),
         defaults=defaults.record(choices),
         hardware=describe_hardware(),
@@ -101,7 +121,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     if probe is not None and "reference_before" not in summary:  # a resumed run keeps its first score
         summary = run.update_summary(reference_before=probe.score(model))
         say(f"forgetting check: {probe.describe(summary.reference_before)} before training")
-    if data.test and cfg.eval.before_training and summary.test_before is None:
+    if data.test and task.scores_test_before and cfg.eval.before_training and summary.test_before is None:
         summary = run.update_summary(test_before=task.score(model, data, "test"))
     # Samples come from the test split when there is one: nothing was chosen on it.
     samples = task.samples(cfg, data) if is_main() else []
@@ -111,31 +131,14 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     # Evaluations and rank-0-only generation above may have drawn random numbers on some ranks only: re-seed so
     # every rank (and a single process) shuffles the data identically.
     set_seed(cfg.train.seed)
-    with task.training_context(run, model, decided["precision"], method):
-        output, stopped = fit(trainer, resume_from)
-    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop, before step 1
-    if before is not None and not resume:
-        summary = run.update_summary(validation_loss_before=before["eval_loss"])
-    if stopped:
-        say(stop_message(trainer))
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), task)
-
-    task.save(run, trainer, data)
-    result = training_result(trainer, output, counter, train_seconds)
-    if data.validation:
-        final = evaluation_of_final_weights(trainer) or trainer.evaluate()
-        result["validation_loss_after"] = final["eval_loss"]
-        first = summary.validation_loss_before
-        say(
-            f"validation loss after training: {final['eval_loss']:.4f}"
-            + (f" (before: {first:.4f})" if first else "")
-        )
-        scores = task.validation_scores(model, data, final)
-        if scores:
-            result["validation"] = scores
-            say(f"validation after training: {task.describe_scores(scores, None)}")
+    if solver is not None:
+        result = solver.fit()
+    else:
+        result = fit_with_trainer(task, trainer, counter, resume_from, run, model, method, data, decided)
+        if result["status"] == "stopped":
+            run.update_summary(**result)
+            return finish_run(run, cfg, run.read_summary(), task)
+    summary = run.update_summary(**result)  # finished: the saved model is what the test split is scored on
     if data.test:  # scored once, by the final weights: nothing was chosen on it
         result["test"] = task.score(model, data, "test")
         scores = task.describe_scores(result["test"], summary.test_before)
@@ -143,7 +146,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     tuned = task.generate(model, data, samples) if samples else []
     if samples:
         task.write_samples(run, data, samples, tuned)
-    alarm = task.collapse_alarm(result.get("validation"), tuned)
+    alarm = task.collapse_alarm(data, result.get("validation"), tuned)
     if alarm is not None:
         say(describe_collapse(alarm))
         result["collapse"] = alarm
@@ -153,6 +156,36 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
     return finish_run(run, cfg, run.read_summary(), task)
+
+
+def fit_with_trainer(
+    task, trainer, counter, resume_from, run: RunFolder, model, method, data, decided
+) -> dict:
+    """Gradient steps through the task's Trainer; then the final weights saved and scored on validation."""
+    with task.training_context(run, model, decided["precision"], method):
+        output, stopped = fit(trainer, resume_from)
+    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
+    before = evaluation_logged_at(trainer, 0)  # train.eval_on_start: evaluated inside the loop, before step 1
+    if before is not None and resume_from is None:
+        run.update_summary(validation_loss_before=before["eval_loss"])
+    if stopped:
+        say(stop_message(trainer))
+        return {"status": "stopped", "global_step": trainer.state.global_step}
+    task.save(run, trainer, data)
+    result = training_result(trainer, output, counter, train_seconds)
+    if data.validation:
+        final = evaluation_of_final_weights(trainer) or trainer.evaluate()
+        result["validation_loss_after"] = final["eval_loss"]
+        first = run.read_summary().validation_loss_before
+        say(
+            f"validation loss after training: {final['eval_loss']:.4f}"
+            + (f" (before: {first:.4f})" if first else "")
+        )
+        scores = task.validation_scores(trainer, model, data, final)
+        if scores:
+            result["validation"] = scores
+            say(f"validation after training: {task.describe_scores(scores, None)}")
+    return result
 
 
 def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir) -> dict:
@@ -181,7 +214,6 @@ def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir
         "precision": precision,
         "precision_probe": precision_probe,
         "gradient_checkpointing": checkpointing,
-        "checkpointing": checkpointing["enabled"],
         "compile": compiling,
     }
 

@@ -284,7 +284,7 @@ class SpeechRecognitionTask(Task):
             data.extras["extractor"].save_pretrained(str(run.model_dir))
             data.extras["tokenizer"].save_pretrained(str(run.model_dir))
 
-    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+    def validation_scores(self, trainer, model, data: Prepared, final: dict) -> dict:
         return {
             k.removeprefix("eval_"): final[k] for k in ("eval_loss", "eval_wer", "eval_cer") if k in final
         }

@@ -154,9 +154,10 @@ class TokenClassificationTask(Task):
     def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
         if not cfg.eval.reference:
             return None
-        from tunesmith.tasks.token_classification.forgetting import ReferenceProbe
+        from tunesmith.tasks.common import LinearProbeCheck
+        from tunesmith.tasks.modalities import TextModality
 
-        return ReferenceProbe(cfg, model_path)
+        return LinearProbeCheck(cfg, TextModality(model_path, cfg.model, cfg.data))
 
     def save(self, run: RunFolder, trainer, data: Prepared) -> None:
         trainer.save_model(str(run.model_dir))
@@ -179,10 +180,10 @@ class TokenClassificationTask(Task):
         )
         return line + (f"; before training {before['f1']:.4f}" if before else "")
 
-    def validation_scores(self, model, data: Prepared, final: dict) -> dict:
+    def validation_scores(self, trainer, model, data: Prepared, final: dict) -> dict:
         return self.score(model, data, "validation")  # over every word, as the test split is scored
 
-    def collapse_alarm(self, validation: dict | None, generated: list[str]) -> dict | None:
+    def collapse_alarm(self, data, validation: dict | None, generated: list[str]) -> dict | None:
         return metrics.collapse_alarm(validation) if validation else None
 
     def plan_ladder(self, cfg: Config) -> list[Rung]:
