@@ -40,6 +40,7 @@ class Task:
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
     scores_test_before: bool = True  # the untouched model is scored on the test split before training
+    chooses_defaults: bool = True  # unset training settings are chosen for the data size (tasks.defaults)
     plan_kind: str = "generator"  # tunesmith.tasks.defaults kind: epochs and learning rates it plans with
     selection_metric: tuple[str, str] | None = None  # (train.metric, why) a classifier-kind task chooses by
     # How `tunesmith plan DATA` recognizes this task's data: table fields that mark it, or, for a folder, file
@@ -96,6 +97,12 @@ class Task:
     def forgetting_probe(self, cfg: Config, model_path: str, data):
         """The forgetting check's probe (score, describe, drift, describe_drift), or None without eval.reference."""
         return None
+
+    def before_training(self, run: RunFolder, model, data, summary) -> None:
+        """The task's own measurements of the untouched model (written to run.json); nothing by default."""
+
+    def after_training(self, run: RunFolder, model, data, result: dict) -> None:
+        """The task's own measurements of the final weights, added to `result`; nothing by default."""
 
     def samples(self, cfg: Config, data) -> list:
         """Held-out inputs answered before and after training (samples.jsonl); [] for tasks that do not generate."""

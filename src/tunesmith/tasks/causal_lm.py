@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say
@@ -11,8 +10,7 @@ from tunesmith.data.collate import pack, pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
 from tunesmith.evaluation.collapse import generator_alarm
-from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
-from tunesmith.evaluation.forgetting import describe as describe_drift
+from tunesmith.evaluation.forgetting import read_reference_texts
 from tunesmith.evaluation.generation import generate
 from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.models.loading import load_model, load_tokenizer
@@ -20,6 +18,7 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run
 from tunesmith.tasks.base import Rung, Task
+from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.loop import build_trainer
 from tunesmith.training.precision import frozen_weights_in_bf16
@@ -52,49 +51,6 @@ def print_data_summary(report: dict) -> None:
 def sample_conversations(validation_examples, count: int):
     picked = [e for e in validation_examples if e.messages and e.messages[-1][0] == "assistant"][:count]
     return [(e.where, e.messages[:-1], e.messages[-1][1]) for e in picked]
-
-
-def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
-    """samples.jsonl: each held-out prompt with its reference, the base model's answer and the tuned one's."""
-    base_file = run.path / "samples_base.json"
-    base_outputs = (
-        json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(samples)
-    )
-    with run.samples.open("w", encoding="utf-8") as handle:
-        for (where, messages, reference), base, answer in zip(samples, base_outputs, tuned, strict=True):
-            record = {
-                "where": where,
-                "prompt": messages[-1][1],
-                "reference": reference,
-                "base": base,
-                "tuned": answer,
-            }
-            handle.write(json.dumps(record) + "\n")
-
-
-class ReferencePerplexity:
-    """The forgetting check of a language model: its perplexity on eval.reference (general text), before and after."""
-
-    def __init__(self, cfg: Config, data: Prepared):
-        self.cfg = cfg
-        self.pad_id = pad_token_id(data.extras["tokenizer"])
-        self.reference = Reference.load(cfg, data.extras["renderer"].encode_text)
-
-    def score(self, model) -> dict:
-        return self.reference.score(model, self.pad_id, self.cfg.eval.batch_size)
-
-    def describe(self, score: dict) -> str:
-        r = self.reference
-        return (
-            f"reference perplexity {score['perplexity']:.4g} ({r.texts_used} of {r.texts_total} texts, "
-            f"{score['tokens']} tokens)"
-        )
-
-    def drift(self, before: dict, after: dict, cfg: Config) -> dict:
-        return drift(before, after, cfg.eval.forgetting_threshold) | {"reference": self.reference.path}
-
-    def describe_drift(self, change: dict) -> str:
-        return describe_drift(change, self.reference.path)
 
 
 HALF_EPOCH = 0.5  # the fewest epochs of the small adapter rungs in `tunesmith plan`
@@ -222,7 +178,7 @@ class CausalLMTask(Task):
         return {"template": renderer.kind, "stop_token_ids": renderer.stop_token_ids()}
 
     def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
-        return ReferencePerplexity(cfg, data) if cfg.eval.reference else None
+        return ReferencePerplexity(cfg, data.extras) if cfg.eval.reference else None
 
     def samples(self, cfg: Config, data: Prepared) -> list:
         checked = data.extras["checked"]
@@ -233,7 +189,7 @@ class CausalLMTask(Task):
         return generate(model, data.extras["renderer"], [s[1] for s in samples], tokens)
 
     def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
-        write_samples(run, samples, tuned)
+        write_conversation_samples(run, samples, tuned)
 
     @contextlib.contextmanager
     def training_context(self, run: RunFolder, model, precision: str, method):

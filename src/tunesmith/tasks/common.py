@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,8 +10,11 @@ import torch
 
 from tunesmith.config import DataConfig
 from tunesmith.console import say
+from tunesmith.data.collate import pad_token_id
 from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported for the recipes)
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.forgetting import Reference, drift
+from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.run_folder import RunFolder, RunSummary
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
 
@@ -196,3 +200,46 @@ class LinearProbeCheck:
         from tunesmith.evaluation.forgetting import describe
 
         return describe(change, self.reference.path)
+
+
+class ReferencePerplexity:
+    """The forgetting check of a language model: its perplexity on eval.reference (general text), before and after."""
+
+    def __init__(self, cfg, extras: dict):
+        self.cfg = cfg
+        self.pad_id = pad_token_id(extras["tokenizer"])
+        self.reference = Reference.load(cfg, extras["renderer"].encode_text)
+
+    def score(self, model) -> dict:
+        return self.reference.score(model, self.pad_id, self.cfg.eval.batch_size)
+
+    def describe(self, score: dict) -> str:
+        r = self.reference
+        return (
+            f"reference perplexity {score['perplexity']:.4g} ({r.texts_used} of {r.texts_total} texts, "
+            f"{score['tokens']} tokens)"
+        )
+
+    def drift(self, before: dict, after: dict, cfg) -> dict:
+        return drift(before, after, cfg.eval.forgetting_threshold) | {"reference": self.reference.path}
+
+    def describe_drift(self, change: dict) -> str:
+        return describe_drift(change, self.reference.path)
+
+
+def write_conversation_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
+    """samples.jsonl: each held-out prompt with its reference, the base model's answer and the tuned one's."""
+    base_file = run.path / "samples_base.json"
+    base_outputs = (
+        json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(samples)
+    )
+    with run.samples.open("w", encoding="utf-8") as handle:
+        for (where, messages, reference), base, answer in zip(samples, base_outputs, tuned, strict=True):
+            record = {
+                "where": where,
+                "prompt": messages[-1][1],
+                "reference": reference,
+                "base": base,
+                "tuned": answer,
+            }
+            handle.write(json.dumps(record) + "\n")

@@ -48,6 +48,7 @@ class Prepared:
     report: dict
     lengths: list[int] | None = None  # None: no activation or FLOP estimate for these inputs
     extras: dict = field(default_factory=dict)  # what the task's own hooks pass each other (tokenizer, ...)
+    rows_per_example: int = 1  # rows one example puts in a step (a preference pair: its two answers)
     run: RunFolder | None = None  # set by the pipeline: the run folder the hooks write into
 
 
@@ -83,9 +84,10 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     task.print_data_summary(data.report)
 
     # Settings left unset are chosen for the method and the data size; `cfg` stays as the user wrote it.
-    run_cfg, choices = defaults.choose(
-        cfg, len(data.train), len(data.validation) > 0, task.plan_kind, task.selection_metric
-    )
+    run_cfg, choices = (cfg, [])
+    if task.chooses_defaults:
+        kind, metric = task.plan_kind, task.selection_metric
+        run_cfg, choices = defaults.choose(cfg, len(data.train), len(data.validation) > 0, kind, metric)
     method = get_method(cfg.method.name)
     set_seed(cfg.train.seed)  # a new head and adapters start random: seeded, two identical configs agree
     model = task.build_model(cfg, model_path, method, data)
@@ -123,6 +125,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         say(f"forgetting check: {probe.describe(summary.reference_before)} before training")
     if data.test and task.scores_test_before and cfg.eval.before_training and summary.test_before is None:
         summary = run.update_summary(test_before=task.score(model, data, "test"))
+    task.before_training(run, model, data, summary)
     # Samples come from the test split when there is one: nothing was chosen on it.
     samples = task.samples(cfg, data) if is_main() else []
     if samples and not resume:
@@ -143,6 +146,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         result["test"] = task.score(model, data, "test")
         scores = task.describe_scores(result["test"], summary.test_before)
         say(f"test: {scores} (held out: no checkpoint or setting was chosen on it)")
+    task.after_training(run, model, data, result)
     tuned = task.generate(model, data, samples) if samples else []
     if samples:
         task.write_samples(run, data, samples, tuned)
@@ -196,7 +200,10 @@ def run_time_decisions(run_cfg: Config, model, method, data: Prepared, cache_dir
     check_weights_dtype(model.dtype, precision)  # model.dtype: float16 on a CPU, fp32 over bf16 weights
     say(f"precision: {precision_probe['reason']}")
     longest = max(data.lengths) if data.lengths else None
-    checkpointing = decide_checkpointing(run_cfg, model, longest, precision)
+    batch = run_cfg.train.model_copy(update={"batch_size": data.rows_per_example * run_cfg.train.batch_size})
+    checkpointing = decide_checkpointing(
+        run_cfg.model_copy(update={"train": batch}), model, longest, precision
+    )
     train = run_cfg.train
     flops = flops_per_token(model, method, data.lengths)
     if flops is not None:

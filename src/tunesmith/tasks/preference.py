@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
-
-from transformers import set_seed
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
@@ -22,25 +19,20 @@ from tunesmith.data.preference import (
 from tunesmith.data.prepare import tokenizer_fingerprint
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.forgetting import Reference, drift, read_reference_texts
-from tunesmith.evaluation.forgetting import describe as describe_drift
+from tunesmith.evaluation.forgetting import read_reference_texts
 from tunesmith.evaluation.generation import generate
 from tunesmith.evaluation.preference import score_pairs
-from tunesmith.methods import count_parameters, get_method
-from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
+from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import causal_lm_run, preference_run
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.causal_lm import write_samples
-from tunesmith.tasks.common import decide_checkpointing, finish_run, resume_point, training_result
-from tunesmith.training.hardware import describe_hardware, library_versions, pick_precision
+from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
+from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.loop import (
-    fit,
     point_trackers_at,
     quiet,
     standard_callbacks,
-    stop_message,
     training_arguments,
 )
 from tunesmith.training.preference_losses import NEEDS_REFERENCE
@@ -137,128 +129,6 @@ def describe_reference(loss: str, adapter: bool, precomputed: bool) -> str:
     return "the same weights with the adapter off" if adapter else "a frozen copy of the base"
 
 
-def train(cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-    started = time.time()
-    pref = cfg.preference
-    if pref.split_backward and world_size() > 1:  # each chunk's backward would all-reduce partial gradients
-        raise TunesmithError("preference.split_backward runs in one process: drop --nproc or set it to false")
-    checked = PREFERENCE.validated_data(cfg)
-    run = RunFolder.for_training(cfg, default_name, resume)
-    say(f"run folder: {run.path}")
-    run.save_config(cfg)
-    cache_dir = default_cache_dir(cfg.output.cache_dir)
-
-    model_path = resolve_model(cfg.model, cache_dir)
-    tokenizer = load_tokenizer(model_path, cfg.model)
-    renderer = Renderer(tokenizer, cfg.data.template)
-    train_rows, validation_rows, test_rows, report = tokenize(checked, cfg, renderer)
-    run.write_json(run.data_report, report)
-    print_data_summary(report, pref.loss)
-
-    method = get_method(cfg.method.name)
-    set_seed(cfg.train.seed)  # adapter initialisation is random: seed it, or two identical configs differ
-    model = method.apply(
-        load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
-    )
-    parameters = count_parameters(model)
-    say(
-        f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
-        f"({parameters['trainable_percent']}%)"
-    )
-    pad_id = pad_token_id(tokenizer)
-    collator = (UnpairedCollator if pref.loss == "kto" else PreferenceCollator)(pad_id)
-    if pref.precompute_reference and NEEDS_REFERENCE[pref.loss]:
-        for rows in filter(None, (train_rows, validation_rows, test_rows)):
-            key = reference_cache_key(rows, model_path, cfg, renderer)
-            cache = cache_dir / "reference" / f"{key}.json" if cache_dir else None
-            rows[:] = with_reference(rows, model, collator, cfg.eval.batch_size, cache)
-        examples = len(train_rows) + len(validation_rows) + len(test_rows)
-        say(f"reference log-probabilities precomputed for {examples} examples")
-    # A second copy of the base only where nothing else can stand in for it: full/last_n, live reference.
-    needs_copy = NEEDS_REFERENCE[pref.loss] and not method.is_adapter and not pref.precompute_reference
-    reference_model = load_model(model_path, cfg.model) if needs_copy else None
-    reference = describe_reference(pref.loss, method.is_adapter, pref.precompute_reference)
-    say(f"preference: {pref.loss}, beta {pref.beta}; reference: {reference}")
-
-    precision = pick_precision(cfg.train.precision, model.dtype)
-    # Chosen and rejected share one forward: a step holds twice as many rows as train.batch_size says (KTO's
-    # mismatched rows run without gradients, so they keep no activations).
-    rows_per_example = 1 if pref.loss == "kto" else 2
-    step_rows = cfg.train.model_copy(update={"batch_size": rows_per_example * cfg.train.batch_size})
-    checkpointing = decide_checkpointing(
-        cfg.model_copy(update={"train": step_rows}), model, max(longest(r) for r in train_rows), precision
-    )
-    resume_from = resume_point(run) if resume else None
-    trainer, counter = build_trainer(
-        cfg, run, model, tokenizer, collator, train_rows, validation_rows, precision, callbacks,
-        reference_model, resume, checkpointing["enabled"],
-    )  # fmt: skip
-    summary = run.update_summary(
-        status="running",
-        task=cfg.task,
-        base_model=cfg.model.name,
-        base_model_path=model_path,
-        method=method.name,
-        is_adapter=method.is_adapter,
-        parameters=parameters,
-        preference={"loss": pref.loss, "beta": pref.beta, "reference": reference},
-        precision=precision,
-        gradient_checkpointing=checkpointing,
-        processes=world_size(),
-        template=renderer.kind,
-        stop_token_ids=renderer.stop_token_ids(),
-        hardware=describe_hardware(),
-        versions=library_versions(),
-    )
-    forgetting = Reference.load(cfg, renderer.encode_text) if cfg.eval.reference else None
-    if forgetting is not None and summary.reference_before is None:  # a resumed run keeps its first score
-        summary = run.update_summary(reference_before=forgetting.score(model, pad_id, cfg.eval.batch_size))
-    paired_validation = validation_rows if pref.loss != "kto" else []
-    if paired_validation and summary.pairs_before is None:
-        with preference_run.base_weights(model, reference_model):
-            before = score_pairs(reference_model or model, paired_validation, pad_id, cfg.eval.batch_size)
-        summary = run.update_summary(pairs_before=before)
-        say(preference_run.describe_pairs("before training", before))
-    samples = preference_run.sample_prompts(checked.validation, cfg.eval.samples) if is_main() else []
-    if samples and not resume:
-        outputs = generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        run.write_json(run.path / "samples_base.json", {"outputs": outputs})
-
-    set_seed(cfg.train.seed)  # as in causal_lm: every rank shuffles the data identically
-    output, stopped = fit(trainer, resume_from)
-    train_seconds = counter.seconds  # training steps only: evaluations and checkpoint writes are left out
-    if stopped:
-        say(stop_message(trainer))
-        run.update_summary(status="stopped", global_step=trainer.state.global_step)
-        return finish_run(run, cfg, run.read_summary(), PREFERENCE)
-
-    trainer.save_model(str(run.model_dir))
-    if is_main():
-        tokenizer.save_pretrained(str(run.model_dir))
-    result = training_result(trainer, output, counter, train_seconds)
-    if validation_rows:
-        result["validation"] = preference_run.final_evaluation(trainer)
-        result["validation_loss_after"] = result["validation"]["eval_loss"]
-    if paired_validation:
-        result["pairs_after"] = score_pairs(model, paired_validation, pad_id, cfg.eval.batch_size)
-        say(preference_run.describe_pairs("after training", result["pairs_after"]))
-    if test_rows:
-        result["test"] = preference_run.score_test(trainer, test_rows, pad_id, cfg.eval.batch_size)
-        say(preference_run.describe_test(result["test"]))
-    if samples:
-        write_samples(
-            run, samples, generate(model, renderer, [s[1] for s in samples], cfg.eval.max_new_tokens)
-        )
-    if forgetting is not None:
-        after = forgetting.score(model, pad_id, cfg.eval.batch_size)
-        result["forgetting"] = drift(summary.reference_before, after, cfg.eval.forgetting_threshold)
-        result["forgetting"]["reference"] = forgetting.path
-        say(describe_drift(result["forgetting"], forgetting.path))
-    result["wall_seconds"] = round(time.time() - started, 1)
-    run.update_summary(**result)
-    return finish_run(run, cfg, run.read_summary(), PREFERENCE)
-
-
 def build_trainer(
     cfg: Config,
     run: RunFolder,
@@ -353,8 +223,133 @@ class PreferenceTask(Task):
             )
         return checked
 
-    def train(self, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
-        return train(cfg, default_name, resume, callbacks)
+    # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
+    chooses_defaults = (
+        False  # the schema's settings as written: no run-time schedule was measured for DPO & co.
+    )
+    scores_test_before = False  # the test split is scored once, by the final weights
+
+    def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
+        if (
+            cfg.preference.split_backward and world_size() > 1
+        ):  # each chunk's backward would all-reduce partials
+            raise TunesmithError(
+                "preference.split_backward runs in one process: drop --nproc or set it to false"
+            )
+        tokenizer = load_tokenizer(model_path, cfg.model)
+        renderer = Renderer(tokenizer, cfg.data.template)
+        train_rows, validation_rows, test_rows, report = tokenize(checked, cfg, renderer)
+        report["loss"] = cfg.preference.loss
+        extras = {"tokenizer": tokenizer, "renderer": renderer, "checked": checked, "cfg": cfg}
+        extras |= {"cache_dir": cache_dir, "model_path": model_path}
+        lengths = [longest(row) for row in train_rows]
+        # Chosen and rejected share one forward: a step holds twice as many rows as train.batch_size says (KTO's
+        # mismatched rows run without gradients, so they keep no activations).
+        rows_per_example = 1 if cfg.preference.loss == "kto" else 2
+        return Prepared(train_rows, validation_rows, test_rows, report, lengths, extras, rows_per_example)
+
+    def print_data_summary(self, report: dict) -> None:
+        print_data_summary(report, report["loss"])
+
+    def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        pref, e = cfg.preference, data.extras
+        model = method.apply(
+            load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
+        )
+        e["collator"] = (UnpairedCollator if pref.loss == "kto" else PreferenceCollator)(
+            pad_token_id(e["tokenizer"])
+        )
+        if pref.precompute_reference and NEEDS_REFERENCE[pref.loss]:
+            for rows in filter(None, (data.train, data.validation, data.test)):
+                key = reference_cache_key(rows, model_path, cfg, e["renderer"])
+                cache = e["cache_dir"] / "reference" / f"{key}.json" if e["cache_dir"] else None
+                rows[:] = with_reference(rows, model, e["collator"], cfg.eval.batch_size, cache)
+            examples = len(data.train) + len(data.validation) + len(data.test)
+            say(f"reference log-probabilities precomputed for {examples} examples")
+        # A second copy of the base only where nothing else can stand in for it: full/last_n, live reference.
+        needs_copy = NEEDS_REFERENCE[pref.loss] and not method.is_adapter and not pref.precompute_reference
+        e["reference_model"] = load_model(model_path, cfg.model) if needs_copy else None
+        e["reference"] = describe_reference(pref.loss, method.is_adapter, pref.precompute_reference)
+        say(f"preference: {pref.loss}, beta {pref.beta}; reference: {e['reference']}")
+        return model
+
+    def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        e = data.extras
+        e["trainer"], counter = build_trainer(
+            cfg, run, model, e["tokenizer"], e["collator"], data.train, data.validation, precision, callbacks,
+            e["reference_model"], resuming, checkpointing,
+        )  # fmt: skip
+        return e["trainer"], counter
+
+    def summary_fields(self, cfg: Config, data: Prepared) -> dict:
+        pref, renderer = cfg.preference, data.extras["renderer"]
+        return {
+            "preference": {"loss": pref.loss, "beta": pref.beta, "reference": data.extras["reference"]},
+            "template": renderer.kind,
+            "stop_token_ids": renderer.stop_token_ids(),
+        }
+
+    def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
+        return ReferencePerplexity(cfg, data.extras) if cfg.eval.reference else None
+
+    def paired_validation(self, data: Prepared) -> list:
+        return data.validation if data.extras["cfg"].preference.loss != "kto" else []
+
+    def before_training(self, run: RunFolder, model, data: Prepared, summary) -> None:
+        """The held-out pairs scored by the base: is the chosen answer already the likelier one?"""
+        pairs, e = self.paired_validation(data), data.extras
+        if pairs and summary.pairs_before is None:
+            with preference_run.base_weights(model, e["reference_model"]):
+                before = score_pairs(
+                    e["reference_model"] or model,
+                    pairs,
+                    pad_token_id(e["tokenizer"]),
+                    e["cfg"].eval.batch_size,
+                )
+            run.update_summary(pairs_before=before)
+            say(preference_run.describe_pairs("before training", before))
+
+    def after_training(self, run: RunFolder, model, data: Prepared, result: dict) -> None:
+        pairs, e = self.paired_validation(data), data.extras
+        if pairs:
+            result["pairs_after"] = score_pairs(
+                model, pairs, pad_token_id(e["tokenizer"]), e["cfg"].eval.batch_size
+            )
+            say(preference_run.describe_pairs("after training", result["pairs_after"]))
+
+    def samples(self, cfg: Config, data: Prepared) -> list:
+        return preference_run.sample_prompts(data.extras["checked"].validation, cfg.eval.samples)
+
+    def generate(self, model, data: Prepared, samples: list) -> list[str]:
+        tokens = data.extras["cfg"].eval.max_new_tokens
+        return generate(model, data.extras["renderer"], [s[1] for s in samples], tokens)
+
+    def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
+        write_conversation_samples(run, samples, tuned)
+
+    def save(self, run: RunFolder, trainer, data: Prepared) -> None:
+        trainer.save_model(str(run.model_dir))
+        if is_main():
+            data.extras["tokenizer"].save_pretrained(str(run.model_dir))
+
+    def validation_scores(self, trainer, model, data: Prepared, final: dict) -> dict:
+        return final  # loss, rewards and margins as the Trainer's evaluation logs them
+
+    def score(self, model, data: Prepared, split: str) -> dict:
+        e = data.extras
+        rows = getattr(data, split)
+        return preference_run.score_test(
+            e["trainer"], rows, pad_token_id(e["tokenizer"]), e["cfg"].eval.batch_size
+        )
+
+    def describe_scores(self, scores: dict, before: dict | None) -> str:
+        if "examples" not in scores:  # validation: the Trainer's evaluation
+            return f"loss {scores['eval_loss']:.4f}"
+        return (
+            preference_run.describe_test(scores)
+            .split(" (held out")[0]
+            .removeprefix("test loss after training: ")
+        )
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         return causal_lm_run.load_run(
