@@ -93,3 +93,57 @@ def test_each_verb_explains_itself(verb, capsys):
     with pytest.raises(SystemExit):
         cli.main([verb, "--help"])
     assert cli.VERBS[verb].help in " ".join(capsys.readouterr().out.split())
+
+
+def task_packages() -> list[str]:
+    return sorted(p.parent.name for p in (PACKAGE / "tasks").glob("*/__init__.py"))
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every tunesmith module a source file imports (at the top or inside a function)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("tunesmith.")}
+
+
+def foreign_task_imports(package: str, source: str, packages: list[str]) -> list[str]:
+    others = [p for p in packages if p != package]
+    return sorted(
+        name
+        for name in imported_modules(source)
+        for other in others
+        if name.startswith(f"tunesmith.tasks.{other}")
+    )
+
+
+def test_every_registered_task_lives_in_its_own_package():
+    from tunesmith.registry import get_task
+
+    modules = {type(get_task(name)).__module__ for name in task_names()}
+    assert modules == {f"tunesmith.tasks.{package}" for package in task_packages()}
+
+
+def test_no_task_package_imports_another_task_package():
+    packages = task_packages()
+    found = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for package in packages
+        for path in sorted((PACKAGE / "tasks" / package).rglob("*.py"))
+        for name in foreign_task_imports(package, path.read_text(encoding="utf-8"), packages)
+    ]
+    assert found == []
+    # the check itself sees both spellings of an import, at the top and inside a function
+    sneaky = (
+        "from tunesmith.tasks import causal_lm\ndef f():\n    from tunesmith.tasks.seq2seq.run import x\n"
+    )
+    assert foreign_task_imports("preference", sneaky, packages) == [
+        "tunesmith.tasks.causal_lm",
+        "tunesmith.tasks.seq2seq.run",
+        "tunesmith.tasks.seq2seq.run.x",
+    ]

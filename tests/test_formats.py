@@ -42,7 +42,7 @@ def test_user_jinja_template_is_used_for_training_and_generation(tmp_path, make_
     raw["data"]["template"] = str(template)
     summary = api.train(config_from_dict(raw))
     run = RunFolder.open(summary["run_dir"])
-    from tunesmith.tasks.causal_lm_run import load_run
+    from tunesmith.tasks.causal_lm.run import load_run
 
     renderer = load_run(run).renderer
     assert renderer.prompt((("user", "hi"),)) == "Q: hi\nA: "

@@ -53,7 +53,7 @@ def test_qlora_trains_a_4bit_base_on_cpu(tmp_path):
     from tunesmith import api
     from tunesmith.config import config_from_dict
     from tunesmith.run_folder import RunFolder
-    from tunesmith.tasks.causal_lm_run import load_run
+    from tunesmith.tasks.causal_lm.run import load_run
 
     model_dir = build_model_folder(tmp_path / "m", hidden=64)  # 4-bit blocks need wider layers than 32
     data = write_jsonl(tmp_path / "t.jsonl", prompt_response_rows(20))

@@ -23,7 +23,7 @@ from tunesmith.data.seq2seq import Seq2SeqCollator, SourceEncoder, SourceTarget,
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.seq2seq import target_loss
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.seq2seq_run import load_run
+from tunesmith.tasks.seq2seq.run import load_run
 
 PAD, EOS = 0, 1
 

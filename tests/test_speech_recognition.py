@@ -431,7 +431,7 @@ def test_export_to_safetensors_reloads_with_the_same_logits(finished, tmp_path):
 def test_lora_adapts_encoder_and_decoder_and_the_test_split_is_scored_before_and_after(
     tmp_path, whisper, clips
 ):
-    from tunesmith.tasks.speech_recognition_run import Transcriber
+    from tunesmith.tasks.speech_recognition.run import Transcriber
 
     raw = speech_config(
         tmp_path,

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.causal_lm_run import load_run
+from tunesmith.tasks.causal_lm.run import load_run
 
 PROBE = [[5, 17, 33, 2, 90, 41, 8]]
 

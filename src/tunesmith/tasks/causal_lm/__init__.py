@@ -16,8 +16,8 @@ from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import causal_lm_run
 from tunesmith.tasks.base import Rung, Task
+from tunesmith.tasks.causal_lm import run as causal_lm_run
 from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.loop import build_trainer

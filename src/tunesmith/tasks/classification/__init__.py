@@ -389,7 +389,7 @@ class ClassificationTask(Task):
         return data.extras.get("alarm")  # found by evaluate_logits over the validation predictions
 
     def score(self, model, data: Prepared, split: str) -> dict:
-        from tunesmith.tasks.classification_run import score_test
+        from tunesmith.tasks.classification.run import score_test
 
         return score_test(data.run, data.test) if is_main() else {}
 
@@ -399,17 +399,17 @@ class ClassificationTask(Task):
         return f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f}"
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
-        from tunesmith.tasks.classification_run import RunClassifier
+        from tunesmith.tasks.classification.run import RunClassifier
 
         return RunClassifier(run)
 
     def predict(self, run: RunFolder, source, output, batch_size: int) -> dict:
-        from tunesmith.tasks import classification_run
+        from tunesmith.tasks.classification import run as classification_run
 
         return classification_run.predict(run.path, source, output, batch_size)
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
-        from tunesmith.tasks import classification_run
+        from tunesmith.tasks.classification import run as classification_run
 
         return classification_run.evaluate(run, data, baseline)
 
@@ -433,7 +433,7 @@ class ClassificationTask(Task):
         return f"assigning one of the labels above to new {self.modality.name} inputs like the training data."
 
     def exportable(self, run: RunFolder):
-        from tunesmith.tasks import classification_run
+        from tunesmith.tasks.classification import run as classification_run
 
         return classification_run.exportable(run)
 

@@ -25,10 +25,11 @@ from tunesmith.evaluation.preference import score_pairs
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import causal_lm_run, preference_run
+from tunesmith.tasks import generator
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
 from tunesmith.tasks.pipeline import Prepared
+from tunesmith.tasks.preference import run as preference_run
 from tunesmith.training.loop import (
     point_trackers_at,
     quiet,
@@ -352,9 +353,7 @@ class PreferenceTask(Task):
         )
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
-        return causal_lm_run.load_run(
-            run, adapter_name, into
-        )  # the tuned model is a causal LM like any other
+        return generator.load_run(run, adapter_name, into)  # the tuned model is a causal LM like any other
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         return preference_run.evaluate(run, data, baseline, generations)

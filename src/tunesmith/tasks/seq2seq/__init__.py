@@ -12,9 +12,9 @@ from tunesmith.evaluation.text_metrics import generation_scores
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import seq2seq_run
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.pipeline import Prepared
+from tunesmith.tasks.seq2seq import run as seq2seq_run
 from tunesmith.training.seq2seq_loop import build_seq2seq_trainer
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"

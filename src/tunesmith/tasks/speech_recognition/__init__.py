@@ -302,17 +302,17 @@ class SpeechRecognitionTask(Task):
         return line + (f" (before: WER {_rate(before['wer'])})" if before else "")
 
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
-        from tunesmith.tasks.speech_recognition_run import Transcriber
+        from tunesmith.tasks.speech_recognition.run import Transcriber
 
         return Transcriber(run)
 
     def predict(self, run: RunFolder, source, output, batch_size: int) -> dict:
-        from tunesmith.tasks import speech_recognition_run
+        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
 
         return speech_recognition_run.predict(run, source, output, batch_size)
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
-        from tunesmith.tasks import speech_recognition_run
+        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
 
         return speech_recognition_run.evaluate(run, data, baseline, generations)
 
@@ -330,7 +330,7 @@ class SpeechRecognitionTask(Task):
         )
 
     def exportable(self, run: RunFolder):
-        from tunesmith.tasks import speech_recognition_run
+        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
 
         return speech_recognition_run.exportable(run)
 

@@ -17,7 +17,7 @@ from tunesmith.evaluation.text_metrics import generation_scores
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import load_model
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks import causal_lm_run
+from tunesmith.tasks import generator
 from tunesmith.tasks.common import bad_rows_error, data_for_eval, evaluation_of_final_weights
 
 
@@ -113,7 +113,7 @@ def describe_test(scores: dict) -> str:
 
 def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
     """Preference accuracy on held-out pairs, and generations scored against the chosen answers; base beside it."""
-    tuned_lm = causal_lm_run.load_run(run)
+    tuned_lm = generator.load_run(run)
     model, renderer, cfg = tuned_lm.model, tuned_lm.renderer, tuned_lm.cfg
     generations = cfg.eval.generations if generations is None else generations
     pairs, split = held_out_pairs(cfg, data)
@@ -146,7 +146,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             with model.disable_adapter():
                 base, base_outputs = score(model)
         else:
-            base, base_outputs = score(load_model(causal_lm_run.base_model_path(run, cfg), cfg.model))
+            base, base_outputs = score(load_model(generator.base_model_path(run, cfg), cfg.model))
     generated = [
         {
             "where": where,
@@ -169,7 +169,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:
     """As a causal-LM run's, with the held-out pairs' chosen answers as the validation batches."""
-    tuned_lm = causal_lm_run.load_run(run)
+    tuned_lm = generator.load_run(run)
     renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
     pad = pad_token_id(renderer.tokenizer)
     pairs = held_out_pairs(cfg, None)[0][:MAX_VALIDATION_EXAMPLES]
@@ -187,7 +187,7 @@ def exportable(run: RunFolder, auto_class: str) -> Exportable:
         batch = collate(rows[start : start + 8])
         validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
     probes = []
-    for prompts in causal_lm_run.PROBE_PROMPTS:
+    for prompts in generator.PROBE_PROMPTS:
         ids = [renderer.encode_prompt(p) for p in prompts]
         width = max(map(len, ids))
         probes.append(

@@ -18,8 +18,8 @@ from tunesmith.evaluation.seq2seq import generate_targets, target_loss_sums
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.run_folder import RunFolder, free_path
-from tunesmith.tasks.causal_lm_run import base_model_path
 from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.tasks.generator import base_model_path
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
 
