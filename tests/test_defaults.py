@@ -44,7 +44,7 @@ def test_lora_on_a_small_classifier_gets_a_large_rate_more_epochs_and_early_stop
 
 
 @pytest.mark.parametrize(
-    "strategy, rate", [("full", 1e-4), ("last_n", 1e-4), ("head", 1e-3), ("lora", 1e-3), ("dora", 1e-3)]
+    "strategy, rate", [("full", 5e-5), ("last_n", 1e-4), ("head", 1e-3), ("lora", 1e-3), ("dora", 1e-3)]
 )
 def test_each_strategy_has_its_own_classifier_rate(strategy, rate):
     assert _chosen(_config({"strategy": strategy}), rows=40)["train.learning_rate"] == rate
@@ -127,14 +127,14 @@ def test_a_run_records_what_was_chosen_and_keeps_config_yaml_as_written(tmp_path
     summary = _train(tmp_path, tiny_bert, {"name": "full"}, {"precision": "fp32"})
     chosen = summary["defaults"]
     assert (
-        chosen["train.learning_rate"]["value"] == 1e-4
+        chosen["train.learning_rate"]["value"] == 5e-5
         and "full on a classifier" in chosen["train.learning_rate"]["why"]
     )
     assert (
         chosen["train.epochs"]["value"] == 20.0 and chosen["train.eval_steps"]["value"] == 6
     )  # 45 rows, batch 8
     out = capsys.readouterr().out
-    assert "default: train.learning_rate = 0.0001" in out
+    assert "default: train.learning_rate = 5e-05" in out
     run = Path(summary["run_dir"])
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"] == {"precision": "fp32"}  # as the user wrote it: the choices live in run.json

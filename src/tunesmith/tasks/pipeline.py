@@ -96,7 +96,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
-    solver = task.solver(run_cfg, model_path, model, method, data)
+    solver = task.solver(cfg, model_path, model, method, data)  # as the user wrote it: a set rate means steps
     choices = choices if solver is None else solver.choices
     defaults.announce(choices)
     decided = NO_GRADIENT_STEPS if solver else run_time_decisions(run_cfg, model, method, data, cache_dir)

@@ -294,7 +294,7 @@ class SpeechRecognitionTask(Task):
         return _scores(model, e["collator"], e["tokenizer"], getattr(data, split), e["cfg"], e["options"])
 
     def describe_scores(self, scores: dict, before: dict | None) -> str:
-        if "wer" not in scores or "cer" not in scores:  # validation: the Trainer's loss, WER and CER
+        if "examples" not in scores:  # validation: the Trainer's loss, WER and CER
             return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
         line = (
             f"WER {_rate(scores['wer'])}, CER {_rate(scores['cer'])} on {scores.get('examples', '?')} clips"

@@ -7,8 +7,6 @@ pipeline (tasks/pipeline.py) and is registered by the last line below.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import Trainer
 
 from tunesmith.config import Config
@@ -42,7 +40,6 @@ class TaggerTrainer(AtomicCheckpoints, Trainer):
 class TokenClassificationTask(Task):
     name = pipeline_tag = starter = "token-classification"
     summary = "a tag per word: named entities (PER, LOC, ORG, ...) as BIO tags or character spans"
-    starter_file = Path(__file__).with_name("starter.yaml")
     provides = frozenset({"labels"})
     default_overflow = "truncate"
     verbs = frozenset({"predict"})
