@@ -28,6 +28,30 @@ class Rung:
     when_short_of_memory: bool = False  # only tried when no other rung fits the memory (e.g. qlora)
 
 
+def head_rungs(head: str) -> list[Rung]:
+    """The ladder of a pretrained body under a new head (classification, token classification), cheapest first."""
+    return [
+        Rung(
+            "last_n 2",
+            {"method.name": "last_n", "method.last_n": 2},
+            2.0,
+            f"the last 2 blocks and the {head} train: a fraction of full's cost",
+        ),
+        Rung(
+            "lora r=8",
+            {"method.name": "lora", "method.lora.r": 8, "method.lora.alpha": 16},
+            2.0,
+            f"adapters on every linear layer and the new {head}: every block adapts, few weights train",
+        ),
+        Rung(
+            "full",
+            {"method.name": "full"},
+            2.0,
+            "every weight trains: the best accuracy in the classification benchmark when there is time for 2+ epochs",
+        ),
+    ]
+
+
 class Task:
     name: str = ""
     summary: str = ""  # one line for docs and `tunesmith init`

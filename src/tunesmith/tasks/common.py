@@ -15,7 +15,7 @@ from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported fo
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import Reference, drift
 from tunesmith.evaluation.forgetting import describe as describe_drift
-from tunesmith.run_folder import RunFolder, RunSummary
+from tunesmith.run_folder import RunFolder, RunSummary, free_path
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
 
 
@@ -243,3 +243,30 @@ def write_conversation_samples(run: RunFolder, samples: list, tuned: list[str]) 
                 "tuned": answer,
             }
             handle.write(json.dumps(record) + "\n")
+
+
+def prediction_target(
+    run: RunFolder, source, output, problems: list[str], done: str, suffixes=(".jsonl", ".csv")
+):
+    """Where `tunesmith predict` writes, after refusing unreadable inputs (each named), an existing file (nothing
+    the user made is overwritten) or an output type the task does not write."""
+    if problems:
+        raise TunesmithError(
+            f"{len(problems)} unreadable input(s); nothing was {done}", [f"  {p}" for p in problems[:50]]
+        )
+    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
+    if target.exists():
+        raise TunesmithError(f"{target} already exists; choose another --output")
+    if target.suffix.lower() not in suffixes:
+        raise TunesmithError(f"--output {target}: use a {' or '.join(suffixes)} file name")
+    return target
+
+
+def classifier_settings_problems(cfg) -> list[str]:
+    """Settings only classification reads, set on a task that would ignore them: one line each."""
+    problems = []
+    if cfg.train.class_weights or cfg.train.layer_lr_decay:
+        problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
+    if cfg.data.multi_label:
+        problems.append("data.multi_label is supported for text-classification")
+    return problems

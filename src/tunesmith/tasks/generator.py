@@ -77,3 +77,29 @@ PROBE_PROMPTS = (
     [(("user", "Write a headline about the weather."),)],
     [(("user", "Hi"),), (("user", "Sum up: rain, then sun."),)],
 )
+
+
+def eval_result(
+    cfg, split: str, examples: int, scores: tuple, prompts: list, outputs: list, base_outputs: list
+) -> dict:
+    """`tunesmith eval` of a generator: the (tuned, base) scores, and each held-out prompt generated with its
+    reference, the tuned and the base answer."""
+    generated = [
+        {
+            "where": where,
+            "prompt": messages[-1][1],
+            "reference": reference,
+            "output": output,
+            "base_output": base,
+        }
+        for (where, messages, reference), output, base in zip(prompts, outputs, base_outputs, strict=True)
+    ]
+    tuned, base = scores
+    return {
+        "task": cfg.task,
+        "split": split,
+        "examples": examples,
+        "tuned": tuned,
+        "baseline": base,
+        "generated": generated,
+    }

@@ -18,7 +18,11 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.base import Rung, Task
 from tunesmith.tasks.causal_lm import run as causal_lm_run
-from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
+from tunesmith.tasks.common import (
+    ReferencePerplexity,
+    classifier_settings_problems,
+    write_conversation_samples,
+)
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.training.loop import build_trainer
 from tunesmith.training.precision import frozen_weights_in_bf16
@@ -69,15 +73,11 @@ class CausalLMTask(Task):
     sweep_metrics = ("eval_loss",)
 
     def config_problems(self, cfg: Config) -> list[str]:
-        problems = []
-        if cfg.train.class_weights or cfg.train.layer_lr_decay:
-            problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
+        problems = classifier_settings_problems(cfg)
         if cfg.data.on_overflow in ("head_tail", "windows"):
             problems.append(
                 f"data.on_overflow: {cfg.data.on_overflow} is for text-classification of single texts (no text pair)"
             )
-        if cfg.data.multi_label:
-            problems.append("data.multi_label is supported for text-classification")
         return problems
 
     def check_data(self, data):

@@ -17,7 +17,14 @@ from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, mer
 from tunesmith.models.loading import default_cache_dir, load_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.common import bad_rows_error, data_for_eval
-from tunesmith.tasks.generator import PROBE_PROMPTS, TunedLM, base_model_path, load_run, load_run_renderer  # noqa: F401
+from tunesmith.tasks.generator import (  # noqa: F401
+    PROBE_PROMPTS,
+    TunedLM,
+    base_model_path,
+    eval_result,
+    load_run,
+    load_run_renderer,
+)
 
 
 def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
@@ -69,26 +76,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             context = nullcontext()
         with context:
             base, base_outputs = score(base_model)
-    generated = [
-        {
-            "where": where,
-            "prompt": messages[-1][1],
-            "reference": reference,
-            "output": output,
-            "base_output": base_output,
-        }
-        for (where, messages, reference), output, base_output in zip(
-            prompts, outputs, base_outputs, strict=True
-        )
-    ]
-    return {
-        "task": cfg.task,
-        "split": split,
-        "examples": len(rows),
-        "tuned": tuned,
-        "baseline": base,
-        "generated": generated,
-    }
+    return eval_result(cfg, split, len(rows), (tuned, base), prompts, outputs, base_outputs)
 
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:

@@ -38,7 +38,7 @@ from tunesmith.models.loading import load_model
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
-from tunesmith.tasks.base import Rung, Task
+from tunesmith.tasks.base import Rung, Task, head_rungs
 from tunesmith.tasks.common import LinearProbeCheck, peak_memory_mb
 from tunesmith.tasks.modalities import AudioModality, ImageModality, TextModality
 from tunesmith.tasks.pipeline import Prepared, Solver
@@ -278,24 +278,7 @@ class ClassificationTask(Task):
                 0.0,
                 "frozen embeddings and a logistic regression: one pass over the data, no epochs",
             ),
-            Rung(
-                "last_n 2",
-                {"method.name": "last_n", "method.last_n": 2},
-                2.0,
-                "the last 2 blocks and the head train: more than features, a fraction of full's cost",
-            ),
-            Rung(
-                "lora r=8",
-                {"method.name": "lora", "method.lora.r": 8, "method.lora.alpha": 16},
-                2.0,
-                "adapters on every linear layer: every block adapts, few weights train",
-            ),
-            Rung(
-                "full",
-                {"method.name": "full"},
-                2.0,
-                "every weight trains: the best accuracy in the benchmark when there is time for 2+ epochs",
-            ),
+            *head_rungs("head"),
         ]
 
     # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------

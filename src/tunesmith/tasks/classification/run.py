@@ -23,9 +23,9 @@ from tunesmith.methods.features import HEAD_FILE, FeatureHead, embed
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
 from tunesmith.registry import get_task
-from tunesmith.run_folder import RunFolder, free_path
+from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.classification import classifier_arguments, fresh_head_unless_same_labels
-from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
 from tunesmith.tasks.modalities import label_target
 
 
@@ -95,17 +95,9 @@ def predict(
     classifier = RunClassifier(run)
     cfg = classifier.cfg
     examples, problems = read_inputs(str(source), cfg.data, classifier.modality.name)
-    if problems:
-        raise TunesmithError(
-            f"{len(problems)} unreadable input(s); nothing was predicted", [f"  {p}" for p in problems[:50]]
-        )
     if cfg.data.on_overflow == "drop":  # (text only: images and audio are never over-long)
         cfg.data.on_overflow = "truncate"  # every input gets an answer; over-long ones are counted below
-    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
-    if target.exists():
-        raise TunesmithError(f"{target} already exists; choose another --output")
-    if target.suffix.lower() not in {".jsonl", ".csv"}:
-        raise TunesmithError(f"--output {target}: use a .jsonl or .csv file name")
+    target = prediction_target(run, source, output, problems, "predicted", (".jsonl", ".csv"))
     probs = probabilities(classifier.logits(examples, batch_size), classifier.multi_label)
     chosen = predicted(probs, classifier.multi_label)
     records = []

@@ -27,7 +27,11 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import generator
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import ReferencePerplexity, write_conversation_samples
+from tunesmith.tasks.common import (
+    ReferencePerplexity,
+    classifier_settings_problems,
+    write_conversation_samples,
+)
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.tasks.preference import run as preference_run
 from tunesmith.training.loop import (
@@ -183,9 +187,7 @@ class PreferenceTask(Task):
     sweep_metrics = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
 
     def config_problems(self, cfg: Config) -> list[str]:
-        problems = []
-        if cfg.train.class_weights or cfg.train.layer_lr_decay:
-            problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
+        problems = classifier_settings_problems(cfg)
         if cfg.data.packing:
             problems.append("data.packing: preference pairs are not packed; set it to false")
         if cfg.data.on_overflow not in ("auto", "drop"):

@@ -19,6 +19,7 @@ from tunesmith.models.loading import load_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import generator
 from tunesmith.tasks.common import bad_rows_error, data_for_eval, evaluation_of_final_weights
+from tunesmith.tasks.generator import eval_result
 
 
 def base_weights(model, reference_model):
@@ -147,24 +148,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
                 base, base_outputs = score(model)
         else:
             base, base_outputs = score(load_model(generator.base_model_path(run, cfg), cfg.model))
-    generated = [
-        {
-            "where": where,
-            "prompt": messages[-1][1],
-            "reference": chosen,
-            "output": output,
-            "base_output": before,
-        }
-        for (where, messages, chosen), output, before in zip(prompts, outputs, base_outputs, strict=True)
-    ]
-    return {
-        "task": cfg.task,
-        "split": split,
-        "examples": len(items),
-        "tuned": tuned,
-        "baseline": base,
-        "generated": generated,
-    }
+    return eval_result(cfg, split, len(items), (tuned, base), prompts, outputs, base_outputs)
 
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:

@@ -13,6 +13,7 @@ from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.base import Task
+from tunesmith.tasks.common import classifier_settings_problems
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.tasks.seq2seq import run as seq2seq_run
 from tunesmith.training.seq2seq_loop import build_seq2seq_trainer
@@ -106,9 +107,7 @@ class Seq2SeqTask(Task):
     sweep_metrics = ("eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_bleu")
 
     def config_problems(self, cfg: Config) -> list[str]:
-        problems = []
-        if cfg.train.class_weights or cfg.train.layer_lr_decay:
-            problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
+        problems = classifier_settings_problems(cfg)
         if cfg.data.on_overflow in ("head_tail", "windows"):
             problems.append(
                 f"data.on_overflow: {cfg.data.on_overflow} is for text-classification; seq2seq takes drop or truncate"
@@ -117,8 +116,6 @@ class Seq2SeqTask(Task):
             problems.append("data.packing is for causal-lm; seq2seq batches are padded per batch")
         if cfg.data.system_prompt:
             problems.append("data.system_prompt is for chat models; seq2seq takes data.source_prefix")
-        if cfg.data.multi_label:
-            problems.append("data.multi_label is supported for text-classification")
         if cfg.eval.reference:
             problems.append(
                 "eval.reference (the forgetting check) is not measured for seq2seq yet; remove it"

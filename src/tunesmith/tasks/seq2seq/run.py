@@ -17,8 +17,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.seq2seq import generate_targets, target_loss_sums
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import load_model, load_tokenizer
-from tunesmith.run_folder import RunFolder, free_path
-from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
 from tunesmith.tasks.generator import base_model_path
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
@@ -81,15 +81,7 @@ def predict(run: RunFolder, source, output, batch_size: int) -> dict:
     tuned = load_run(run)
     cfg = tuned.cfg
     examples, problems = read_sources(str(source), cfg.data)
-    if problems:
-        raise TunesmithError(
-            f"{len(problems)} unreadable input(s); nothing was predicted", [f"  {p}" for p in problems[:50]]
-        )
-    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
-    if target.exists():
-        raise TunesmithError(f"{target} already exists; choose another --output")
-    if target.suffix.lower() not in {".jsonl", ".csv"}:
-        raise TunesmithError(f"--output {target}: use a .jsonl or .csv file name")
+    target = prediction_target(run, source, output, problems, "predicted", (".jsonl", ".csv"))
     # Every input gets an answer: an over-long source is cut (keeping EOS) and counted, as in training's truncate.
     data = cfg.data.model_copy(update={"on_overflow": "truncate", "max_target_length": 10**9})
     rows, _, over = tokenize_pairs(examples, data, tuned.renderer)

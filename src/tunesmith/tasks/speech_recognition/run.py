@@ -21,8 +21,8 @@ from tunesmith.evaluation.speech import (
 )
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.run_folder import RunFolder, free_path
-from tunesmith.tasks.common import bad_rows_error, data_for_eval
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
 from tunesmith.tasks.speech_recognition import AUTO_CLASS, load_processor
 
 
@@ -77,15 +77,7 @@ def predict(run: RunFolder, source, output, batch_size: int) -> dict:
     """Transcribe every clip of a folder (or every row of a table's audio field); write JSONL or CSV."""
     transcriber = Transcriber(run)
     examples, problems = read_transcribed(str(source), transcriber.cfg.data, transcribed=False)
-    if problems:
-        raise TunesmithError(
-            f"{len(problems)} unreadable input(s); nothing was transcribed", [f"  {p}" for p in problems[:50]]
-        )
-    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
-    if target.exists():
-        raise TunesmithError(f"{target} already exists; choose another --output")
-    if target.suffix.lower() not in {".jsonl", ".csv"}:
-        raise TunesmithError(f"--output {target}: use a .jsonl or .csv file name")
+    target = prediction_target(run, source, output, problems, "transcribed", (".jsonl", ".csv"))
     cut = [e for e in examples if e.seconds > transcriber.window_seconds]
     if cut:
         say(

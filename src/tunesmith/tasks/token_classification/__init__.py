@@ -16,7 +16,7 @@ from tunesmith.models.heads import fresh_head_unless_same_labels
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.base import Rung, Task
+from tunesmith.tasks.base import Rung, Task, head_rungs
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.tasks.token_classification import metrics, tokens
 from tunesmith.tasks.token_classification.data import check_tagged
@@ -184,21 +184,7 @@ class TokenClassificationTask(Task):
         return metrics.collapse_alarm(validation) if validation else None
 
     def plan_ladder(self, cfg: Config) -> list[Rung]:
-        return [
-            Rung(
-                "last_n 2",
-                {"method.name": "last_n", "method.last_n": 2},
-                2.0,
-                "the last 2 blocks and the tag head train: a fraction of full's cost",
-            ),
-            Rung(
-                "lora r=8",
-                {"method.name": "lora", "method.lora.r": 8, "method.lora.alpha": 16},
-                2.0,
-                "adapters on every linear layer and a new tag head: every block adapts, few weights train",
-            ),
-            Rung("full", {"method.name": "full"}, 2.0, "every weight trains: the most capacity and memory"),
-        ]
+        return head_rungs("tag head")
 
     # -- a finished run -----------------------------------------------------------------------------------------
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):

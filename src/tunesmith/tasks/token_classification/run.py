@@ -14,8 +14,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.heads import fresh_head_unless_same_labels, label_arguments
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
-from tunesmith.run_folder import RunFolder, free_path
-from tunesmith.tasks.common import data_for_eval
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import data_for_eval, prediction_target
 from tunesmith.tasks.token_classification import tokens
 from tunesmith.tasks.token_classification.data import TaggedExample, check_tagged, read_tagged, split_words
 from tunesmith.tasks.token_classification.metrics import entity_scores
@@ -105,15 +105,7 @@ def predict(run: RunFolder, source, output, batch_size: int) -> dict:
     """Tag every row of a table (words, or text) or CoNLL file; write each row's entities as JSONL."""
     tagger = Tagger(run)
     examples, problems = read_tagged(str(source), tagger.cfg.data, tagger.settings, labelled=False)
-    if problems:
-        raise TunesmithError(
-            f"{len(problems)} unreadable input(s); nothing was tagged", [f"  {p}" for p in problems[:50]]
-        )
-    target = Path(output) if output else free_path(run.path / "predictions" / f"{Path(source).stem}.jsonl")
-    if target.exists():
-        raise TunesmithError(f"{target} already exists; choose another --output")
-    if target.suffix.lower() != ".jsonl":
-        raise TunesmithError(f"--output {target}: use a .jsonl file name")
+    target = prediction_target(run, source, output, problems, "tagged", (".jsonl",))
     tags = tagger.word_tags(examples, batch_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(target.name + ".tmp")
