@@ -40,7 +40,7 @@ class TaggerTrainer(AtomicCheckpoints, Trainer):
 class TokenClassificationTask(Task):
     name = pipeline_tag = starter = "token-classification"
     summary = "a tag per word: named entities (PER, LOC, ORG, ...) as BIO tags or character spans"
-    provides = frozenset({"labels"})
+    provides = frozenset()  # no "labels": features fits one label per text, not one per word
     default_overflow = "truncate"
     verbs = frozenset({"predict"})
     route_group = "entities"
@@ -79,7 +79,7 @@ class TokenClassificationTask(Task):
         labels = checked.report["labels"]
         tag_ids = {tag: i for i, tag in enumerate(labels)}
         settings = cfg.section(SECTION)
-        limit = min(cfg.data.max_length, getattr(tokenizer, "model_max_length", 10**9))
+        limit = tokens.max_tokens(cfg, tokenizer)
         splits = {
             name: tokens.encode(tokenizer, examples, tag_ids, limit, settings.label_all_subtokens)
             for name, examples in (

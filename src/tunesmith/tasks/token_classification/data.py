@@ -15,7 +15,7 @@ from tunesmith.data.readers import ENCODING, read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.token_classification.settings import TokenClassificationConfig
 
-CONLL_SUFFIXES = {".conll", ".conllu", ".iob", ".bio", ".txt"}
+CONLL_SUFFIXES = {".conll", ".iob", ".bio", ".txt"}  # not .conllu: its word is column 2 and it has no NER tag
 # Words of a text: runs of letters and digits (joined by inner hyphens or apostrophes), or one other character.
 WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 

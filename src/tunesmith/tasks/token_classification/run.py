@@ -19,6 +19,7 @@ from tunesmith.tasks.common import data_for_eval, prediction_target
 from tunesmith.tasks.token_classification import tokens
 from tunesmith.tasks.token_classification.data import TaggedExample, check_tagged, read_tagged, split_words
 from tunesmith.tasks.token_classification.metrics import entity_scores
+from tunesmith.tasks.token_classification.tokens import max_tokens
 
 AUTO_CLASS = "AutoModelForTokenClassification"
 
@@ -53,7 +54,11 @@ class Tagger:
     def encode(self, examples: list) -> tokens.Encoded:
         tag_ids = {tag: i for i, tag in enumerate(self.labels)}
         return tokens.encode(
-            self.tokenizer, examples, tag_ids, self.cfg.data.max_length, self.settings.label_all_subtokens
+            self.tokenizer,
+            examples,
+            tag_ids,
+            max_tokens(self.cfg, self.tokenizer),
+            self.settings.label_all_subtokens,
         )
 
     def word_tags(self, examples: list, batch_size: int = 32) -> list[list[str]]:
@@ -159,7 +164,7 @@ def exportable(run: RunFolder) -> Exportable:
     return Exportable(
         task=cfg.task,
         auto_class=AUTO_CLASS,
-        metric_name="validation_tag_accuracy",
+        metric_name="validation_accuracy",  # of the tagged words (their first sub-tokens): int8's 2-point gate
         metric_sums=tokens.correct_sums,
         model=model,
         processor=tagger.tokenizer,

@@ -20,6 +20,12 @@ class Encoded:
     report: dict = field(default_factory=dict)
 
 
+def max_tokens(cfg, tokenizer) -> int:
+    """data.max_length, capped at what the model reads (its tokenizer's model_max_length): training and
+    prediction cut sentences at the same place."""
+    return min(cfg.data.max_length, getattr(tokenizer, "model_max_length", None) or cfg.data.max_length)
+
+
 def inside(tag: str) -> str:
     return "I-" + tag[2:] if tag.startswith("B-") else tag
 
