@@ -25,7 +25,9 @@ GATES = {
     "f32": {"max_kl": 1e-6, "max_drop": 0.0},
     "f16": {"max_kl": 1e-3, "max_drop": 0.01},
     "q8_0": {"max_kl": 1e-2, "max_drop": 0.03},
-    "k-quant": {"max_kl": 0.1, "max_drop": 0.15},  # not measured yet: bench/gguf_quickstart.py measures them
+    # Measured on the quickstart run (bench/results/gguf_quickstart.json): q4_k_m, the coarsest, KL 0.066 and 13.4%
+    # disagreement; a file that lost the fine-tune (the base model) 0.265 and 21.5%. The gates sit between the two.
+    "k-quant": {"max_kl": 0.1, "max_drop": 0.17},
 }
 
 
