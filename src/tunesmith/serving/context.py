@@ -135,3 +135,17 @@ def check_text_sizes(texts: dict[str, str], limits: Limits, param: str, unit: st
             f"{limits.max_total_chars} characters per request",
             param,
         )
+
+
+def input_texts(value: str | list[str], limits: Limits) -> list[str]:
+    """A request's `input` (one text or a list) as a list, each text checked: 1 to limits.max_texts texts, none
+    empty, none above the size caps; else a 400 naming the text."""
+    texts = [value] if isinstance(value, str) else value
+    if not texts or len(texts) > limits.max_texts:
+        raise ApiError(
+            400, f"input: give 1 to {limits.max_texts} texts (this request has {len(texts)})", "input"
+        )
+    if empty := [i for i, t in enumerate(texts) if not t.strip()]:
+        raise ApiError(400, f"input[{empty[0]}] is empty", "input")
+    check_text_sizes({f"input[{i}]": t for i, t in enumerate(texts)}, limits, "input", "text")
+    return texts

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serving.context import ApiError, ServingContext, check_text_sizes
+from tunesmith.serving.context import ServingContext, input_texts
 from tunesmith.serving.schemas import ClassifyRequest, ErrorResponse
 
 GROUP = "classification"
@@ -19,14 +19,7 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
     @app.post("/v1/classify", responses=RESPONSES)
     async def classify(body: ClassifyRequest):
         model = context.model(body.model, GROUP)
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or len(texts) > limits.max_texts:
-            raise ApiError(
-                400, f"input: give 1 to {limits.max_texts} texts (this request has {len(texts)})", "input"
-            )
-        if empty := [i for i, t in enumerate(texts) if not t.strip()]:
-            raise ApiError(400, f"input[{empty[0]}] is empty", "input")
-        check_text_sizes({f"input[{i}]": t for i, t in enumerate(texts)}, limits, "input", "text")
+        texts = input_texts(body.input, limits)
         results = await run_in_threadpool(registry.classify, model, texts)
         return {
             "object": "list",
