@@ -127,6 +127,7 @@ def test_a_stream_holds_its_slot_until_its_last_byte_and_a_hang_up_stops_generat
 def test_a_stream_read_to_the_end_runs_its_tokens_and_frees_the_slot(server):
     base = server[1]
     tokens_before = metric(base, "tunesmith_generated_tokens_total", model="babble")
+    abandoned_before = metric(base, "tunesmith_abandoned_generations_total", model="babble")
     lines = []
     body = {
         "model": "babble",
@@ -138,9 +139,8 @@ def test_a_stream_read_to_the_end_runs_its_tokens_and_frees_the_slot(server):
         lines = [line for line in stream.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and '"finish_reason": "length"' in lines[-2]
     assert metric(base, "tunesmith_generated_tokens_total", model="babble") - tokens_before == 24
-    assert (
-        metric(base, "tunesmith_abandoned_generations_total", model="babble") == 1
-    )  # only the hang-up above
+    # read to the end: not abandoned (whatever other tests on this server abandoned before, in any order)
+    assert metric(base, "tunesmith_abandoned_generations_total", model="babble") == abandoned_before
     assert chat(base).status_code == 200
 
 
