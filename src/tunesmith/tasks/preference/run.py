@@ -18,7 +18,7 @@ from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, mer
 from tunesmith.models.loading import load_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import generator
-from tunesmith.tasks.common import bad_rows_error, data_for_eval, evaluation_of_final_weights
+from tunesmith.tasks.common import bad_rows_error, data_for_eval
 from tunesmith.tasks.generator import eval_result
 
 
@@ -45,12 +45,6 @@ def sample_prompts(examples: list, count: int) -> list[tuple]:
     if pairs:
         return [(p.where, p.prompt, p.chosen) for p in pairs[:count]]
     return [(e.where, e.prompt, e.completion) for e in desirable[:count]]
-
-
-def final_evaluation(trainer) -> dict:
-    """The evaluation logged for the weights the run ends with (the best checkpoint's with train.load_best, else
-    the last step's), or a new one where none was logged for them."""
-    return evaluation_of_final_weights(trainer) or trainer.evaluate()
 
 
 def held_out_pairs(cfg, data) -> tuple[list[PreferencePair], str]:

@@ -105,6 +105,10 @@ class TokenClassificationTask(Task):
             + (f" / {report['test_examples']} test" if report.get("test_examples") else "")
             + f" sentences; entity types {', '.join(report['types'])}"
         )
+        if report.get("iob1_starts_rewritten"):
+            say(
+                f"data: {report['iob1_starts_rewritten']} entities began with I- (scheme iob1) and were read as B-"
+            )
         for split, counts in report["entities"].items():
             say(f"data: {split} entities " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         for split, encoded in report["preprocessing"].items():

@@ -27,6 +27,7 @@ class TaggedExample:
     tags: tuple[str, ...]  # IOB2, one per word; () for an input to tag
     text: str | None = None  # rows of text: the text itself
     offsets: tuple[tuple[int, int], ...] | None = None  # rows of text: each word's [start, end) in text
+    rewritten: int = 0  # scheme iob1: entity starts read from I- into B- (counted in the data report)
 
     @property
     def key(self) -> tuple:
@@ -40,10 +41,6 @@ class TaggedExample:
 def split_words(text: str) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
     matches = list(WORD.finditer(text))
     return tuple(m.group() for m in matches), tuple(m.span() for m in matches)
-
-
-def entity_type(tag: str) -> str | None:
-    return None if tag == "O" else tag[2:]
 
 
 def tag_problem(tags: list[str], scheme: str) -> tuple[list[str], str | None, int]:
@@ -118,8 +115,12 @@ def from_row(data: dict, where: str, settings: TokenClassificationConfig, labell
             return None, f"'{s.tags_field}' is missing: give one tag per word (O, B-TYPE, I-TYPE)"
         if len(tags) != len(words):
             return None, f"{len(words)} words but {len(tags)} tags; give exactly one tag per word"
-        tags, problem, _ = tag_problem(tags, s.scheme)
-        return (None, problem) if problem else (TaggedExample(where, tuple(words), tuple(tags)), None)
+        tags, problem, rewritten = tag_problem(tags, s.scheme)
+        return (
+            (None, problem)
+            if problem
+            else (TaggedExample(where, tuple(words), tuple(tags), None, None, rewritten), None)
+        )
     if s.text_field in data:
         text = data[s.text_field]
         if not isinstance(text, str) or not text.strip():
@@ -155,11 +156,13 @@ def read_conll(path: Path, settings: TokenClassificationConfig, labelled: bool):
             if not labelled:
                 examples.append(TaggedExample(where, words, ()))
             else:
-                tags, problem, _ = tag_problem([columns[-1] for _, columns in sentence], settings.scheme)
+                tags, problem, rewritten = tag_problem(
+                    [columns[-1] for _, columns in sentence], settings.scheme
+                )
                 if problem:
                     problems.append(f"{where}: {problem}")
                 else:
-                    examples.append(TaggedExample(where, words, tuple(tags)))
+                    examples.append(TaggedExample(where, words, tuple(tags), None, None, rewritten))
         sentence.clear()
 
     with path.open(**ENCODING) as handle:
@@ -245,6 +248,7 @@ def check_tagged(data: DataConfig, settings: TokenClassificationConfig) -> Check
         "types": types,
         "labels": ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")],
         "scheme": settings.scheme,
+        "iob1_starts_rewritten": sum(e.rewritten for split in splits for e in split),
     }
     if problems and data.on_error == "stop":
         return CheckedData([], [], report, problems)
