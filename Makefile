@@ -41,12 +41,13 @@ $(STAMP): pyproject.toml Makefile
 # seconds. Built for a portable x86-64 baseline (GGML_NATIVE=OFF: AVX2/FMA/F16C, not this host's flags) and only
 # what the check loads: libllama and ggml's CPU backend, no llava/mtmd, and not llama.cpp's `common` library, which
 # llama-cpp-python forces on but never loads (the project include turns it off again: 74 objects instead of 127).
-# Measured 2026-12-03 on a shared 2-core AVX2 host (bench/results/gguf_llama_cpp_build.json): 30.2 min wall while other
-# jobs held the load average at 9.3 on average (up to 13.4); 6.9 CPU-minutes in all; 12 s again from the wheel cache.
+# Measured 2026-12-03 18:12 UTC on a 2-core AVX2 host (bench/results/gguf_llama_cpp_build.json, bench/llama_cpp_build.py):
+# 4.0 min wall (load average 1.9 on average, the build's own two jobs included), 5.9 CPU-minutes; 3 s again from
+# the wheel cache. An earlier build on the same kind of host shared with other jobs (load 9) took 30 min.
 LLAMA_CPP_INCLUDE := $(VENV)/llama-cpp-no-common.cmake
 $(LLAMA_CPP_STAMP): $(STAMP) | system-deps
 	echo 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "llama-cpp-python never loads it" FORCE)' > $(LLAMA_CPP_INCLUDE)
-	@echo "building llama-cpp-python 0.3.36 (llama.cpp from source, once per .venv; 7 CPU-minutes)"
+	@echo "building llama-cpp-python 0.3.36 (llama.cpp from source, once per .venv; about 4 minutes on 2 cores)"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=$(CURDIR)/$(LLAMA_CPP_INCLUDE)" \
 	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q "llama-cpp-python==0.3.36"
 	touch $@
