@@ -66,7 +66,8 @@ def test_every_verb_calls_an_api_function_and_every_api_function_has_a_verb():
         for name, value in vars(api).items()
         if inspect.isfunction(value) and value.__module__ == api.__name__ and not name.startswith("_")
     }
-    called = {verb.function for verb in cli.VERBS.values()}
+    # `tunesmith ui` is the one verb above the API (the page calls the API's functions): tunesmith.ui.serve
+    called = {verb.function for verb in cli.VERBS.values()} - {"ui"}
     assert called <= public  # no verb names a function the API lacks
     assert public - called == {"serve_app"}  # the one API call with no verb: the app object for ASGI hosts
 

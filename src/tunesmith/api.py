@@ -37,8 +37,14 @@ def init(kind: str = "sft") -> str:
     return starter_config(kind)
 
 
-def check_data(target: Config | str | Path, overrides: list[str] | None = None) -> CheckedData:
-    """Validate a config's data, or one data file, without training; problems are in .problems."""
+def check_data(
+    target: Config | str | Path, overrides: list[str] | None = None, preview: int = 0
+) -> CheckedData:
+    """Validate a config's data, or one data file, without training; problems are in .problems.
+
+    preview > 0: the first `preview` training examples as the model sees them (the training template's text, the
+    trained part marked) in .report["preview"]; for a config only (a data file alone names no template).
+    """
     if isinstance(target, (str, Path)) and Path(target).suffix.lower() not in {".yaml", ".yml"}:
         data_cfg = DataConfig(train_file=str(Path(target).resolve()), validation_ratio=0.0, on_error="skip")
         checked = _check_rows(data_cfg)
@@ -47,21 +53,30 @@ def check_data(target: Config | str | Path, overrides: list[str] | None = None) 
     cfg, _ = _config(target, overrides)
     every_row = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": "skip"})})
     checked = get_task(cfg.task).validated_data(every_row)  # on_error skip: every bad row listed, none raised
-    checked.report["lengths"] = _token_lengths(cfg, checked)
+    renderer = _renderer(cfg)
+    checked.report["lengths"] = (
+        lengths.length_report(checked, cfg.data, renderer)
+        if not isinstance(renderer, str)
+        else lengths.not_checked(renderer)
+    )
+    if preview:
+        from tunesmith.data.preview import preview as rendered
+
+        template = None if isinstance(renderer, str) else renderer
+        checked.report["preview"] = rendered(checked.train, template, cfg.data.loss_on, preview)
     return checked
 
 
-def _token_lengths(cfg: Config, checked: CheckedData) -> dict:
-    """Rows over data.max_length with the config's own tokenizer; one that cannot be loaded is said, not raised."""
+def _renderer(cfg: Config):
+    """The config's tokenizer and template (as training renders), or why they cannot be loaded (said, not raised)."""
     from tunesmith.data.templates import Renderer
     from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
 
     try:
         path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
-        renderer = Renderer(load_tokenizer(path, cfg.model), cfg.data.template)
+        return Renderer(load_tokenizer(path, cfg.model), cfg.data.template)
     except TunesmithError as exc:
-        return lengths.not_checked(f"token lengths not checked: {exc}")
-    return lengths.length_report(checked, cfg.data, renderer)
+        return f"token lengths not checked: {exc}"
 
 
 def train(

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.console import quiet_libraries
 from tunesmith.errors import TunesmithError
 
 
@@ -105,18 +104,30 @@ def _data_arguments(parser):
         "check", help="validate every row of a config's data (or one file) and print the report"
     )
     check.add_argument("target", metavar="CONFIG_OR_FILE", help="a YAML config, or one data file")
+    check.add_argument(
+        "--preview",
+        type=int,
+        default=0,
+        metavar="N",
+        help="show the first N training examples as the model sees them (the trained part between [[ and ]])",
+    )
     _overrides(check)
 
 
 def _show_data(args, checked) -> int:
     for problem in checked.problems:
         print(problem)
-    report = {k: v for k, v in checked.report.items() if not k.endswith("_list")}
+    report = {k: v for k, v in checked.report.items() if not k.endswith("_list") and k != "preview"}
     print(json.dumps(report, indent=2))
     from tunesmith.data.lengths import describe
 
     for line in describe(checked.report.get("lengths", {"checked": True})):
         print(line)
+    if "preview" in checked.report:
+        from tunesmith.data.preview import describe as describe_preview
+
+        for line in describe_preview(checked.report["preview"]):
+            print(line)
     print(f"{len(checked.problems)} bad row(s)" if checked.problems else "all rows valid")
     return 1 if checked.problems else 0
 
@@ -263,6 +274,40 @@ def _call_serve(api, args):
     return api.serve(args.runs, args.host, args.port, **options)
 
 
+def _ui_arguments(parser):
+    parser.add_argument(
+        "--workdir", default="tunesmith-ui", help="where uploads, settings, runs and jobs are kept"
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (any other than this machine's needs --api-key)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--api-key", help="require this key on every page and route (default: $TUNESMITH_UI_KEY)"
+    )
+    parser.add_argument(
+        "--root-path",
+        default="",
+        help="the path prefix a reverse proxy serves the page under, e.g. /tunesmith",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=int, default=200, help="the largest data file the page accepts"
+    )
+    parser.add_argument(
+        "--max-running", type=int, default=1, help="jobs run at once; the rest wait in a queue"
+    )
+
+
+def _call_ui(api, args):
+    from tunesmith.ui import serve
+
+    return serve(
+        args.workdir, args.host, args.port, args.api_key, args.root_path, args.max_upload_mb, args.max_running
+    )
+
+
 # -- eval, report, compare, sweep, quickstart ------------------------------------------------------------
 def _eval_arguments(parser):
     _run_argument(parser)
@@ -370,7 +415,7 @@ VERBS: dict[str, Verb] = {
         "check_data",
         "data tools",
         _data_arguments,
-        lambda api, a: api.check_data(a.target, a.overrides),
+        lambda api, a: api.check_data(a.target, a.overrides, a.preview),
         _show_data,
     ),
     "generate": Verb(
@@ -403,6 +448,13 @@ VERBS: dict[str, Verb] = {
     ),
     "serve": Verb(
         "serve", "serve runs behind an OpenAI-compatible HTTP API", _serve_arguments, _call_serve, _done
+    ),
+    "ui": Verb(
+        "ui",
+        "a web page for the whole path: data, plan, train, results, try, export",
+        _ui_arguments,
+        _call_ui,
+        _done,
     ),
     "eval": Verb(
         "evaluate",
@@ -481,26 +533,10 @@ def run(args: argparse.Namespace) -> int:
     return verb.show(args, verb.call(api, args))
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bar and messages say what happens; library warnings stay, their chatter goes."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # Library log lines and warnings about the libraries themselves (bitsandbytes' missing CPU kernels on
-    # every import, torch deprecations) are not the user's to act on; --verbose shows them.
-    warnings.filterwarnings(
-        "ignore", module=r"(torch|transformers|peft|trl|accelerate|datasets|bitsandbytes)\b"
-    )
-    for library in ("bitsandbytes", "torch", "peft", "trl", "accelerate", "datasets"):
-        logging.getLogger(library).setLevel(logging.ERROR)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.verbose:
-        _quiet_libraries()
+        quiet_libraries()
     try:
         return run(args)
     except TunesmithError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 
 def rank() -> int:
@@ -21,3 +23,19 @@ def say(message: str) -> None:
     """Print once, from rank 0."""
     if is_main():
         print(message, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bar and messages say what happens; library warnings stay, their chatter goes."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # Library log lines and warnings about the libraries themselves (bitsandbytes' missing CPU kernels on
+    # every import, torch deprecations) are not the user's to act on; --verbose shows them.
+    warnings.filterwarnings(
+        "ignore", module=r"(torch|transformers|peft|trl|accelerate|datasets|bitsandbytes)\b"
+    )
+    for library in ("bitsandbytes", "torch", "peft", "trl", "accelerate", "datasets"):
+        logging.getLogger(library).setLevel(logging.ERROR)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()

@@ -55,7 +55,8 @@ class TokenCounter:
 
 
 class MetricsLogger(TrainerCallback):
-    """Append every log (train and eval) to metrics.jsonl; a resumed run appends to the same curve."""
+    """Append every log (train and eval) to metrics.jsonl; a resumed run appends to the same curve. Each record
+    carries the steps planned (max_steps), so a reader (the web UI) can say how far the run is and the time left."""
 
     def __init__(self, path: Path, counter: TokenCounter):
         self.path = path
@@ -67,7 +68,7 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4), **logs}
         if "loss" in logs:
             key = "tokens_per_second" if self.counter.unit == "tok" else "examples_per_second"
             record[key] = round(self.counter.tokens_per_second, 1)
