@@ -229,3 +229,33 @@ def test_the_whole_path_in_a_real_browser_with_the_network_blocked(tmp_path):
         server.terminate()
         server.wait(timeout=30)
     assert outside == []  # the page asked for nothing outside this machine
+
+
+def test_the_page_names_every_control_and_asks_only_its_own_server(tmp_path):
+    from html.parser import HTMLParser
+
+    client = TestClient(create_ui_app(tmp_path / "work"))
+    page = client.get("/").text
+
+    class Controls(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.labelled, self.controls, self.urls = set(), [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "label" and attrs.get("for"):
+                self.labelled.add(attrs["for"])
+            if tag in {"input", "select", "textarea"}:
+                self.controls.append(attrs.get("id"))
+            self.urls += [attrs[k] for k in ("src", "href") if k in attrs]
+
+    parsed = Controls()
+    parsed.feed(page)
+    assert parsed.controls and all(c in parsed.labelled for c in parsed.controls)  # a label on every control
+    # every URL relative (works under a proxy's prefix, --root-path) and served here: no CDN, no web font
+    assert all(not u.startswith(("/", "http:", "https:", "//")) for u in parsed.urls), parsed.urls
+    script = client.get("/static/ui.js").text
+    style = client.get("/static/ui.css").text
+    assert "http" not in style and "@import" not in style and "url(" not in style
+    assert "fetch(\"/" not in script and "fetch('/" not in script and "https:" not in script

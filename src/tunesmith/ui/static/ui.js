@@ -108,6 +108,7 @@ function showPlan(job) {
 }
 
 function updateDownload() {
+  localStorage.setItem("tunesmith.yaml", $("yaml").value);
   const blob = new Blob([$("yaml").value], { type: "text/yaml" });
   $("download-yaml").href = URL.createObjectURL(blob);
 }
@@ -355,6 +356,8 @@ async function start() {
   await refreshRuns();
   const plan = jobs.find((j) => j.kind === "plan" && j.state === "finished");
   if (plan) showPlan(await call("GET", `api/jobs/${plan.id}`));
+  const edited = localStorage.getItem("tunesmith.yaml");  // the settings as the user last left them
+  if (edited) { $("yaml").value = edited; updateDownload(); }
   const active = jobs.find((j) => ["running", "queued"].includes(j.state));
   const remembered = localStorage.getItem("tunesmith.job");
   if (active) watch(active.id); else if (remembered && jobs.some((j) => j.id === remembered)) watch(remembered);
