@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results_file import Provenance, write_results  # noqa: E402
-
 from tunesmith import quickstart  # noqa: E402
 
 DOCS = Path(__file__).parent.parent / "docs" / "ui"
@@ -38,7 +37,9 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", default="5m", help="the plan's time budget")
-    parser.add_argument("--steps", type=int, default=30, help="train.max_steps set on the plan before training")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="train.max_steps set on the plan before training"
+    )
     parser.add_argument("--workdir", default="/tmp/ui-tour")
     args = parser.parse_args()
     from playwright.sync_api import expect, sync_playwright
@@ -90,9 +91,12 @@ def main() -> None:
             page = context.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             expect(page.locator("#model option")).not_to_have_count(1)
-            page.select_option("#model", label=next(
-                o for o in page.locator("#model option").all_inner_texts() if o.startswith("SmolLM2")
-            ))
+            page.select_option(
+                "#model",
+                label=next(
+                    o for o in page.locator("#model option").all_inner_texts() if o.startswith("SmolLM2")
+                ),
+            )
             page.set_input_files("#file", str(data / "headlines.jsonl"))
             page.click("#upload")
             expect(page.locator("#problems li")).to_contain_text("headlines.jsonl:10", timeout=300_000)
@@ -146,7 +150,12 @@ def main() -> None:
         server.wait(timeout=60)
     if outside:
         raise SystemExit(f"the page asked for {len(outside)} outside address(es): {outside[:3]}")
-    figures = {"budget": args.time, "max_steps": args.steps, "seconds_from_start": timings, "outside_requests": 0}
+    figures = {
+        "budget": args.time,
+        "max_steps": args.steps,
+        "seconds_from_start": timings,
+        "outside_requests": 0,
+    }
     path = write_results("ui_tour", figures, provenance)
     print(f"screenshots in {DOCS}, timings in {path}")
 

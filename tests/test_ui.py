@@ -15,9 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import build_model_folder, prompt_response_rows, write_jsonl
 from fastapi.testclient import TestClient
 
+from conftest import build_model_folder, prompt_response_rows, write_jsonl
 from tunesmith import cli
 from tunesmith.errors import TunesmithError
 from tunesmith.ui import serve
@@ -29,7 +29,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # -- safety -------------------------------------------------------------------------------------------------------
 def test_a_non_local_bind_without_a_key_refuses_to_start(tmp_path, capsys):
-    with pytest.raises(TunesmithError, match=r"--host 0\.0\.0\.0 lets other machines reach the page.*--api-key"):
+    with pytest.raises(
+        TunesmithError, match=r"--host 0\.0\.0\.0 lets other machines reach the page.*--api-key"
+    ):
         serve(tmp_path, host="0.0.0.0")
     assert cli.main(["ui", "--workdir", str(tmp_path), "--host", "0.0.0.0"]) == 2
     assert "give --api-key KEY" in capsys.readouterr().err
@@ -52,7 +54,9 @@ def test_every_route_wants_the_key_when_one_is_set(tmp_path):
     assert checked >= 15  # the page, its script and every API route
     assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/api/jobs", headers={"X-API-Key": "s3cret"}).status_code == 200
-    login = client.get("/?key=s3cret", follow_redirects=False)  # the address printed at start-up sets a cookie
+    login = client.get(
+        "/?key=s3cret", follow_redirects=False
+    )  # the address printed at start-up sets a cookie
     assert login.status_code == 303 and "tunesmith_ui_key" in login.headers["set-cookie"]
     assert client.get("/api/jobs").status_code == 200  # the cookie now goes with every request
     assert TestClient(app).get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -190,12 +194,19 @@ def test_the_whole_path_in_a_real_browser_with_the_network_blocked(tmp_path):
             page.screenshot(path=str(shots / "3-plan.png"), full_page=True)
             page.fill("#set", "train.eval_steps=4")  # refused: the plan's save_steps is not a multiple of it
             page.click("#apply-set")
-            expect(page.locator("#err-yaml")).to_contain_text("train.save_steps must be a multiple of train.eval_steps")
-            page.fill("#set", "train.max_steps=16 train.eval_steps=4 train.save_steps=4 train.logging_steps=1")
+            expect(page.locator("#err-yaml")).to_contain_text(
+                "train.save_steps must be a multiple of train.eval_steps"
+            )
+            page.fill(
+                "#set", "train.max_steps=16 train.eval_steps=4 train.save_steps=4 train.logging_steps=1"
+            )
             page.click("#apply-set")
             expect(page.locator("#config-status")).to_have_text("the settings are valid")
             settings = page.input_value("#yaml")
-            assert all(f"{k}: {v}" in settings for k, v in (("max_steps", 16), ("eval_steps", 4), ("logging_steps", 1)))
+            assert all(
+                f"{k}: {v}" in settings
+                for k, v in (("max_steps", 16), ("eval_steps", 4), ("logging_steps", 1))
+            )
 
             # 3. train with live progress; a reload mid-run finds the job
             page.click("#start-train")
@@ -258,4 +269,17 @@ def test_the_page_names_every_control_and_asks_only_its_own_server(tmp_path):
     script = client.get("/static/ui.js").text
     style = client.get("/static/ui.css").text
     assert "http" not in style and "@import" not in style and "url(" not in style
-    assert "fetch(\"/" not in script and "fetch('/" not in script and "https:" not in script
+    assert 'fetch("/' not in script and "fetch('/" not in script and "https:" not in script
+
+
+def test_data_check_previews_examples_as_the_model_reads_them(tmp_path, make_config, capsys):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(make_config(rows=12)))
+    assert cli.main(["data", "check", str(config), "--preview", "2"]) == 0
+    out = capsys.readouterr().out
+    blocks = [b for b in out.split("--- ")[1:]]
+    assert len(blocks) == 2 and all("trained: between [[ and ]]" in b for b in blocks)
+    for block in blocks:  # the prompt is only read; the answer after the assistant turn starts is learned
+        assert block.index("<|im_start|>user") < block.index("<|im_start|>assistant") < block.index("[[")
