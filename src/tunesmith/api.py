@@ -204,8 +204,17 @@ def evaluate(
     data: str | Path | None = None,
     baseline: bool = False,
     generations: int | None = None,
+    bench: list[str] | None = None,
 ) -> dict:
-    """Score a finished run on its validation split (or `data`); with baseline, the untouched base model too."""
+    """Score a finished run on its validation split (or `data`); with baseline, the untouched base model too.
+
+    bench: lm-evaluation-harness benchmarks instead (multiple-choice .jsonl files, lm-eval task .yaml files
+    pointing at local data, or "capitals", the built-in knowledge probe), base and tuned, with standard errors.
+    """
+    if bench:
+        from tunesmith.commands.benchmark import benchmark_run
+
+        return benchmark_run(RunFolder.open(run_dir), bench)
     from tunesmith.commands.evaluate import evaluate_run
 
     return evaluate_run(RunFolder.open(run_dir), data, baseline, generations)

@@ -318,6 +318,13 @@ def _eval_arguments(parser):
         "--baseline", action="store_true", help="also score the untouched base model, side by side"
     )
     parser.add_argument("--generations", type=int, help="examples to generate (default: eval.generations)")
+    parser.add_argument(
+        "--bench",
+        nargs="+",
+        metavar="TASK",
+        help="lm-eval benchmarks, base vs tuned: multiple-choice .jsonl files, lm-eval task .yaml files on "
+        "local data, or `capitals` (the built-in knowledge probe)",
+    )
 
 
 def _show_eval(args, result) -> int:
@@ -460,7 +467,7 @@ VERBS: dict[str, Verb] = {
         "evaluate",
         "score a run: loss/perplexity, ROUGE/BLEU, or classification metrics",
         _eval_arguments,
-        lambda api, a: api.evaluate(a.run, a.data, a.baseline, a.generations),
+        lambda api, a: api.evaluate(a.run, a.data, a.baseline, a.generations, a.bench),
         _show_eval,
     ),
     "report": Verb(

@@ -261,6 +261,11 @@ class EvalConfig(Section):
         gt=0,
         description="flag overfitting after this many rising validation losses while train loss falls",
     )
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval benchmarks scored before and after training: multiple-choice .jsonl files, "
+        "lm-eval task .yaml files pointing at local data, or `capitals` (the built-in knowledge probe)",
+    )
 
 
 class SearchDimension(Section):
@@ -584,6 +589,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     config.data.validation_file = resolve(config.data.validation_file)
     config.data.test_file = resolve(config.data.test_file)
     config.eval.reference = resolve(config.eval.reference)
+    # a file (.jsonl, .yaml) is resolved; a built-in probe's name (no suffix) is kept
+    config.eval.benchmarks = [resolve(b) if Path(b).suffix else b for b in config.eval.benchmarks]
     config.output.dir = resolve(config.output.dir)
     name = Path(config.model.name).expanduser()
     if not name.is_absolute() and (base / name).exists():

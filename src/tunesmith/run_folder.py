@@ -80,6 +80,8 @@ class RunSummary:
     test: dict | None = None  # the final weights on the test split: nothing was tuned or chosen on it
     reference_before: dict | None = None  # forgetting check: the reference score before training
     forgetting: dict | None = None  # forgetting check: before, after, drift, warning
+    benchmarks_before: dict | None = None  # eval.benchmarks: lm-eval scores of the model before training
+    benchmarks: dict | None = None  # eval.benchmarks: per task base and tuned lm-eval scores, the difference
     overfitting: dict | None = None  # the overfitting signal from the loss curves
     collapse: dict | None = None  # the model gives one answer whatever the input: {"kind", "seen", "causes"}
 

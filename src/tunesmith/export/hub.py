@@ -56,6 +56,9 @@ def _eval_lines(run: RunFolder) -> list[str]:
     lines = []
     for path in sorted((run.path / "eval").glob("*/evaluation.json")):
         result = json.loads(path.read_text())
+        if "tasks" in result:  # `eval --bench`: _benchmark_lines
+            lines.extend(_benchmark_lines(result, "`tunesmith eval --bench`"))
+            continue
         tuned, base = result["tuned"], result.get("baseline") or {}
         scores = [
             f"{name} {value:.4g}"
@@ -66,6 +69,23 @@ def _eval_lines(run: RunFolder) -> list[str]:
         lines.append(
             f"- `tunesmith eval` on {result['data']} ({result['examples']} examples): " + ", ".join(scores)
         )
+    return lines
+
+
+def _benchmark_lines(record: dict | None, where: str) -> list[str]:
+    """lm-evaluation-harness accuracy per benchmark, base and tuned, with lm-eval's standard errors."""
+
+    def accuracy(scores: dict) -> str:
+        stderr = scores.get("acc_stderr")
+        return f"{scores['acc']:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    lines = []
+    for name, task in (record or {}).get("tasks", {}).items():
+        if "acc" in task["tuned"] and "acc" in task["base"]:
+            lines.append(
+                f"- {name} ({task['examples']} multiple-choice questions, lm-eval {record['lm_eval_version']}, "
+                f"{where}): accuracy {accuracy(task['tuned'])} (base model: {accuracy(task['base'])})"
+            )
     return lines
 
 
@@ -114,7 +134,11 @@ def model_card(run: RunFolder, repo: str) -> str:
             if summary.test
             else "## Evaluation (held-out validation split)\n"
         )
-        + "\n".join(_metrics_lines(summary) + _eval_lines(run)),
+        + "\n".join(
+            _metrics_lines(summary)
+            + _benchmark_lines(summary.benchmarks, "before and after training")
+            + _eval_lines(run)
+        ),
         "## Intended use\nThe task and data described above: " + task.intended_use(),
         "## Limitations\n- It was evaluated only on the validation split above, drawn from the same source as the "
         "training data; expect lower scores on data that differs from it.\n- It inherits the base model's "

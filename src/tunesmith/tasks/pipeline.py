@@ -2,9 +2,9 @@
 
 Every cross-task guarantee is written here once: three splits (the test split scored once, at the end, by the
 final weights), the measured precision decision, gradient checkpointing from the memory estimate, `compile`
-applied or refused with a reason, resume from the last valid checkpoint, the forgetting check, samples before and
-after training, the collapse alarm, and the run summary. A task supplies its data, model, trainer and scores
-(the hooks of tasks.base.Task, in the order this recipe calls them).
+applied or refused with a reason, resume from the last valid checkpoint, the forgetting check, eval.benchmarks
+(lm-eval) before and after, samples before and after training, the collapse alarm, and the run summary. A task
+supplies its data, model, trainer and scores (the hooks of tasks.base.Task, in the order this recipe calls them).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from transformers import set_seed
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
+from tunesmith.evaluation import benchmarks
 from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.methods import count_parameters, get_method
-from tunesmith.models.loading import default_cache_dir, resolve_model
+from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.common import (
@@ -73,6 +74,7 @@ NO_GRADIENT_STEPS = {
 def train(task, cfg: Config, default_name: str = "run", resume: bool = False, callbacks=()) -> dict:
     started = time.time()
     checked = task.validated_data(cfg)
+    benchmarks.check_trainable(cfg.eval.benchmarks, task)  # a bad multiple-choice row fails now
     cache_dir = default_cache_dir(cfg.output.cache_dir)
     model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
     run = RunFolder.for_training(cfg, default_name, resume)
@@ -123,6 +125,9 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     if probe is not None and "reference_before" not in summary:  # a resumed run keeps its first score
         summary = run.update_summary(reference_before=probe.score(model))
         say(f"forgetting check: {probe.describe(summary.reference_before)} before training")
+    bench = benchmark_check(cfg, run, model_path) if cfg.eval.benchmarks and is_main() else None
+    if bench is not None and "benchmarks_before" not in summary:  # before any step: the base's scores
+        summary = run.update_summary(benchmarks_before=bench.score(model))
     if data.test and task.scores_test_before and cfg.eval.before_training and summary.test_before is None:
         summary = run.update_summary(test_before=task.score(model, data, "test"))
     task.before_training(run, model, data, summary)
@@ -157,9 +162,23 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     if probe is not None:
         result["forgetting"] = probe.drift(summary.reference_before, probe.score(model), cfg)
         say(probe.describe_drift(result["forgetting"]))
+    if bench is not None:
+        result["benchmarks"] = bench.compare(summary.benchmarks_before, bench.score(model))
+        say("benchmarks (lm-eval), base vs tuned:\n" + benchmarks.table(result["benchmarks"]))
+        kept = benchmarks.knowledge_kept(result["benchmarks"])
+        if kept:
+            say(f"forgetting check: {kept}")
     result["wall_seconds"] = round(time.time() - started, 1)
     run.update_summary(**result)
     return finish_run(run, cfg, run.read_summary(), task)
+
+
+def benchmark_check(cfg: Config, run: RunFolder, model_path: str) -> benchmarks.BenchmarkCheck:
+    """eval.benchmarks as lm-eval tasks in RUN/benchmarks/, scored with the base model's tokenizer."""
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    return benchmarks.BenchmarkCheck(
+        cfg.eval.benchmarks, run.path / "benchmarks", tokenizer, cfg.eval.batch_size
+    )
 
 
 def fit_with_trainer(
