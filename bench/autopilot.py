@@ -78,7 +78,8 @@ def bbc_config(workdir: Path) -> Path:
         learning_rate=None,
         epochs=3,
     )
-    checked = check_labelled(config_from_dict(bbc_bench.config("full", args, workdir)).data, "text")
+    cfg = config_from_dict(bbc_bench.config("full", args, workdir))
+    checked = check_labelled(cfg.data, cfg.section("classification"), "text")
     for name, part in (("train", checked.train), ("test", checked.validation)):
         rows = [{"text": e.text, "label": e.labels[0]} for e in part]
         (workdir / f"bbc-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -77,8 +77,8 @@ def config(strategy: str, args, workdir: Path) -> dict:
             "seed": 42,
             "deduplicate": not args.keep_duplicates,
             "on_overflow": args.overflow,
-            "max_windows": args.max_windows,
         },
+        "classification": {"max_windows": args.max_windows},
         "method": method,
         "train": {
             "seed": args.train_seed,  # the new head's initialisation, dropout and batch order
@@ -121,7 +121,8 @@ def tfidf(train: list[tuple[str, str]], validation: list[tuple[str, str]]) -> di
 
 def tfidf_baseline(raw: dict) -> dict:
     """TF-IDF + LinearSVC on exactly the split the strategies use."""
-    checked = check_labelled(config_from_dict(raw).data, "text")
+    cfg = config_from_dict(raw)
+    checked = check_labelled(cfg.data, cfg.section("classification"), "text")
     pairs = [[(e.text, e.labels[0]) for e in part] for part in (checked.train, checked.validation)]
     return tfidf(*pairs) | {"report": checked.report}
 
@@ -142,7 +143,7 @@ def main() -> None:
         help="data.on_overflow for long articles",
     )
     parser.add_argument(
-        "--max-windows", type=int, default=4, help="data.max_windows (with --overflow windows)"
+        "--max-windows", type=int, default=4, help="classification.max_windows (with --overflow windows)"
     )
     parser.add_argument("--train-seed", type=int, default=42, help="train.seed (the split stays seed 42)")
     parser.add_argument("--learning-rate", type=float, help="instead of each strategy's own")

@@ -49,7 +49,9 @@ def main() -> None:
         sampler.start()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run([*command, f"llama-cpp-python=={VERSION}"], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [*command, f"llama-cpp-python=={VERSION}"], env=env, capture_output=True, text=True
+        )
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         stop.set()
@@ -77,7 +79,9 @@ def main() -> None:
             },
         }
     path = write_results("gguf_llama_cpp_build", figures, provenance)
-    print(f"llama-cpp-python {VERSION}: {wall / 60:.1f} min wall, {(user + system) / 60:.1f} CPU-min -> {path}")
+    print(
+        f"llama-cpp-python {VERSION}: {wall / 60:.1f} min wall, {(user + system) / 60:.1f} CPU-min -> {path}"
+    )
 
 
 if __name__ == "__main__":

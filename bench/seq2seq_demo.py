@@ -81,13 +81,8 @@ def config(model: str, train_file: str, workdir: Path, name: str, steps: int, **
     return {
         "task": "seq2seq",
         "model": {"name": model},
-        "data": {
-            "train_file": train_file,
-            "validation_ratio": 0.1,
-            "max_length": 96,
-            "max_target_length": 24,
-            **data,
-        },
+        "data": {"train_file": train_file, "validation_ratio": 0.1, "max_length": 96, **data},
+        "seq2seq": {"max_target_length": 24},
         "method": {"name": "full"},
         "train": {
             "batch_size": 16,

@@ -55,9 +55,56 @@ def test_the_layers_contract_holds_and_catches_an_upward_import(tmp_path):
     readers.write_text(
         readers.read_text() + "\nfrom tunesmith import api  # noqa: E402  (deliberately upward)\n"
     )
+    # a task's route module may use the floor below tasks (tunesmith.http), never the server above it
+    routes = tmp_path / "src" / "tunesmith" / "tasks" / "token_classification" / "routes.py"
+    routes.write_text(routes.read_text() + "\nfrom tunesmith.serving import app  # noqa: E402\n")
     broken = _lint_imports(tmp_path / "src", tmp_path)
     assert broken.returncode != 0
     assert "tunesmith.data.readers -> tunesmith.api" in broken.stdout
+    assert "tunesmith.tasks.token_classification.routes -> tunesmith.serving.app" in broken.stdout
+
+
+def test_the_http_floor_sits_below_tasks_so_a_task_package_can_hold_its_routes():
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    floors = [{name.strip() for name in layer.split("|")} for layer in contract["layers"]]
+    position = {name: depth for depth, layer in enumerate(floors) for name in layer}
+    assert position["tunesmith.serving"] < position["tunesmith.tasks"] < position["tunesmith.http"]
+
+
+def test_each_tasks_route_module_and_report_section_live_in_its_own_package():
+    """A task adds its HTTP route and its report.html section with its package alone: serving/ keeps only the
+    chat/completions routes every Generator shares, and report/ lists no task's section."""
+    from tunesmith.registry import SECTIONS, get_task
+
+    for name in task_names():
+        task = get_task(name)
+        package = type(task).__module__
+        routes = task.routes()
+        if routes is not None:
+            assert routes.__name__ == f"{package}.routes", name
+            assert routes.GROUP and routes.PATHS and routes.HANDLE and callable(routes.add_routes), name
+        section = task.report_section()
+        if section is not None:
+            assert section == PACKAGE / "tasks" / package.rsplit(".", 1)[-1] / "report.html.j2", name
+    assert [p.name for p in (PACKAGE / "serving").glob("routes_*.py")] == ["routes_generation.py"]
+    pages = "".join(p.read_text() for p in (PACKAGE / "report" / "templates").glob("*.j2"))
+    read = [key for key in SECTIONS if f"cfg.{key}" in pages or f"section({key!r}" in pages]
+    assert SECTIONS and read == []  # no task's config section is read by the shared page
+
+
+def test_the_server_refuses_a_run_whose_handle_is_not_what_its_routes_answer_through():
+    from types import SimpleNamespace
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.http.context import ServedModel
+    from tunesmith.serving.app import route_groups
+    from tunesmith.tasks.token_classification import routes
+
+    served = ServedModel("ner", "token-classification", None, routes=routes, handle=object())
+    with pytest.raises(TunesmithError, match="ner .token-classification. loads as a object, not the Tagger"):
+        route_groups(SimpleNamespace(models={"ner": served}))
 
 
 def test_every_verb_calls_an_api_function_and_every_api_function_has_a_verb():

@@ -407,6 +407,33 @@ def test_a_data_file_is_planned_for_its_guessed_task_with_class_weights_when_cla
     assert seen[0] == ("features", result["max_length"])
 
 
+def test_a_planned_config_keeps_the_classification_section_it_was_given(tmp_path, tiny_bert, monkeypatch):
+    import yaml
+
+    from conftest import classification_config, topic_rows, write_jsonl
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    rows = [{"text": r["text"], "topic": r["label"]} for r in topic_rows(90)]
+    raw = classification_config(
+        tmp_path, tiny_bert, "text-classification", write_jsonl(tmp_path / "t.jsonl", rows)
+    )
+    raw["classification"] = {"label_field": "topic"}
+    source = tmp_path / "topics.yaml"
+    source.write_text(yaml.safe_dump(raw))
+    probed = []
+
+    def probe(raw, rung, max_length, steps, timeout=None):
+        probed.append(raw["classification"])  # the probe's run reads the same column
+        return Measurement(0.0, 0.5, 10.0, 400.0, whole_run_seconds=12.0, cached_seconds=6.0)
+
+    from tunesmith.commands import plan as plan_module
+
+    result = plan_module.plan(source, "40s", output=tmp_path / "p.yaml", probe=probe, clock=FakeClock())
+    assert probed and all(section == {"label_field": "topic"} for section in probed)
+    planned = config_from_dict(yaml.safe_load(Path(result["config"]).read_text()))
+    assert planned.section("classification").label_field == "topic"
+
+
 @pytest.mark.parametrize(
     ("row", "task"),
     [
@@ -574,9 +601,13 @@ def test_a_features_probe_answers_each_validation_example_as_its_run_scored_them
     from conftest import classification_config, topic_rows, write_jsonl
     from tunesmith.registry import get_task
 
-    data = write_jsonl(tmp_path / "topics.jsonl", topic_rows(60))
+    rows = [
+        {"text": r["text"], "topic": r["label"]} for r in topic_rows(60)
+    ]  # predict reads the run's columns
+    data = write_jsonl(tmp_path / "topics.jsonl", rows)
     raw = classification_config(tmp_path, tiny_bert, "text-classification", data, method={"name": "features"})
     raw["data"]["test_ratio"] = 0.0
+    raw["classification"] = {"label_field": "topic"}
     cfg = config_from_dict(json.loads(json.dumps(raw)))
     features = get_task("text-classification").plan_ladder(cfg)[0]
     measured = run_probe(json.loads(json.dumps(raw)), features, 32, steps=8)

@@ -12,7 +12,8 @@ from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.labelled import check_labelled, natural_order
 from tunesmith.errors import TunesmithError
-from tunesmith.training.classification_loop import class_weights, layerwise_groups
+from tunesmith.tasks.classification.settings import ClassificationConfig
+from tunesmith.tasks.classification.trainer import class_weights, layerwise_groups
 
 FAST = {"epochs": 6, "eval_steps": 1000, "save_steps": 1000, "learning_rate": 1e-2}
 
@@ -131,7 +132,7 @@ def test_features_strategy_matches_scikit_learn_and_caches(tmp_path, tiny_bert):
     )
     probe = features + rng.normal(size=features.shape)
     expected = fitted.predict_proba(StandardScaler().fit(features).transform(probe))
-    from tunesmith.evaluation.classification import probabilities
+    from tunesmith.tasks.classification.metrics import probabilities
 
     assert np.allclose(probabilities(head.logits(probe), False), expected, atol=1e-6)
     # a second run embeds nothing new
@@ -152,7 +153,7 @@ def test_multi_label_text(tmp_path, tiny_bert):
         tiny_bert,
         "text-classification",
         data,
-        data={"multi_label": True},
+        classification={"multi_label": True},
         train=FAST | {"epochs": 10},
     )
     summary = api.train(config_from_dict(raw))
@@ -189,9 +190,12 @@ def test_label_order_is_natural():
 
 
 def _data_cfg(tmp_path, **values):
+    """The data and classification sections of a text-classification config, each with its keys of `values`."""
     raw = classification_config(tmp_path, tmp_path, "text-classification", values.pop("train_file"))
+    raw["classification"] = {k: values.pop(k) for k in list(values) if k in ClassificationConfig.model_fields}
     raw["data"] |= values
-    return config_from_dict(raw).data
+    cfg = config_from_dict(raw)
+    return cfg.data, cfg.section("classification")
 
 
 def test_bad_text_rows_are_named_with_file_and_line(tmp_path):
@@ -205,7 +209,7 @@ def test_bad_text_rows_are_named_with_file_and_line(tmp_path):
         "not json",
     ]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train)), "text")
+    checked = check_labelled(*_data_cfg(tmp_path, train_file=str(train)), "text")
     problems = "\n".join(checked.problems)
     assert f"{train}:2: empty text in field 'text'" in problems
     assert f"{train}:3: missing text field 'text'" in problems and "set data.text_field" in problems
@@ -218,14 +222,14 @@ def test_bad_text_rows_are_named_with_file_and_line(tmp_path):
 def test_unknown_validation_label_and_too_few_labels(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", topic_rows(12))
     val = write_jsonl(tmp_path / "val.jsonl", [{"text": "weather rain", "label": "weather"}])
-    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train), validation_file=str(val)), "text")
+    checked = check_labelled(*_data_cfg(tmp_path, train_file=str(train), validation_file=str(val)), "text")
     assert checked.problems == [
         f"{val}:1: unknown label 'weather' (not in the training data: business, politics, sport); "
-        "fix the label or add it to data.labels"
+        "fix the label or add it to classification.labels"
     ]
     one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"a {i}", "label": "x"} for i in range(4)])
     with pytest.raises(TunesmithError, match="needs at least 2"):
-        check_labelled(_data_cfg(tmp_path, train_file=str(one)), "text")
+        check_labelled(*_data_cfg(tmp_path, train_file=str(one)), "text")
 
 
 def test_csv_multi_label_cells_and_class_report(tmp_path):
@@ -233,8 +237,9 @@ def test_csv_multi_label_cells_and_class_report(tmp_path):
     path.write_text(
         "text,label\nteam won,sport|news\nshares rose,business\nvote,politics|news\nmarket,business\n"
     )
-    data = _data_cfg(tmp_path, train_file=str(path), multi_label=True, validation_ratio=0.0)
-    checked = check_labelled(data, "text")
+    checked = check_labelled(
+        *_data_cfg(tmp_path, train_file=str(path), multi_label=True, validation_ratio=0.0), "text"
+    )
     assert checked.report["labels"] == ["business", "news", "politics", "sport"]
     assert checked.report["train_classes"]["counts"] == {"business": 2, "news": 2, "politics": 1, "sport": 1}
     assert checked.report["train_classes"]["imbalance_ratio"] == 2.0
@@ -242,7 +247,7 @@ def test_csv_multi_label_cells_and_class_report(tmp_path):
 
 def test_stratified_split_keeps_every_class(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", topic_rows(60))
-    checked = check_labelled(_data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text")
+    checked = check_labelled(*_data_cfg(tmp_path, train_file=str(train), validation_ratio=0.2), "text")
     assert checked.report["validation_classes"]["counts"] == {"business": 4, "politics": 4, "sport": 4}
 
 
@@ -250,7 +255,7 @@ def test_config_rules_for_classification(tmp_path, tiny_bert):
     raw = classification_config(tmp_path, tiny_bert, "text-classification", "x.jsonl")
     raw["method"] = {"strategy": "last_n", "last_n": 1}
     cfg = config_from_dict(raw)
-    assert cfg.method.name == "last_n" and cfg.method.freeze.last_n == 1
+    assert cfg.method.name == "last_n" and cfg.method.section("freeze").last_n == 1
     assert cfg.data.on_overflow == "truncate"  # classification truncates (and counts) by default
     with pytest.raises(TunesmithError, match="either name or strategy"):
         config_from_dict(raw | {"method": {"name": "full", "strategy": "head"}})
@@ -299,19 +304,20 @@ def test_text_pairs_reach_the_model_as_two_segments(tmp_path, tiny_bert):
         {"premise": "team won", "hypothesis": "team won", "label": "yes"},
     ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    cfg = _data_cfg(
+    cfg, settings = _data_cfg(
         tmp_path,
         train_file=str(data),
         text_field="premise",
         text_pair_field="hypothesis",
         validation_ratio=0.0,
     )
-    checked = check_labelled(cfg.model_copy(update={"on_error": "skip"}), "text")
+    checked = check_labelled(cfg.model_copy(update={"on_error": "skip"}), settings, "text")
     assert checked.problems == [f"{data}:2: missing or empty text pair field 'hypothesis'"]
     modality = TextModality(
         str(tiny_bert),
         config_from_dict({"model": {"name": str(tiny_bert)}, "data": {"train_file": "x"}}).model,
         cfg,
+        settings,
     )
     prepared = modality.prepare(checked.train[:1], {"no": 0, "yes": 1}, False, training=True)
     assert prepared.dataset[0]["token_type_ids"] == [

@@ -243,18 +243,18 @@ def test_null_and_empty_fields_are_named_as_such(tmp_path):
 
 
 def test_empty_and_null_labels_are_named_as_such(tmp_path):
-    from tunesmith.data.labelled import read_labelled
+    from tunesmith.data.labelled import LabelSettings, read_labelled
 
     cfg = DataConfig(train_file="unused", validation_ratio=0)
     csv_file = tmp_path / "d.csv"
     csv_file.write_text("text,label\nteam won,sport\nshares rose,\n,business\n")
-    _, problems = read_labelled(str(csv_file), cfg, "text")
+    _, problems = read_labelled(str(csv_file), cfg, LabelSettings(), "text")
     assert problems == [
         f"{csv_file}:3: label field 'label' is empty; give the row its label or remove it",
         f"{csv_file}:4: empty text in field 'text'; fill it or remove the row",
     ]
     jsonl = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": None}, {"text": None, "label": "x"}])
-    _, problems = read_labelled(str(jsonl), cfg, "text")
+    _, problems = read_labelled(str(jsonl), cfg, LabelSettings(), "text")
     assert problems == [
         f"{jsonl}:1: label field 'label' is null; give the row its label or remove it",
         f"{jsonl}:2: text field 'text' is null; fill it or remove the row",

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tunesmith.config import DataConfig
-from tunesmith.data.labelled import check_labelled, read_labelled
+from tunesmith.data.labelled import LabelSettings, check_labelled, read_labelled
 from tunesmith.data.prepare import check_data
 from tunesmith.data.readers import read_rows
 from tunesmith.data.validate import validate_rows
@@ -132,7 +132,7 @@ def assert_every_row_accounted_for(path, checked) -> None:
 def good_examples(path, cfg: DataConfig, labelled: bool) -> list:
     """The rows that pass validation one by one, before any set-level step (deduplication, split)."""
     if labelled:
-        return read_labelled(str(path), cfg, "text")[0]
+        return read_labelled(str(path), cfg, LabelSettings(), "text")[0]
     return validate_rows(read_rows(path), cfg, cfg.format)[0]
 
 
@@ -143,7 +143,7 @@ def run_case(tmp_path, rows, suffix, style, operations, on_error, labelled: bool
     try:
         if labelled:
             cfg = DataConfig(train_file=str(path), on_error=on_error, validation_ratio=ratio)
-            checked = check_labelled(cfg, "text")
+            checked = check_labelled(cfg, LabelSettings(), "text")
         else:
             cfg = DataConfig(
                 train_file=str(path), on_error=on_error, validation_ratio=ratio, format="prompt_response"

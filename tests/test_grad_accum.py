@@ -15,8 +15,8 @@ from tunesmith.data.collate import PadCollator
 from tunesmith.data.prepare import encode
 from tunesmith.data.templates import Renderer
 from tunesmith.data.validate import Example
+from tunesmith.tasks.classification.trainer import ClassificationTrainer, class_weights
 from tunesmith.tasks.modalities import TextCollator
-from tunesmith.training.classification_loop import ClassificationTrainer, class_weights
 from tunesmith.training.loop import CausalLMTrainer
 
 

@@ -65,11 +65,17 @@ def _image_cfg(tmp_path, vit, source, **sections):
     return classification_config(tmp_path, vit, "image-classification", source, **sections)
 
 
+def _checked(raw: dict, modality: str):
+    """The config's data read as training reads it (its data and classification sections)."""
+    cfg = config_from_dict(raw)
+    return check_labelled(cfg.data, cfg.section("classification"), modality)
+
+
 def test_bad_image_files_are_named(tmp_path, vit):
     folder = write_digits(tmp_path / "digits", count=40)
     (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "3" / "notes.txt").write_text("not an image")
-    checked = check_labelled(config_from_dict(_image_cfg(tmp_path, vit, folder)).data, "image")
+    checked = _checked(_image_cfg(tmp_path, vit, folder), "image")
     assert len(checked.problems) == 2
     assert any(p.startswith(f"{folder}/3/broken.png: unreadable image") for p in checked.problems)
     assert any(p.startswith(f"{folder}/3/notes.txt: not a image file") for p in checked.problems)
@@ -86,10 +92,10 @@ def test_image_table_paths_are_relative_to_the_table(tmp_path, vit):
     rows.append({"file": "x.png", "label": "1"})
     table = write_jsonl(tmp_path / "images.jsonl", rows)
     raw = _image_cfg(tmp_path, vit, table, data={"on_error": "skip"})
-    checked = check_labelled(config_from_dict(raw).data, "image")
+    checked = _checked(raw, "image")
     assert checked.problems == [
         f"{table}:31: file not found: {tmp_path}/digits/9/missing.png",
-        f"{table}:32: missing file field 'path' (fields present: file, label); set data.file_field",
+        f"{table}:32: missing file field 'path' (fields present: file, label); set classification.file_field",
     ]
     assert checked.report["train_examples"] + checked.report["validation_examples"] == 30
 
@@ -134,7 +140,8 @@ def test_whisper_encoder_learns_spoken_digits(tmp_path):
         model,
         "audio-classification",
         data,
-        data={"validation_ratio": 0.2, "clip_seconds": 1.0},
+        data={"validation_ratio": 0.2},
+        classification={"clip_seconds": 1.0},
         train={
             "epochs": 20,
             "learning_rate": 3e-3,
@@ -155,8 +162,7 @@ def test_bad_audio_files_are_named(tmp_path):
     (data / "4" / "empty.wav").write_bytes(b"")
     (data / "5" / "noise.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     model = build_whisper_classifier_folder(tmp_path / "whisper")
-    cfg = config_from_dict(classification_config(tmp_path, model, "audio-classification", data))
-    checked = check_labelled(cfg.data, "audio")
+    checked = _checked(classification_config(tmp_path, model, "audio-classification", data), "audio")
     assert sorted(p.split(": ")[0] for p in checked.problems) == [
         f"{data}/4/empty.wav",
         f"{data}/5/noise.wav",

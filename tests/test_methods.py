@@ -2,7 +2,7 @@
 
 For each (method, task) row, on a tiny in-process model of the task's kind: the trainable-parameter count equals
 one computed independently from the architecture, one optimizer step changes exactly the trainable weights, and
-saving then reloading gives identical outputs.
+saving then reloading the way the method reloads a finished run (Method.reload) gives identical outputs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,21 @@ def _bert():
         num_labels=LABELS,
     )
     return BertForSequenceClassification(config)
+
+
+def _bert_tokens():
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=LABELS,
+    )
+    return BertForTokenClassification(config)
 
 
 def _vit():
@@ -132,6 +147,9 @@ def _batch(kind: str) -> dict:
         return {"input_ids": ids, "decoder_input_ids": targets, "labels": targets}
     if kind == "AutoModelForSequenceClassification":
         return {"input_ids": torch.randint(0, 128, (2, 10), generator=generator), "labels": labels}
+    if kind == "AutoModelForTokenClassification":  # a tag per token
+        ids = torch.randint(0, 128, (2, 10), generator=generator)
+        return {"input_ids": ids, "labels": torch.randint(0, LABELS, (2, 10), generator=generator)}
     if kind == "AutoModelForImageClassification":
         return {"pixel_values": torch.randn(2, 3, 16, 16, generator=generator), "labels": labels}
     if kind == "AutoModelForSpeechSeq2Seq":
@@ -163,6 +181,12 @@ MODELS = {
         _bert,
         ["classifier."],
         ["bert.encoder.layer.2.", "bert.pooler.", "classifier."],
+    ),
+    # A tagger: BERT without its pooler, a linear tag head on every token.
+    "AutoModelForTokenClassification": (
+        _bert_tokens,
+        ["classifier."],
+        ["bert.encoder.layer.2.", "classifier."],
     ),
     "AutoModelForImageClassification": (
         _vit,
@@ -201,6 +225,7 @@ def _kind(model) -> str:
         "T5ForConditionalGeneration": "AutoModelForSeq2SeqLM",
         "WhisperForConditionalGeneration": "AutoModelForSpeechSeq2Seq",
         "BertForSequenceClassification": "AutoModelForSequenceClassification",
+        "BertForTokenClassification": "AutoModelForTokenClassification",
         "ViTForImageClassification": "AutoModelForImageClassification",
         "WhisperForAudioClassification": "AutoModelForAudioClassification",
     }[name]
@@ -276,15 +301,18 @@ def test_method_on_task(method_name, task_name, tmp_path):
 
     expected = _outputs(model, batch)
     model.save_pretrained(tmp_path / "tuned")
-    if method.is_adapter:
-        from peft import PeftModel
-
-        reloaded = PeftModel.from_pretrained(
-            auto.from_pretrained(tmp_path / "base", quantization_config=quantization), tmp_path / "tuned"
-        )
-    else:
+    if not method.is_adapter:
         assert AutoConfig.from_pretrained(tmp_path / "tuned").architectures
-        reloaded = auto.from_pretrained(tmp_path / "tuned")
+    loaded = []  # what the method asked to load, and how
+
+    def load(weights, quantization_config):
+        loaded.append((weights, quantization_config is not None))
+        return auto.from_pretrained(weights, quantization_config=quantization_config)
+
+    reloaded = method.reload(load, tmp_path / "tuned", str(tmp_path / "base"), cfg)
+    # an adapter over the base as it trained (quantized where the method trains on a quantized base)
+    from_base = (str(tmp_path / "base"), quantization is not None)
+    assert loaded == [from_base if method.is_adapter else (str(tmp_path / "tuned"), False)]
     assert torch.equal(_outputs(reloaded, batch), expected)
 
 
@@ -292,3 +320,45 @@ def test_the_matrix_covers_every_method_and_task():
     covered = {(row.values[0], row.values[1]) for row in matrix()}
     assert {m for m, _ in covered} == set(METHODS)
     assert {t for _, t in covered} >= {t.name for t in TASKS.values() if t.auto_class in MODELS}
+
+
+# Where adapters go, per model shape, written out from peft's and transformers' documentation: generators keep
+# their pretrained LM head (and a speech model gets peft's plain wrapper: its forward takes no input_ids);
+# a new head trains in full beside adapters on the body.
+PLACEMENT = {
+    "AutoModelForCausalLM": ("CAUSAL_LM", None),
+    "AutoModelForSeq2SeqLM": ("SEQ_2_SEQ_LM", None),
+    "AutoModelForSpeechSeq2Seq": (None, None),
+    "AutoModelForSequenceClassification": (None, {"classifier"}),
+    "AutoModelForTokenClassification": (None, {"classifier"}),
+    "AutoModelForImageClassification": (None, {"classifier"}),
+    "AutoModelForAudioClassification": (None, {"projector", "classifier"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_adapters_are_placed_where_the_models_anatomy_says(kind):
+    from tunesmith.methods.lora import LoraSettings, peft_config
+
+    model = MODELS[kind][0]()
+    task_type, beside = PLACEMENT[kind]
+    config = peft_config(model, LoraSettings(r=R))
+    assert config.task_type == task_type
+    assert (set(config.modules_to_save) if config.modules_to_save else None) == beside
+    if beside:  # all-linear: the body's layers, never the head's
+        targets = config.target_modules
+        assert targets and not any(name.startswith(tuple(beside)) for name in targets)
+    assert peft_config(model, LoraSettings(r=R, target_modules=["query"])).target_modules == {"query"}
+
+
+def test_each_methods_settings_live_with_it_and_are_mounted_under_method():
+    load_plugins()
+    owners = {m.name: m.section for m in METHODS.values() if m.section}
+    assert owners == {
+        "lora": "lora", "dora": "lora", "qlora": "lora", "last_n": "freeze", "freeze": "freeze", "features": "features"
+    }  # fmt: skip
+    cfg = MethodConfig()  # nothing written: every section's defaults
+    for method in METHODS.values():
+        if method.section:
+            assert method.settings.__module__.startswith("tunesmith.methods.")
+            assert method.settings_of(cfg) == cfg.section(method.section) == method.settings()

@@ -7,17 +7,19 @@ import pytest
 import torch
 
 from conftest import WORDS, write_jsonl
-from tunesmith.config import DataConfig, PreferenceConfig
+from tunesmith.config import DataConfig
 from tunesmith.data.collate import IGNORE
-from tunesmith.data.preference import (
+from tunesmith.data.templates import Renderer
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.preference.data import (
     PreferenceCollator,
     UnpairedCollator,
     check_preference_data,
     tokenize_preference,
 )
-from tunesmith.data.templates import Renderer
-from tunesmith.errors import TunesmithError
-from tunesmith.training.preference_trainer import PreferenceTrainer
+from tunesmith.tasks.preference.losses import LOSSES, LossSpec
+from tunesmith.tasks.preference.settings import PreferenceConfig
+from tunesmith.tasks.preference.trainer import PreferenceTrainer
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -62,67 +64,59 @@ def lora_config():
     )
 
 
-def trl_trainer(loss: str, model, tokenizer, tmp_path, ref_model=None, peft_config=None):
-    """TRL's trainer for `loss`; given peft_config it adds a new adapter, whose reference is the base (adapter off)."""
+def unpaired(rows: list[dict]) -> list[dict]:
+    """The rows as an unpaired loss reads them: two desirable answers and two undesirable ones."""
+    return [
+        {"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"], "label": bool(i % 2)}
+        for i, r in enumerate(rows)
+    ]
+
+
+def trl_trainer(spec: LossSpec, pref: PreferenceConfig, model, tokenizer, tmp_path, ref_model, peft_config):
+    """The TRL trainer the registry names for the loss (spec.trl), configured as `pref`; given peft_config it
+    adds a new adapter, whose reference is the base (adapter off)."""
+    import importlib
+
     from datasets import Dataset
 
-    common = {"output_dir": str(tmp_path / "trl"), "report_to": "none", "use_cpu": True, "beta": BETA}
-    pairs = Dataset.from_list(preference_rows(4))
-    if loss in ("dpo", "ipo", "dpo+sft"):
-        from trl import DPOConfig, DPOTrainer
+    twin = spec.trl
+    module, _, trainer_name = f"trl.{twin.trainer}".rpartition(".")
+    module = importlib.import_module(module)
+    trainer_class = getattr(module, trainer_name)
+    config_class = getattr(module, trainer_name.removesuffix("Trainer") + "Config")
+    args = {"output_dir": str(tmp_path / "trl"), "report_to": "none", "use_cpu": True, "beta": pref.beta}
+    args |= twin.args | {theirs: getattr(pref, ours) for ours, theirs in twin.settings.items()}
+    if pref.sft_weight:
+        args |= twin.sft(pref.sft_weight)
+    rows = preference_rows(4) if spec.paired else unpaired(preference_rows(4))
+    reference = {"ref_model": ref_model, "peft_config": peft_config} if spec.reference else {}
+    return trainer_class(
+        model,
+        args=config_class(**args),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        **reference,
+    )
 
-        kinds = {"dpo": ["sigmoid"], "ipo": ["ipo"], "dpo+sft": ["sigmoid", "sft"]}[loss]
-        weights = {"loss_weights": [1.0, SFT_WEIGHT]} if loss == "dpo+sft" else {}
-        args = DPOConfig(loss_type=kinds, **weights, **common)
-        return DPOTrainer(
-            model,
-            ref_model,
-            args=args,
-            train_dataset=pairs,
-            processing_class=tokenizer,
-            peft_config=peft_config,
+
+def completion_mask_loss(trainer, batch: dict) -> tuple[torch.Tensor, float, float]:
+    """DPOTrainer and KTOTrainer: the batch as one set of rows with completion masks."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs["completion_mask"] = batch["labels"].ne(IGNORE).long()
+    if "kl_input_ids" in batch:  # KTO's mismatched answers and the labels
+        inputs["KL_input_ids"], inputs["KL_attention_mask"] = (
+            batch["kl_input_ids"],
+            batch["kl_attention_mask"],
         )
-    if loss == "kto":
-        from trl import KTOConfig, KTOTrainer
-
-        unpaired = Dataset.from_list(
-            [{"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in preference_rows(4)]
-        )
-        args = KTOConfig(desirable_weight=1.5, undesirable_weight=0.7, **common)
-        return KTOTrainer(
-            model,
-            ref_model,
-            args=args,
-            train_dataset=unpaired,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-    if loss == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-        return ORPOTrainer(model, args=ORPOConfig(**common), train_dataset=pairs, processing_class=tokenizer)
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-    alpha = SFT_WEIGHT if loss == "simpo+sft" else 0.0  # CPO-SimPO: SimPO plus the chosen answers' NLL
-    args = CPOConfig(loss_type="simpo", cpo_alpha=alpha, simpo_gamma=0.7, **common)
-    return CPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer)
+        inputs["KL_completion_mask"] = batch["kl_labels"].ne(IGNORE).long()
+        inputs["label"] = batch["desirable"]
+    value = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
+    metrics = trainer._metrics["train"]
+    return value, metrics["rewards/chosen"][-1], metrics["rewards/rejected"][-1]
 
 
-def trl_loss_and_rewards(loss: str, trainer, batch: dict) -> tuple[torch.Tensor, float, float]:
-    """TRL's own loss code on our batch: (loss, mean chosen reward, mean rejected reward)."""
-    if loss in ("dpo", "ipo", "kto", "dpo+sft"):
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        inputs["completion_mask"] = batch["labels"].ne(IGNORE).long()
-        if loss == "kto":
-            inputs["KL_input_ids"], inputs["KL_attention_mask"] = (
-                batch["kl_input_ids"],
-                batch["kl_attention_mask"],
-            )
-            inputs["KL_completion_mask"] = batch["kl_labels"].ne(IGNORE).long()
-            inputs["label"] = batch["desirable"]
-        value = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
-        metrics = trainer._metrics["train"]
-        return value, metrics["rewards/chosen"][-1], metrics["rewards/rejected"][-1]
+def chosen_rejected_loss(trainer, batch: dict) -> tuple[torch.Tensor, float, float]:
+    """ORPOTrainer and CPOTrainer: the chosen and the rejected rows as two halves."""
     pairs = batch["input_ids"].shape[0] // 2
     split = {}
     for side, rows in (("chosen", slice(None, pairs)), ("rejected", slice(pairs, None))):
@@ -133,6 +127,15 @@ def trl_loss_and_rewards(loss: str, trainer, batch: dict) -> tuple[torch.Tensor,
     return value, metrics["rewards/chosen"], metrics["rewards/rejected"]
 
 
+# How each TRL trainer's own loss code is called on our batch: (loss, mean chosen reward, mean rejected reward).
+TRL_LOSS = {
+    "DPOTrainer": completion_mask_loss,
+    "KTOTrainer": completion_mask_loss,
+    "ORPOTrainer": chosen_rejected_loss,
+    "CPOTrainer": chosen_rejected_loss,
+}
+
+
 def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad()
     loss.backward()
@@ -141,55 +144,72 @@ def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return grads
 
 
-CASES = [  # loss, LoRA (reference = adapter off) or full (reference = frozen copy / none)
-    ("dpo", True),
-    ("dpo", False),
-    ("dpo+sft", True),  # RPO: DPO plus the chosen answers' NLL (TRL: loss_type [sigmoid, sft])
-    ("ipo", True),
-    ("kto", True),
-    ("orpo", False),
-    ("simpo", False),
-    ("simpo+sft", False),
-]
+def trl_rows() -> list:
+    """One row per registered loss and reference (LoRA: the adapter off; full: a frozen copy, or none), and one
+    with sft_weight where the loss reads it (RPO: TRL's loss_type [sigmoid, sft], CPO-SimPO): a loss registered
+    in tasks/preference/losses/ gets its rows by itself."""
+    rows = []
+    for name, spec in LOSSES.items():
+        for adapter in (True, False) if spec.reference else (False,):
+            rows.append(pytest.param(name, adapter, False, id=f"{name}-{'lora' if adapter else 'full'}"))
+        if "sft_weight" in spec.reads:
+            rows.append(pytest.param(name, spec.reference, True, id=f"{name}+sft"))
+    return rows
 
 
-@pytest.mark.parametrize(("loss", "adapter"), CASES)
-def test_loss_rewards_and_gradients_equal_trls(loss, adapter, tiny_model, tokenizer, tmp_path):
+def untested_losses(losses: dict[str, LossSpec]) -> list[str]:
+    """Losses that name neither the TRL trainer they equal nor why they have none, or both."""
+    return [name for name, spec in losses.items() if (spec.trl is None) == (spec.no_trl is None)]
+
+
+def test_every_registered_loss_names_its_trl_counterpart_or_why_it_has_none():
+    assert untested_losses(LOSSES) == []
+    assert all(
+        spec.trl is None or spec.trl.trainer.rpartition(".")[2] in TRL_LOSS for spec in LOSSES.values()
+    )
+    assert all(set(spec.reads) <= set(PreferenceConfig.model_fields) for spec in LOSSES.values())
+    # the check itself: a loss registered with neither is caught
+    bare = LossSpec("new", LOSSES["dpo"].compute, reference=True, paired=True)
+    assert untested_losses({**LOSSES, "new": bare}) == ["new"]
+
+
+@pytest.mark.parametrize(("loss", "adapter", "sft"), trl_rows())
+def test_loss_rewards_and_gradients_equal_trls(loss, adapter, sft, tiny_model, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
+    spec = LOSSES[loss]
+    if spec.trl is None:
+        if spec.no_trl:
+            pytest.skip(f"{loss} has no TRL counterpart: {spec.no_trl}")
+        pytest.fail(
+            f"{loss}: register it with trl=TrlTwin(...), the TRL trainer it equals, or no_trl='why none'"
+        )
     pref = PreferenceConfig(
-        loss=loss.removesuffix("+sft"),
+        loss=loss,
         beta=BETA,
         gamma=0.7,
         desirable_weight=1.5,
         undesirable_weight=0.7,
-        sft_weight=SFT_WEIGHT if loss.endswith("+sft") else 0.0,
+        sft_weight=SFT_WEIGHT if sft else 0.0,
     )
-    rows = preference_rows(4)
-    if loss == "kto":  # unpaired rows, two desirable and two not
-        rows = [
-            {
-                "prompt": r["prompt"],
-                "completion": r["chosen"] if i % 2 else r["rejected"],
-                "label": bool(i % 2),
-            }
-            for i, r in enumerate(rows)
-        ]
+    rows = preference_rows(4) if spec.paired else unpaired(preference_rows(4))
     items = tokenized(tmp_path, tokenizer, pref, rows)
-    collator = (UnpairedCollator if loss == "kto" else PreferenceCollator)(tokenizer.pad_token_id)
+    collator = (PreferenceCollator if spec.paired else UnpairedCollator)(tokenizer.pad_token_id)
     batch = collator(items)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    needs_copy = not adapter and loss in ("dpo", "ipo", "kto")  # "dpo+sft" runs with LoRA only
+    needs_copy = spec.reference and not adapter
     reference = AutoModelForCausalLM.from_pretrained(tiny_model) if needs_copy else None
     if needs_copy:  # make the policy differ from its reference
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))
-    theirs = trl_trainer(loss, model, tokenizer, tmp_path, reference, lora_config() if adapter else None)
+    theirs = trl_trainer(
+        spec, pref, model, tokenizer, tmp_path, reference, lora_config() if adapter else None
+    )
     model = theirs.model
     model.train()
-    their_loss, their_chosen, their_rejected = trl_loss_and_rewards(loss, theirs, batch)
+    their_loss, their_chosen, their_rejected = TRL_LOSS[type(theirs).__name__](theirs, batch)
     their_grads = gradients(model, their_loss)
 
     args = TrainingArguments(output_dir=str(tmp_path / "ours"), report_to=[], use_cpu=True)
@@ -214,11 +234,14 @@ def test_loss_rewards_and_gradients_equal_trls(loss, adapter, tiny_model, tokeni
 
 
 def test_dpo_label_smoothing_is_conservative_dpo():
-    from tunesmith.training.preference_losses import dpo_loss
+    from tunesmith.tasks.preference.losses import Pairs
+    from tunesmith.tasks.preference.losses.dpo import dpo
 
     chosen, rejected = torch.tensor([-5.0, -7.0]), torch.tensor([-6.0, -4.0])
     ref_chosen, ref_rejected = torch.tensor([-5.5, -6.0]), torch.tensor([-5.0, -5.0])
-    smoothed = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.5, label_smoothing=0.2)
+    lengths = torch.tensor([3, 4])
+    pairs = Pairs(chosen, rejected, lengths, lengths, ref_chosen, ref_rejected)
+    smoothed = dpo(pairs, PreferenceConfig(beta=0.5, label_smoothing=0.2))
     logits = 0.5 * ((chosen - ref_chosen) - (rejected - ref_rejected))
     expected = (
         0.8 * -torch.nn.functional.logsigmoid(logits) + 0.2 * -torch.nn.functional.logsigmoid(-logits)
@@ -353,6 +376,24 @@ def test_over_length_pairs_are_dropped_whole_and_counted(tmp_path, tokenizer):
     assert report["train_over_max_length"]["list"][0].startswith(f"{tmp_path / 'p.jsonl'}:3: ")
 
 
+def test_data_check_counts_what_training_drops_over_max_length(tmp_path, tiny_model, tokenizer):
+    from tunesmith import api
+    from tunesmith.config import config_from_dict
+
+    rows = preference_rows(8)
+    rows[2]["rejected"] = " ".join(WORDS * 4)  # line 3: only the rejected answer is long
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    data = {"train_file": str(path), "validation_ratio": 0.0, "test_ratio": 0, "max_length": 64}
+    raw = {"task": "preference", "model": {"name": str(tiny_model)}, "data": data}
+    report = api.check_data(config_from_dict(raw)).report["lengths"]
+    checked = check_preference_data(config_from_dict(raw).data, PreferenceConfig())
+    _, trained = tokenize_preference(checked.train, Renderer(tokenizer), 64, "train")
+    assert report["train"]["over_max_length"] == trained["train_over_max_length"]["count"] == 1
+    assert report["train"]["longest"][0].startswith(f"{path}:3: ")  # the pair, by its longer answer
+    unpaired = api.check_data(config_from_dict(raw | {"preference": {"loss": "kto"}})).report["lengths"]
+    assert unpaired["train"]["examples"] == 16 and unpaired["train"]["over_max_length"] == 1
+
+
 def test_unknown_fields_name_the_settings_to_change(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"question": "q", "good": "a", "bad": "b"}])
     with pytest.raises(TunesmithError, match="set preference.chosen_field / rejected_field"):
@@ -374,7 +415,7 @@ def test_sft_weight_is_for_dpo_ipo_and_simpo_only():
         }
         return config_from_dict(raw)
 
-    assert all(config(loss).preference.sft_weight == 0.5 for loss in ("dpo", "ipo", "simpo"))
+    assert all(config(loss).section("preference").sft_weight == 0.5 for loss in ("dpo", "ipo", "simpo"))
     for loss in ("orpo", "kto"):
         with pytest.raises(TunesmithError) as error:
             config(loss)
@@ -388,7 +429,7 @@ def test_split_backward_gives_the_joint_steps_loss_and_gradient(loss, tiny_model
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from tunesmith.training.preference_trainer import backward_chunks, split_backward
+    from tunesmith.tasks.preference.trainer import backward_chunks, split_backward
 
     pref = PreferenceConfig(
         loss=loss.removesuffix("+sft"), beta=BETA, gamma=0.7, sft_weight=0.5 if "sft" in loss else 0.0

@@ -19,10 +19,10 @@ from conftest import WORDS, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.collate import IGNORE
-from tunesmith.data.seq2seq import Seq2SeqCollator, SourceEncoder, SourceTarget, tokenize_pairs
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.seq2seq import target_loss
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.seq2seq.data import Seq2SeqCollator, SourceEncoder, SourceTarget, tokenize_pairs
+from tunesmith.tasks.seq2seq.metrics import target_loss
 from tunesmith.tasks.seq2seq.run import load_run
 
 PAD, EOS = 0, 1
@@ -168,7 +168,7 @@ def test_bad_rows_are_named_with_file_line_field_and_fix(tmp_path, t5_folder):
     assert caught.value.details == [
         f"  {data}:2: field 'target' is empty; give it a text or remove the row",
         f"  {data}:3: missing field 'source' (fields present: target, text); rename the column or set "
-        "data.source_field",
+        "seq2seq.source_field",
         f"  {data}:4: field 'target' is null; give it a text or remove the row",
         f"  {data}:5: field 'source' must be a string, got int",
     ]
@@ -179,13 +179,20 @@ def test_field_names_are_configurable_and_duplicates_and_test_split_are_counted(
     rows = [{"article": r["source"], "headline": r["target"]} for r in pairs(30)]
     data = write_jsonl(tmp_path / "renamed.jsonl", rows + rows[:4])
     raw = raw_config(tmp_path, t5_folder)
-    raw["data"] |= {"train_file": str(data), "source_field": "article", "target_field": "headline"}
+    raw["data"] |= {"train_file": str(data)}
+    raw["seq2seq"] = {"source_field": "article", "target_field": "headline"}
     checked = api.check_data(config_from_dict(raw))
     report = checked.report
     assert report["duplicates_removed"] == 4 and report["rows_read"] == 34
     assert report["test_examples"] == 3 and len(checked.test) == 3  # 0.1 of 30, held out before validation
     assert report["train_examples"] + report["validation_examples"] == 27
     assert {e.key for e in checked.test}.isdisjoint({e.key for e in checked.train + checked.validation})
+    # `tunesmith data check` counts each source's tokens (SourceTarget.token_count) against data.max_length
+    tokenizer = build_tokenizer()
+    longest = max(len(tokenizer(e.source)["input_ids"]) for e in checked.train)
+    lengths = report["lengths"]
+    assert lengths["checked"] and lengths["train"]["examples"] == len(checked.train)
+    assert lengths["train"]["longest"][0].endswith(f": {longest} tokens")
 
 
 def test_over_long_sources_and_targets_are_counted_and_cut_keeping_eos(tmp_path, t5_folder):
@@ -196,13 +203,15 @@ def test_over_long_sources_and_targets_are_counted_and_cut_keeping_eos(tmp_path,
         SourceTarget("f:3", "rain", "sun"),
     ]
     raw = raw_config(tmp_path, t5_folder, data={"max_length": 8})
-    data = config_from_dict(raw).data.model_copy(update={"max_length": 5, "max_target_length": 4})
-    rows, kept, over = tokenize_pairs(examples, data, encoder)
+    data = config_from_dict(raw).data.model_copy(update={"max_length": 5})
+    rows, kept, over = tokenize_pairs(examples, data, 4, encoder)
     assert data.on_overflow == "truncate"  # the seq2seq default, counted below
     assert (over["sources"]["count"], over["targets"]["count"]) == (1, 1)
     assert rows[0]["input_ids"] == encoder.encode_source("the cat sat on")[:4] + [EOS]
     assert len(rows[0]["input_ids"]) == 5 and rows[1]["labels"][-1] == EOS and len(rows[1]["labels"]) == 4
-    dropped, kept, over = tokenize_pairs(examples, data.model_copy(update={"on_overflow": "drop"}), encoder)
+    dropped, kept, over = tokenize_pairs(
+        examples, data.model_copy(update={"on_overflow": "drop"}), 4, encoder
+    )
     assert [e.where for e in kept] == ["f:3"] and over["sources"]["count"] == 1
 
 
@@ -268,7 +277,9 @@ def test_validation_loss_is_the_target_loss_of_the_final_weights(lora_run):
     run = RunFolder.open(lora_run["run_dir"])
     tuned = load_run(run)
     checked = api.check_data(run.load_config())
-    rows, _, _ = tokenize_pairs(checked.validation, tuned.cfg.data, tuned.renderer)
+    rows, _, _ = tokenize_pairs(
+        checked.validation, tuned.cfg.data, tuned.cfg.section("seq2seq").max_target_length, tuned.renderer
+    )
     assert target_loss(tuned.model, rows, PAD)["loss"] == pytest.approx(
         run.read_summary().validation_loss_after, abs=1e-5
     )
@@ -390,7 +401,7 @@ def test_config_refuses_settings_seq2seq_cannot_use(tmp_path, t5_folder):
     for section, values, message in (
         ("data", {"packing": True}, "data.packing is for causal-lm"),
         ("data", {"on_overflow": "windows"}, "seq2seq takes drop or truncate"),
-        ("data", {"system_prompt": "be brief"}, "seq2seq takes data.source_prefix"),
+        ("data", {"system_prompt": "be brief"}, "seq2seq takes seq2seq.source_prefix"),
         ("method", {"name": "features"}, "method.name: features needs labels"),
     ):
         with pytest.raises(TunesmithError, match=message):

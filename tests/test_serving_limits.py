@@ -16,8 +16,8 @@ import uvicorn
 from conftest import classification_config, tiny_config, topic_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
+from tunesmith.http.context import Limits
 from tunesmith.serving.app import OPEN_PATHS, create_app
-from tunesmith.serving.context import Limits
 from tunesmith.serving.registry import Registry
 
 KEY = "limits-key-456"

@@ -155,13 +155,17 @@ def speech_config(folder: Path, model: Path, table: Path, **sections) -> dict:
 
 
 def prepared(whisper: Path, table: Path):
-    from tunesmith.data.speech import SpeechCollator, SpeechFeatures, read_transcribed
-    from tunesmith.tasks.speech_recognition import load_processor
+    from tunesmith.tasks.speech_recognition.data import (
+        SpeechCollator,
+        SpeechFeatures,
+        load_processor,
+        read_transcribed,
+    )
 
     cfg = config_from_dict(speech_config(table.parent, whisper, table))
     extractor, tokenizer = load_processor(str(whisper), cfg)
     speech = SpeechFeatures(extractor, tokenizer, 32, "drop")
-    examples, problems = read_transcribed(str(table), cfg.data)
+    examples, problems = read_transcribed(str(table), cfg.data, cfg.section("speech"))
     assert problems == []
     rows, report = speech.prepare(examples)
     return (
@@ -175,7 +179,7 @@ def prepared(whisper: Path, table: Path):
 def test_labels_are_padded_with_minus_100_and_lose_the_decoder_start_token(whisper, clips):
     from transformers import WhisperForConditionalGeneration
 
-    from tunesmith.data.speech import pad_labels
+    from tunesmith.tasks.speech_recognition.data import pad_labels
 
     assert pad_labels([[7, 1, 2, 3], [7, 4]], 7).tolist() == [[1, 2, 3], [4, -100, -100]]
     assert pad_labels([[1, 2], [7]], 7).tolist() == [
@@ -220,7 +224,7 @@ def test_features_are_padded_to_the_window_whatever_the_batch(whisper, clips):
 def test_wer_and_cer_equal_jiwer_on_the_same_strings():
     import jiwer
 
-    from tunesmith.evaluation.speech import error_rates, example_wer
+    from tunesmith.tasks.speech_recognition.metrics import error_rates, example_wer
 
     references = ["the cat sat on the mat", "one two three", "hello world"]
     hypotheses = ["the cat sit on mat", "one two three", "hello there world"]
@@ -236,7 +240,7 @@ def test_wer_and_cer_equal_jiwer_on_the_same_strings():
 
 
 def test_bad_audio_rows_are_named_with_file_and_line(tmp_path, whisper):
-    from tunesmith.data.speech import check_speech
+    from tunesmith.tasks.speech_recognition.data import check_speech
 
     good = say("one two", tmp_path / "good.wav")
     (tmp_path / "empty.wav").write_bytes(b"")
@@ -253,13 +257,16 @@ def test_bad_audio_rows_are_named_with_file_and_line(tmp_path, whisper):
     ]
     table = write_jsonl(tmp_path / "clips.jsonl", rows)
     cfg = config_from_dict(speech_config(tmp_path, whisper, table))
-    problems = check_speech(cfg.data.model_copy(update={"on_error": "skip"})).problems
+    problems = check_speech(cfg.data.model_copy(update={"on_error": "skip"}), cfg.section("speech")).problems
     assert [p.split(": ")[0] for p in problems] == [f"{table}:{n}" for n in (2, 3, 4, 5, 6, 7)]
     assert "unreadable audio" in problems[0] and "unreadable audio" in problems[1]
     assert f"audio file not found: {tmp_path}/missing.wav" in problems[2]
     assert "empty transcript in field 'text'" in problems[3]
-    assert "missing audio field 'audio' (fields present: path, text); set data.audio_field" in problems[4]
+    assert "missing audio field 'audio' (fields present: path, text); set speech.audio_field" in problems[4]
     assert "empty audio" in problems[5]
+    renamed = config_from_dict(speech_config(tmp_path, whisper, table, speech={"audio_field": "path"}))
+    checked = check_speech(renamed.data.model_copy(update={"on_error": "skip"}), renamed.section("speech"))
+    assert [e.text for e in checked.train + checked.validation + checked.test] == ["six"]
     with pytest.raises(TunesmithError, match="6 bad row"):
         api.train(cfg)
     folder = tmp_path / "folder"
@@ -269,8 +276,11 @@ def test_bad_audio_rows_are_named_with_file_and_line(tmp_path, whisper):
     shutil.copy(good, folder / "b.wav")
     (folder / "c.wav").write_bytes(b"")
     (folder / "c.txt").write_text("three")
-    folder_cfg = config_from_dict(speech_config(tmp_path, whisper, folder)).data
-    checked = check_speech(folder_cfg.model_copy(update={"on_error": "skip", "validation_ratio": 0.0}))
+    folder_cfg = config_from_dict(speech_config(tmp_path, whisper, folder))
+    checked = check_speech(
+        folder_cfg.data.model_copy(update={"on_error": "skip", "validation_ratio": 0.0}),
+        folder_cfg.section("speech"),
+    )
     assert checked.problems[0] == f"{folder}/b.wav: no transcript; put it in b.txt beside the audio file"
     assert checked.problems[1].startswith(f"{folder}/c.wav: unreadable audio")
     assert len(checked.problems) == 2
@@ -278,8 +288,7 @@ def test_bad_audio_rows_are_named_with_file_and_line(tmp_path, whisper):
 
 
 def test_long_clips_and_resampled_clips_are_counted(tmp_path, whisper):
-    from tunesmith.data.speech import SpeechFeatures, read_transcribed
-    from tunesmith.tasks.speech_recognition import load_processor
+    from tunesmith.tasks.speech_recognition.data import SpeechFeatures, load_processor, read_transcribed
 
     tone = np.sin(np.linspace(0, 2 * np.pi * 300, 22050 * 3)).astype(np.float32)  # 3 s at 22.05 kHz
     soundfile.write(tmp_path / "long.wav", tone, 22050)
@@ -289,7 +298,7 @@ def test_long_clips_and_resampled_clips_are_counted(tmp_path, whisper):
     )
     cfg = config_from_dict(speech_config(tmp_path, whisper, table))
     extractor, tokenizer = load_processor(str(whisper), cfg)
-    examples, _ = read_transcribed(str(table), cfg.data)
+    examples, _ = read_transcribed(str(table), cfg.data, cfg.section("speech"))
     dropped, report = SpeechFeatures(extractor, tokenizer, 32, "drop").prepare(examples)
     assert report["resampled"] == 2 and report["over_window"] == 1 and report["action"] == "dropped"
     assert [r["path"] for r in dropped] == [str(tmp_path / "short.wav")]
@@ -330,6 +339,7 @@ def test_a_stopped_run_resumes_exactly_where_it_stopped(finished):
     assert resumed["validation"]["loss"] == pytest.approx(whole["validation"]["loss"], abs=1e-5)
     assert whole["speech"]["spec_augment"]["enabled"] is True
     assert whole["speech"]["generate"] == {"language": "en", "task": "transcribe"}
+    assert whole["speech"]["normalizer"] == "english"
     metrics = [
         json.loads(line) for line in (Path(whole["run_dir"]) / "metrics.jsonl").read_text().splitlines()
     ]
@@ -341,7 +351,7 @@ def test_a_stopped_run_resumes_exactly_where_it_stopped(finished):
 def test_eval_baseline_scores_base_and_tuned_and_the_report_shows_the_worst_clips(finished):
     import jiwer
 
-    from tunesmith.evaluation.speech import text_normalizer
+    from tunesmith.tasks.speech_recognition.metrics import text_normalizer
 
     whole = finished[0]
     result = api.evaluate(whole["run_dir"], baseline=True)
@@ -361,6 +371,7 @@ def test_eval_baseline_scores_base_and_tuned_and_the_report_shows_the_worst_clip
     ]
     assert len(samples) == 2 and all(s["base"] is not None for s in samples)
     assert "Worst-transcribed clips" in page and samples[0]["reference"] in page
+    assert "normalized by <code>speech.normalizer</code> (english)" in page  # from run.json, as trained
 
 
 def test_predict_and_the_openai_client_give_the_same_transcripts(tmp_path, finished, clips):

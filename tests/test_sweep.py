@@ -93,7 +93,7 @@ def test_sweep_prunes_and_its_best_config_reproduces_the_best_trial(tmp_path, ti
     assert best_config.sweep is None
     assert best_config.output.name == "search-best" and best_config.output.dir == str(tmp_path / "runs")
     assert best_config.train.learning_rate == best["params"]["train.learning_rate"]
-    assert best_config.method.lora.r == best["params"]["method.lora.r"]
+    assert best_config.method.section("lora").r == best["params"]["method.lora.r"]
     retrained = api.train(result["best_config"])
     assert retrained["run_dir"] == str(tmp_path / "runs" / "search-best")
     assert retrained["validation_loss_after"] == pytest.approx(best["value"], rel=1e-5)

@@ -12,13 +12,15 @@ import yaml
 from conftest import classification_config, topic_rows, write_jsonl
 from test_preference_train import preference_config, read_metrics
 from tunesmith import api
-from tunesmith.config import DataConfig, PreferenceConfig, config_from_dict, starter_config, starter_names
+from tunesmith.config import DataConfig, config_from_dict, starter_config, starter_names
 from tunesmith.data.labelled import check_labelled
-from tunesmith.data.preference import check_preference_data
 from tunesmith.data.prepare import check_data
 from tunesmith.errors import TunesmithError
 from tunesmith.export.hub import model_card
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.classification.settings import ClassificationConfig
+from tunesmith.tasks.preference.data import check_preference_data
+from tunesmith.tasks.preference.settings import PreferenceConfig
 
 
 def test_a_test_ratio_holds_out_examples_that_no_other_split_shares(tmp_path):
@@ -41,7 +43,8 @@ def test_a_test_ratio_holds_out_examples_that_no_other_split_shares(tmp_path):
 
 def test_the_classification_test_split_keeps_every_class(tmp_path):
     data = write_jsonl(tmp_path / "t.jsonl", topic_rows(60))
-    checked = check_labelled(DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2), "text")
+    data_cfg = DataConfig(train_file=str(data), validation_ratio=0.2, test_ratio=0.2)
+    checked = check_labelled(data_cfg, ClassificationConfig(), "text")
     assert checked.report["test_classes"]["counts"] == {"business": 4, "politics": 4, "sport": 4}
 
 

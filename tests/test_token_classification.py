@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -195,6 +197,9 @@ def test_a_tagger_trains_scores_its_test_split_once_and_tags_new_text(tmp_path, 
     assert summary["test_before"]["f1"] < 0.5 and summary["test"]["f1"] >= 0.95
     assert summary["validation"]["f1"] >= 0.95 and set(summary["test"]["per_type"]) == {"LOC", "PER"}
     assert summary["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    page = (Path(summary["run_dir"]) / "report.html").read_text()  # its section: the package's report.html.j2
+    test_table = re.search(r'id="per-type-test">.*?</table>', page, re.S).group(0)
+    assert 'id="per-type-validation"' in page and test_table.count("<tr>") == 1 + 2  # the header, LOC, PER
 
     result = api.evaluate(summary["run_dir"], baseline=True)
     assert result["split"] == "test" and result["tuned"]["f1"] == summary["test"]["f1"]

@@ -14,13 +14,15 @@ from tunesmith import api
 from tunesmith.config import DataConfig, ModelConfig, config_from_dict
 from tunesmith.data.labelled import LabelledExample
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import window_scores
-from tunesmith.tasks.modalities import Prepared, TextModality
+from tunesmith.tasks.classification.settings import ClassificationConfig
+from tunesmith.tasks.modalities import Prepared, TextModality, window_scores
 
 
-def _modality(tiny_bert, **data) -> TextModality:
-    data_cfg = DataConfig(train_file="unused.csv", max_length=16, on_overflow="windows", **data)
-    return TextModality(str(tiny_bert), ModelConfig(name=str(tiny_bert)), data_cfg)
+def _modality(tiny_bert, **settings) -> TextModality:
+    data_cfg = DataConfig(train_file="unused.csv", max_length=16, on_overflow="windows")
+    return TextModality(
+        str(tiny_bert), ModelConfig(name=str(tiny_bert)), data_cfg, ClassificationConfig(**settings)
+    )
 
 
 def test_windows_cover_every_token_and_training_keeps_the_first_ones(tiny_bert):
@@ -113,6 +115,7 @@ def test_windows_read_what_truncation_cuts_off_and_predict_whole_texts(tmp_path,
         str(run / "model"),
         ModelConfig(name=str(tiny_bert)),
         DataConfig(**{"train_file": "unused", "max_length": 16, "on_overflow": "windows"}),
+        ClassificationConfig(),
     )
     for record, row in zip(records, _label_at_the_end(6, seed=9), strict=True):
         prepared = modality.prepare([LabelledExample("x", (), row["text"])], {}, False, training=False)

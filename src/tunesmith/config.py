@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -13,8 +14,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -88,13 +92,7 @@ class DataConfig(Section):
         description="auto: drop for causal-lm, truncate for classification (counted either way); head_tail "
         "(text classification): keep the first 3/4 and the last 1/4 of max_length tokens; windows (text "
         "classification): cut long texts into consecutive max_length windows, train on each, and predict a "
-        "text from the mean of its windows' log-probabilities",
-    )
-    max_windows: int = Field(
-        4,
-        ge=1,
-        description="on_overflow windows: the most windows of one text used in training (the first ones); "
-        "evaluation and prediction read every window",
+        "text from the mean of its windows' log-probabilities (classification.max_windows in training)",
     )
     on_error: Literal["stop", "skip"] = "stop"
     deduplicate: bool = True
@@ -102,50 +100,13 @@ class DataConfig(Section):
     packing: bool = False
     max_examples: int | None = Field(None, gt=0)
     seed: int = 42
-    # classification tasks
-    label_field: str = "label"
-    text_pair_field: str | None = None
-    file_field: str = Field(
-        "path", description="image/audio tables: the file path column (relative to the table)"
-    )
-    labels: list[str] | None = Field(None, description="the label set and its order; default: those in train")
-    multi_label: bool = False
-    label_separator: str = Field("|", description="multi-label CSV cells: labels joined by this")
-    augment: bool = Field(False, description="images: random resized crop and horizontal flip in training")
-    clip_seconds: float = Field(1.0, gt=0, description="audio: clips are cut or zero-padded to this length")
-    audio_field: str = Field(
-        "audio", description="speech-recognition tables: the audio file column (relative to the table)"
-    )
-    # seq2seq (text-to-text)
-    source_field: str = "source"
-    target_field: str = "target"
-    source_prefix: str = Field("", description="seq2seq: put before every source, e.g. 'summarize: ' for T5")
-    max_target_length: int = Field(
-        128,
-        ge=2,
-        description="seq2seq: targets longer than this many tokens follow data.on_overflow (counted)",
-    )
-
-
-class LoraConfig(Section):
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class FreezeConfig(Section):
-    last_n: int = Field(2, ge=0, description="train the last N blocks plus the head")
-    train_embeddings: bool = False
-
-
-class FeaturesConfig(Section):
-    classifier: Literal["logistic_regression"] = "logistic_regression"
-    C: float = Field(1.0, gt=0, description="inverse regularization strength")
-    max_iter: int = Field(2000, gt=0)
 
 
 class MethodConfig(Section):
+    """method: which method trains, and each method's own settings (lora:, freeze:, features:): a section a method
+    registers with its settings class (tunesmith.methods: `Method(..., section=, settings=)`), validated by that
+    class and read through section(key), as written or its defaults."""
+
     # `strategy` is accepted as another spelling of `name` (the word classification users look for).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
     name: str = Field(
@@ -153,10 +114,12 @@ class MethodConfig(Section):
         validation_alias=AliasChoices("name", "strategy"),
         description="a registered method: lora, qlora, dora, last_n (freeze), head, full, features",
     )
-    last_n: int | None = Field(None, ge=0, description="last_n: train the last N blocks plus the head")
-    lora: LoraConfig = LoraConfig()
-    freeze: FreezeConfig = FreezeConfig()
-    features: FeaturesConfig = FeaturesConfig()
+    last_n: int | None = Field(
+        None, ge=0, description="last_n: train the last N blocks plus the head (short for freeze.last_n)"
+    )
+    # Every registered method section (registry.register_method), as written or its defaults; serialized as the
+    # keys they are written under (method.lora), so dumps, `tunesmith compare` and `plan` see them.
+    method_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +127,41 @@ class MethodConfig(Section):
         if isinstance(raw, dict) and "name" in raw and "strategy" in raw:
             raise ValueError("method: give either name or strategy (two spellings of one key), not both")
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mount_method_sections(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        registry.load_plugins()
+        raw, problems = dict(raw), []
+        sections = dict(raw.get("method_sections") or {})  # kept when a field is assigned after validation
+        for key in [k for k in raw if k in registry.METHOD_SECTIONS]:  # as written, in the order written
+            try:
+                sections[key] = registry.METHOD_SECTIONS[key].model_validate(raw.pop(key) or {})
+            except ValidationError as exc:
+                problems += [_describe(e | {"loc": ("method", key, *e["loc"])}) for e in exc.errors()]
+        for key, settings in registry.METHOD_SECTIONS.items():  # the rest: their defaults
+            sections.setdefault(key, settings())
+        if problems:
+            raise SectionProblems(problems)
+        raw["method_sections"] = sections
+        return raw
+
+    def section(self, key: str) -> Any:
+        """A method's own settings (e.g. section("lora") for lora, dora and qlora): as written, or the defaults."""
+        if key not in self.method_sections:
+            raise KeyError(f"method.{key}: no registered method has this section")
+        return self.method_sections[key]
+
+    @model_serializer(mode="wrap")
+    def _with_sections(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
+        data = handler(self)
+        for key, section in self.method_sections.items():
+            values = section.model_dump(mode=info.mode, exclude_unset=info.exclude_unset)
+            if values or not info.exclude_unset:
+                data[key] = values
+        return data
 
     @field_validator("name")
     @classmethod
@@ -173,8 +171,16 @@ class MethodConfig(Section):
 
     @model_validator(mode="after")
     def _last_n_in_one_place(self) -> MethodConfig:
+        """method.last_n is a shorter spelling of the setting of that name (freeze's): copied into its section,
+        still written once, where the config wrote it."""
+        self.model_fields_set.discard("method_sections")  # set by the mounting, not by the config
         if self.last_n is not None:
-            self.freeze.last_n = self.last_n
+            for section in self.method_sections.values():
+                if "last_n" in type(section).model_fields:
+                    written = "last_n" in section.model_fields_set
+                    section.last_n = self.last_n
+                    if not written:
+                        section.model_fields_set.discard("last_n")
         return self
 
 
@@ -337,68 +343,6 @@ class PlanConfig(Section):
     reasons: list[str] = []
 
 
-class PreferenceConfig(Section):
-    """task: preference. The objective, its strength, and the names of the data's fields."""
-
-    loss: Literal["dpo", "ipo", "orpo", "simpo", "kto"] = "dpo"
-    beta: float = Field(0.1, gt=0, description="how far from the reference the policy may move (ipo: tau)")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="dpo, simpo: chance a preference is flipped"
-    )
-    gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
-    sft_weight: float = Field(
-        0.0,
-        ge=0,
-        description="dpo, ipo, simpo: add this times the chosen answers' mean token NLL (RPO; TRL's DPO "
-        "loss_type [sigmoid, sft] with loss_weights [1, w], CPO's cpo_alpha for simpo), so the chosen answers "
-        "get likelier, not only the rejected ones less likely",
-    )
-    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers' loss")
-    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable answers' loss")
-    split_backward: bool = Field(
-        False,
-        description="dpo, ipo, simpo: score every answer without gradients first, then backpropagate in chunks "
-        "of rows no larger than the chosen half (the exact same gradient): a step's peak activations are an SFT "
-        "step's on the chosen answers, for one more forward pass; one process only",
-    )
-    precompute_reference: bool = Field(
-        False, description="reference log-probabilities computed once before training and cached"
-    )
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-    completion_field: str = Field("completion", description="kto's unpaired rows: the answer")
-    label_field: str = Field("label", description="kto's unpaired rows: true (desirable) or false")
-
-
-class SpeechConfig(Section):
-    """task: speech-recognition. Whisper's language and task tokens, SpecAugment, what WER/CER are computed on."""
-
-    language: str | None = Field(
-        None,
-        description="multilingual Whisper: the language token every transcript starts with (en, english, hi, "
-        "...); leave unset for English-only models",
-    )
-    task: Literal["transcribe", "translate"] = Field(
-        "transcribe",
-        description="multilingual Whisper: the task token (translate: speech in, English text out)",
-    )
-    spec_augment: bool | Literal["auto"] = Field(
-        "auto",
-        description="SpecAugment masking of the input features in training; auto keeps the model config's "
-        "apply_spec_augment (true turns it on with the config's mask_time_prob / mask_feature_prob)",
-    )
-    freeze_encoder: bool = Field(
-        False, description="the audio encoder stays frozen whatever the method (the decoder alone learns)"
-    )
-    normalizer: Literal["english", "basic", "none"] = Field(
-        "english",
-        description="texts are normalized before WER/CER: english (Whisper's EnglishTextNormalizer), basic "
-        "(Whisper's BasicTextNormalizer: lower case, no punctuation), none (as written)",
-    )
-    max_new_tokens: int = Field(128, gt=0, description="the longest transcript generated, in tokens")
-
-
 class Config(Section):
     task: str = Field(
         default_factory=registry.default_task,
@@ -406,12 +350,10 @@ class Config(Section):
     )
     model: ModelConfig
     data: DataConfig
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = Field(default_factory=MethodConfig)  # built on use: it reads the registry
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
-    preference: PreferenceConfig = PreferenceConfig()
-    speech: SpeechConfig = SpeechConfig()
     sweep: SweepConfig | None = None
     plan: PlanConfig | None = None
     # Sections that tasks own (registry.register_section), validated by their own classes; written back as
@@ -438,6 +380,15 @@ class Config(Section):
     def section(self, key: str) -> Any:
         """A task's own config section (registry.register_section): as written, or its defaults."""
         return self.task_sections.get(key) or registry.SECTIONS[key]()
+
+    @model_serializer(mode="wrap")
+    def _with_task_sections(self, handler, info) -> dict[str, Any]:
+        """model_dump and model_dump_json write each task section back under its own key (`tunesmith plan`'s
+        configs, the comparison page's settings), as dump_config does."""
+        raw = handler(self)
+        for key, section in self.task_sections.items():
+            raw[key] = section.model_dump(mode=info.mode, exclude_unset=info.exclude_unset)
+        return raw
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -472,10 +423,26 @@ class Config(Section):
         return value
 
 
+class SectionProblems(ValueError):
+    """A mounted section's problems, each already a full 'key.path: problem' line (validate() lists them)."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def _lines(error: dict[str, Any]) -> list[str]:
+    """The lines one validation error becomes: one, or a mounted section's own lines."""
+    raised = error.get("ctx", {}).get("error")
+    return raised.lines if isinstance(raised, SectionProblems) else [_describe(error)]
+
+
 def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
+        if path in registry.MOVED:  # a key a task's own section holds now (registry.register_section)
+            return f"{path}: moved to {' or '.join(registry.MOVED[path])}; write it there"
         parent, key = error["loc"][:-1], str(error["loc"][-1])
         allowed = _allowed_keys(parent)
         close = difflib.get_close_matches(key, allowed, n=1)
@@ -501,6 +468,9 @@ def _allowed_keys(parent: tuple) -> list[str]:
     elif not parent:
         return [k for k in Config.model_fields if k != "task_sections"] + list(registry.SECTIONS)
     for part in parent:
+        if model is MethodConfig and str(part) in registry.METHOD_SECTIONS:  # a method's own section
+            model = registry.METHOD_SECTIONS[str(part)]
+            continue
         field = model.model_fields.get(str(part))
         if (
             field is None
@@ -509,6 +479,8 @@ def _allowed_keys(parent: tuple) -> list[str]:
         ):
             return []
         model = field.annotation
+    if model is MethodConfig:
+        return [k for k in model.model_fields if k != "method_sections"] + list(registry.METHOD_SECTIONS)
     return list(model.model_fields)
 
 
@@ -549,7 +521,7 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = [line for e in exc.errors() for line in _lines(e)]
         raise TunesmithError(
             f"{source}: {len(lines)} problem(s) in the config", [f"  {line}" for line in lines]
         ) from None
@@ -611,8 +583,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def config_from_dict(
     raw: dict[str, Any], base: str | Path = ".", overrides: list[str] | None = None
 ) -> Config:
-    """Build a validated Config from a Python mapping (the notebook route)."""
-    raw = apply_overrides(dict(raw), overrides or [])
+    """Build a validated Config from a Python mapping (the notebook route); the mapping itself is left as it was."""
+    raw = apply_overrides(copy.deepcopy(raw), overrides or [])
     return _resolve_paths(validate(raw, source="config"), Path(base).resolve())
 
 
@@ -626,8 +598,6 @@ def dump_config(config: Config, path: Path) -> None:
         section = getattr(config, name)  # (output.dir made absolute) is written with those keys
         if name not in raw and isinstance(section, BaseModel) and section.model_fields_set:
             raw[name] = section.model_dump(mode="json", exclude_unset=True)
-    for key, section in config.task_sections.items():
-        raw[key] = section.model_dump(mode="json", exclude_unset=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 

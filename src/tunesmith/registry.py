@@ -19,6 +19,8 @@ BUILT_IN = ("tunesmith.methods", "tunesmith.tasks")  # each registers its member
 TASKS: dict[str, Any] = {}
 METHODS: dict[str, Any] = {}
 SECTIONS: dict[str, Any] = {}  # a top-level config key a task owns -> its pydantic section class
+METHOD_SECTIONS: dict[str, Any] = {}  # a key under method: a method owns (lora) -> its settings class
+MOVED: dict[str, list[str]] = {}  # an old dotted key (data.audio_field) -> where it is written now
 DEFAULT_TASK: list[str] = []  # the task a config gets when it names none (set by the task that claims it)
 _loaded = False
 
@@ -31,14 +33,25 @@ def register_task(task: Any, default: bool = False) -> Any:
     return task
 
 
-def register_section(key: str, section: Any) -> Any:
-    """Mount a task's own config section (a pydantic model) under the top-level key `key`."""
+def register_section(key: str, section: Any, moved_from: tuple[str, ...] = ()) -> Any:
+    """Mount a task's own config section (a pydantic model) under the top-level key `key`; `moved_from`: old
+    dotted keys (e.g. data.audio_field) now written as `key`.<same name>, so a config using one is told where."""
     SECTIONS[key] = section
+    for old in moved_from:
+        new = f"{key}.{old.rsplit('.', 1)[-1]}"
+        if new not in MOVED.setdefault(old, []):
+            MOVED[old].append(new)
     return section
 
 
 def register_method(method: Any) -> Any:
-    """Add a method (a tunesmith.methods.Method) under method.name; one line in the method's own module."""
+    """Add a method (a tunesmith.methods.Method) under method.name; one line in the method's own module. Its
+    settings class, if any, is mounted under `method.<method.section>` (methods may share one: lora, dora, qlora)."""
+    section, settings = getattr(method, "section", None), getattr(method, "settings", None)
+    if section is not None:
+        if METHOD_SECTIONS.get(section, settings) is not settings:
+            raise TypeError(f"method {method.name}: section method.{section} is already another class's")
+        METHOD_SECTIONS[section] = settings
     METHODS[method.name] = method
     return method
 

@@ -54,7 +54,7 @@ class RunSummary:
     multi_label: bool | None = None  # several labels per example
     head: str | None = None  # whether the classifier head was kept or made new
     # -- speech recognition
-    speech: dict | None = None  # SpecAugment as applied, generate()'s language/task, encoder frozen
+    speech: dict | None = None  # SpecAugment applied, generate()'s language/task, encoder frozen, normalizer
     # -- preference tuning
     preference: dict | None = None  # {"loss", "beta", "reference"}
     pairs_before: dict | None = None  # held-out preference pairs scored by the base model

@@ -188,18 +188,17 @@ def run_probe(
 
 
 def write_validation_inputs(config_file: str, run_dir: str) -> tuple[Path, list[str]] | None:
-    """The run's validation split as a table `predict` reads, and each example's label (single-label text only)."""
+    """The run's validation split as a table `predict` reads, and each example's label; None where the task has
+    no such table (Task.prediction_inputs: single-label text classification only)."""
     cfg = config_from_dict(read_yaml(Path(config_file)))
-    if getattr(cfg.data, "multi_label", False):
+    task = get_task(cfg.task)
+    table = task.prediction_inputs(cfg, task.validated_data(cfg).validation)  # the split the run made
+    if table is None:
         return None
-    examples = get_task(cfg.task).validated_data(cfg).validation  # the split the run made: the same settings
-    if not examples or any(getattr(e, "text", None) is None for e in examples):
-        return None
-    pair = cfg.data.text_pair_field
-    rows = [{cfg.data.text_field: e.text, **({pair: e.text_pair} if pair else {})} for e in examples]
+    rows, expected = table
     inputs = Path(run_dir) / "validation-inputs.jsonl"
     inputs.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return inputs, [e.labels[0] for e in examples]
+    return inputs, expected
 
 
 def read_answers(output: Path, expected: list[str]) -> dict:

@@ -31,6 +31,7 @@ from optuna.distributions import (
 )
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
+from pydantic import BaseModel
 from transformers import TrainerCallback
 
 from tunesmith.config import (
@@ -207,9 +208,16 @@ def sample_values(dimension: SearchDimension) -> list[Any]:
 
 
 def setting_at(cfg: Config, key: str) -> Any:
+    """The validated value of a dotted key; a mounted section (method.lora, a task's own) is read through section()."""
     node: Any = cfg
     for part in key.split("."):
-        node = getattr(node, part, None)
+        if isinstance(node, BaseModel) and part not in type(node).model_fields and hasattr(node, "section"):
+            try:
+                node = node.section(part)
+            except KeyError:
+                return None
+        else:
+            node = getattr(node, part, None)
     return node
 
 

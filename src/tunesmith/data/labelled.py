@@ -8,7 +8,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import DataConfig
+from pydantic import Field
+
+from tunesmith.config import DataConfig, Section
 from tunesmith.data.media import (
     AUDIO_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -21,6 +23,26 @@ from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
 
 SUFFIXES = {"text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
+
+
+class LabelSettings(Section):
+    """How a labelled table is read: the keys of the `classification:` section that say where the label (and the
+    text pair or file) is and what a label cell holds. The section itself (tasks/classification/settings.py) adds
+    how inputs are prepared; these live here because the forgetting probe reads labelled reference sets for any
+    encoder task with them."""
+
+    label_field: str = Field("label", description="tables: the label column")
+    text_pair_field: str | None = Field(
+        None, description="text: a second text column for pair tasks (e.g. NLI: premise and hypothesis)"
+    )
+    file_field: str = Field(
+        "path", description="image/audio tables: the file path column (relative to the table)"
+    )
+    labels: list[str] | None = Field(None, description="the label set and its order; default: those in train")
+    multi_label: bool = Field(
+        False, description="text: several labels per row (a list, or joined text in CSV)"
+    )
+    label_separator: str = Field("|", description="multi-label CSV cells: labels joined by this")
 
 
 @dataclass(frozen=True)
@@ -75,61 +97,59 @@ def read_class_folders(root: Path, modality: str) -> tuple[list[LabelledExample]
     return examples, problems
 
 
-def _labels_of(value, cfg: DataConfig) -> tuple[str, ...] | str:
+def _labels_of(value, fields: LabelSettings) -> tuple[str, ...] | str:
     """The row's labels, or a message saying what is wrong with them."""
     if value is None:
-        return f"label field '{cfg.label_field}' is null; give the row its label or remove it"
+        return f"label field '{fields.label_field}' is null; give the row its label or remove it"
     if isinstance(value, str) and not value.strip():
-        return f"label field '{cfg.label_field}' is empty; give the row its label or remove it"
+        return f"label field '{fields.label_field}' is empty; give the row its label or remove it"
     if isinstance(value, bool):
-        return f"label field '{cfg.label_field}' must be a name or a number, got {value!r}"
-    if cfg.multi_label:
+        return f"label field '{fields.label_field}' must be a name or a number, got {value!r}"
+    if fields.multi_label:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(cfg.label_separator) if part.strip()]
+            value = [part.strip() for part in value.split(fields.label_separator) if part.strip()]
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
-            return f"label field '{cfg.label_field}' must be a list of labels (or '{cfg.label_separator}'-joined text)"
+            return f"label field '{fields.label_field}' must be a list of labels (or '{fields.label_separator}'-joined text)"
         return tuple(dict.fromkeys(str(v) for v in value))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, (str, int)) or not str(value).strip():
-        return f"label field '{cfg.label_field}' must be one label (a name or an integer), got {value!r}"
+        return f"label field '{fields.label_field}' must be one label (a name or an integer), got {value!r}"
     return (str(value).strip(),)
 
 
 def _example_from_row(
-    row: Row, cfg: DataConfig, modality: str, labelled: bool = True
+    row: Row, text_field: str, fields: LabelSettings, modality: str, labelled: bool = True
 ) -> LabelledExample | str:
     data = row.data
     present = ", ".join(sorted(data)) or "none"
     labels: tuple[str, ...] | str = ()
     if labelled:
-        if cfg.label_field not in data:
-            return (
-                f"missing label field '{cfg.label_field}' (fields present: {present}); set data.label_field"
-            )
-        labels = _labels_of(data[cfg.label_field], cfg)
+        if fields.label_field not in data:
+            return f"missing label field '{fields.label_field}' (fields present: {present}); set classification.label_field"
+        labels = _labels_of(data[fields.label_field], fields)
         if isinstance(labels, str):
             return labels
     if modality == "text":
-        text = data.get(cfg.text_field)
-        if cfg.text_field not in data:
-            return f"missing text field '{cfg.text_field}' (fields present: {present}); set data.text_field"
+        text = data.get(text_field)
+        if text_field not in data:
+            return f"missing text field '{text_field}' (fields present: {present}); set data.text_field"
         if text is None:
-            return f"text field '{cfg.text_field}' is null; fill it or remove the row"
+            return f"text field '{text_field}' is null; fill it or remove the row"
         if not isinstance(text, str) or not text.strip():
-            return f"empty text in field '{cfg.text_field}'; fill it or remove the row"
+            return f"empty text in field '{text_field}'; fill it or remove the row"
         pair = None
-        if cfg.text_pair_field:
-            pair = data.get(cfg.text_pair_field)
+        if fields.text_pair_field:
+            pair = data.get(fields.text_pair_field)
             if not isinstance(pair, str) or not pair.strip():
-                return f"missing or empty text pair field '{cfg.text_pair_field}'"
+                return f"missing or empty text pair field '{fields.text_pair_field}'"
         return LabelledExample(row.where, labels, text=text, text_pair=pair)
-    value = data.get(cfg.file_field)
-    if cfg.file_field in data and (value is None or (isinstance(value, str) and not value.strip())):
+    value = data.get(fields.file_field)
+    if fields.file_field in data and (value is None or (isinstance(value, str) and not value.strip())):
         state = "null" if value is None else "empty"
-        return f"file field '{cfg.file_field}' is {state}; give the row its file or remove it"
+        return f"file field '{fields.file_field}' is {state}; give the row its file or remove it"
     if not isinstance(value, str) or not value.strip():
-        return f"missing file field '{cfg.file_field}' (fields present: {present}); set data.file_field"
+        return f"missing file field '{fields.file_field}' (fields present: {present}); set classification.file_field"
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(row.source).parent / path  # paths in a table are relative to the table
@@ -138,7 +158,9 @@ def _example_from_row(
     return LabelledExample(row.where, labels, path=str(path))
 
 
-def read_labelled(source: str, cfg: DataConfig, modality: str) -> tuple[list[LabelledExample], list[str]]:
+def read_labelled(
+    source: str, data: DataConfig, fields: LabelSettings, modality: str
+) -> tuple[list[LabelledExample], list[str]]:
     path = Path(source)
     if (
         path.is_dir()
@@ -148,7 +170,11 @@ def read_labelled(source: str, cfg: DataConfig, modality: str) -> tuple[list[Lab
         return read_class_folders(path, modality)
     examples, problems = [], []
     for row in read_rows(path):
-        result = f"{row.where}: {row.error}" if row.error else _example_from_row(row, cfg, modality)
+        result = (
+            f"{row.where}: {row.error}"
+            if row.error
+            else _example_from_row(row, data.text_field, fields, modality)
+        )
         if isinstance(result, str):
             problems.append(result if row.error else f"{row.where}: {result}")
         else:
@@ -156,7 +182,9 @@ def read_labelled(source: str, cfg: DataConfig, modality: str) -> tuple[list[Lab
     return examples, problems
 
 
-def read_inputs(source: str, cfg: DataConfig, modality: str) -> tuple[list[LabelledExample], list[str]]:
+def read_inputs(
+    source: str, data: DataConfig, fields: LabelSettings, modality: str
+) -> tuple[list[LabelledExample], list[str]]:
     """Prediction inputs, labels not needed: a table (the training config's fields) or a folder of files."""
     path = Path(source)
     if not path.exists():
@@ -173,7 +201,11 @@ def read_inputs(source: str, cfg: DataConfig, modality: str) -> tuple[list[Label
         return examples, unreadable_files(examples, modality)
     examples, problems = [], []
     for row in read_rows(path):
-        result = row.error if row.error else _example_from_row(row, cfg, modality, labelled=False)
+        result = (
+            row.error
+            if row.error
+            else _example_from_row(row, data.text_field, fields, modality, labelled=False)
+        )
         if isinstance(result, str):
             problems.append(f"{row.where}: {result}")
         else:
@@ -235,17 +267,17 @@ def class_report(examples: list[LabelledExample], label_names: list[str]) -> dic
     }
 
 
-def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
+def check_labelled(data: DataConfig, fields: LabelSettings, modality: str) -> CheckedData:
     """Read, validate, deduplicate and split a classification data set of `modality` (text, image, audio);
     label names go in report['labels']."""
-    train, problems = read_labelled(cfg.train_file, cfg, modality)
+    train, problems = read_labelled(data.train_file, data, fields, modality)
     validation: list[LabelledExample] = []
-    if cfg.validation_file:
-        validation, more = read_labelled(cfg.validation_file, cfg, modality)
+    if data.validation_file:
+        validation, more = read_labelled(data.validation_file, data, fields, modality)
         problems += more
     test: list[LabelledExample] = []
-    if cfg.test_file:
-        test, more = read_labelled(cfg.test_file, cfg, modality)
+    if data.test_file:
+        test, more = read_labelled(data.test_file, data, fields, modality)
         problems += more
     rows_read = len(train) + len(validation) + len(test) + len(problems)
     splits = [train, validation, test]
@@ -255,17 +287,17 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     train, validation, test = splits
 
     seen = natural_order({label for example in train for label in example.labels})
-    label_names = list(cfg.labels) if cfg.labels else seen
+    label_names = list(fields.labels) if fields.labels else seen
     known = set(label_names)
 
     def unknown_label(example: LabelledExample) -> str | None:
         unknown = [label for label in example.labels if label not in known]
         if not unknown:
             return None
-        where = "data.labels" if cfg.labels else "the training data"
+        where = "classification.labels" if fields.labels else "the training data"
         return (
             f"unknown label {unknown[0]!r} (not in {where}: {', '.join(label_names)}); "
-            "fix the label or add it to data.labels"
+            "fix the label or add it to classification.labels"
         )
 
     for index, split in enumerate(splits):
@@ -274,23 +306,23 @@ def check_labelled(cfg: DataConfig, modality: str) -> CheckedData:
     train, validation, test = splits
     report = {
         "modality": modality,
-        "train_file": cfg.train_file,
-        "validation_file": cfg.validation_file,
+        "train_file": data.train_file,
+        "validation_file": data.validation_file,
         "rows_read": rows_read,
         "bad_rows": len(problems),
         "bad_row_list": problems[:200],
-        "on_error": cfg.on_error,
+        "on_error": data.on_error,
         "labels": label_names,
-        "multi_label": cfg.multi_label,
+        "multi_label": fields.multi_label,
     }
-    if problems and cfg.on_error == "stop":
+    if problems and data.on_error == "stop":
         return CheckedData([], [], report, problems)
-    held_out = f"{cfg.validation_ratio:g} of each class held out (seed {cfg.seed})"
-    train, validation, test = three_splits(train, validation, test, cfg, report, stratified_split, held_out)
-    if len(label_names) < 2 and not cfg.multi_label:
+    held_out = f"{data.validation_ratio:g} of each class held out (seed {data.seed})"
+    train, validation, test = three_splits(train, validation, test, data, report, stratified_split, held_out)
+    if len(label_names) < 2 and not fields.multi_label:
         raise TunesmithError(
-            f"{cfg.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "
-            f"classification needs at least 2 (label field '{cfg.label_field}')"
+            f"{data.train_file}: found {len(label_names)} label(s) ({', '.join(label_names) or 'none'}); "
+            f"classification needs at least 2 (label field '{fields.label_field}')"
         )
     report["train_classes"] = class_report(train, label_names)
     report["validation_classes"] = class_report(validation, label_names)

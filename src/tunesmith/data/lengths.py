@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from tunesmith.config import DataConfig
 from tunesmith.data.labelled import LabelledExample
-from tunesmith.data.preference import LabelledAnswer, PreferencePair, encode_labelled, encode_pair, longest
 from tunesmith.data.prepare import CheckedData, encode
-from tunesmith.data.seq2seq import SourceTarget
 from tunesmith.data.templates import Renderer
 from tunesmith.data.validate import Example
 
@@ -24,23 +22,14 @@ def not_checked(reason: str = NO_TOKENIZER) -> dict:
 def token_count(example, renderer: Renderer, loss_on: str) -> int | None:
     """Tokens the model sees for this example, rendered as training renders it; None for images and audio."""
     counts_itself = getattr(example, "token_count", None)
-    if counts_itself is not None:  # a task package's own example type says how its tokens are counted
-        return counts_itself(renderer.tokenizer)
+    if counts_itself is not None:  # a task package's own example type counts its tokens, given the renderer
+        return counts_itself(renderer)
     if isinstance(example, Example):
         return len(encode(example, renderer, loss_on)["input_ids"])
     if isinstance(example, LabelledExample):
         if example.text is None:
             return None
         return len(renderer.tokenizer(example.text, example.text_pair, truncation=False)["input_ids"])
-    if isinstance(example, PreferencePair):
-        item, _ = encode_pair(example, renderer)
-        return longest(item) if item else None
-    if isinstance(example, LabelledAnswer):
-        return longest(encode_labelled(example, renderer)[0])
-    if isinstance(
-        example, SourceTarget
-    ):  # the source, against max_length (targets: the training data report)
-        return len(renderer.tokenizer(example.source)["input_ids"])
     return None
 
 

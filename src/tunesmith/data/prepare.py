@@ -8,6 +8,7 @@ import os
 import random
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +41,35 @@ def check_data(cfg: DataConfig) -> CheckedData:
     """Read and validate every row; raise (listing all bad rows) unless on_error is skip."""
     rows = read_rows(cfg.train_file)
     fmt = detect_format(rows, cfg)
-    train, problems = validate_rows(rows, cfg, fmt)
-    read = len(rows)
-    validation: list[Example] = []
-    if cfg.validation_file:
-        val_rows = read_rows(cfg.validation_file)
-        validation, val_problems = validate_rows(val_rows, cfg, fmt)
-        problems += val_problems
-        read += len(val_rows)
-    test: list[Example] = []
-    if cfg.test_file:
-        test_rows = read_rows(cfg.test_file)
-        test, test_problems = validate_rows(test_rows, cfg, fmt)
-        problems += test_problems
-        read += len(test_rows)
-    report = {
+    train, validation, test, problems, read = read_splits(cfg, rows, partial(validate_rows, cfg=cfg, fmt=fmt))
+    report = rows_report(cfg, fmt, problems, read)
+    if problems and cfg.on_error == "stop":
+        return CheckedData([], [], report, problems)
+    held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
+    train, validation, test = three_splits(train, validation, test, cfg, report, _split, held_out)
+    return CheckedData(train, validation, report, problems, test)
+
+
+def read_splits(cfg: DataConfig, train_rows: list, validate) -> tuple[list, list, list, list[str], int]:
+    """Every file's valid examples (train from `train_rows`, validation and test from their files where given),
+    every bad row's 'file:line: reason', and the rows read; `validate(rows) -> (examples, problems)`."""
+    train, problems = validate(train_rows)
+    read = len(train_rows)
+    validation: list = []
+    test: list = []
+    for path, split in ((cfg.validation_file, validation), (cfg.test_file, test)):
+        if path:
+            rows = read_rows(path)
+            examples, more = validate(rows)
+            split.extend(examples)
+            problems += more
+            read += len(rows)
+    return train, validation, test, problems, read
+
+
+def rows_report(cfg: DataConfig, fmt: str, problems: list[str], read: int) -> dict:
+    """The data report's first fields: the files, their format, the rows read and the bad ones."""
+    return {
         "train_file": cfg.train_file,
         "validation_file": cfg.validation_file,
         "format": fmt,
@@ -63,11 +78,6 @@ def check_data(cfg: DataConfig) -> CheckedData:
         "bad_row_list": problems[:200],
         "on_error": cfg.on_error,
     }
-    if problems and cfg.on_error == "stop":
-        return CheckedData([], [], report, problems)
-    held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
-    train, validation, test = three_splits(train, validation, test, cfg, report, _split, held_out)
-    return CheckedData(train, validation, report, problems, test)
 
 
 def three_splits(

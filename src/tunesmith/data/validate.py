@@ -117,12 +117,18 @@ def to_example(row: Row, fmt: str, cfg: DataConfig) -> tuple[Example | None, str
 
 def validate_rows(rows: list[Row], cfg: DataConfig, fmt: str) -> tuple[list[Example], list[str]]:
     """Return the valid examples and one 'file:line: reason' problem per bad row."""
+    return each_row(rows, lambda row: to_example(row, fmt, cfg))
+
+
+def each_row(rows: list[Row], convert) -> tuple[list, list[str]]:
+    """The examples `convert(row) -> (example, problem)` makes of the readable rows, and one 'file:line: reason'
+    per row it refuses or the reader could not read."""
     examples, problems = [], []
     for row in rows:
         if row.error:
             problems.append(f"{row.where}: {row.error}")
             continue
-        example, problem = to_example(row, fmt, cfg)
+        example, problem = convert(row)
         if problem:
             problems.append(f"{row.where}: {problem}")
         else:

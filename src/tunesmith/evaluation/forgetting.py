@@ -73,7 +73,9 @@ class ProbeReference:
     texts_total: int
 
     @classmethod
-    def load(cls, cfg: Config, modality) -> ProbeReference:
+    def load(cls, cfg: Config, modality, fields) -> ProbeReference:
+        """`fields`: a data.labelled.LabelSettings, the reference table's columns (its own label set, one label
+        per row)."""
         from tunesmith.data.labelled import check_labelled
         from tunesmith.data.prepare import bad_rows_error
 
@@ -82,13 +84,12 @@ class ProbeReference:
                 "train_file": cfg.eval.reference,
                 "validation_file": None,
                 "validation_ratio": 0.0,
-                "labels": None,
-                "multi_label": False,
                 "max_examples": None,
                 "on_error": "stop",
             }
         )
-        checked = check_labelled(settings, modality.name)
+        single = fields.model_copy(update={"labels": None, "multi_label": False})
+        checked = check_labelled(settings, single, modality.name)
         if checked.problems:
             raise TunesmithError(f"eval.reference: {bad_rows_error(checked)}", checked.problems[:20])
         examples = checked.train[: cfg.eval.reference_max_examples]

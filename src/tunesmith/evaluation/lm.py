@@ -50,12 +50,17 @@ def language_model_loss(model, rows: list[dict], pad_token_id: int, batch_size: 
 
 def token_loss_sums(logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     """(summed loss, supervised tokens) of next-token prediction: their ratio is the loss per supervised token."""
-    targets = labels[:, 1:]
-    scores = logits[:, :-1].astype(np.float64)
+    return label_loss_sums(logits[:, :-1], labels[:, 1:])
+
+
+def label_loss_sums(logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(summed loss, supervised tokens) of logits against the labels at the same positions (-100 ignored): an
+    encoder-decoder's decoder, whose input is already the shifted target, or logits shifted by the caller."""
+    scores = logits.astype(np.float64)
     scores -= scores.max(axis=-1, keepdims=True)
     log_probs = scores - np.log(np.exp(scores).sum(axis=-1, keepdims=True))
-    keep = targets != -100
-    picked = np.take_along_axis(log_probs, np.where(keep, targets, 0)[..., None], axis=-1)[..., 0]
+    keep = labels != -100
+    picked = np.take_along_axis(log_probs, np.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
     return float(-(picked * keep).sum()), int(keep.sum())
 
 

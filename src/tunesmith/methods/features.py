@@ -9,17 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from tunesmith.config import MethodConfig
+from tunesmith.config import MethodConfig, Section
 from tunesmith.methods import Method, register
 from tunesmith.models.anatomy import base_module, forward_inputs, head_names
 
 HEAD_FILE = "features_head.json"
 CACHE_VERSION = "1"
+
+
+class FeaturesSettings(Section):
+    """method.features: the classifier fitted on the embeddings (features), and on what a linear head reads when
+    a head is solved (method head, tunesmith.tasks.classification)."""
+
+    classifier: Literal["logistic_regression"] = "logistic_regression"
+    C: float = Field(1.0, gt=0, description="inverse regularization strength")
+    max_iter: int = Field(2000, gt=0)
 
 
 def _pool(outputs, batch: dict, text: bool) -> torch.Tensor:
@@ -87,7 +98,8 @@ class FeatureHead:
 
         scaler = StandardScaler().fit(features)
         scaled = scaler.transform(features)
-        make = lambda: LogisticRegression(C=cfg.features.C, max_iter=cfg.features.max_iter, random_state=seed)  # noqa: E731
+        settings: FeaturesSettings = cfg.section("features")
+        make = lambda: LogisticRegression(C=settings.C, max_iter=settings.max_iter, random_state=seed)  # noqa: E731
         if multi_label:  # one binary classifier per label
             fitted = [make().fit(scaled, targets[:, i]) for i in range(targets.shape[1])]
             coef = np.concatenate([f.coef_ for f in fitted])
@@ -136,6 +148,8 @@ register(
         summary="feature extraction: the frozen network embeds each example once, a logistic regression learns",
         needs=frozenset({"labels"}),
         trains_network=False,
+        section="features",
+        settings=FeaturesSettings,
     )
 )
 

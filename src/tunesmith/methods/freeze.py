@@ -1,11 +1,21 @@
-"""Partial retraining: the head only, or the last N blocks plus everything after them (final norm, pooler, head)."""
+"""Partial retraining: the head only, or the last N blocks plus everything after them (final norm, pooler, head),
+and last_n's settings (method.freeze)."""
 
 from __future__ import annotations
 
-from tunesmith.config import MethodConfig
+from pydantic import Field
+
+from tunesmith.config import MethodConfig, Section
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
 from tunesmith.models.anatomy import head_names, transformer_blocks
+
+
+class FreezeSettings(Section):
+    """method.freeze: how much of the model last_n trains (method.last_n is a shorter spelling of last_n)."""
+
+    last_n: int = Field(2, ge=0, description="train the last N blocks plus the head")
+    train_embeddings: bool = False
 
 
 def train_only_last(model, last_n: int, train_embeddings: bool = False):
@@ -41,7 +51,8 @@ def train_only_head(model):
 
 
 def apply_last_n(model, cfg: MethodConfig):
-    return train_only_last(model, cfg.freeze.last_n, cfg.freeze.train_embeddings)
+    settings: FreezeSettings = cfg.section("freeze")
+    return train_only_last(model, settings.last_n, settings.train_embeddings)
 
 
 def apply_head(model, cfg: MethodConfig):
@@ -54,14 +65,11 @@ LAST_N_RATES = {"classifier": 1e-4, "generator": 5e-5}
 # A linear head alone on a frozen body is a convex problem: it takes a large step (or is solved, see the
 # classification recipe).
 HEAD_RATES = {"classifier": 1e-3, "generator": 5e-5}
-register(Method("last_n", apply_last_n, is_adapter=False, summary=LAST_N, learning_rates=LAST_N_RATES))
+SETTINGS = {"learning_rates": LAST_N_RATES, "section": "freeze", "settings": FreezeSettings}
+register(Method("last_n", apply_last_n, is_adapter=False, summary=LAST_N, **SETTINGS))
 register(
     Method(
-        "freeze",
-        apply_last_n,
-        is_adapter=False,
-        summary="the earlier name of last_n: " + LAST_N,
-        learning_rates=LAST_N_RATES,
+        "freeze", apply_last_n, is_adapter=False, summary="the earlier name of last_n: " + LAST_N, **SETTINGS
     )
 )
 register(

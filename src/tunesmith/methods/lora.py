@@ -1,61 +1,61 @@
-"""LoRA and DoRA adapters through peft."""
+"""LoRA and DoRA adapters through peft, and their settings (method.lora, shared with qlora)."""
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from tunesmith.config import MethodConfig
-from tunesmith.errors import TunesmithError
+from pydantic import Field
+
+from tunesmith.config import MethodConfig, Section
 from tunesmith.methods import Method, register
-from tunesmith.models.anatomy import base_module, head_names, is_causal_lm, is_seq2seq_lm, is_speech_seq2seq
+from tunesmith.models.anatomy import body_layers, head_names, model_shape
 
 
-def body_targets(model) -> list[str]:
-    """Full names of the body's linear layers (its convolutions where it has none, as in ResNet)."""
-    base = base_module(model)
-    prefix = next(name for name, child in model.named_children() if child is base)
-    for kinds in ((torch.nn.Linear,), (torch.nn.Conv2d,)):
-        names = [f"{prefix}.{name}" for name, module in base.named_modules() if isinstance(module, kinds)]
-        if names:
-            return names
-    raise TunesmithError(
-        "method.name: lora found no linear or convolution layer to adapt; use full or last_n"
-    )
+class LoraSettings(Section):
+    """method.lora: the adapters' rank, scale, dropout and the layers they go on (lora, dora, qlora)."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @property
+    def scale(self) -> float:
+        """alpha / r: the factor the adapter's update is multiplied by (default learning rates allow for it)."""
+        return self.alpha / self.r
 
 
-def peft_config(model, cfg: MethodConfig, use_dora: bool = False):
+def peft_config(model, settings: LoraSettings, use_dora: bool = False):
+    """peft's LoraConfig for this model: where the adapters go and what is saved beside them is the model's
+    anatomy's answer for its shape (models.anatomy.model_shape), not decided here."""
     from peft import LoraConfig, TaskType
 
-    common = {
-        "r": cfg.lora.r,
-        "lora_alpha": cfg.lora.alpha,
-        "lora_dropout": cfg.lora.dropout,
-        "use_dora": use_dora,
-    }
-    if is_causal_lm(model):
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=cfg.lora.target_modules, **common)
-    if is_seq2seq_lm(model):  # adapters in the encoder and the decoder (self- and cross-attention, MLP)
-        return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, target_modules=cfg.lora.target_modules, **common)
-    if is_speech_seq2seq(
-        model
-    ):  # Whisper: encoder and decoder linears; the tied vocabulary projection stays.
-        # No task type: peft's SEQ_2_SEQ_LM wrapper passes input_ids, which a speech model's forward does not take.
-        return LoraConfig(target_modules=cfg.lora.target_modules, **common)
-    # A classifier: adapters on the pretrained body only; the new head trains in full and is saved with them.
-    targets = body_targets(model) if cfg.lora.target_modules == "all-linear" else cfg.lora.target_modules
-    return LoraConfig(target_modules=targets, modules_to_save=head_names(model), **common)
+    shape = model_shape(model)
+    targets, beside = settings.target_modules, None
+    if shape.new_head:  # adapters on the pretrained body only; the new head trains in full, saved with them
+        targets = body_layers(model) if targets == "all-linear" else targets
+        beside = head_names(model)
+    return LoraConfig(
+        task_type=TaskType[shape.peft_task_type] if shape.peft_task_type else None,
+        target_modules=targets,
+        modules_to_save=beside,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        use_dora=use_dora,
+    )
 
 
 def apply_lora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(model, cfg))
+    return get_peft_model(model, peft_config(model, cfg.section("lora")))
 
 
 def apply_dora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(model, cfg, use_dora=True))
+    return get_peft_model(model, peft_config(model, cfg.section("lora"), use_dora=True))
 
 
 # Adapters start at zero (B = 0) and few weights move: LoRA needs a step 10-20x that of full fine-tuning;
@@ -68,6 +68,8 @@ register(
         is_adapter=True,
         summary="low-rank adapters (peft LoRA) on the body",
         learning_rates=RATES,
+        section="lora",
+        settings=LoraSettings,
     )
 )
 register(
@@ -77,5 +79,7 @@ register(
         is_adapter=True,
         summary="weight-decomposed low-rank adapters (peft DoRA)",
         learning_rates=RATES,
+        section="lora",
+        settings=LoraSettings,
     )
 )

@@ -1,4 +1,5 @@
-"""QLoRA: LoRA adapters on a 4-bit (NF4) base loaded through bitsandbytes."""
+"""QLoRA: LoRA adapters (method.lora settings) on a 4-bit (NF4) base loaded through bitsandbytes; a run reloads
+its base 4-bit too (Method.reload asks quantization_config)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tunesmith.config import MethodConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method, register
 from tunesmith.methods.lora import RATES as LORA_RATES
-from tunesmith.methods.lora import apply_lora
+from tunesmith.methods.lora import LoraSettings, apply_lora
 
 
 def quantization_config(cfg: MethodConfig):
@@ -48,5 +49,7 @@ register(
         quantization_config=quantization_config,
         needs=frozenset({"4-bit base"}),
         learning_rates=LORA_RATES,
+        section="lora",
+        settings=LoraSettings,
     )
 )

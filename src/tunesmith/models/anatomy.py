@@ -1,12 +1,16 @@
-"""Where things are inside a model: its stack of blocks, its pretrained body, its task head, its forward's inputs.
+"""Where things are inside a model: its shape, its stack of blocks, its pretrained body and the body's layers, its
+task head, its forward's inputs.
 
-Methods (which weights train) and tasks (what the head predicts) both ask these questions; the answers depend only
-on how transformers lays out a model, so they live here, below both.
+Methods (which weights train, where adapters go) and tasks (what the head predicts) both ask these questions; the
+answers depend only on how transformers lays out a model, so they live here, below both. A new kind of model is a
+row of SHAPES, not a branch in a method.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -66,3 +70,63 @@ def is_speech_seq2seq(model) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
     return model.__class__.__name__ in set(MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values())
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a method needs to know about one shape of model to place adapters in it and save them."""
+
+    name: str
+    matches: Callable[[torch.nn.Module], bool]
+    # peft's TaskType for its model wrapper (CAUSAL_LM, SEQ_2_SEQ_LM), or None for the plain PeftModel
+    peft_task_type: str | None
+    # True: the head is new (sized for the task's labels): it trains in full and is saved beside the adapters
+    # (peft's modules_to_save), and "all-linear" adapters go on the body's layers only (body_layers)
+    new_head: bool
+    note: str = ""
+
+
+# First match wins; the last row takes every model the others do not.
+SHAPES = (
+    Shape("causal LM", is_causal_lm, "CAUSAL_LM", new_head=False, note="the LM head is pretrained and stays"),
+    Shape(
+        "seq2seq LM",
+        is_seq2seq_lm,
+        "SEQ_2_SEQ_LM",
+        new_head=False,
+        note="adapters in the encoder and the decoder (self- and cross-attention, MLP); the LM head stays",
+    ),
+    Shape(
+        "speech seq2seq",
+        is_speech_seq2seq,
+        None,
+        new_head=False,
+        note="Whisper: encoder and decoder linears; the tied vocabulary projection stays. No task type: peft's "
+        "SEQ_2_SEQ_LM wrapper passes input_ids, which a speech model's forward does not take",
+    ),
+    Shape(  # every other model: a pretrained body under a task head (classifiers of text, images, audio, tokens)
+        "body and head",
+        lambda model: True,
+        None,
+        new_head=True,
+        note="a classifier: adapters on the pretrained body only; the new head trains in full beside them",
+    ),
+)
+
+
+def model_shape(model) -> Shape:
+    """The model's row of SHAPES."""
+    return next(shape for shape in SHAPES if shape.matches(model))
+
+
+def body_layers(model) -> list[str]:
+    """Full names of the pretrained body's linear layers (its convolutions where it has none, as in ResNet)."""
+    base = base_module(model)
+    prefix = next(name for name, child in model.named_children() if child is base)
+    for kinds in ((torch.nn.Linear,), (torch.nn.Conv2d,)):
+        names = [f"{prefix}.{name}" for name, module in base.named_modules() if isinstance(module, kinds)]
+        if names:
+            return names
+    raise TunesmithError(
+        "method.name: lora found no linear or convolution layer to adapt; use full or last_n"
+    )

@@ -1,6 +1,9 @@
-"""The run report's plots, each drawn from the run folder's own records and returned as a PNG data URI."""
+"""The run report's plots, each drawn from the run folder's own records and returned as a PNG data URI (and the
+confusion matrix as the PNG file a classification run folder keeps)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -110,15 +113,43 @@ def class_counts(counts: dict[str, int], title: str) -> str | None:
         return data_uri(fig)
 
 
-def confusion(matrix: list[list[int]], labels: list[str]) -> str | None:
-    from tunesmith.evaluation.classification import confusion_figure_size, draw_confusion_matrix
+def draw_confusion_matrix(fig, axes, matrix: list[list[int]], names: list[str]) -> None:
+    """Counts on a blue scale, true label down, predicted across (the PNG file and the run report share it)."""
+    values = np.asarray(matrix)
+    image = axes.imshow(values, cmap="Blues")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    threshold = values.max() / 2 if values.size else 0
+    for (row, column), count in np.ndenumerate(values):
+        axes.text(
+            column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black"
+        )
+    fig.colorbar(image, ax=axes)
 
+
+def confusion_figure_size(names: list[str]) -> tuple[float, float]:
+    size = max(4.0, 0.6 * len(names) + 2)
+    return size, size * 0.85
+
+
+def confusion(matrix: list[list[int]], labels: list[str]) -> str | None:
     values = np.asarray(matrix)
     if values.ndim != 2 or not values.size:
         return None
     with figure(*confusion_figure_size(labels)) as (fig, axes):
         draw_confusion_matrix(fig, axes, matrix, labels)
         return data_uri(fig)
+
+
+def write_confusion_png(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    """The confusion matrix as a PNG file beside evaluation.json (the same drawing as the report's)."""
+    with figure(*confusion_figure_size(names)) as (fig, axes):
+        draw_confusion_matrix(fig, axes, matrix, names)
+        axes.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
 
 
 def overlaid_curves(runs: list[tuple[str, list[dict]]], key: str, title: str) -> str | None:

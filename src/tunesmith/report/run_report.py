@@ -115,9 +115,14 @@ def number(value, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
-def environment() -> jinja2.Environment:
+def environment(section: Path | None = None) -> jinja2.Environment:
+    """The report templates; `section`, a task's own partial (Task.report_section()), is added as task/<its name>."""
+    loader: jinja2.BaseLoader = jinja2.PackageLoader("tunesmith.report", "templates")
+    if section is not None:
+        task_loader = jinja2.PrefixLoader({"task": jinja2.FileSystemLoader(section.parent)})
+        loader = jinja2.ChoiceLoader([loader, task_loader])
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("tunesmith.report", "templates"),
+        loader=loader,
         autoescape=jinja2.select_autoescape(["j2", "html"]),
         undefined=jinja2.ChainableUndefined,  # optional fields (older runs) show as n/a
     )
@@ -128,10 +133,17 @@ def environment() -> jinja2.Environment:
 
 def write_run_report(run: RunFolder, task) -> Path:
     """Render report.html (atomically: a half-written page never replaces a good one); `task`: the run's
-    tunesmith.tasks.base.Task, which adds its own figures."""
+    tunesmith.tasks.base.Task, which adds its own figures and its own section (a partial in its package)."""
     context = collect(run, task)
+    section = task.report_section()
     page = (
-        environment().get_template("run.html.j2").render(**context, expected_plots=sorted(context["figures"]))
+        environment(section)
+        .get_template("run.html.j2")
+        .render(
+            **context,
+            task_section=f"task/{section.name}" if section else None,
+            expected_plots=sorted(context["figures"]),
+        )
     )
     target = run.path / "report.html"
     temporary = target.with_suffix(".html.tmp")

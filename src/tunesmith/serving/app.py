@@ -1,6 +1,6 @@
 """The FastAPI app: the guard (API key, slots, metrics), errors, /health, /metrics, /v1/models, and the route
-groups of the served models (routes_generation: chat/completions; routes_classification: classify;
-routes_transcription: audio/transcriptions; routes_entities: entities)."""
+groups of the served models: each task's own (its Task.routes(), tasks/<name>/routes.py), and this floor's
+chat/completions routes (routes_generation) for every run whose handle is a Generator."""
 
 from __future__ import annotations
 
@@ -13,32 +13,43 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError
-from tunesmith.serving import routes_classification, routes_entities, routes_generation, routes_transcription
-from tunesmith.serving.context import ApiError, Limits, Metrics, ServingContext, error_response
+from tunesmith.http.context import ApiError, Limits, Metrics, ServedModel, ServingContext, error_response
+from tunesmith.serving import routes_generation
 from tunesmith.serving.guard import Guard
-from tunesmith.serving.registry import Registry, ServedModel
+from tunesmith.serving.registry import Registry
 
 # Routes anyone may call without the API key; every other route answers 401 without it (tested on the table).
 OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
-# Route group name -> the module whose add_routes(app, context) adds its routes. Each run's Task names its group
-# (Task.route_group, carried as ServedModel.route_group); "" means no HTTP route answers for it (e.g. images).
-ROUTE_GROUPS: dict[str, ModuleType] = {
-    routes_generation.GROUP: routes_generation,
-    routes_classification.GROUP: routes_classification,
-    routes_transcription.GROUP: routes_transcription,
-    routes_entities.GROUP: routes_entities,
-}
+
+def route_module(model: ServedModel) -> ModuleType | None:
+    """The module whose routes answer for this model: its task's own, else the chat/completions routes for a
+    Generator, else None (no HTTP route answers for it, e.g. images)."""
+    if model.routes is not None:
+        return model.routes
+    return routes_generation if isinstance(model.handle, routes_generation.HANDLE) else None
 
 
-def route_group(model: ServedModel) -> str | None:
-    """The route group that answers for this model, or None."""
-    if model.route_group and model.route_group not in ROUTE_GROUPS:
-        raise TunesmithError(
-            f"serve: {model.id}'s task declares route group '{model.route_group}', which "
-            f"tunesmith.serving.app.ROUTE_GROUPS lacks (known: {', '.join(ROUTE_GROUPS)})"
-        )
-    return model.route_group or None
+def route_groups(registry: Registry) -> dict[str, ModuleType]:
+    """Route group name -> its module, for the models served. Each model's handle must be what its routes ask
+    (the module's HANDLE protocol), and two modules may not claim one group name."""
+    groups: dict[str, ModuleType] = {}
+    for model in registry.models.values():
+        module = route_module(model)
+        if module is None:
+            continue
+        if not isinstance(model.handle, module.HANDLE):
+            raise TunesmithError(
+                f"serve: {model.id} ({model.task}) loads as a {type(model.handle).__name__}, not the "
+                f"{module.HANDLE.__name__} its routes ({module.__name__}) answer through"
+            )
+        claimed = groups.setdefault(module.GROUP, module)
+        if claimed is not module:
+            raise TunesmithError(
+                f"serve: {model.id}'s routes ({module.__name__}) and {claimed.__name__} both name their route "
+                f"group '{module.GROUP}'; give one of them another GROUP"
+            )
+    return groups
 
 
 def create_app(
@@ -56,20 +67,22 @@ def create_app(
         version="1",
         description="OpenAI-compatible API over tunesmith runs",
     )
-    groups = {model_id: route_group(model) for model_id, model in registry.models.items()}
-    served_groups = [name for name in ROUTE_GROUPS if name in groups.values()]
+    groups = route_groups(registry)
     context = ServingContext(
         registry=registry,
-        route_groups=groups,
-        group_paths={name: ROUTE_GROUPS[name].PATHS for name in served_groups},
+        route_groups={
+            model_id: module.GROUP if (module := route_module(model)) else None
+            for model_id, model in registry.models.items()
+        },
+        group_paths={name: module.PATHS for name, module in groups.items()},
         limits=limits,
         metrics=Metrics(),
     )
     add_errors(app)
     add_common_routes(app, context)
-    for name in served_groups:
-        ROUTE_GROUPS[name].add_routes(app, context)
-    model_work = [path for name in served_groups for path in ROUTE_GROUPS[name].PATHS]
+    for module in groups.values():
+        module.add_routes(app, context)
+    model_work = [path for module in groups.values() for path in module.PATHS]
     app.add_middleware(
         Guard,
         router=app.router,

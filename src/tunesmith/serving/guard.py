@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunesmith.serving.context import Limits, Metrics, error_response
+from tunesmith.http.context import Limits, Metrics, error_response
 
 UNMATCHED = "unmatched"  # the path label of requests no route matches, so random URLs cannot add series
 

@@ -5,34 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tunesmith.errors import TunesmithError
+from tunesmith.http.context import ServedModel
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.handles import Generator
 
 if TYPE_CHECKING:
     from tunesmith.evaluation.generation import Cancellation
-
-
-@dataclass
-class ServedModel:
-    id: str
-    task: str
-    run: RunFolder
-    route_group: str = ""  # the server's routes that answer for it (the Task says which)
-    model: object = None  # a PeftModel holding several adapters, or a plain model
-    adapter: str | None = None  # which adapter of `model` answers for this id
-    renderer: object = None  # a Generator's template (the one `tunesmith generate` uses)
-    system_prompt: str | None = None
-    handle: object = None  # the run as its Task loads it (tunesmith.tasks.handles: Generator, Labeller, ...)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per weights
 
 
 def _model_id(run: RunFolder, taken: set[str]) -> str:
@@ -66,7 +51,7 @@ class Registry:
         base_path = summary.base_model_path
         shared = self.bases.get(base_path) if summary.is_adapter else None
         loaded = task.load_run(run, adapter_name=model_id, into=shared)
-        served = ServedModel(model_id, task.name, run, route_group=task.route_group, handle=loaded)
+        served = ServedModel(model_id, task.name, run, routes=task.routes(), handle=loaded)
         if not isinstance(loaded, Generator):  # labellers, transcribers, taggers answer through their handle
             return served
         served.model, served.renderer = loaded.model, loaded.renderer
@@ -111,31 +96,6 @@ class Registry:
                 )
 
         return Streaming(pieces)
-
-    def classify(self, served: ServedModel, texts: list[str]) -> list[dict]:
-        from tunesmith.data.labelled import LabelledExample
-        from tunesmith.evaluation.classification import predicted, probabilities
-
-        classifier = served.handle
-        examples = [LabelledExample(f"input:{i}", (), text=t) for i, t in enumerate(texts)]
-        with served.lock:
-            probs = probabilities(classifier.logits(examples, 16, progress=False), classifier.multi_label)
-        picks = predicted(probs, classifier.multi_label)
-        results = []
-        for row, pick in zip(probs, picks, strict=True):
-            names = classifier.labels
-            label = [names[i] for i in np.flatnonzero(pick)] if classifier.multi_label else names[int(pick)]
-            results.append(
-                {
-                    "label": label,
-                    "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)},
-                }
-            )
-        return results
-
-    def tag(self, served: ServedModel, texts: list[str]) -> list[list[dict]]:
-        with served.lock:
-            return served.handle.entities(texts)
 
     @staticmethod
     def _select(served: ServedModel) -> None:

@@ -1,4 +1,7 @@
-"""Routes for models that generate text: OpenAI's /v1/chat/completions and /v1/completions, streamed or not."""
+"""Routes for models that generate text: OpenAI's /v1/chat/completions and /v1/completions, streamed or not.
+
+They answer for every run whose handle is a tunesmith.tasks.handles.Generator (causal LM, preference, seq2seq),
+which is why they live here rather than in one task's package (tasks/<name>/routes.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from tunesmith.serving.context import ApiError, ServingContext, check_text_sizes
-from tunesmith.serving.registry import ServedModel, Streaming
-from tunesmith.serving.schemas import ChatRequest, CompletionRequest, ErrorResponse
+from tunesmith.http.context import ApiError, ServedModel, ServingContext, check_text_sizes
+from tunesmith.http.schemas import ERROR_RESPONSES
+from tunesmith.serving.registry import Streaming
+from tunesmith.serving.schemas import ChatRequest, CompletionRequest
+from tunesmith.tasks.handles import Generator
 
 GROUP = "generation"
 PATHS = ("/v1/chat/completions", "/v1/completions")
-RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)}
+HANDLE = Generator
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer: counted, never read
 T = TypeVar("T")
 
@@ -80,7 +85,7 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             )
         return Answer(model, messages, budget, temperature, length, kind)
 
-    @app.post("/v1/chat/completions", responses=RESPONSES)
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(body: ChatRequest, request: Request):
         if len(body.messages) > limits.max_messages:
             raise ApiError(
@@ -97,7 +102,7 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
         answer = await checked(body.model, messages, max_tokens, body.temperature, "chat")
         return await respond(answer, body.stream, request)
 
-    @app.post("/v1/completions", responses=RESPONSES)
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(body: CompletionRequest, request: Request):
         check_text_sizes({"prompt": body.prompt}, limits, "prompt", "prompt")
         messages = [("user", body.prompt)]  # rendered with the run's template, as `tunesmith generate` does

@@ -1,4 +1,5 @@
-"""Request and response bodies of the OpenAI-compatible API (the subset tunesmith serves).
+"""Request bodies of the OpenAI-compatible chat and completions routes (the subset tunesmith serves); the error
+body is in tunesmith.http.schemas, and a task's own routes keep their request bodies in its package.
 
 Sizes (messages, characters) are capped by the routes against the server's Limits, with messages that name the
 cap; the raw body is capped before it is parsed (FastAPI's max_body_size)."""
@@ -32,24 +33,3 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     stream: bool = False
-
-
-class ClassifyRequest(BaseModel):
-    model: str
-    input: str | list[str] = Field(description="one text or a list of texts")
-
-
-class EntitiesRequest(BaseModel):
-    model: str
-    input: str | list[str] = Field(description="one text or a list of texts")
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

@@ -8,7 +8,10 @@ names. A new task is one module that subclasses Task, fills in what differs, and
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tunesmith.config import Config, DataConfig
@@ -59,7 +62,6 @@ class Task:
     provides: frozenset[str] = frozenset()  # capabilities a method may need (methods/__init__.py `needs`)
     default_overflow: str = "drop"  # what data.on_overflow: auto means for this task
     verbs: frozenset[str] = frozenset()  # run verbs besides train/eval/report/export/push/serve
-    route_group: str = ""  # the server's routes for its runs (tunesmith.serving.app ROUTE_GROUPS)
     pipeline_tag: str = ""  # the hub's pipeline tag in the model card
     auto_class: str = "AutoModel"  # the transformers Auto class that reloads an exported folder
     sweep_metrics: tuple[str, ...] | None = None  # the only metrics a sweep may optimize (None: any logged)
@@ -206,6 +208,11 @@ class Task:
         """`tunesmith predict`: label a table or folder of new inputs (tasks with "predict" in verbs)."""
         raise NotImplementedError
 
+    def prediction_inputs(self, cfg: Config, examples: list) -> tuple[list[dict], list[str]] | None:
+        """`examples` as the rows of a table `predict` reads with `cfg`, and the one label expected for each
+        (`tunesmith plan` compares two lengths on them); None where predictions are not one label per row."""
+        return None
+
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         """`tunesmith eval`: {"task", "examples", "tuned", "baseline", optionally "generated"}."""
         raise NotImplementedError
@@ -217,6 +224,19 @@ class Task:
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         """Task-specific figures for report.html: element id -> PNG data URI (empty ones are dropped)."""
         return {}
+
+    def report_section(self) -> Path | None:
+        """This task's section of report.html: `report.html.j2` beside the task's module (its package), which the
+        run page includes with the page's own variables (summary, samples, evaluation, figures, cfg); None: the
+        page shows samples.jsonl, if any, in its generic generations table."""
+        partial = Path(inspect.getfile(type(self))).with_name("report.html.j2")
+        return partial if partial.is_file() else None
+
+    def routes(self) -> ModuleType | None:
+        """The module of this task's HTTP routes (tasks/<name>/routes.py: GROUP, PATHS, add_routes(app, context)
+        over tunesmith.http), imported when a server loads one of its runs. None: no route of its own; a run
+        whose handle is a Generator is answered by the server's chat and completions routes, any other by none."""
+        return None
 
     def intended_use(self) -> str:
         """The model card's 'Intended use' sentence."""

@@ -11,6 +11,7 @@ import torch
 from tunesmith.config import DataConfig
 from tunesmith.console import say
 from tunesmith.data.collate import pad_token_id
+from tunesmith.data.labelled import LabelSettings
 from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported for the recipes)
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import Reference, drift
@@ -71,7 +72,7 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def data_for_eval(data: DataConfig, source: str | Path | None, labels: list[str] | None = None) -> DataConfig:
+def data_for_eval(data: DataConfig, source: str | Path | None) -> DataConfig:
     """The run's data settings, pointed at `source` (every row is evaluated) when given."""
     if source is None:
         return data
@@ -86,9 +87,14 @@ def data_for_eval(data: DataConfig, source: str | Path | None, labels: list[str]
         "test_ratio": 0.0,  # else the run's test_ratio would hold part of `source` out and leave it unscored
         "max_examples": None,
     }
-    if labels is not None:
-        update["labels"] = labels
     return data.model_copy(update=update)
+
+
+def stop_on_bad_rows(checked, data: DataConfig):
+    """`checked` (a CheckedData), unless it has bad rows and data.on_error is stop: then they end the command."""
+    if checked.problems and data.on_error == "stop":
+        raise bad_rows_error(checked)
+    return checked
 
 
 def finish_run(run: RunFolder, cfg, summary: RunSummary, task) -> dict:
@@ -174,11 +180,12 @@ class LinearProbeCheck:
     """The forgetting check of an encoder (classification, token classification): a linear probe's accuracy on
     its pooled features of eval.reference (a labelled text set), before and after fine-tuning."""
 
-    def __init__(self, cfg, modality):
+    def __init__(self, cfg, modality, fields: LabelSettings | None = None):
+        """`fields`: the reference table's label (and text pair, file) columns; default: label, text alone."""
         from tunesmith.evaluation.forgetting import ProbeReference
 
         self.cfg, self.modality = cfg, modality
-        self.reference = ProbeReference.load(cfg, modality)
+        self.reference = ProbeReference.load(cfg, modality, fields or LabelSettings())
 
     def score(self, model) -> dict:
         cfg, text = self.cfg, self.modality.name == "text"
@@ -262,11 +269,38 @@ def prediction_target(
     return target
 
 
+def encoder_decoder_exportable(cfg, auto_class: str, model, processor, probes: list, validation: list):
+    """An encoder-decoder run (seq2seq, speech recognition) as a models.exportable.Exportable: its inputs are the
+    probes' keys, in order; its parity metric is the validation loss per target token (labels at the positions of
+    the decoder's logits)."""
+    from tunesmith.evaluation.lm import label_loss_sums
+    from tunesmith.models.exportable import Exportable
+
+    return Exportable(
+        task=cfg.task,
+        auto_class=auto_class,
+        metric_name="validation_loss",
+        metric_sums=label_loss_sums,
+        model=model,
+        processor=processor,
+        input_names=list(probes[-1]),
+        probes=probes,
+        validation=validation,
+    )
+
+
+# the classification tasks' own section (tasks/classification/settings.py)
+CLASSIFICATION_SECTION = "classification"
+
+
 def classifier_settings_problems(cfg) -> list[str]:
     """Settings only classification reads, set on a task that would ignore them: one line each."""
     problems = []
     if cfg.train.class_weights or cfg.train.layer_lr_decay:
         problems.append("train.class_weights and train.layer_lr_decay are for classification tasks")
-    if cfg.data.multi_label:
-        problems.append("data.multi_label is supported for text-classification")
+    if CLASSIFICATION_SECTION in cfg.task_sections:
+        problems.append(
+            f"{CLASSIFICATION_SECTION}: its settings are for the classification tasks, which {cfg.task} is not; "
+            "remove the section"
+        )
     return problems

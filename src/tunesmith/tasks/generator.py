@@ -9,10 +9,13 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import Config
+from tunesmith.data.collate import PadCollator, pad_token_id
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
+from tunesmith.evaluation.lm import token_loss_sums
 from tunesmith.methods import get_method
+from tunesmith.models.exportable import Exportable, merged
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
 from tunesmith.run_folder import RunFolder
 
@@ -56,20 +59,23 @@ def load_run(run: RunFolder, adapter_name: str = "default", into=None) -> TunedL
     """The tuned model of a finished run; `into`: a peft model over the same base that takes this adapter too."""
     cfg = run.load_config()
     renderer = load_run_renderer(run)
-    if (run.model_dir / "adapter_config.json").exists():
-        if into is not None:
-            into.load_adapter(str(run.model_dir), adapter_name=adapter_name)
-            return TunedLM(into, renderer, cfg)
-        from peft import PeftModel
+    return TunedLM(reload_weights(run, cfg, adapter_name, into), renderer, cfg)
 
-        # The adapter is applied to the base as it was trained on (4-bit for QLoRA), so answers match training.
-        quantization = get_method(cfg.method.name).quantization_config(cfg.method)
-        base = load_model(base_model_path(run, cfg), cfg.model, quantization)
-        model = PeftModel.from_pretrained(base, str(run.model_dir), adapter_name=adapter_name)
-    else:
-        model = load_model(str(run.model_dir), cfg.model)
-    model.eval()
-    return TunedLM(model, renderer, cfg)
+
+def reload_weights(
+    run: RunFolder, cfg: Config, adapter_name: str, into, auto_class: str = "AutoModelForCausalLM"
+):
+    """A finished generator run's weights in eval mode: full weights, or the adapter over the base as it was trained
+    on (4-bit for qlora; joining `into`, a base already in memory, when given): the method says which."""
+    model = get_method(cfg.method.name).reload(
+        lambda weights, quantization: load_model(weights, cfg.model, quantization, auto_class),
+        run.model_dir,
+        lambda: base_model_path(run, cfg),
+        cfg.method,
+        adapter_name,
+        into,
+    )
+    return model.eval()
 
 
 # Prompts of two shapes (one, and two of different lengths) the exports' parity checks generate from.
@@ -77,6 +83,39 @@ PROBE_PROMPTS = (
     [(("user", "Write a headline about the weather."),)],
     [(("user", "Hi"),), (("user", "Sum up: rain, then sun."),)],
 )
+
+
+def exportable(tuned_lm: TunedLM, rows: list[dict], auto_class: str) -> Exportable:
+    """What export needs of a finished causal LM: the merged model, left-padded prompt probes of two shapes, and
+    `rows` (input_ids and labels, at most MAX_VALIDATION_EXAMPLES) in batches of 8 for the loss check."""
+    renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
+    pad = pad_token_id(renderer.tokenizer)
+    probes = []
+    for prompts in PROBE_PROMPTS:
+        ids = [renderer.encode_prompt(p) for p in prompts]
+        width = max(map(len, ids))
+        probes.append(
+            {
+                "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
+            }
+        )
+    collate = PadCollator(pad)
+    validation = []
+    for start in range(0, len(rows), 8):
+        batch = collate(rows[start : start + 8])
+        validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
+    return Exportable(
+        task=cfg.task,
+        auto_class=auto_class,
+        metric_name="validation_loss",
+        metric_sums=token_loss_sums,
+        model=merged(tuned_lm.model),
+        processor=renderer.tokenizer,
+        input_names=["input_ids", "attention_mask"],
+        probes=probes,
+        validation=validation,
+    )
 
 
 def eval_result(

@@ -1,5 +1,9 @@
-"""What a finished run is, as the server, the exports and the verbs ask it: small protocols, one per kind of
-answer. `Task.load_run` returns one of them; callers ask `isinstance(handle, Tagger)`, never guess by attributes."""
+"""What a finished run is, as code outside its task asks it: `Task.load_run` returns a typed handle, and callers
+ask `isinstance(handle, Generator)`, never guess by attributes.
+
+`Generator` is here because several tasks' runs are one (causal LM, preference, seq2seq) and the server's shared
+chat/completions routes answer through it. A handle only its own task's route asks (a labeller, a transcriber, a
+tagger) is declared beside that route, as its module's HANDLE (tasks/<name>/routes.py)."""
 
 from __future__ import annotations
 
@@ -17,31 +21,3 @@ class Generator(Protocol):
     def answer(
         self, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0
     ) -> list[str]: ...
-
-
-@runtime_checkable
-class Labeller(Protocol):
-    """Inputs in, a label (or several) per input with its probabilities (text, image, audio classification)."""
-
-    labels: list[str]
-    multi_label: bool
-
-    def logits(self, examples: list, batch_size: int, progress: bool = True) -> Any: ...
-
-
-@runtime_checkable
-class Transcriber(Protocol):
-    """Audio in, its transcript out (speech recognition)."""
-
-    window_seconds: float
-
-    def transcribe_clips(self, clips: list, batch_size: int = 8) -> list[str]: ...
-
-
-@runtime_checkable
-class Tagger(Protocol):
-    """Text in, its entities out as character spans (token classification)."""
-
-    labels: list[str]
-
-    def entities(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]: ...

@@ -1,10 +1,14 @@
-"""What differs between text, image and audio classification: the Auto class, the processor, and batching."""
+"""What differs between text, image and audio classification: the Auto class, the processor, and batching.
+
+Shared with token classification's forgetting probe (a linear probe on a labelled reference set of texts), so it
+lives beside the task packages, not in one; what it reads of the classification section is InputSettings."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,6 +18,15 @@ from tunesmith.data.labelled import LabelledExample
 from tunesmith.data.media import augment_image, load_audio, load_image
 from tunesmith.errors import TunesmithError
 from tunesmith.models.anatomy import forward_inputs
+
+
+class InputSettings(Protocol):
+    """What the modalities read of the `classification:` section (tasks/classification/settings.py)."""
+
+    text_pair_field: str | None
+    max_windows: int
+    augment: bool
+    clip_seconds: float
 
 
 def label_target(example: LabelledExample, label_ids: dict[str, int], multi_label: bool):
@@ -71,9 +84,17 @@ class Prepared:
 
     def text_scores(self, logits: np.ndarray, multi_label: bool) -> np.ndarray:
         """One row of scores per text: a text's windows' log-probabilities averaged (plain logits without windows)."""
-        from tunesmith.evaluation.classification import window_scores
-
         return logits if self.groups is None else self.per_text(window_scores(logits, multi_label))
+
+
+def window_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Scores a text's windows are averaged in: log-probabilities (so a text's softmax is the normalized
+    geometric mean of its windows' probabilities), or the logits themselves for multi-label."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return logits
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def head_and_tail(ids: list[int], max_length: int) -> list[int]:
@@ -88,11 +109,20 @@ class TextModality:
     auto_class = "AutoModelForSequenceClassification"
     unit = "tok"
 
-    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+    def __init__(
+        self,
+        model_path: str,
+        model_cfg: ModelConfig,
+        data_cfg: DataConfig,
+        settings: InputSettings | None = None,
+    ):
+        """settings None: single texts, no windows (token classification's probe reads its reference so)."""
         from tunesmith.models.loading import load_tokenizer
 
         self.processor = load_tokenizer(model_path, model_cfg)
         self.data_cfg = data_cfg
+        self.text_pair_field = settings.text_pair_field if settings else None
+        self.max_windows = settings.max_windows if settings else None
         limit = getattr(self.processor, "model_max_length", None) or data_cfg.max_length
         self.max_length = min(data_cfg.max_length, limit if limit < 1_000_000 else data_cfg.max_length)
         if self.processor.pad_token_id is None:
@@ -101,7 +131,7 @@ class TextModality:
     def prepare(self, examples, label_ids, multi_label: bool, training: bool) -> Prepared:
         """Tokenize once; over-long examples are counted and truncated or dropped (data.on_overflow)."""
         texts = [e.text for e in examples]
-        pairs = [e.text_pair for e in examples] if self.data_cfg.text_pair_field else None
+        pairs = [e.text_pair for e in examples] if self.text_pair_field else None
         full = self.processor(texts, pairs, truncation=False, verbose=False)["input_ids"]
         long_rows = {i for i, ids in enumerate(full) if len(ids) > self.max_length}
         lengths = sorted(len(ids) for ids in full)
@@ -135,7 +165,7 @@ class TextModality:
 
     def windows(self, examples, label_ids, multi_label: bool, training: bool, report: dict) -> Prepared:
         """Every text cut into consecutive max_length windows, each with the model's special tokens (the
-        tokenizer's own overflow handling); training keeps the first data.max_windows of each text, evaluation
+        tokenizer's own overflow handling); training keeps the first classification.max_windows of each text, evaluation
         and prediction read them all and average (Prepared.per_text)."""
         encoded = self.processor(
             [e.text for e in examples],
@@ -153,7 +183,7 @@ class TextModality:
         rows, groups, seen = [], [], Counter()
         for window, text in enumerate(encoded["overflow_to_sample_mapping"]):
             seen[text] += 1
-            if training and seen[text] > self.data_cfg.max_windows:
+            if training and seen[text] > self.max_windows:
                 continue
             rows.append(
                 {k: encoded[k][window] for k in keys} | labels_of(examples[text], label_ids, multi_label)
@@ -165,8 +195,8 @@ class TextModality:
         }
         if training:
             report |= {
-                "max_windows": self.data_cfg.max_windows,
-                "texts_over_max_windows": sum(count > self.data_cfg.max_windows for count in seen.values()),
+                "max_windows": self.max_windows,
+                "texts_over_max_windows": sum(count > self.max_windows for count in seen.values()),
             }
         return Prepared(rows, [row["labels"] for row in rows if "labels" in row], report, groups)
 
@@ -230,7 +260,9 @@ class MediaModality:
     processor_class = ""  # the transformers Auto class that loads the processor
     processor_hint = ""  # how to save one, for the error message
 
-    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+    def __init__(
+        self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig, settings: InputSettings
+    ):
         import transformers
 
         try:
@@ -241,7 +273,7 @@ class MediaModality:
                 f"model.name: {model_path} has no {self.processor_hint[0]} ({exc.__class__.__name__}); save one next "
                 f"to the weights (e.g. {self.processor_hint[1]}.save_pretrained(folder))"
             ) from None
-        self.data_cfg = data_cfg
+        self.data_cfg, self.settings = data_cfg, settings
 
     def decode(self, path: str, rng: random.Random, training: bool):
         raise NotImplementedError
@@ -270,18 +302,20 @@ class ImageModality(MediaModality):
     processor_class = "AutoImageProcessor"
     processor_hint = ("image processor", "ViTImageProcessor(size=...)")
 
-    def __init__(self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig):
+    def __init__(
+        self, model_path: str, model_cfg: ModelConfig, data_cfg: DataConfig, settings: InputSettings
+    ):
         from transformers import AutoConfig
 
-        super().__init__(model_path, model_cfg, data_cfg)
+        super().__init__(model_path, model_cfg, data_cfg, settings)
         self.channels = getattr(AutoConfig.from_pretrained(model_path), "num_channels", 3)
 
     def decode(self, path: str, rng: random.Random, training: bool):
         image = load_image(path, self.channels)
-        return augment_image(image, rng) if training and self.data_cfg.augment else image
+        return augment_image(image, rng) if training and self.settings.augment else image
 
     def report(self, training: bool) -> dict:
-        return {"augmentation": training and self.data_cfg.augment}
+        return {"augmentation": training and self.settings.augment}
 
     def collator(self, model) -> MediaCollator:
         return MediaCollator(
@@ -298,11 +332,11 @@ class AudioModality(MediaModality):
     def decode(self, path: str, rng: random.Random, training: bool):
         # a random window of a longer clip in training, its start otherwise
         return load_audio(
-            path, self.processor.sampling_rate, self.data_cfg.clip_seconds, rng if training else None
+            path, self.processor.sampling_rate, self.settings.clip_seconds, rng if training else None
         )
 
     def report(self, training: bool) -> dict:
-        return {"sampling_rate": self.processor.sampling_rate, "clip_seconds": self.data_cfg.clip_seconds}
+        return {"sampling_rate": self.processor.sampling_rate, "clip_seconds": self.settings.clip_seconds}
 
     def collator(self, model) -> MediaCollator:
         def process(clips):

@@ -68,7 +68,12 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4), **logs}
+        record = {
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 4),
+            **logs,
+        }
         if "loss" in logs:
             key = "tokens_per_second" if self.counter.unit == "tok" else "examples_per_second"
             record[key] = round(self.counter.tokens_per_second, 1)

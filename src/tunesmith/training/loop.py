@@ -111,6 +111,26 @@ class AtomicCheckpoints:
         super()._save_optimizer_and_scheduler(output_dir)
 
 
+class OwnEvaluation(AtomicCheckpoints):
+    """Trainer mixin: an evaluation is `scores(rows, batch_size)` (metric name -> value, computed batch by batch, so
+    no logits pile up), logged under the eval_ prefix with its runtime and handed to the callbacks as the Trainer's
+    own evaluation is (metrics.jsonl, the best checkpoint, early stopping)."""
+
+    def scores(self, rows: list, batch_size: int) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        with self._excluded():
+            started = time.perf_counter()
+            rows = list(self.eval_dataset if eval_dataset is None else eval_dataset)
+            scores = self.scores(rows, self.args.per_device_eval_batch_size)
+            metrics = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
+            metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - started, 4)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+
 class CausalLMTrainer(AtomicCheckpoints, Trainer):
     """Trainer that runs the LM head and loss only where the next token is supervised (train.sparse_lm_head).
 
@@ -304,6 +324,49 @@ def standard_callbacks(
     return callbacks
 
 
+def set_up_trainer(
+    trainer_class: type[Trainer],
+    cfg: Config,
+    run: RunFolder,
+    model,
+    collator,
+    train_rows: list[dict],
+    validation_rows: list[dict],
+    precision: str,
+    extra_callbacks=(),
+    resuming: bool = False,
+    gradient_checkpointing: bool = False,
+    layer_class: str | None = None,
+    **trainer_kwargs,
+) -> tuple[Trainer, TokenCounter]:
+    """A `trainer_class` set up as every run's: our training arguments and callbacks (metrics.jsonl, progress,
+    time budget, early stopping), trackers writing into the run folder, no KV cache, no printed dicts.
+
+    layer_class: the block FSDP wraps; trainer_kwargs: the class's own (processing_class, a preference config...).
+    """
+    counter = TokenCounter(collator)
+    has_validation = bool(validation_rows)
+    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
+    args = training_arguments(
+        cfg, run, len(train_rows), has_validation, precision, resuming, layer_class, gradient_checkpointing
+    )
+    point_trackers_at(run, cfg)
+    # A KV cache is useless in training and would disable packed attention masks.
+    model.config.use_cache = False
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_rows,
+        eval_dataset=validation_rows or None,
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+    trainer.counter = counter
+    quiet(trainer)
+    return trainer, counter
+
+
 def build_trainer(
     cfg: Config,
     run: RunFolder,
@@ -316,37 +379,16 @@ def build_trainer(
     resuming: bool = False,
     gradient_checkpointing: bool = False,
 ) -> tuple[Trainer, TokenCounter]:
+    """The causal-LM Trainer: packed or padded batches, the LM head only at supervised positions."""
     pad_id = pad_token_id(tokenizer)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
-    counter = TokenCounter(collator)
-    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, bool(validation_rows))
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
-    args = training_arguments(
-        cfg,
-        run,
-        len(train_rows),
-        bool(validation_rows),
-        precision,
-        resuming,
-        layer_class,
-        gradient_checkpointing,
-    )
-    point_trackers_at(run, cfg)
-    # A KV cache is useless in training and would disable packed attention masks.
-    model.config.use_cache = False
-    trainer = CausalLMTrainer(
-        model=model,
-        args=args,
-        data_collator=collator,
-        train_dataset=train_rows,
-        eval_dataset=validation_rows or None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    trainer, counter = set_up_trainer(
+        CausalLMTrainer, cfg, run, model, collator, train_rows, validation_rows, precision, extra_callbacks,
+        resuming, gradient_checkpointing, layer_class, processing_class=tokenizer,
+    )  # fmt: skip
     trainer.sparse_lm_head = cfg.train.sparse_lm_head
-    trainer.counter = counter
     trainer.pad_token_id = pad_id
-    quiet(trainer)
     return trainer, counter
 
 

@@ -78,7 +78,9 @@ class Limit(BaseHTTPMiddleware):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes + 64 * 1024:
             return error(
-                413, f"upload too large: over the {self.max_bytes // 2**20} MB upload limit (--max-upload-mb)", "file"
+                413,
+                f"upload too large: over the {self.max_bytes // 2**20} MB upload limit (--max-upload-mb)",
+                "file",
             )
         return await call_next(request)
 

@@ -67,7 +67,6 @@ class CausalLMTask(Task):
     provides = frozenset({"4-bit base"})
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
-    route_group = "generation"
     pipeline_tag = "text-generation"
     auto_class = "AutoModelForCausalLM"
     sweep_metrics = ("eval_loss",)

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-import torch
-
 from tunesmith.console import say
-from tunesmith.data.collate import PadCollator, pad_token_id
+from tunesmith.data.collate import pad_token_id
 from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
-from tunesmith.evaluation.lm import language_model_loss, token_loss_sums
+from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.evaluation.text_metrics import generation_scores
-from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable
 from tunesmith.models.loading import default_cache_dir, load_model
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks import generator
 from tunesmith.tasks.common import bad_rows_error, data_for_eval
-from tunesmith.tasks.generator import (  # noqa: F401
-    PROBE_PROMPTS,
-    TunedLM,
-    base_model_path,
-    eval_result,
-    load_run,
-    load_run_renderer,
-)
+from tunesmith.tasks.generator import eval_result, load_run
 
 
 def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
@@ -84,34 +76,8 @@ def exportable(run: RunFolder, auto_class: str) -> Exportable:
     from tunesmith.tasks.causal_lm import CAUSAL_LM
 
     tuned_lm = load_run(run)
-    renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
-    tokenizer = renderer.tokenizer
-    pad = pad_token_id(tokenizer)
-    probes = []
-    for prompts in PROBE_PROMPTS:
-        ids = [renderer.encode_prompt(p) for p in prompts]
-        width = max(map(len, ids))
-        probes.append(
-            {
-                "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
-                "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
-            }
-        )
+    cfg = tuned_lm.cfg
     checked = CAUSAL_LM.validated_data(cfg)
-    rows = tokenize_data(checked, cfg.data, renderer, default_cache_dir(cfg.output.cache_dir))["validation"]
-    collate = PadCollator(pad)
-    validation = []
-    for start in range(0, min(len(rows), MAX_VALIDATION_EXAMPLES), 8):
-        batch = collate(rows[start : start + 8])
-        validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
-    return Exportable(
-        task=cfg.task,
-        auto_class=auto_class,
-        metric_name="validation_loss",
-        metric_sums=token_loss_sums,
-        model=merged(tuned_lm.model),
-        processor=tokenizer,
-        input_names=["input_ids", "attention_mask"],
-        probes=probes,
-        validation=validation,
-    )
+    cache = default_cache_dir(cfg.output.cache_dir)
+    rows = tokenize_data(checked, cfg.data, tuned_lm.renderer, cache)["validation"][:MAX_VALIDATION_EXAMPLES]
+    return generator.exportable(tuned_lm, rows, auto_class)

@@ -1,4 +1,9 @@
-"""The classification recipe (text, image, audio), read top to bottom; modalities.py holds what differs."""
+"""text-, image- and audio-classification: a label (or several) per example, trained through the one pipeline
+(tasks/pipeline.py) over the hooks below; tasks/modalities.py holds what differs between text, image and audio.
+
+This package owns the rest: its config section (settings.py, the `classification:` key), its trainer (trainer.py:
+class weights, layer-wise LR decay), its metrics (metrics.py), its finished runs (run.py) and its route (routes.py).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,6 @@ from tunesmith.console import is_main, say, world_size
 from tunesmith.data.labelled import check_labelled
 from tunesmith.data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TEXT_SUFFIXES
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import (
-    CLASSIFICATION_METRICS,
-    full_report,
-    predicted,
-    probabilities,
-    write_evaluation,
-)
 from tunesmith.evaluation.collapse import classifier_alarm
 from tunesmith.methods.features import (
     FeatureHead,
@@ -35,14 +33,29 @@ from tunesmith.methods.features import (
 )
 from tunesmith.models.heads import fresh_head_unless_same_labels
 from tunesmith.models.loading import load_model
-from tunesmith.registry import register_task
+from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.base import Rung, Task, head_rungs
-from tunesmith.tasks.common import LinearProbeCheck, peak_memory_mb
+from tunesmith.tasks.classification.metrics import (
+    CLASSIFICATION_METRICS,
+    full_report,
+    predicted,
+    probabilities,
+    write_evaluation,
+)
+from tunesmith.tasks.classification.settings import ClassificationConfig
+from tunesmith.tasks.classification.trainer import build_classification_trainer
+from tunesmith.tasks.common import LinearProbeCheck, peak_memory_mb, stop_on_bad_rows
 from tunesmith.tasks.modalities import AudioModality, ImageModality, TextModality
 from tunesmith.tasks.pipeline import Prepared, Solver
-from tunesmith.training.classification_loop import build_classification_trainer
+
+SECTION = "classification"
+
+
+def settings_of(cfg: Config) -> ClassificationConfig:
+    """The run's `classification:` section (its defaults where the config has none)."""
+    return cfg.section(SECTION)
 
 
 def print_data_summary(report: dict) -> None:
@@ -67,14 +80,14 @@ def print_data_summary(report: dict) -> None:
         if "windows" in text:
             capped = (
                 f"; training reads the first {text['max_windows']} of each text "
-                f"({text['texts_over_max_windows']} text(s) have more, data.max_windows)"
+                f"({text['texts_over_max_windows']} text(s) have more, classification.max_windows)"
                 if "max_windows" in text
                 else ""
             )
             say(f"data: {split}: {text['windows']} windows of up to {text['max_length']} tokens{capped}")
 
 
-def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
+def classifier_arguments(labels: list[str], multi_label: bool) -> dict:
     """from_pretrained arguments that size the new head from the data and make the saved model predict names."""
     arguments = {
         "num_labels": len(labels),
@@ -82,7 +95,7 @@ def classifier_arguments(cfg: Config, labels: list[str]) -> dict:
         "label2id": {label: i for i, label in enumerate(labels)},
         "ignore_mismatched_sizes": True,  # a pretrained head for other classes is replaced
     }
-    if cfg.data.multi_label:
+    if multi_label:
         arguments["problem_type"] = "multi_label_classification"
     return arguments
 
@@ -133,7 +146,7 @@ def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dic
     collator = modality.collator(model)
     train_inputs = head_inputs(model, train_set.dataset, collator, cfg.eval.batch_size)
     targets = np.asarray(train_set.targets)
-    solve_head(model, train_inputs, targets, cfg.method, cfg.data.multi_label, cfg.train.seed)
+    solve_head(model, train_inputs, targets, cfg.method, settings_of(cfg).multi_label, cfg.train.seed)
     say(f"head: solved on {train_inputs.shape[0]} training inputs of size {train_inputs.shape[1]}")
     if is_main():
         model.save_pretrained(str(run.model_dir))
@@ -145,7 +158,7 @@ def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dic
         result |= evaluate_logits(
             cfg,
             run,
-            validation_set.text_scores(logits, cfg.data.multi_label),
+            validation_set.text_scores(logits, settings_of(cfg).multi_label),
             np.asarray(validation_set.text_targets),
             model.config.id2label,
         )
@@ -157,16 +170,17 @@ def fit_solved_head(cfg, run, model, modality, train_set, validation_set) -> dic
 def evaluate_logits(cfg: Config, run: RunFolder, logits, targets, id2label) -> dict:
     """Write evaluation.json and the confusion matrix (one row of logits per text); return the headline numbers."""
     names = [id2label[i] for i in range(len(id2label))]
-    predictions = predicted(probabilities(logits, cfg.data.multi_label), cfg.data.multi_label)
-    report = full_report(targets, predictions, names, cfg.data.multi_label)
+    multi_label = settings_of(cfg).multi_label
+    predictions = predicted(probabilities(logits, multi_label), multi_label)
+    report = full_report(targets, predictions, names, multi_label)
     if is_main():
-        write_evaluation(report, run.path, cfg.data.multi_label)
+        write_evaluation(report, run.path, multi_label)
     say(
         f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f} "
         f"on {report['examples']} examples (run folder: evaluation.json, confusion_matrix.png)"
     )
     result = {"validation": {k: report[k] for k in report if isinstance(report[k], float)}}
-    alarm = classifier_alarm(targets, predictions, names, report["f1_macro"], cfg.data.multi_label)
+    alarm = classifier_alarm(targets, predictions, names, report["f1_macro"], multi_label)
     if alarm is not None:  # said and recorded by the pipeline (ClassificationTask.collapse_alarm)
         result["collapse"] = alarm
     return result
@@ -182,7 +196,7 @@ def fit_features(cfg, run, model, modality, train_set, validation_set, model_pat
         model_fingerprint(model_path),
         cfg.data.max_length,
         cfg.data.on_overflow,
-        cfg.data.clip_seconds,
+        settings_of(cfg).clip_seconds,
     ]
 
     def features_of(prepared, examples_key):
@@ -201,7 +215,7 @@ def fit_features(cfg, run, model, modality, train_set, validation_set, model_pat
         train_set.per_text(train_features),
         np.asarray(train_set.text_targets),
         cfg.method,
-        cfg.data.multi_label,
+        settings_of(cfg).multi_label,
         cfg.train.seed,
     )
     seconds = time.time() - started
@@ -246,7 +260,6 @@ class ClassificationTask(Task):
         self.name = self.starter = self.pipeline_tag = name
         self.modality, self.summary = modality, summary
         self.auto_class = modality.auto_class
-        self.route_group = "classification" if modality.name == "text" else ""  # /v1/classify takes text
         self.table_fields = frozenset({"label"} if modality.name == "text" else {modality.name, "label"})
         self.folder_suffixes = frozenset(
             {"text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}[modality.name]
@@ -255,16 +268,22 @@ class ClassificationTask(Task):
     def config_problems(self, cfg: Config) -> list[str]:
         problems = []
         text = self.modality.name == "text"
-        if cfg.data.multi_label and not text:
-            problems.append("data.multi_label is supported for text-classification")
-        if cfg.data.on_overflow in ("head_tail", "windows") and (not text or cfg.data.text_pair_field):
+        if settings_of(cfg).multi_label and not text:
+            problems.append("classification.multi_label is supported for text-classification")
+        if cfg.data.on_overflow in ("head_tail", "windows") and (
+            not text or settings_of(cfg).text_pair_field
+        ):
             problems.append(
                 f"data.on_overflow: {cfg.data.on_overflow} is for text-classification of single texts (no text pair)"
             )
         return problems
 
     def check_data(self, data):
-        return check_labelled(data, self.modality.name)
+        """The data with the section's default field names (validated_data reads the run's own section)."""
+        return check_labelled(data, ClassificationConfig(), self.modality.name)
+
+    def validated_data(self, cfg: Config):
+        return stop_on_bad_rows(check_labelled(cfg.data, settings_of(cfg), self.modality.name), cfg.data)
 
     plan_kind = "classifier"
 
@@ -285,11 +304,11 @@ class ClassificationTask(Task):
     scores_test_before = False  # the test split is scored by the saved model, as `tunesmith predict` loads it
 
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
-        modality = self.modality(model_path, cfg.model, cfg.data)
-        labels = checked.report["labels"]
+        modality = self.modality(model_path, cfg.model, cfg.data, settings_of(cfg))
+        labels, multi_label = checked.report["labels"], settings_of(cfg).multi_label
         label_ids = {label: i for i, label in enumerate(labels)}
-        train_set = modality.prepare(checked.train, label_ids, cfg.data.multi_label, training=True)
-        validation_set = modality.prepare(checked.validation, label_ids, cfg.data.multi_label, training=False)
+        train_set = modality.prepare(checked.train, label_ids, multi_label, training=True)
+        validation_set = modality.prepare(checked.validation, label_ids, multi_label, training=False)
         report = checked.report | {
             "preprocessing": {"train": train_set.report, "validation": validation_set.report}
         }
@@ -305,7 +324,11 @@ class ClassificationTask(Task):
     def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
         labels, modality = data.extras["labels"], data.extras["modality"]
         model = load_model(
-            model_path, cfg.model, None, modality.auto_class, **classifier_arguments(cfg, labels)
+            model_path,
+            cfg.model,
+            None,
+            modality.auto_class,
+            **classifier_arguments(labels, settings_of(cfg).multi_label),
         )
         data.extras["head"] = fresh_head_unless_same_labels(model, model_path, labels)
         return method.apply(model, cfg.method)
@@ -333,16 +356,19 @@ class ClassificationTask(Task):
         train_set, validation_set = data.extras["sets"]
         return build_classification_trainer(
             cfg, run, model, train_set.dataset, validation_set, data.extras["modality"].collator(model),
-            train_set.targets, model.config.num_labels, precision, callbacks, resuming=resuming,
-            gradient_checkpointing=checkpointing,
+            train_set.targets, model.config.num_labels, precision, settings_of(cfg).multi_label, callbacks,
+            resuming=resuming, gradient_checkpointing=checkpointing,
         )  # fmt: skip
 
     def summary_fields(self, cfg: Config, data: Prepared) -> dict:
         e = data.extras
-        return {"labels": e["labels"], "multi_label": cfg.data.multi_label, "head": e["head"]}
+        return {"labels": e["labels"], "multi_label": settings_of(cfg).multi_label, "head": e["head"]}
 
     def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
-        return LinearProbeCheck(cfg, data.extras["modality"]) if cfg.eval.reference else None
+        if not cfg.eval.reference:
+            return None
+        # the reference table is read with the run's label (and text pair, file) columns
+        return LinearProbeCheck(cfg, data.extras["modality"], settings_of(cfg))
 
     def save(self, run: RunFolder, trainer, data: Prepared) -> None:
         trainer.save_model(str(run.model_dir))
@@ -361,7 +387,7 @@ class ClassificationTask(Task):
         result = evaluate_logits(
             cfg,
             data.run,
-            validation_set.text_scores(logits, cfg.data.multi_label),
+            validation_set.text_scores(logits, settings_of(cfg).multi_label),
             targets,
             model.config.id2label,
         )
@@ -381,6 +407,13 @@ class ClassificationTask(Task):
             return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
         return f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f}"
 
+    def routes(self):
+        if self.modality.name != "text":  # /v1/classify takes text; image and audio runs have no route yet
+            return None
+        from tunesmith.tasks.classification import routes
+
+        return routes
+
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         from tunesmith.tasks.classification.run import RunClassifier
 
@@ -390,6 +423,13 @@ class ClassificationTask(Task):
         from tunesmith.tasks.classification import run as classification_run
 
         return classification_run.predict(run.path, source, output, batch_size)
+
+    def prediction_inputs(self, cfg: Config, examples: list) -> tuple[list[dict], list[str]] | None:
+        pair = settings_of(cfg).text_pair_field
+        if settings_of(cfg).multi_label or self.modality.name != "text" or not examples:
+            return None
+        rows = [{cfg.data.text_field: e.text, **({pair: e.text_pair} if pair else {})} for e in examples]
+        return rows, [e.labels[0] for e in examples]
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         from tunesmith.tasks.classification import run as classification_run
@@ -408,7 +448,7 @@ class ClassificationTask(Task):
         text = data_report.get("preprocessing", {}).get("train", {})
         if text.get("histogram"):
             figures["plot-lengths"] = plots.length_histogram(text, "training texts: length in tokens")
-        if evaluation and not cfg.data.multi_label:
+        if evaluation and not settings_of(cfg).multi_label:
             figures["plot-confusion"] = plots.confusion(evaluation["confusion_matrix"], evaluation["labels"])
         return figures
 
@@ -421,6 +461,11 @@ class ClassificationTask(Task):
         return classification_run.exportable(run)
 
 
+register_section(
+    SECTION,
+    ClassificationConfig,
+    moved_from=tuple(f"data.{key}" for key in ClassificationConfig.model_fields),
+)
 register_task(ClassificationTask("text-classification", TextModality, "a label per text (or text pair)"))
 register_task(ClassificationTask("image-classification", ImageModality, "a label per image"))
 register_task(ClassificationTask("audio-classification", AudioModality, "a label per audio clip"))

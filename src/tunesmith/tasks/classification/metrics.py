@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, precision/recall/F1 (macro and weighted), per class, confusion matrix."""
+"""Classification metrics: accuracy, precision/recall/F1 (macro and weighted), per class, confusion matrix; the
+files a run folder keeps them in (evaluation.json, confusion_matrix.json and .png)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tunesmith.report.plots import write_confusion_png
+
 
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
@@ -14,16 +17,6 @@ def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits))
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def window_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Scores a text's windows are averaged in: log-probabilities (so a text's softmax is the normalized
-    geometric mean of its windows' probabilities), or the logits themselves for multi-label."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if multi_label:
-        return logits
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def predicted(probs: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -72,41 +65,6 @@ def full_report(labels: np.ndarray, predictions: np.ndarray, names: list[str], m
     }
 
 
-def draw_confusion_matrix(figure, axes, matrix: list[list[int]], names: list[str]) -> None:
-    """Counts on a blue scale, true label down, predicted across (the PNG file and the run report share it)."""
-    values = np.asarray(matrix)
-    image = axes.imshow(values, cmap="Blues")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    threshold = values.max() / 2 if values.size else 0
-    for (row, column), count in np.ndenumerate(values):
-        axes.text(
-            column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black"
-        )
-    figure.colorbar(image, ax=axes)
-
-
-def confusion_figure_size(names: list[str]) -> tuple[float, float]:
-    size = max(4.0, 0.6 * len(names) + 2)
-    return size, size * 0.85
-
-
-def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=confusion_figure_size(names))
-    draw_confusion_matrix(figure, axes, matrix, names)
-    axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def write_evaluation(report: dict, folder: Path, multi_label: bool, split: str = "validation") -> None:
     """evaluation.json, confusion_matrix.json and (single-label) confusion_matrix.png in the run folder."""
     (folder / "evaluation.json").write_text(json.dumps({"split": split, **report}, indent=2))
@@ -119,7 +77,7 @@ def write_evaluation(report: dict, folder: Path, multi_label: bool, split: str =
     (folder / "confusion_matrix.json").write_text(json.dumps(matrix, indent=2))
     if not multi_label:
         title = f"{split}: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
-        plot_confusion_matrix(
+        write_confusion_png(
             report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title
         )
 

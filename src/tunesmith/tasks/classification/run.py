@@ -12,20 +12,21 @@ import torch
 from tunesmith.console import say
 from tunesmith.data.labelled import check_labelled, read_inputs
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.classification import (
+from tunesmith.methods import get_method
+from tunesmith.methods.features import HEAD_FILE, FeatureHead, embed
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
+from tunesmith.registry import get_task
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.classification import classifier_arguments, fresh_head_unless_same_labels, settings_of
+from tunesmith.tasks.classification.metrics import (
     correct_sums,
     full_report,
     predicted,
     probabilities,
     write_evaluation,
 )
-from tunesmith.methods.features import HEAD_FILE, FeatureHead, embed
-from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
-from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.registry import get_task
-from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.classification import classifier_arguments, fresh_head_unless_same_labels
-from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
+from tunesmith.tasks.common import data_for_eval, prediction_target, stop_on_bad_rows
 from tunesmith.tasks.modalities import label_target
 
 
@@ -44,23 +45,19 @@ class RunClassifier:
         base_path = summary.base_model_path
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+        self.settings = settings_of(cfg)
+        self.modality = get_task(cfg.task).modality(str(run.model_dir), cfg.model, cfg.data, self.settings)
+
+        def load(weights: str, quantization):
+            arguments = classifier_arguments(self.labels, self.multi_label)
+            return load_model(weights, cfg.model, quantization, self.modality.auto_class, **arguments)
+
         self.head = None
         if (run.model_dir / HEAD_FILE).exists():  # features, or a head solved on mean-pooled states
             self.head, _ = FeatureHead.load(run.model_dir)
-            weights = base_path
-        elif summary.is_adapter:
-            weights = base_path
-        else:
-            weights = str(run.model_dir)
-        self.modality = get_task(cfg.task).modality(str(run.model_dir), cfg.model, cfg.data)
-        auto_class = self.modality.auto_class
-        self.model = load_model(
-            weights, cfg.model, None, auto_class, **classifier_arguments(cfg, self.labels)
-        )
-        if summary.is_adapter:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, str(run.model_dir))
+            self.model = load(base_path, None)
+        else:  # full weights, or the adapter over its base: the method says which
+            self.model = get_method(cfg.method.name).reload(load, run.model_dir, base_path, cfg.method)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
 
@@ -94,7 +91,7 @@ def predict(
     run = RunFolder.open(run_dir)
     classifier = RunClassifier(run)
     cfg = classifier.cfg
-    examples, problems = read_inputs(str(source), cfg.data, classifier.modality.name)
+    examples, problems = read_inputs(str(source), cfg.data, classifier.settings, classifier.modality.name)
     if cfg.data.on_overflow == "drop":  # (text only: images and audio are never over-long)
         cfg.data.on_overflow = "truncate"  # every input gets an answer; over-long ones are counted below
     target = prediction_target(run, source, output, problems, "predicted", (".jsonl", ".csv"))
@@ -147,11 +144,11 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
     cfg = run.load_config()
     summary = run.read_summary()
     labels = summary.labels
-    data_cfg = data_for_eval(cfg.data, data, labels)
+    data_cfg = data_for_eval(cfg.data, data)
     classifier = RunClassifier(run)
-    checked = check_labelled(data_cfg, classifier.modality.name)
-    if checked.problems and data_cfg.on_error == "stop":
-        raise bad_rows_error(checked)
+    # another file is read with the run's label set, in its order (the ids its head predicts)
+    fields = classifier.settings.model_copy(update={"labels": labels}) if data else classifier.settings
+    checked = stop_on_bad_rows(check_labelled(data_cfg, fields, classifier.modality.name), data_cfg)
     split = "data" if data else ("test" if checked.test else "validation")
     examples = checked.train if data else (checked.test or checked.validation)
     if not examples:
@@ -171,7 +168,7 @@ def evaluate(run: RunFolder, data, baseline: bool) -> dict:
             cfg.model,
             None,
             classifier.modality.auto_class,
-            **classifier_arguments(cfg, labels),
+            **classifier_arguments(labels, classifier.multi_label),
         )
         fresh_head_unless_same_labels(network, summary.base_model_path, labels)
         classifier.model, classifier.head = network.to(classifier.device).eval(), None
@@ -220,10 +217,12 @@ def exportable(run: RunFolder) -> Exportable:
     classifier = RunClassifier(run)
     cfg, modality = classifier.cfg, classifier.modality
     model = merged(classifier.model)
-    checked = check_labelled(cfg.data.model_copy(update={"on_error": "skip"}), modality.name)
+    checked = check_labelled(
+        cfg.data.model_copy(update={"on_error": "skip"}), classifier.settings, modality.name
+    )
     label_ids = {label: i for i, label in enumerate(classifier.labels)}
     examples = (checked.validation or checked.train)[:MAX_VALIDATION_EXAMPLES]
-    prepared = modality.prepare(examples, label_ids, cfg.data.multi_label, training=False)
+    prepared = modality.prepare(examples, label_ids, classifier.multi_label, training=False)
     collate = modality.collator(model)
     batches = [
         collate([prepared.dataset[i] for i in range(s, min(s + 16, len(examples)))])

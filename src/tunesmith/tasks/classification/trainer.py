@@ -1,4 +1,5 @@
-"""The classification loop: the same Trainer set-up as causal LM, plus class weighting and layer-wise LR decay."""
+"""Classification's trainer: transformers' Trainer as every task sets it up, plus class weighting, layer-wise LR
+decay, and metrics per text (a text's windows averaged)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,11 @@ import torch
 from transformers import Trainer
 
 from tunesmith.config import Config
-from tunesmith.evaluation.classification import predicted, probabilities, summary_metrics
 from tunesmith.models.anatomy import transformer_blocks
 from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.classification.metrics import predicted, probabilities, summary_metrics
 from tunesmith.training.callbacks import TokenCounter
-from tunesmith.training.loop import (
-    AtomicCheckpoints,
-    point_trackers_at,
-    quiet,
-    standard_callbacks,
-    training_arguments,
-)
+from tunesmith.training.loop import AtomicCheckpoints, set_up_trainer
 
 
 def class_weights(targets: list, num_labels: int, multi_label: bool) -> torch.Tensor:
@@ -122,33 +117,22 @@ def build_classification_trainer(
     targets: list,
     num_labels: int,
     precision: str,
+    multi_label: bool,
     extra_callbacks=(),
     resuming: bool = False,
     gradient_checkpointing: bool = False,
 ) -> tuple[ClassificationTrainer, TokenCounter]:
-    counter = TokenCounter(collator)
-    validation_set = validation.dataset  # a Prepared: its rows, and which text each row belongs to
-    has_validation = len(validation_set) > 0
-    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, has_validation)
+    """`validation`: a tasks.modalities.Prepared (its rows, and which text each row belongs to)."""
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
-    args = training_arguments(
-        cfg, run, len(train_set), has_validation, precision, resuming, layer_class, gradient_checkpointing
-    )
-    args.prediction_loss_only = False  # logits are (examples x classes): small, and the metrics need them
-    point_trackers_at(run, cfg)
-    trainer = ClassificationTrainer(
-        model=model,
-        args=args,
-        data_collator=collator,
-        train_dataset=train_set,
-        eval_dataset=validation_set if has_validation else None,
-        compute_metrics=metrics_function(cfg.data.multi_label, validation),
-        callbacks=callbacks,
-    )
-    trainer.multi_label = cfg.data.multi_label
+    trainer, counter = set_up_trainer(
+        ClassificationTrainer, cfg, run, model, collator, train_set, validation.dataset, precision,
+        extra_callbacks, resuming, gradient_checkpointing, layer_class,
+        compute_metrics=metrics_function(multi_label, validation),
+    )  # fmt: skip
+    # the logits are (examples x classes): small, and the metrics need them
+    trainer.args.prediction_loss_only = False
+    trainer.multi_label = multi_label
     trainer.layer_lr_decay = cfg.train.layer_lr_decay
     if cfg.train.class_weights:
-        trainer.loss_weights = class_weights(targets, num_labels, cfg.data.multi_label)
-    quiet(trainer)
-    trainer.counter = counter
+        trainer.loss_weights = class_weights(targets, num_labels, multi_label)
     return trainer, counter

@@ -1,4 +1,10 @@
-"""The preference-tuning recipe (DPO, IPO, ORPO, SimPO, KTO) for causal language models, read top to bottom."""
+"""preference: a causal language model tuned on chosen/rejected answers (DPO, IPO, ORPO, SimPO, KTO).
+
+Everything this task needs lives in this package: its config section (settings.py), its data (data.py), its losses
+(losses/, one module each, registered by name), its Trainer (trainer.py), answer log-probabilities and preference
+accuracy (scoring.py) and its finished runs (run.py). It trains through the one pipeline (tasks/pipeline.py) and is
+registered by the last lines below.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +15,36 @@ from pathlib import Path
 from tunesmith.config import Config
 from tunesmith.console import is_main, say, world_size
 from tunesmith.data.collate import pad_token_id
-from tunesmith.data.preference import (
-    PreferenceCollator,
-    UnpairedCollator,
-    check_preference_data,
-    longest,
-    tokenize_preference,
-)
 from tunesmith.data.prepare import tokenizer_fingerprint
 from tunesmith.data.templates import Renderer
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import read_reference_texts
 from tunesmith.evaluation.generation import generate
-from tunesmith.evaluation.preference import score_pairs
 from tunesmith.models.loading import load_model, load_tokenizer
-from tunesmith.registry import register_task
+from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import generator
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.common import (
     ReferencePerplexity,
     classifier_settings_problems,
+    stop_on_bad_rows,
     write_conversation_samples,
 )
 from tunesmith.tasks.pipeline import Prepared
+from tunesmith.tasks.preference import losses
 from tunesmith.tasks.preference import run as preference_run
-from tunesmith.training.loop import (
-    point_trackers_at,
-    quiet,
-    standard_callbacks,
-    training_arguments,
+from tunesmith.tasks.preference.data import (
+    PreferenceCollator,
+    UnpairedCollator,
+    check_preference_data,
+    longest,
+    tokenize_preference,
 )
-from tunesmith.training.preference_losses import NEEDS_REFERENCE
-from tunesmith.training.preference_trainer import PreferenceTrainer, precompute_reference
+from tunesmith.tasks.preference.scoring import score_pairs
+from tunesmith.tasks.preference.settings import SECTION, PreferenceConfig
+from tunesmith.tasks.preference.trainer import PreferenceTrainer, precompute_reference
+from tunesmith.training.loop import set_up_trainer
 
 REFERENCE_CACHE_VERSION = "1"
 
@@ -65,7 +68,7 @@ def tokenize(checked, cfg: Config, renderer: Renderer) -> tuple[list[dict], list
 
 
 def print_data_summary(report: dict, loss: str) -> None:
-    unit = "answers" if loss == "kto" else "pairs"
+    unit = "pairs" if losses.get_loss(loss).paired else "answers"
     test = f" / {report['test_pairs']} test" if "test_pairs" in report else ""
     say(
         f"data: {report['rows_read']} rows read, {report['bad_rows']} bad, {report.get('duplicates_removed', 0)} "
@@ -97,7 +100,7 @@ def reference_cache_key(items: list[dict], model_path: str, cfg: Config, rendere
         renderer.kind,
         cfg.data.max_length,
         cfg.model.dtype,
-        cfg.preference.loss,
+        cfg.section(SECTION).loss,
     ]
     digest.update(json.dumps(settings).encode())
     digest.update(tokenizer_fingerprint(renderer.tokenizer).encode())
@@ -124,8 +127,14 @@ def with_reference(items: list[dict], model, collator, batch_size: int, cache: P
     return [{**item, **value} for item, value in zip(items, values, strict=True)]
 
 
+def listed(where) -> str:
+    """The registered losses for which `where` holds, as words: 'dpo, ipo and simpo'."""
+    names = losses.names(where)
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def describe_reference(loss: str, adapter: bool, precomputed: bool) -> str:
-    if not NEEDS_REFERENCE[loss]:
+    if not losses.get_loss(loss).reference:
         return "none (the loss needs no reference model)"
     if precomputed:
         return "precomputed once before training" + (
@@ -134,53 +143,13 @@ def describe_reference(loss: str, adapter: bool, precomputed: bool) -> str:
     return "the same weights with the adapter off" if adapter else "a frozen copy of the base"
 
 
-def build_trainer(
-    cfg: Config,
-    run: RunFolder,
-    model,
-    tokenizer,
-    collator,
-    train_rows: list[dict],
-    validation_rows: list[dict],
-    precision: str,
-    extra_callbacks,
-    reference_model,
-    resuming: bool,
-    gradient_checkpointing: bool,
-) -> tuple[PreferenceTrainer, object]:
-    """The Trainer as causal_lm builds it (arguments, callbacks, trackers), with the preference loss."""
-    from tunesmith.training.callbacks import TokenCounter
-
-    counter = TokenCounter(collator)
-    callbacks = standard_callbacks(cfg, run, counter, extra_callbacks, bool(validation_rows))
-    args = training_arguments(
-        cfg, run, len(train_rows), bool(validation_rows), precision, resuming, None, gradient_checkpointing
-    )
-    point_trackers_at(run, cfg)
-    model.config.use_cache = False
-    trainer = PreferenceTrainer(
-        model=model,
-        args=args,
-        data_collator=collator,
-        train_dataset=train_rows,
-        eval_dataset=validation_rows or None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        preference=cfg.preference,
-        reference_model=reference_model,
-    )
-    quiet(trainer)
-    return trainer, counter
-
-
 class PreferenceTask(Task):
     name = "preference"
-    summary = "preference tuning of a language model on chosen/rejected answers (dpo, ipo, orpo, simpo, kto)"
+    summary = f"preference tuning of a language model on chosen/rejected answers ({', '.join(losses.LOSSES)})"
     starter = "preference"
     provides = frozenset({"4-bit base"})
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
-    route_group = "generation"
     pipeline_tag = "text-generation"
     table_fields = frozenset({"chosen", "rejected"})
     auto_class = "AutoModelForCausalLM"
@@ -197,29 +166,27 @@ class PreferenceTask(Task):
             )
         if cfg.data.loss_on != "response":
             problems.append("data.loss_on: preference losses score the answers only; leave it at response")
-        if cfg.preference.split_backward and cfg.preference.loss not in ("dpo", "ipo", "simpo"):
+        pref = cfg.section(SECTION)
+        loss = losses.get_loss(pref.loss)
+        if pref.split_backward and not loss.splits_backward:
             problems.append(
-                f"preference.split_backward: {cfg.preference.loss}'s loss reads more than each answer's summed "
-                "log-probability; it works with dpo, ipo and simpo: set it to false"
+                f"preference.split_backward: {pref.loss}'s loss reads more than each answer's summed "
+                f"log-probability; it works with {listed(lambda s: s.splits_backward)}: set it to false"
             )
-        if cfg.preference.sft_weight and cfg.preference.loss not in ("dpo", "ipo", "simpo"):
+        if pref.sft_weight and "sft_weight" not in loss.reads:
             problems.append(
-                f"preference.sft_weight: the chosen-answer NLL term is added to dpo, ipo and simpo; "
-                f"{cfg.preference.loss} has its own (orpo always includes one) or none: set it to 0"
+                f"preference.sft_weight: the chosen-answer NLL term is added to "
+                f"{listed(lambda s: 'sft_weight' in s.reads)}; {pref.loss} has its own (orpo always includes one) "
+                "or none: set it to 0"
             )
         return problems
 
-    def check_data(self, data, preference=None):
-        from tunesmith.config import PreferenceConfig
-
-        return check_preference_data(data, preference or PreferenceConfig())
+    def check_data(self, data):
+        """The data with the section's default field names and loss (validated_data reads the run's own)."""
+        return check_preference_data(data, PreferenceConfig())
 
     def validated_data(self, cfg: Config):
-        from tunesmith.tasks.common import bad_rows_error
-
-        checked = check_preference_data(cfg.data, cfg.preference)
-        if checked.problems and cfg.data.on_error == "stop":
-            raise bad_rows_error(checked)
+        checked = stop_on_bad_rows(check_preference_data(cfg.data, cfg.section(SECTION)), cfg.data)
         if cfg.eval.reference:  # a bad reference file fails now, not after the model is loaded
             read_reference_texts(
                 cfg.eval.reference, cfg.eval.reference_field, cfg.eval.reference_max_examples
@@ -233,36 +200,36 @@ class PreferenceTask(Task):
     scores_test_before = False  # the test split is scored once, by the final weights
 
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
-        if (
-            cfg.preference.split_backward and world_size() > 1
-        ):  # each chunk's backward would all-reduce partials
+        pref = cfg.section(SECTION)
+        if pref.split_backward and world_size() > 1:  # each chunk's backward would all-reduce partials
             raise TunesmithError(
                 "preference.split_backward runs in one process: drop --nproc or set it to false"
             )
         tokenizer = load_tokenizer(model_path, cfg.model)
         renderer = Renderer(tokenizer, cfg.data.template)
         train_rows, validation_rows, test_rows, report = tokenize(checked, cfg, renderer)
-        report["loss"] = cfg.preference.loss
+        report["loss"] = pref.loss
         extras = {"tokenizer": tokenizer, "renderer": renderer, "checked": checked, "cfg": cfg}
         extras |= {"cache_dir": cache_dir, "model_path": model_path}
         lengths = [longest(row) for row in train_rows]
         # Chosen and rejected share one forward: a step holds twice as many rows as train.batch_size says (KTO's
         # mismatched rows run without gradients, so they keep no activations).
-        rows_per_example = 1 if cfg.preference.loss == "kto" else 2
+        rows_per_example = 2 if losses.get_loss(pref.loss).paired else 1
         return Prepared(train_rows, validation_rows, test_rows, report, lengths, extras, rows_per_example)
 
     def print_data_summary(self, report: dict) -> None:
         print_data_summary(report, report["loss"])
 
     def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
-        pref, e = cfg.preference, data.extras
+        pref, e = cfg.section(SECTION), data.extras
+        loss = losses.get_loss(pref.loss)
         model = method.apply(
             load_model(model_path, cfg.model, method.quantization_config(cfg.method)), cfg.method
         )
-        e["collator"] = (UnpairedCollator if pref.loss == "kto" else PreferenceCollator)(
+        e["collator"] = (PreferenceCollator if loss.paired else UnpairedCollator)(
             pad_token_id(e["tokenizer"])
         )
-        if pref.precompute_reference and NEEDS_REFERENCE[pref.loss]:
+        if pref.precompute_reference and loss.reference:
             for rows in filter(None, (data.train, data.validation, data.test)):
                 key = reference_cache_key(rows, model_path, cfg, e["renderer"])
                 cache = e["cache_dir"] / "reference" / f"{key}.json" if e["cache_dir"] else None
@@ -270,7 +237,7 @@ class PreferenceTask(Task):
             examples = len(data.train) + len(data.validation) + len(data.test)
             say(f"reference log-probabilities precomputed for {examples} examples")
         # A second copy of the base only where nothing else can stand in for it: full/last_n, live reference.
-        needs_copy = NEEDS_REFERENCE[pref.loss] and not method.is_adapter and not pref.precompute_reference
+        needs_copy = loss.reference and not method.is_adapter and not pref.precompute_reference
         e["reference_model"] = load_model(model_path, cfg.model) if needs_copy else None
         e["reference"] = describe_reference(pref.loss, method.is_adapter, pref.precompute_reference)
         say(f"preference: {pref.loss}, beta {pref.beta}; reference: {e['reference']}")
@@ -278,14 +245,15 @@ class PreferenceTask(Task):
 
     def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
         e = data.extras
-        e["trainer"], counter = build_trainer(
-            cfg, run, model, e["tokenizer"], e["collator"], data.train, data.validation, precision, callbacks,
-            e["reference_model"], resuming, checkpointing,
+        e["trainer"], counter = set_up_trainer(
+            PreferenceTrainer, cfg, run, model, e["collator"], data.train, data.validation, precision, callbacks,
+            resuming, checkpointing, processing_class=e["tokenizer"], preference=cfg.section(SECTION),
+            reference_model=e["reference_model"],
         )  # fmt: skip
         return e["trainer"], counter
 
     def summary_fields(self, cfg: Config, data: Prepared) -> dict:
-        pref, renderer = cfg.preference, data.extras["renderer"]
+        pref, renderer = cfg.section(SECTION), data.extras["renderer"]
         return {
             "preference": {"loss": pref.loss, "beta": pref.beta, "reference": data.extras["reference"]},
             "template": renderer.kind,
@@ -296,7 +264,7 @@ class PreferenceTask(Task):
         return ReferencePerplexity(cfg, data.extras) if cfg.eval.reference else None
 
     def paired_validation(self, data: Prepared) -> list:
-        return data.validation if data.extras["cfg"].preference.loss != "kto" else []
+        return data.validation if losses.get_loss(data.extras["cfg"].section(SECTION).loss).paired else []
 
     def before_training(self, run: RunFolder, model, data: Prepared, summary) -> None:
         """The held-out pairs scored by the base: is the chosen answer already the likelier one?"""
@@ -376,4 +344,5 @@ class PreferenceTask(Task):
         return preference_run.exportable(run, self.auto_class)
 
 
+register_section(SECTION, PreferenceConfig)
 PREFERENCE = register_task(PreferenceTask())

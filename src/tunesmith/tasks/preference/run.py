@@ -7,19 +7,19 @@ import contextlib
 import torch
 
 from tunesmith.console import say
-from tunesmith.data.collate import PadCollator, pad_token_id
-from tunesmith.data.preference import PreferencePair, check_preference_data, tokenize_preference
+from tunesmith.data.collate import pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
-from tunesmith.evaluation.lm import token_loss_sums
-from tunesmith.evaluation.preference import score_pairs
 from tunesmith.evaluation.text_metrics import generation_scores
-from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable
 from tunesmith.models.loading import load_model
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import generator
 from tunesmith.tasks.common import bad_rows_error, data_for_eval
 from tunesmith.tasks.generator import eval_result
+from tunesmith.tasks.preference.data import PreferencePair, check_preference_data, tokenize_preference
+from tunesmith.tasks.preference.scoring import score_pairs
+from tunesmith.tasks.preference.settings import SECTION
 
 
 def base_weights(model, reference_model):
@@ -51,9 +51,8 @@ def held_out_pairs(cfg, data) -> tuple[list[PreferencePair], str]:
     """The pairs `tunesmith eval` scores and their split: the run's test split (nothing was chosen on it), else
     its validation split, or every row of --data."""
     data_cfg = data_for_eval(cfg.data, data)
-    paired = cfg.preference.model_copy(update={"loss": "dpo"})  # a KTO run is evaluated on pairs too
-    try:
-        checked = check_preference_data(data_cfg, paired)
+    try:  # a run of an unpaired loss (KTO) is evaluated on pairs too
+        checked = check_preference_data(data_cfg, cfg.section(SECTION), as_pairs=True)
     except TunesmithError as error:
         raise TunesmithError(f"eval: preference accuracy needs chosen/rejected pairs; {error}") from None
     if checked.problems and data_cfg.on_error == "stop":
@@ -148,10 +147,8 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
 def exportable(run: RunFolder, auto_class: str) -> Exportable:
     """As a causal-LM run's, with the held-out pairs' chosen answers as the validation batches."""
     tuned_lm = generator.load_run(run)
-    renderer, cfg = tuned_lm.renderer, tuned_lm.cfg
-    pad = pad_token_id(renderer.tokenizer)
-    pairs = held_out_pairs(cfg, None)[0][:MAX_VALIDATION_EXAMPLES]
-    items, _ = tokenize_preference(pairs, renderer, cfg.data.max_length, "export")
+    pairs = held_out_pairs(tuned_lm.cfg, None)[0][:MAX_VALIDATION_EXAMPLES]
+    items, _ = tokenize_preference(pairs, tuned_lm.renderer, tuned_lm.cfg.data.max_length, "export")
     rows = [
         {
             "input_ids": i["prompt_ids"] + i["chosen_ids"],
@@ -159,29 +156,4 @@ def exportable(run: RunFolder, auto_class: str) -> Exportable:
         }
         for i in items
     ]
-    collate = PadCollator(pad)
-    validation = []
-    for start in range(0, len(rows), 8):
-        batch = collate(rows[start : start + 8])
-        validation.append(({k: batch[k] for k in ("input_ids", "attention_mask")}, batch["labels"]))
-    probes = []
-    for prompts in generator.PROBE_PROMPTS:
-        ids = [renderer.encode_prompt(p) for p in prompts]
-        width = max(map(len, ids))
-        probes.append(
-            {
-                "input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
-                "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
-            }
-        )
-    return Exportable(
-        task=cfg.task,
-        auto_class=auto_class,
-        metric_name="validation_loss",
-        metric_sums=token_loss_sums,
-        model=merged(tuned_lm.model),
-        processor=renderer.tokenizer,
-        input_names=["input_ids", "attention_mask"],
-        probes=probes,
-        validation=validation,
-    )
+    return generator.exportable(tuned_lm, rows, auto_class)

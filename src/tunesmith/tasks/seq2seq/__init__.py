@@ -1,4 +1,9 @@
-"""The text-to-text recipe for encoder-decoder models (T5, BART), read top to bottom."""
+"""seq2seq: text-to-text fine-tuning of encoder-decoder models (T5, BART).
+
+Everything this task needs lives in this package: its config section `seq2seq:` (settings.py), its data (data.py),
+its trainer (trainer.py), its scores (metrics.py) and its finished runs (run.py). It trains through the one
+pipeline (tasks/pipeline.py) and is registered below.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,34 @@ import json
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say
-from tunesmith.data.seq2seq import SourceEncoder, check_pairs, length_report, tokenize_pairs
-from tunesmith.evaluation.seq2seq import generate_targets, target_loss
-from tunesmith.evaluation.text_metrics import generation_scores
+from tunesmith.models.anatomy import transformer_blocks
 from tunesmith.models.loading import load_model, load_tokenizer
-from tunesmith.registry import register_task
+from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.base import Task
-from tunesmith.tasks.common import classifier_settings_problems
+from tunesmith.tasks.common import classifier_settings_problems, stop_on_bad_rows
 from tunesmith.tasks.pipeline import Prepared
 from tunesmith.tasks.seq2seq import run as seq2seq_run
-from tunesmith.training.seq2seq_loop import build_seq2seq_trainer
-
-AUTO_CLASS = "AutoModelForSeq2SeqLM"
+from tunesmith.tasks.seq2seq.data import (
+    Seq2SeqCollator,
+    SourceEncoder,
+    check_pairs,
+    length_report,
+    tokenize_pairs,
+)
+from tunesmith.tasks.seq2seq.metrics import generate_for, test_scores
+from tunesmith.tasks.seq2seq.run import AUTO_CLASS
+from tunesmith.tasks.seq2seq.settings import SECTION, Seq2SeqConfig
+from tunesmith.tasks.seq2seq.trainer import EncoderDecoderTrainer
+from tunesmith.training.loop import set_up_trainer
 
 
 def tokenize_splits(checked, cfg: Config, encoder: SourceEncoder) -> tuple[dict, dict]:
     """Each split's rows and kept examples, and the data report with lengths and over-long counts per split."""
     splits, report = {}, {**checked.report, "over_max_length": {}}
+    longest_target = cfg.section(SECTION).max_target_length
     for name in ("train", "validation", "test"):
-        rows, kept, over = tokenize_pairs(getattr(checked, name), cfg.data, encoder)
+        rows, kept, over = tokenize_pairs(getattr(checked, name), cfg.data, longest_target, encoder)
         splits[name] = (rows, kept)
         if name != "test" or checked.test:
             report["over_max_length"][name] = over
@@ -54,29 +67,6 @@ def _line(scores: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if k in ("loss", "rougeL", "bleu"))
 
 
-def _generate(model, encoder: SourceEncoder, rows: list[dict], cfg: Config) -> list[str]:
-    sources = [row["input_ids"] for row in rows]
-    return generate_targets(
-        model,
-        sources,
-        encoder.tokenizer,
-        encoder.stop_token_ids(),
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-    )
-
-
-def test_scores(model, encoder: SourceEncoder, rows: list[dict], kept: list, cfg: Config) -> dict:
-    """Loss per target token on every row, ROUGE/BLEU on the first eval.generations of them."""
-    scores = target_loss(model, rows, encoder.pad_token_id, cfg.eval.batch_size)
-    count = min(len(rows), cfg.eval.generations)
-    if count:
-        outputs = _generate(model, encoder, rows[:count], cfg)
-        generated = generation_scores([example.target for example in kept[:count]], outputs)
-        scores |= {k: v for k, v in generated.items() if k != "examples"} | {"generated_examples": count}
-    return scores
-
-
 def write_samples(run: RunFolder, samples: list, tuned: list[str]) -> None:
     """samples.jsonl: held-out sources with their reference, the base model's target and the tuned one's."""
     base_file = run.path / "samples_base.json"
@@ -100,7 +90,6 @@ class Seq2SeqTask(Task):
     provides = frozenset()
     default_overflow = "truncate"
     verbs = frozenset({"generate", "predict"})
-    route_group = "generation"  # /v1/completions: the prompt is the source
     pipeline_tag = "text2text-generation"
     table_fields = frozenset({"source", "target"})
     auto_class = AUTO_CLASS
@@ -115,22 +104,22 @@ class Seq2SeqTask(Task):
         if cfg.data.packing:
             problems.append("data.packing is for causal-lm; seq2seq batches are padded per batch")
         if cfg.data.system_prompt:
-            problems.append("data.system_prompt is for chat models; seq2seq takes data.source_prefix")
+            problems.append("data.system_prompt is for chat models; seq2seq takes seq2seq.source_prefix")
         if cfg.eval.reference:
             problems.append(
                 "eval.reference (the forgetting check) is not measured for seq2seq yet; remove it"
             )
         return problems
 
-    def check_data(self, data):
-        return check_pairs(data)
+    def validated_data(self, cfg: Config):
+        return stop_on_bad_rows(check_pairs(cfg.data, cfg.section(SECTION)), cfg.data)
 
     # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
-        encoder = SourceEncoder(load_tokenizer(model_path, cfg.model), cfg.data.source_prefix)
+        encoder = SourceEncoder(load_tokenizer(model_path, cfg.model), cfg.section(SECTION).source_prefix)
         splits, report = tokenize_splits(checked, cfg, encoder)
         if not splits["train"][0]:
-            raise seq2seq_run.nothing_left(cfg.data)
+            raise seq2seq_run.nothing_left(cfg)
         rows = {name: rows for name, (rows, _) in splits.items()}
         kept = {name: examples for name, (_, examples) in splits.items()}
         # lengths None: the activation estimate (gradient checkpointing: auto) is for decoders only
@@ -144,10 +133,13 @@ class Seq2SeqTask(Task):
         return method.apply(load_model(model_path, cfg.model, auto_class=AUTO_CLASS), cfg.method)
 
     def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
+        encoder = data.extras["encoder"]
         references = [example.target for example in data.extras["kept"]["validation"]]
-        return build_seq2seq_trainer(
-            cfg, run, model, data.extras["encoder"], data.train, data.validation, references, precision,
-            callbacks, resuming=resuming, gradient_checkpointing=checkpointing,
+        layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
+        return set_up_trainer(
+            EncoderDecoderTrainer, cfg, run, model, Seq2SeqCollator(encoder.pad_token_id), data.train,
+            data.validation, precision, callbacks, resuming, checkpointing, layer_class, encoder=encoder,
+            references=references, generations=cfg.eval.train_generations, max_new_tokens=cfg.eval.max_new_tokens,
         )  # fmt: skip
 
     def summary_fields(self, cfg: Config, data: Prepared) -> dict:
@@ -160,7 +152,9 @@ class Seq2SeqTask(Task):
         return list(pairs)[: cfg.eval.samples]
 
     def generate(self, model, data: Prepared, samples: list) -> list[str]:
-        return _generate(model, data.extras["encoder"], [row for row, _ in samples], data.extras["cfg"])
+        return generate_for(
+            model, data.extras["encoder"], [row for row, _ in samples], data.extras["cfg"].eval
+        )
 
     def write_samples(self, run: RunFolder, data: Prepared, samples: list, tuned: list[str]) -> None:
         write_samples(run, samples, tuned)
@@ -172,7 +166,7 @@ class Seq2SeqTask(Task):
 
     def score(self, model, data: Prepared, split: str) -> dict:
         kept = data.extras["kept"][split]
-        return test_scores(model, data.extras["encoder"], getattr(data, split), kept, data.extras["cfg"])
+        return test_scores(model, data.extras["encoder"], getattr(data, split), kept, data.extras["cfg"].eval)
 
     def describe_scores(self, scores: dict, before: dict | None) -> str:
         return _line(scores) + (f" (before: {_line(before)})" if before else "")
@@ -185,9 +179,6 @@ class Seq2SeqTask(Task):
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
         return seq2seq_run.evaluate(run, data, baseline, generations)
-
-    def final_metric(self, summary, name: str) -> float | None:
-        return (summary.validation or {}).get(name.removeprefix("eval_"))
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         from tunesmith.report import plots
@@ -205,4 +196,9 @@ class Seq2SeqTask(Task):
         return seq2seq_run.exportable(run, self.auto_class)
 
 
+register_section(
+    SECTION,
+    Seq2SeqConfig,
+    moved_from=("data.source_field", "data.target_field", "data.source_prefix", "data.max_target_length"),
+)
 SEQ2SEQ = register_task(Seq2SeqTask())

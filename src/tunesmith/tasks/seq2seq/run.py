@@ -10,16 +10,28 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config import Config, DataConfig
+from tunesmith.config import Config
 from tunesmith.console import say
-from tunesmith.data.seq2seq import Seq2SeqCollator, SourceEncoder, read_sources, tokenize_pairs
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.seq2seq import generate_targets, target_loss_sums
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
-from tunesmith.tasks.generator import base_model_path
+from tunesmith.tasks.common import (
+    data_for_eval,
+    encoder_decoder_exportable,
+    prediction_target,
+    stop_on_bad_rows,
+)
+from tunesmith.tasks.generator import base_model_path, reload_weights
+from tunesmith.tasks.seq2seq.data import (
+    Seq2SeqCollator,
+    SourceEncoder,
+    check_pairs,
+    read_sources,
+    tokenize_pairs,
+)
+from tunesmith.tasks.seq2seq.metrics import generate_for, generate_targets, test_scores
+from tunesmith.tasks.seq2seq.settings import SECTION
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
 
@@ -34,7 +46,7 @@ class TunedSeq2Seq:
     cfg: Config
 
     def answer(self, sources: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> list[str]:
-        """The target for each source, encoded exactly as in training (data.source_prefix included)."""
+        """The target for each source, encoded exactly as in training (seq2seq.source_prefix included)."""
         ids = [self.renderer.encode_source(text) for text in sources]
         return generate_targets(
             self.model,
@@ -47,10 +59,11 @@ class TunedSeq2Seq:
         )
 
 
-def nothing_left(data: DataConfig) -> TunesmithError:
+def nothing_left(cfg: Config) -> TunesmithError:
+    data, longest_target = cfg.data, cfg.section(SECTION).max_target_length
     return TunesmithError(
         f"{data.train_file}: every training pair is longer than data.max_length={data.max_length} (source) or "
-        f"data.max_target_length={data.max_target_length} (target); raise them or set data.on_overflow: truncate"
+        f"seq2seq.max_target_length={longest_target} (target); raise them or set data.on_overflow: truncate"
     )
 
 
@@ -61,30 +74,19 @@ def load_run(run: RunFolder, adapter_name: str = "default", into=None) -> TunedS
         raise TunesmithError(
             f"{run.path}: no trained model yet (status: {run.read_summary().status}); finish training or --resume it"
         )
-    encoder = SourceEncoder(load_tokenizer(str(run.model_dir), cfg.model), cfg.data.source_prefix)
-    if (run.model_dir / "adapter_config.json").exists():
-        if into is not None:
-            into.load_adapter(str(run.model_dir), adapter_name=adapter_name)
-            return TunedSeq2Seq(into, encoder, cfg)
-        from peft import PeftModel
-
-        base = load_model(base_model_path(run, cfg), cfg.model, auto_class=AUTO_CLASS)
-        model = PeftModel.from_pretrained(base, str(run.model_dir), adapter_name=adapter_name)
-    else:
-        model = load_model(str(run.model_dir), cfg.model, auto_class=AUTO_CLASS)
-    model.eval()
-    return TunedSeq2Seq(model, encoder, cfg)
+    encoder = SourceEncoder(load_tokenizer(str(run.model_dir), cfg.model), cfg.section(SECTION).source_prefix)
+    return TunedSeq2Seq(reload_weights(run, cfg, adapter_name, into, AUTO_CLASS), encoder, cfg)
 
 
 def predict(run: RunFolder, source, output, batch_size: int) -> dict:
     """Write a generated target for every row of a table (JSONL or CSV: input, source, prediction)."""
     tuned = load_run(run)
     cfg = tuned.cfg
-    examples, problems = read_sources(str(source), cfg.data)
+    examples, problems = read_sources(str(source), cfg.section(SECTION))
     target = prediction_target(run, source, output, problems, "predicted", (".jsonl", ".csv"))
     # Every input gets an answer: an over-long source is cut (keeping EOS) and counted, as in training's truncate.
-    data = cfg.data.model_copy(update={"on_overflow": "truncate", "max_target_length": 10**9})
-    rows, _, over = tokenize_pairs(examples, data, tuned.renderer)
+    data = cfg.data.model_copy(update={"on_overflow": "truncate"})
+    rows, _, over = tokenize_pairs(examples, data, 10**9, tuned.renderer)
     if over["sources"]["count"]:
         say(f"predict: {over['sources']['count']} source(s) longer than {data.max_length} tokens were cut")
     outputs = generate_targets(
@@ -120,29 +122,26 @@ def _write(target: Path, records: list[dict]) -> None:
 def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
     """Loss per target token on every example and ROUGE/BLEU/exact match on `generations` of them; the base
     model beside it with `baseline`. Scored on the test split when the run has one."""
-    from tunesmith.tasks.seq2seq import SEQ2SEQ, test_scores
-
     tuned = load_run(run)
     cfg = tuned.cfg
+    settings = cfg.section(SECTION)
     generations = cfg.eval.generations if generations is None else generations
     data_cfg = data_for_eval(cfg.data, data)
-    checked = SEQ2SEQ.check_data(data_cfg)
-    if checked.problems and data_cfg.on_error == "stop":
-        raise bad_rows_error(checked)
+    checked = stop_on_bad_rows(check_pairs(data_cfg, settings), data_cfg)
     split = "data" if data else ("test" if checked.test else "validation")  # test: nothing was chosen on it
     examples = {"data": checked.train, "test": checked.test, "validation": checked.validation}[split]
-    rows, kept, over = tokenize_pairs(examples, data_cfg, tuned.renderer)
+    rows, kept, over = tokenize_pairs(examples, data_cfg, settings.max_target_length, tuned.renderer)
     if not rows:
         raise TunesmithError(f"eval: no examples to score in {data or f'the {split} split'}")
     for side in ("sources", "targets"):
         if over[side]["count"]:
             say(f"eval: {over[side]['count']} {side} over the length limit were {over[side]['action']}ped")
-    scoring = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"generations": generations})})
+    scoring = cfg.eval.model_copy(update={"generations": generations})
     count = min(len(rows), generations)
 
     def score(network) -> tuple[dict, list[str]]:
         scores = test_scores(network, tuned.renderer, rows, kept, scoring)
-        outputs = _outputs(network, tuned.renderer, rows[:count], cfg) if count else []
+        outputs = generate_for(network, tuned.renderer, rows[:count], cfg.eval) if count else []
         return scores, outputs
 
     scores, outputs = score(tuned.model)
@@ -169,24 +168,11 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     }
 
 
-def _outputs(model, encoder: SourceEncoder, rows: list[dict], cfg: Config) -> list[str]:
-    return generate_targets(
-        model,
-        [row["input_ids"] for row in rows],
-        encoder.tokenizer,
-        encoder.stop_token_ids(),
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-    )
-
-
 PROBE_SOURCES = (["Write a headline about the weather."], ["Hi", "Sum up: rain, then sun, then wind."])
 
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:
     """The merged model; probes of encoder and decoder ids of two shapes (the second padded); validation batches."""
-    from tunesmith.tasks.seq2seq import SEQ2SEQ
-
     tuned = load_run(run)
     encoder, cfg = tuned.renderer, tuned.cfg
     model = merged(tuned.model)
@@ -206,20 +192,11 @@ def exportable(run: RunFolder, auto_class: str) -> Exportable:
             {"input_ids": encoder.encode_source(s), "labels": encoder.encode_target(s)[:6]} for s in sources
         ]
         probes.append(inputs(collate(rows)))
-    checked = SEQ2SEQ.validated_data(cfg)
-    rows, _, _ = tokenize_pairs(checked.validation, cfg.data, encoder)
+    settings = cfg.section(SECTION)
+    checked = stop_on_bad_rows(check_pairs(cfg.data, settings), cfg.data)
+    rows, _, _ = tokenize_pairs(checked.validation, cfg.data, settings.max_target_length, encoder)
     validation = []
     for start in range(0, min(len(rows), MAX_VALIDATION_EXAMPLES), 8):
         batch = collate(rows[start : start + 8])
         validation.append((inputs(batch), batch["labels"]))
-    return Exportable(
-        task=cfg.task,
-        auto_class=auto_class,
-        metric_name="validation_loss",
-        metric_sums=target_loss_sums,
-        model=model,
-        processor=encoder.tokenizer,
-        input_names=["input_ids", "attention_mask", "decoder_input_ids"],
-        probes=probes,
-        validation=validation,
-    )
+    return encoder_decoder_exportable(cfg, auto_class, model, encoder.tokenizer, probes, validation)

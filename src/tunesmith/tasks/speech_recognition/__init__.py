@@ -1,5 +1,9 @@
-"""The speech-recognition recipe (Whisper: audio in, transcript out), read top to bottom; speech_recognition_run.py
-holds the finished run (transcribing, `tunesmith predict`, `tunesmith eval`, export)."""
+"""speech-recognition: audio in, transcript out (Whisper-style encoder-decoder models).
+
+Everything this task needs lives in this package: its config section `speech:` (settings.py), its data (data.py),
+its trainer (trainer.py), its scores (metrics.py) and its finished runs (run.py: transcribing, `tunesmith predict`,
+`tunesmith eval`, export). It trains through the one pipeline (tasks/pipeline.py) and is registered below.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +12,33 @@ import json
 from tunesmith.config import Config
 from tunesmith.console import is_main, say
 from tunesmith.data.media import AUDIO_SUFFIXES
-from tunesmith.data.speech import SpeechCollator, SpeechFeatures, check_speech, read_transcribed
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.evaluation.forgetting import drift
-from tunesmith.evaluation.speech import error_rates, example_wer, generation_arguments
 from tunesmith.models.loading import load_model
-from tunesmith.registry import register_task
+from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.base import Task
+from tunesmith.tasks.common import classifier_settings_problems, stop_on_bad_rows
 from tunesmith.tasks.pipeline import Prepared
-from tunesmith.training.speech_loop import build_speech_trainer
-
-AUTO_CLASS = "AutoModelForSpeechSeq2Seq"
-
-
-def load_processor(model_path: str, cfg: Config):
-    """The model's feature extractor and tokenizer; multilingual Whisper's tokenizer gets the language and task
-    tokens every transcript starts with (<|startoftranscript|><|en|><|transcribe|><|notimestamps|>)."""
-    from transformers import AutoFeatureExtractor, AutoTokenizer
-
-    try:
-        extractor = AutoFeatureExtractor.from_pretrained(model_path, revision=cfg.model.revision)
-        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
-    except (OSError, ValueError) as exc:
-        raise TunesmithError(
-            f"model.name: {model_path} has no feature extractor and tokenizer ({exc.__class__.__name__}); save "
-            "them next to the weights (WhisperProcessor.save_pretrained(folder))"
-        ) from None
-    if not hasattr(extractor, "n_samples"):
-        raise TunesmithError(
-            f"model.name: {model_path}'s feature extractor ({type(extractor).__name__}) is not Whisper's; "
-            "speech-recognition trains Whisper-style encoder-decoder models (CTC models are not supported yet)"
-        )
-    if hasattr(tokenizer, "set_prefix_tokens"):
-        if cfg.speech.language and "<|startoftranscript|>" not in tokenizer.get_vocab():
-            raise TunesmithError(
-                f"speech.language: {model_path}'s tokenizer has no language tokens; unset it"
-            )
-        tokenizer.set_prefix_tokens(
-            language=cfg.speech.language, task=cfg.speech.task, predict_timestamps=False
-        )
-    return extractor, tokenizer
+from tunesmith.tasks.speech_recognition import run as speech_recognition_run
+from tunesmith.tasks.speech_recognition.data import (
+    SpeechCollator,
+    SpeechFeatures,
+    check_speech,
+    load_processor,
+    read_transcribed,
+)
+from tunesmith.tasks.speech_recognition.metrics import (
+    error_rates,
+    example_wer,
+    generation_arguments,
+    transcribe,
+)
+from tunesmith.tasks.speech_recognition.run import AUTO_CLASS
+from tunesmith.tasks.speech_recognition.settings import SECTION, SpeechConfig
+from tunesmith.tasks.speech_recognition.trainer import SpeechTrainer
+from tunesmith.training.loop import set_up_trainer
 
 
 def set_spec_augment(model, setting: bool | str) -> dict:
@@ -89,18 +78,16 @@ def print_data_summary(report: dict) -> None:
         if counts["over_max_label_tokens"]:
             say(
                 f"data: {split}: {counts['over_max_label_tokens']} transcript(s) longer than "
-                f"{counts['max_label_tokens']} tokens were {counts['action']} (data.max_target_length)"
+                f"{counts['max_label_tokens']} tokens were {counts['action']} (speech.max_target_length)"
             )
 
 
 def transcripts(model, collator, tokenizer, rows: list[dict], cfg: Config, options: dict) -> list[str]:
-    from tunesmith.evaluation.speech import transcribe
-
-    size, speech = cfg.eval.batch_size, collator.speech
+    size, speech, longest = cfg.eval.batch_size, collator.speech, cfg.section(SECTION).max_new_tokens
     texts = []
     for start in range(0, len(rows), size):
         features = speech.features([speech.load(row["path"]) for row in rows[start : start + size]])
-        texts += transcribe(model, features, tokenizer, cfg.speech.max_new_tokens, options)
+        texts += transcribe(model, features, tokenizer, longest, options)
     return texts
 
 
@@ -117,12 +104,12 @@ def _scores(model, collator, tokenizer, rows: list[dict], cfg: Config, options: 
     """WER and CER of the model's transcripts of `rows`."""
     hypotheses = transcripts(model, collator, tokenizer, rows, cfg, options)
     references = [_reference_text(row, tokenizer) for row in rows]
-    return error_rates(references, hypotheses, cfg.speech.normalizer)
+    return error_rates(references, hypotheses, cfg.section(SECTION).normalizer)
 
 
 def _reference_rows(cfg: Config, speech: SpeechFeatures) -> list[dict]:
     """eval.reference: transcribed clips of what the model should still recognize (the forgetting check)."""
-    examples, problems = read_transcribed(cfg.eval.reference, cfg.data)
+    examples, problems = read_transcribed(cfg.eval.reference, cfg.data, cfg.section(SECTION))
     if problems:
         raise TunesmithError(f"eval.reference: {len(problems)} bad row(s)", [f"  {p}" for p in problems[:20]])
     return speech.prepare(examples[: cfg.eval.reference_max_examples])[0]
@@ -133,6 +120,7 @@ def write_samples(run: RunFolder, rows: list[dict], tuned: list[str], tokenizer,
     worst-transcribed (by the tuned model's WER) first."""
     base_file = run.path / "samples_base.json"
     base = json.loads(base_file.read_text())["outputs"] if base_file.exists() else [None] * len(rows)
+    normalizer = cfg.section(SECTION).normalizer
     records = []
     for row, before, after in zip(rows, base, tuned, strict=True):
         reference = _reference_text(row, tokenizer)
@@ -143,8 +131,8 @@ def write_samples(run: RunFolder, rows: list[dict], tuned: list[str], tokenizer,
                 "reference": reference,
                 "base": before,
                 "tuned": after,
-                "wer_base": None if before is None else example_wer(reference, before, cfg.speech.normalizer),
-                "wer_tuned": example_wer(reference, after, cfg.speech.normalizer),
+                "wer_base": None if before is None else example_wer(reference, before, normalizer),
+                "wer_tuned": example_wer(reference, after, normalizer),
             }
         )
     records.sort(key=lambda r: -(r["wer_tuned"] or 0.0))
@@ -183,7 +171,6 @@ class SpeechRecognitionTask(Task):
     provides = frozenset()
     default_overflow = "drop"
     verbs = frozenset({"predict"})
-    route_group = "transcription"
     pipeline_tag = "automatic-speech-recognition"
     table_fields = frozenset({"audio", "text"})
     folder_suffixes = frozenset(AUDIO_SUFFIXES)
@@ -196,12 +183,11 @@ class SpeechRecognitionTask(Task):
         if cfg.data.on_overflow not in ("auto", "drop", "truncate"):
             problems.append(
                 f"data.on_overflow: {cfg.data.on_overflow} is not for speech; use drop or truncate (clips longer "
-                "than the model's window, transcripts longer than data.max_target_length)"
+                "than the model's window, transcripts longer than speech.max_target_length)"
             )
-        if cfg.data.packing or cfg.data.multi_label or cfg.train.class_weights or cfg.train.layer_lr_decay:
-            problems.append(
-                "data.packing, data.multi_label, train.class_weights and train.layer_lr_decay are not for speech"
-            )
+        if cfg.data.packing:
+            problems.append("data.packing is not for speech; clips are padded per batch")
+        problems += classifier_settings_problems(cfg)
         metric = cfg.train.metric.removeprefix("eval_")
         if metric in ("wer", "cer") and cfg.train.greater_is_better is not False:
             problems.append(
@@ -216,8 +202,8 @@ class SpeechRecognitionTask(Task):
             )
         return problems
 
-    def check_data(self, data):
-        return check_speech(data)
+    def validated_data(self, cfg: Config):
+        return stop_on_bad_rows(check_speech(cfg.data, cfg.section(SECTION)), cfg.data)
 
     # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
@@ -225,9 +211,8 @@ class SpeechRecognitionTask(Task):
 
         extractor, tokenizer = load_processor(model_path, cfg)
         positions = AutoConfig.from_pretrained(model_path, revision=cfg.model.revision).max_target_positions
-        speech = SpeechFeatures(
-            extractor, tokenizer, min(cfg.data.max_target_length, positions), cfg.data.on_overflow
-        )
+        longest = min(cfg.section(SECTION).max_target_length, positions)
+        speech = SpeechFeatures(extractor, tokenizer, longest, cfg.data.on_overflow)
         prepared = {name: speech.prepare(getattr(checked, name)) for name in ("train", "validation", "test")}
         with_clips = {name: counts for name, (_, counts) in prepared.items() if counts["seconds"]}
         report = checked.report | {"preprocessing": with_clips}
@@ -243,10 +228,11 @@ class SpeechRecognitionTask(Task):
         print_data_summary(report)
 
     def build_model(self, cfg: Config, model_path: str, method, data: Prepared):
+        settings = cfg.section(SECTION)
         model = load_model(model_path, cfg.model, None, AUTO_CLASS)
-        data.extras["spec_augment"] = set_spec_augment(model, cfg.speech.spec_augment)
+        data.extras["spec_augment"] = set_spec_augment(model, settings.spec_augment)
         model = method.apply(model, cfg.method)
-        data.extras["frozen"] = freeze_encoder(model) if cfg.speech.freeze_encoder else 0
+        data.extras["frozen"] = freeze_encoder(model) if settings.freeze_encoder else 0
         if data.extras["frozen"]:
             say(f"speech.freeze_encoder: {data.extras['frozen']:,} encoder parameters frozen")
         return model
@@ -254,16 +240,19 @@ class SpeechRecognitionTask(Task):
     def build_trainer(self, cfg, run, model, data: Prepared, precision, callbacks, resuming, checkpointing):
         extras = data.extras
         extras["collator"] = SpeechCollator(extras["speech"], model.config.decoder_start_token_id)
-        extras["options"] = generation_arguments(model, cfg.speech.language, cfg.speech.task)
-        return build_speech_trainer(
-            cfg, run, model, extras["tokenizer"], extras["collator"], data.train, data.validation,
-            extras["options"], precision, callbacks, resuming, checkpointing,
+        settings = cfg.section(SECTION)
+        extras["options"] = generation_arguments(model, settings.language, settings.task)
+        return set_up_trainer(
+            SpeechTrainer, cfg, run, model, extras["collator"], data.train, data.validation, precision, callbacks,
+            resuming, checkpointing, tokenizer=extras["tokenizer"], generations=cfg.eval.train_generations,
+            options=extras["options"], settings=settings,
         )  # fmt: skip
 
     def summary_fields(self, cfg: Config, data: Prepared) -> dict:
         extras = data.extras
         speech = {"spec_augment": extras["spec_augment"], "generate": extras["options"]}
-        return {"speech": speech | {"encoder_frozen": bool(extras["frozen"])}}
+        normalizer = cfg.section(SECTION).normalizer  # what samples.jsonl's per-clip WERs were computed on
+        return {"speech": speech | {"encoder_frozen": bool(extras["frozen"]), "normalizer": normalizer}}
 
     def forgetting_probe(self, cfg: Config, model_path: str, data: Prepared):
         return ReferenceClips(cfg, data) if cfg.eval.reference else None
@@ -301,23 +290,19 @@ class SpeechRecognitionTask(Task):
         )
         return line + (f" (before: WER {_rate(before['wer'])})" if before else "")
 
-    def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
-        from tunesmith.tasks.speech_recognition.run import Transcriber
+    def routes(self):
+        from tunesmith.tasks.speech_recognition import routes
 
-        return Transcriber(run)
+        return routes
+
+    def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
+        return speech_recognition_run.Transcriber(run)
 
     def predict(self, run: RunFolder, source, output, batch_size: int) -> dict:
-        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
-
         return speech_recognition_run.predict(run, source, output, batch_size)
 
     def evaluate(self, run: RunFolder, data, baseline: bool, generations: int | None) -> dict:
-        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
-
         return speech_recognition_run.evaluate(run, data, baseline, generations)
-
-    def final_metric(self, summary, name: str) -> float | None:
-        return (summary.validation or {}).get(name.removeprefix("eval_"))
 
     def report_figures(self, cfg: Config, data_report: dict, records: list[dict], evaluation) -> dict:
         from tunesmith.report import plots
@@ -330,9 +315,8 @@ class SpeechRecognitionTask(Task):
         )
 
     def exportable(self, run: RunFolder):
-        from tunesmith.tasks.speech_recognition import run as speech_recognition_run
-
         return speech_recognition_run.exportable(run)
 
 
+register_section(SECTION, SpeechConfig, moved_from=("data.audio_field", "data.max_target_length"))
 SPEECH_RECOGNITION = register_task(SpeechRecognitionTask())

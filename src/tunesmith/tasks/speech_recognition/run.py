@@ -10,43 +10,60 @@ import numpy as np
 import torch
 
 from tunesmith.console import say
-from tunesmith.data.speech import SpeechCollator, SpeechFeatures, check_speech, read_transcribed
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.speech import (
+from tunesmith.methods import get_method
+from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
+from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
+from tunesmith.run_folder import RunFolder
+from tunesmith.tasks.common import (
+    data_for_eval,
+    encoder_decoder_exportable,
+    prediction_target,
+    stop_on_bad_rows,
+)
+from tunesmith.tasks.speech_recognition.data import (
+    SpeechCollator,
+    SpeechFeatures,
+    check_speech,
+    load_processor,
+    read_transcribed,
+)
+from tunesmith.tasks.speech_recognition.metrics import (
     error_rates,
     example_wer,
     generation_arguments,
     transcribe,
-    transcript_loss_sums,
 )
-from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
-from tunesmith.models.loading import default_cache_dir, load_model, resolve_model
-from tunesmith.run_folder import RunFolder
-from tunesmith.tasks.common import bad_rows_error, data_for_eval, prediction_target
-from tunesmith.tasks.speech_recognition import AUTO_CLASS, load_processor
+from tunesmith.tasks.speech_recognition.settings import SECTION
+
+AUTO_CLASS = "AutoModelForSpeechSeq2Seq"
 
 
 class Transcriber:
-    """A finished run's model (full weights, or base + adapter) with its feature extractor and tokenizer."""
+    """A finished run's model (full weights, or base + adapter) with its feature extractor and tokenizer;
+    `settings`: the run's speech section (language, task, normalizer)."""
 
     def __init__(self, run: RunFolder, base_only: bool = False):
         summary = run.finished_summary("transcribe")
         self.cfg = cfg = run.load_config()
+        self.settings = settings = cfg.section(SECTION)
         self.extractor, self.tokenizer = load_processor(str(run.model_dir), cfg)
         base_path = summary.base_model_path
         if not base_path or not Path(base_path).exists():
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         self.base_path = base_path
-        weights = base_path if summary.is_adapter or base_only else str(run.model_dir)
-        self.model = load_model(weights, cfg.model, None, AUTO_CLASS)
-        if summary.is_adapter and not base_only:
-            from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(run.model_dir))
+        def load(weights: str, quantization):
+            return load_model(weights, cfg.model, quantization, AUTO_CLASS)
+
+        if base_only:  # the untouched base, for `tunesmith eval --baseline`
+            self.model = load(base_path, None)
+        else:  # full weights, or the adapter over its base: the method says which
+            self.model = get_method(cfg.method.name).reload(load, run.model_dir, base_path, cfg.method)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
-        self.options = generation_arguments(self.model, cfg.speech.language, cfg.speech.task)
-        max_labels = min(cfg.data.max_target_length, self.model.config.max_target_positions)
+        self.options = generation_arguments(self.model, settings.language, settings.task)
+        max_labels = min(settings.max_target_length, self.model.config.max_target_positions)
         # Every input gets a transcript: a clip longer than the window is cut to it (and counted by the caller).
         self.speech = SpeechFeatures(self.extractor, self.tokenizer, max_labels, "truncate")
         self.window_seconds = self.speech.window_seconds
@@ -60,7 +77,7 @@ class Transcriber:
                 self.model,
                 self.speech.features(chunk),
                 self.tokenizer,
-                self.cfg.speech.max_new_tokens,
+                self.settings.max_new_tokens,
                 self.options,
             )
         return texts
@@ -76,7 +93,9 @@ class Transcriber:
 def predict(run: RunFolder, source, output, batch_size: int) -> dict:
     """Transcribe every clip of a folder (or every row of a table's audio field); write JSONL or CSV."""
     transcriber = Transcriber(run)
-    examples, problems = read_transcribed(str(source), transcriber.cfg.data, transcribed=False)
+    examples, problems = read_transcribed(
+        str(source), transcriber.cfg.data, transcriber.settings, transcribed=False
+    )
     target = prediction_target(run, source, output, problems, "transcribed", (".jsonl", ".csv"))
     cut = [e for e in examples if e.seconds > transcriber.window_seconds]
     if cut:
@@ -113,9 +132,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     generations.jsonl, worst-transcribed first."""
     cfg = run.load_config()
     data_cfg = data_for_eval(cfg.data, data)
-    checked = check_speech(data_cfg)
-    if checked.problems and data_cfg.on_error == "stop":
-        raise bad_rows_error(checked)
+    checked = stop_on_bad_rows(check_speech(data_cfg, cfg.section(SECTION)), data_cfg)
     split = "data" if data else ("test" if checked.test else "validation")
     examples = checked.train if data else (checked.test or checked.validation)
     if generations:
@@ -126,7 +143,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     paths = [e.path for e in examples]
     tuned = Transcriber(run).transcribe_files(paths, cfg.eval.batch_size)
     base = Transcriber(run, base_only=True).transcribe_files(paths, cfg.eval.batch_size) if baseline else None
-    normalizer = cfg.speech.normalizer
+    normalizer = cfg.section(SECTION).normalizer
     records = []
     for i, example in enumerate(examples):
         record = {"where": example.where, "reference": example.text, "tuned": tuned[i]}
@@ -159,12 +176,11 @@ def exportable(run: RunFolder) -> Exportable:
     transcriber = Transcriber(run)
     cfg, speech = transcriber.cfg, transcriber.speech
     model = merged(transcriber.model)
-    checked = check_speech(cfg.data.model_copy(update={"on_error": "skip"}))
+    checked = check_speech(cfg.data.model_copy(update={"on_error": "skip"}), transcriber.settings)
     rows, _ = speech.prepare((checked.validation or checked.train)[:MAX_VALIDATION_EXAMPLES])
     if not rows:
         raise TunesmithError(f"export: {run.path} has no clips left to check the export on")
     collate = SpeechCollator(speech, model.config.decoder_start_token_id)
-    names = ["input_features", "decoder_input_ids"]
     batches = []
     for start in range(0, len(rows), 8):
         batch = collate(rows[start : start + 8])
@@ -177,19 +193,10 @@ def exportable(run: RunFolder) -> Exportable:
             "input_features": first["input_features"][:1],
             "decoder_input_ids": first["decoder_input_ids"][:1, :short],
         },
-        {k: first[k] for k in names},
+        first,
     ]
-    return Exportable(
-        task=cfg.task,
-        auto_class=AUTO_CLASS,
-        metric_name="validation_loss",
-        metric_sums=transcript_loss_sums,
-        model=model,
-        processor=AutoProcessor.from_pretrained(str(run.model_dir)),
-        input_names=names,
-        probes=probes,
-        validation=[({k: inputs[k] for k in names}, labels) for inputs, labels in batches],
-    )
+    processor = AutoProcessor.from_pretrained(str(run.model_dir))
+    return encoder_decoder_exportable(cfg, AUTO_CLASS, model, processor, probes, batches)
 
 
 def _decoder_inputs(model, labels: torch.Tensor) -> dict:

@@ -43,7 +43,6 @@ class TokenClassificationTask(Task):
     provides = frozenset()  # no "labels": features fits one label per text, not one per word
     default_overflow = "truncate"
     verbs = frozenset({"predict"})
-    route_group = "entities"
     auto_class = "AutoModelForTokenClassification"
     plan_kind = "classifier"
     selection_metric = (
@@ -191,6 +190,11 @@ class TokenClassificationTask(Task):
         return head_rungs("tag head")
 
     # -- a finished run -----------------------------------------------------------------------------------------
+    def routes(self):
+        from tunesmith.tasks.token_classification import routes
+
+        return routes
+
     def load_run(self, run: RunFolder, adapter_name: str = "default", into=None):
         from tunesmith.tasks.token_classification.run import Tagger
 

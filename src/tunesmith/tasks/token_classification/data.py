@@ -33,9 +33,10 @@ class TaggedExample:
     def key(self) -> tuple:
         return (self.words,)
 
-    def token_count(self, tokenizer) -> int:
+    def token_count(self, renderer) -> int:
         """Sub-tokens the model sees for the words (with its special tokens), before max_length."""
-        return len(tokenizer(list(self.words), is_split_into_words=True, truncation=False)["input_ids"])
+        words = list(self.words)
+        return len(renderer.tokenizer(words, is_split_into_words=True, truncation=False)["input_ids"])
 
 
 def split_words(text: str) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:

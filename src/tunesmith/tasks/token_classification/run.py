@@ -11,6 +11,7 @@ import torch
 from tunesmith.config import Config
 from tunesmith.data.prepare import bad_rows_error
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import get_method
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable, merged
 from tunesmith.models.heads import fresh_head_unless_same_labels, label_arguments
 from tunesmith.models.loading import default_cache_dir, load_model, load_tokenizer, resolve_model
@@ -24,8 +25,8 @@ from tunesmith.tasks.token_classification.tokens import max_tokens
 AUTO_CLASS = "AutoModelForTokenClassification"
 
 
-def load_tagging_model(weights: str, cfg: Config, labels: list[str]):
-    return load_model(weights, cfg.model, None, AUTO_CLASS, **label_arguments(labels))
+def load_tagging_model(weights: str, cfg: Config, labels: list[str], quantization=None):
+    return load_model(weights, cfg.model, quantization, AUTO_CLASS, **label_arguments(labels))
 
 
 class Tagger:
@@ -41,13 +42,13 @@ class Tagger:
             base_path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
         self.base_path = base_path
         self.tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
-        self.model = load_tagging_model(
-            base_path if summary.is_adapter else str(run.model_dir), cfg, self.labels
+        self.model = get_method(cfg.method.name).reload(  # full weights, or the adapter over its base
+            lambda weights, quantization: load_tagging_model(weights, cfg, self.labels, quantization),
+            run.model_dir,
+            base_path,
+            cfg.method,
+            adapter_name,
         )
-        if summary.is_adapter:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, str(run.model_dir), adapter_name=adapter_name)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
 

@@ -9,43 +9,27 @@ import time
 import torch
 from transformers import Trainer
 
-from tunesmith.config import PreferenceConfig
-from tunesmith.evaluation.preference import SequenceLogps, sequence_logps
+from tunesmith.tasks.preference.losses import Answers, LossSpec, Pairs, PreferenceLoss, get_loss, with_sft
+from tunesmith.tasks.preference.scoring import SequenceLogps, sequence_logps
+from tunesmith.tasks.preference.settings import PreferenceConfig
 from tunesmith.training.loop import AtomicCheckpoints
-from tunesmith.training.preference_losses import (
-    NEEDS_REFERENCE,
-    PreferenceLoss,
-    dpo_loss,
-    ipo_loss,
-    kto_loss,
-    orpo_loss,
-    simpo_loss,
-    with_sft,
-)
 
 
 def pair_loss(
-    pref: PreferenceConfig, policy: SequenceLogps, reference: torch.Tensor | None
+    spec: LossSpec, pref: PreferenceConfig, policy: SequenceLogps, reference: torch.Tensor | None
 ) -> PreferenceLoss:
-    """The configured loss for a batch of rows laid out as [chosen..., rejected...]."""
-    pairs = policy.logps.shape[0] // 2
-    chosen, rejected = policy.logps[:pairs], policy.logps[pairs:]
-    chosen_lengths, rejected_lengths = policy.lengths[:pairs], policy.lengths[pairs:]
-    if pref.loss == "orpo":
-        return orpo_loss(chosen, rejected, chosen_lengths, rejected_lengths, policy.nll, pref.beta)
-    if pref.loss == "simpo":  # with sft_weight: TRL's CPOTrainer, loss_type simpo, cpo_alpha = sft_weight
-        result = simpo_loss(
-            chosen, rejected, chosen_lengths, rejected_lengths, pref.beta, pref.gamma, pref.label_smoothing
-        )
-        return with_sft(result, chosen, chosen_lengths, pref.sft_weight)
-    ref_chosen, ref_rejected = reference[:pairs], reference[pairs:]
-    if pref.loss == "ipo":
-        result = ipo_loss(
-            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths, pref.beta
-        )
-    else:
-        result = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, pref.beta, pref.label_smoothing)
-    return with_sft(result, chosen, chosen_lengths, pref.sft_weight)
+    """A paired loss for a batch of rows laid out as [chosen..., rejected...], plus the chosen answers' NLL
+    (sft_weight) where the loss reads it."""
+    count = policy.logps.shape[0] // 2  # the chosen rows come first
+    logps, lengths = policy.logps, policy.lengths
+    ref_chosen, ref_rejected = (None, None) if reference is None else (reference[:count], reference[count:])
+    pairs = Pairs(
+        logps[:count], logps[count:], lengths[:count], lengths[count:], ref_chosen, ref_rejected, policy.nll
+    )
+    result = spec.compute(pairs, pref)
+    if "sft_weight" in spec.reads:
+        result = with_sft(result, pairs.chosen, pairs.chosen_lengths, pref.sft_weight)
+    return result
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -62,6 +46,7 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
     def __init__(self, *args, preference: PreferenceConfig, reference_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.preference = preference
+        self.loss = get_loss(preference.loss)
         self.reference_model = reference_model
         if reference_model is not None:
             reference_model.eval().requires_grad_(False)
@@ -75,7 +60,7 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
     def reference_logps(self, batch: dict, prefix: str = "") -> torch.Tensor | None:
         """The reference's summed answer log-probabilities: precomputed in the batch, a frozen copy, or the
         trained model itself with its adapter switched off (no second copy of the base in memory)."""
-        if not NEEDS_REFERENCE[self.preference.loss]:
+        if not self.loss.reference:
             return None
         cached = batch.get(f"ref_{prefix}logps")
         if cached is not None:
@@ -89,28 +74,19 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
 
     # -- the loss -----------------------------------------------------------------------------------------------
     def preference_step(self, model, batch: dict) -> tuple[PreferenceLoss, SequenceLogps]:
-        if self.preference.loss == "kto":
-            return self._kto_step(model, batch)
+        if not self.loss.paired:
+            return self._unpaired_step(model, batch)
         pairs = batch["input_ids"].shape[0] // 2
-        policy = sequence_logps(model, batch, nll_rows=pairs if self.preference.loss == "orpo" else 0)
-        return pair_loss(self.preference, policy, self.reference_logps(batch)), policy
+        policy = sequence_logps(model, batch, nll_rows=pairs if self.loss.prompt_nll else 0)
+        return pair_loss(self.loss, self.preference, policy, self.reference_logps(batch)), policy
 
-    def _kto_step(self, model, batch: dict) -> tuple[PreferenceLoss, SequenceLogps]:
-        pref = self.preference
+    def _unpaired_step(self, model, batch: dict) -> tuple[PreferenceLoss, SequenceLogps]:
         with torch.no_grad():
             kl_logps = sequence_logps(model, batch, "kl_").logps
         policy = sequence_logps(model, batch)
-        result = kto_loss(
-            policy.logps,
-            self.reference_logps(batch),
-            batch["desirable"],
-            kl_logps,
-            self.reference_logps(batch, "kl_"),
-            pref.beta,
-            pref.desirable_weight,
-            pref.undesirable_weight,
-        )
-        return result, policy
+        references = self.reference_logps(batch), self.reference_logps(batch, "kl_")
+        answers = Answers(policy.logps, batch["desirable"], kl_logps, *references)
+        return self.loss.compute(answers, self.preference), policy
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self.preference.split_backward:
@@ -171,16 +147,17 @@ class PreferenceTrainer(AtomicCheckpoints, Trainer):
     def _record(self, mode: str, result: PreferenceLoss, policy: SequenceLogps, inputs: dict) -> None:
         self._add(mode, "rewards/chosen", result.chosen_rewards)
         self._add(mode, "rewards/rejected", result.rejected_rewards)
-        if self.preference.loss == "kto":
-            desirable = inputs["desirable"]
-            self._add(mode, "logps/chosen", policy.logps[desirable])
-            self._add(mode, "logps/rejected", policy.logps[~desirable])
-            self._add(mode, "kl", result.kl.reshape(1))
-        else:
+        if self.loss.paired:
             pairs = policy.logps.shape[0] // 2
             self._add(mode, "logps/chosen", policy.logps[:pairs])
             self._add(mode, "logps/rejected", policy.logps[pairs:])
             self._add(mode, "rewards/accuracies", (result.chosen_rewards > result.rejected_rewards).float())
+        else:
+            desirable = inputs["desirable"]
+            self._add(mode, "logps/chosen", policy.logps[desirable])
+            self._add(mode, "logps/rejected", policy.logps[~desirable])
+        if result.kl is not None:
+            self._add(mode, "kl", result.kl.reshape(1))
 
     def averages(self, mode: str) -> dict[str, float]:
         """Each metric averaged over every example recorded since the last log, on all ranks."""
@@ -234,7 +211,7 @@ def split_backward(trainer: PreferenceTrainer, model, batch: dict, accumulation:
         scored = sequence_logps(model, batch)
     logps = scored.logps.detach().requires_grad_(True)
     result = pair_loss(
-        trainer.preference, SequenceLogps(logps, scored.lengths), trainer.reference_logps(batch)
+        trainer.loss, trainer.preference, SequenceLogps(logps, scored.lengths), trainer.reference_logps(batch)
     )
     (weights,) = torch.autograd.grad(result.loss, logps)
     trainer._record("train", result, SequenceLogps(logps.detach(), scored.lengths), batch)

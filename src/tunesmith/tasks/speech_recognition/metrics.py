@@ -103,15 +103,3 @@ def teacher_forced_loss(model, batches) -> dict:
     finally:
         model.train(was_training)
     return {"loss": round(total / max(count, 1), 6), "tokens": count}
-
-
-def transcript_loss_sums(logits, labels) -> tuple[float, int]:
-    """(summed loss, transcript tokens) of an encoder-decoder's logits: position t predicts labels[t] (no shift)."""
-    import numpy as np
-
-    scores = logits.astype(np.float64)
-    scores -= scores.max(axis=-1, keepdims=True)
-    log_probs = scores - np.log(np.exp(scores).sum(axis=-1, keepdims=True))
-    keep = labels != -100
-    picked = np.take_along_axis(log_probs, np.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
-    return float(-(picked * keep).sum()), int(keep.sum())

@@ -9,15 +9,19 @@ answers are whole conversations with no prompt field has its prompt taken from t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from tunesmith.config import DataConfig, PreferenceConfig
+from tunesmith.config import DataConfig
 from tunesmith.data.collate import IGNORE, PadCollator
-from tunesmith.data.prepare import CheckedData, three_splits
+from tunesmith.data.prepare import CheckedData, read_splits, rows_report, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.data.templates import Messages, Renderer
+from tunesmith.data.validate import each_row
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.preference import losses
+from tunesmith.tasks.preference.settings import PreferenceConfig
 
 ROLES = {"system", "user", "assistant"}
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes"}, {"false", "0", "no"}
@@ -36,6 +40,12 @@ class PreferencePair:
     def key(self) -> tuple:
         return (self.prompt, self.chosen, self.rejected)
 
+    def token_count(self, renderer: Renderer) -> int | None:
+        """The longest sequence the model sees (prompt plus the longer answer); None if the template cannot
+        render the pair."""
+        item, _ = encode_pair(self, renderer)
+        return longest(item) if item else None
+
 
 @dataclass(frozen=True)
 class LabelledAnswer:
@@ -49,6 +59,10 @@ class LabelledAnswer:
     @property
     def key(self) -> tuple:
         return (self.prompt, self.completion, self.desirable)
+
+    def token_count(self, renderer: Renderer) -> int:
+        """The sequence the model sees: the prompt and the answer."""
+        return longest(encode_labelled(self, renderer)[0])
 
 
 # -- one row -> one example or one problem ---------------------------------------------------------------
@@ -169,17 +183,18 @@ def to_labelled(
     return LabelledAnswer(row.where, prompt, completion, desirable), None
 
 
-def detect_shape(rows: list[Row], pref: PreferenceConfig) -> str:
-    """'paired' (chosen/rejected) or 'unpaired' (completion/label, KTO only), from the first readable row."""
+def detect_shape(rows: list[Row], pref: PreferenceConfig, paired: bool) -> str:
+    """'paired' (chosen/rejected) or, unless `paired`, 'unpaired' (completion/label), from the first readable row."""
     for row in rows:
         if row.data is None:
             continue
         keys = set(row.data)
         if {pref.chosen_field, pref.rejected_field} & keys:
             return "paired"
-        if {pref.completion_field, pref.label_field} & keys and pref.loss == "kto":
+        if {pref.completion_field, pref.label_field} & keys and not paired:
             return "unpaired"
-        unpaired = f"; or, for kto, '{pref.completion_field}' and '{pref.label_field}'"
+        unpaired_losses = " or ".join(losses.names(lambda spec: not spec.paired))
+        unpaired = f"; or, for {unpaired_losses}, '{pref.completion_field}' and '{pref.label_field}'"
         raise TunesmithError(
             f"{row.where}: preference rows need '{pref.chosen_field}' and '{pref.rejected_field}'"
             f"{unpaired}, got fields {sorted(keys)}; set preference.chosen_field / rejected_field "
@@ -193,21 +208,12 @@ def detect_shape(rows: list[Row], pref: PreferenceConfig) -> str:
 def validate_preference_rows(rows: list[Row], shape: str, pref: PreferenceConfig, cfg: DataConfig):
     """Valid examples and one 'file:line: reason' per bad row."""
     convert = to_pair if shape == "paired" else to_labelled
-    examples, problems = [], []
-    for row in rows:
-        if row.error:
-            problems.append(f"{row.where}: {row.error}")
-            continue
-        example, problem = convert(row, pref, cfg)
-        if problem:
-            problems.append(f"{row.where}: {problem}")
-        else:
-            examples.append(example)
-    return examples, problems
+    return each_row(rows, partial(convert, pref=pref, cfg=cfg))
 
 
 def unpair(pairs: list[PreferencePair]) -> list[LabelledAnswer]:
-    """KTO on paired data: each chosen answer is a desirable example, each rejected one an undesirable one."""
+    """An unpaired loss (KTO) on paired data: each chosen answer is a desirable example, each rejected one an
+    undesirable one."""
     answers = []
     for pair in pairs:
         answers.append(LabelledAnswer(pair.where, pair.prompt, pair.chosen, True))
@@ -226,40 +232,26 @@ def _split_by_prompt(examples: list, ratio: float, seed: int) -> tuple[list, lis
     return [e for e in examples if e.prompt not in held], [e for e in examples if e.prompt in held]
 
 
-def check_preference_data(cfg: DataConfig, pref: PreferenceConfig) -> CheckedData:
+def check_preference_data(cfg: DataConfig, pref: PreferenceConfig, as_pairs: bool = False) -> CheckedData:
     """Read and validate every row of the train (validation and test) files; split as every task splits (whole
-    prompts held out), counted in the report."""
+    prompts held out), counted in the report. As the loss reads them (pairs, or unpaired answers), or as pairs
+    whatever the loss (`as_pairs`: a run of an unpaired loss is evaluated on pairs)."""
+    paired = as_pairs or losses.get_loss(pref.loss).paired
     rows = read_rows(cfg.train_file)
-    shape = detect_shape(rows, pref)
-    train, problems = validate_preference_rows(rows, shape, pref, cfg)
-    read = len(rows)
-    validation: list = []
-    test: list = []
-    for path, split in ((cfg.validation_file, validation), (cfg.test_file, test)):
-        if path:
-            more_rows = read_rows(path)
-            examples, more = validate_preference_rows(more_rows, shape, pref, cfg)
-            split.extend(examples)
-            problems += more
-            read += len(more_rows)
-    unpaired_for_kto = shape == "paired" and pref.loss == "kto"
-    report = {
-        "train_file": cfg.train_file,
-        "validation_file": cfg.validation_file,
-        "format": f"preference ({shape}{', unpaired for kto' if unpaired_for_kto else ''})",
-        "rows_read": read,
-        "bad_rows": len(problems),
-        "bad_row_list": problems[:200],
-        "on_error": cfg.on_error,
-    }
+    shape = detect_shape(rows, pref, paired)
+    validate = partial(validate_preference_rows, shape=shape, pref=pref, cfg=cfg)
+    train, validation, test, problems, read = read_splits(cfg, rows, validate)
+    unpaired_for_loss = shape == "paired" and not paired
+    fmt = f"preference ({shape}{f', unpaired for {pref.loss}' if unpaired_for_loss else ''})"
+    report = rows_report(cfg, fmt, problems, read)
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of the prompts in {cfg.train_file} held out (seed {cfg.seed})"
-    # Split the rows as written, then unpair for KTO: a KTO run and its pair-scoring eval hold out the same prompts.
+    # Split the rows as written, then unpair: a KTO run and its pair-scoring eval hold out the same prompts.
     train, validation, test = three_splits(train, validation, test, cfg, report, _split_by_prompt, held_out)
-    if unpaired_for_kto:
+    if unpaired_for_loss:
         train, validation, test = unpair(train), unpair(validation), unpair(test)
-    if pref.loss == "kto":
+    if not paired:
         report["desirable"] = sum(example.desirable for example in train)
         report["undesirable"] = len(train) - report["desirable"]
     return CheckedData(train, validation, report, problems, test)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
+from tunesmith.config import EvalConfig
 from tunesmith.data.collate import IGNORE
-from tunesmith.data.seq2seq import Seq2SeqCollator
+from tunesmith.evaluation.text_metrics import generation_scores
+from tunesmith.tasks.seq2seq.data import Seq2SeqCollator, SourceEncoder
 
 
 @torch.no_grad()
@@ -85,12 +86,25 @@ def generate_targets(
     return outputs
 
 
-def target_loss_sums(logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-    """(summed loss, target tokens) of decoder logits against labels at the same positions (no shift: the
-    decoder's input is already the shifted target)."""
-    scores = logits.astype(np.float64)
-    scores -= scores.max(axis=-1, keepdims=True)
-    log_probs = scores - np.log(np.exp(scores).sum(axis=-1, keepdims=True))
-    keep = labels != IGNORE
-    picked = np.take_along_axis(log_probs, np.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
-    return float(-(picked * keep).sum()), int(keep.sum())
+def generate_for(model, encoder: SourceEncoder, rows: list[dict], settings: EvalConfig) -> list[str]:
+    """Greedy targets for tokenized rows, eval.max_new_tokens at most, eval.batch_size at a time."""
+    sources = [row["input_ids"] for row in rows]
+    return generate_targets(
+        model,
+        sources,
+        encoder.tokenizer,
+        encoder.stop_token_ids(),
+        settings.max_new_tokens,
+        settings.batch_size,
+    )
+
+
+def test_scores(model, encoder: SourceEncoder, rows: list[dict], kept: list, settings: EvalConfig) -> dict:
+    """Loss per target token on every row, ROUGE/BLEU on the first eval.generations of them."""
+    scores = target_loss(model, rows, encoder.pad_token_id, settings.batch_size)
+    count = min(len(rows), settings.generations)
+    if count:
+        outputs = generate_for(model, encoder, rows[:count], settings)
+        generated = generation_scores([example.target for example in kept[:count]], outputs)
+        scores |= {k: v for k, v in generated.items() if k != "examples"} | {"generated_examples": count}
+    return scores

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Protocol
 
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serving.registry import Registry, ServedModel
+from tunesmith.run_folder import RunFolder
 
 ERRORS = {
     400: "invalid_request_error",
@@ -86,13 +91,35 @@ class Metrics:
 
 
 @dataclass
+class ServedModel:
+    """One run the server answers for, under its model id."""
+
+    id: str
+    task: str
+    run: RunFolder
+    routes: ModuleType | None = None  # the task's own route module (Task.routes()), when it has one
+    model: object = None  # a PeftModel holding several adapters, or a plain model
+    adapter: str | None = None  # which adapter of `model` answers for this id
+    renderer: object = None  # a Generator's template (the one `tunesmith generate` uses)
+    system_prompt: str | None = None
+    handle: object = None  # the run as its Task loads it: a Generator, or the HANDLE its routes declare
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per weights
+
+
+class Models(Protocol):
+    """The served models by id (tunesmith.serving.registry.Registry)."""
+
+    models: dict[str, ServedModel]
+
+    def get(self, model_id: str) -> ServedModel | None: ...
+
+
+@dataclass
 class ServingContext:
     """Handed to each route group's add_routes: the models, which route group answers for each, caps, metrics."""
 
-    registry: Registry
-    route_groups: dict[
-        str, str | None
-    ]  # model id -> the route group that answers for it (None: no HTTP routes)
+    registry: Models  # the server's Registry (serving's own routes also ask it to generate)
+    route_groups: dict[str, str | None]  # model id -> its route group (None: no HTTP route answers for it)
     group_paths: dict[str, tuple[str, ...]]  # route group -> its paths, for "use ... instead" messages
     limits: Limits
     metrics: Metrics
@@ -149,3 +176,15 @@ def input_texts(value: str | list[str], limits: Limits) -> list[str]:
         raise ApiError(400, f"input[{empty[0]}] is empty", "input")
     check_text_sizes({f"input[{i}]": t for i, t in enumerate(texts)}, limits, "input", "text")
     return texts
+
+
+async def answer_each_text(
+    context: ServingContext, group: str, model_id: str, value: str | list[str], answer: Callable
+) -> dict:
+    """The answer of a route that takes one text or a list (/v1/classify, /v1/entities): the model checked for
+    `group`, the texts checked (input_texts), `answer(model, texts)` run off the event loop (a dict per text), and
+    {"object": "list", "model", "data": [{"index": i, **that text's dict}]}."""
+    model = context.model(model_id, group)
+    texts = input_texts(value, context.limits)
+    results = await run_in_threadpool(answer, model, texts)
+    return {"object": "list", "model": model.id, "data": [{"index": i, **r} for i, r in enumerate(results)]}

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.config import DataConfig
+from tunesmith.config import Config, DataConfig
 from tunesmith.data.collate import IGNORE
 from tunesmith.data.media import AUDIO_SUFFIXES, audio_problem, read_audio
-from tunesmith.data.prepare import CheckedData, three_splits
+from tunesmith.data.prepare import CheckedData, rows_report, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.speech_recognition.settings import SECTION, SpeechConfig
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,22 @@ def _clip(where: str, path: Path, text: str | None) -> TranscribedExample | str:
     return TranscribedExample(where, str(path), text, info.frames / info.samplerate, info.samplerate)
 
 
-def _from_row(row: Row, cfg: DataConfig, transcribed: bool) -> TranscribedExample | str:
+def _from_row(row: Row, text_field: str, audio_field: str, transcribed: bool) -> TranscribedExample | str:
     data = row.data
     present = ", ".join(sorted(data)) or "none"
     text = None
     if transcribed:
-        if cfg.text_field not in data:
-            return f"missing transcript field '{cfg.text_field}' (fields present: {present}); set data.text_field"
-        text = data[cfg.text_field]
+        if text_field not in data:
+            return f"missing transcript field '{text_field}' (fields present: {present}); set data.text_field"
+        text = data[text_field]
         if not isinstance(text, str) or not text.strip():
-            return f"empty transcript in field '{cfg.text_field}'; fill it or remove the row"
+            return f"empty transcript in field '{text_field}'; fill it or remove the row"
         text = text.strip()
-    value = data.get(cfg.audio_field)
-    if cfg.audio_field not in data:
-        return f"missing audio field '{cfg.audio_field}' (fields present: {present}); set data.audio_field"
+    value = data.get(audio_field)
+    if audio_field not in data:
+        return f"missing audio field '{audio_field}' (fields present: {present}); set speech.audio_field"
     if not isinstance(value, str) or not value.strip():
-        return f"audio field '{cfg.audio_field}' is empty; give the row its audio file or remove it"
+        return f"audio field '{audio_field}' is empty; give the row its audio file or remove it"
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(row.source).parent / path  # paths in a table are relative to the table
@@ -92,7 +93,7 @@ def read_transcript_folder(folder: Path, transcribed: bool = True):
     return examples, problems
 
 
-def read_transcribed(source: str, cfg: DataConfig, transcribed: bool = True):
+def read_transcribed(source: str, data: DataConfig, settings: SpeechConfig, transcribed: bool = True):
     """(examples, problems) from a table or a folder; each problem names its file:line (or file) and the fix."""
     path = Path(source)
     if not path.exists():
@@ -103,7 +104,7 @@ def read_transcribed(source: str, cfg: DataConfig, transcribed: bool = True):
         return read_transcript_folder(path, transcribed)
     examples, problems = [], []
     for row in read_rows(path):
-        result = row.error or _from_row(row, cfg, transcribed)
+        result = row.error or _from_row(row, data.text_field, settings.audio_field, transcribed)
         (problems.append(f"{row.where}: {result}") if isinstance(result, str) else examples.append(result))
     return examples, problems
 
@@ -117,25 +118,18 @@ def seeded_split(examples: list, ratio: float, seed: int) -> tuple[list, list]:
     ]
 
 
-def check_speech(cfg: DataConfig) -> CheckedData:
+def check_speech(cfg: DataConfig, settings: SpeechConfig) -> CheckedData:
     """Read, validate, deduplicate and split a speech data set (train, validation, test)."""
-    train, problems = read_transcribed(cfg.train_file, cfg)
+    train, problems = read_transcribed(cfg.train_file, cfg, settings)
     validation, test = [], []
     if cfg.validation_file:
-        validation, more = read_transcribed(cfg.validation_file, cfg)
+        validation, more = read_transcribed(cfg.validation_file, cfg, settings)
         problems += more
     if cfg.test_file:
-        test, more = read_transcribed(cfg.test_file, cfg)
+        test, more = read_transcribed(cfg.test_file, cfg, settings)
         problems += more
-    report = {
-        "modality": "speech",
-        "train_file": cfg.train_file,
-        "validation_file": cfg.validation_file,
-        "rows_read": len(train) + len(validation) + len(test) + len(problems),
-        "bad_rows": len(problems),
-        "bad_row_list": problems[:200],
-        "on_error": cfg.on_error,
-    }
+    read = len(train) + len(validation) + len(test) + len(problems)
+    report = {"modality": "speech", **rows_report(cfg, "audio_transcript", problems, read)}
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} held out (seed {cfg.seed})"
@@ -145,6 +139,34 @@ def check_speech(cfg: DataConfig) -> CheckedData:
     )  # vs the model's window
     report["sample_rates"] = sorted({e.sample_rate for e in train + validation + test})
     return CheckedData(train, validation, report, problems, test)
+
+
+def load_processor(model_path: str, cfg: Config):
+    """The model's feature extractor and tokenizer; multilingual Whisper's tokenizer gets the language and task
+    tokens every transcript starts with (<|startoftranscript|><|en|><|transcribe|><|notimestamps|>)."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(model_path, revision=cfg.model.revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
+    except (OSError, ValueError) as exc:
+        raise TunesmithError(
+            f"model.name: {model_path} has no feature extractor and tokenizer ({exc.__class__.__name__}); save "
+            "them next to the weights (WhisperProcessor.save_pretrained(folder))"
+        ) from None
+    if not hasattr(extractor, "n_samples"):
+        raise TunesmithError(
+            f"model.name: {model_path}'s feature extractor ({type(extractor).__name__}) is not Whisper's; "
+            "speech-recognition trains Whisper-style encoder-decoder models (CTC models are not supported yet)"
+        )
+    if hasattr(tokenizer, "set_prefix_tokens"):
+        settings = cfg.section(SECTION)
+        if settings.language and "<|startoftranscript|>" not in tokenizer.get_vocab():
+            raise TunesmithError(
+                f"speech.language: {model_path}'s tokenizer has no language tokens; unset it"
+            )
+        tokenizer.set_prefix_tokens(language=settings.language, task=settings.task, predict_timestamps=False)
+    return extractor, tokenizer
 
 
 class SpeechFeatures:

@@ -1,22 +1,33 @@
-"""Routes for speech-recognition models: OpenAI's POST /v1/audio/transcriptions (a multipart file upload) ->
+"""The route for speech-recognition models: OpenAI's POST /v1/audio/transcriptions (a multipart file upload) ->
 the transcript as json, text or verbose_json."""
 
 from __future__ import annotations
 
 import io
-from typing import Annotated
+from typing import Annotated, Protocol, runtime_checkable
 
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serving.context import ApiError, ServingContext
-from tunesmith.serving.schemas import ErrorResponse
+from tunesmith.http.context import ApiError, ServingContext
+from tunesmith.http.schemas import ERROR_RESPONSES
 
 GROUP = "transcription"
 PATHS = ("/v1/audio/transcriptions",)
-RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)}
 FORMATS = ("json", "text", "verbose_json")
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    """A finished speech-recognition run: audio in, its transcript out."""
+
+    window_seconds: float
+
+    def transcribe_clips(self, clips: list, batch_size: int = 8) -> list[str]: ...
+
+
+HANDLE = Transcriber  # what the server checks a run's handle against when it loads it
 
 
 def decode(upload: bytes, sampling_rate: int):
@@ -37,7 +48,7 @@ def decode(upload: bytes, sampling_rate: int):
 
 
 def add_routes(app: FastAPI, context: ServingContext) -> None:
-    @app.post("/v1/audio/transcriptions", responses=RESPONSES)
+    @app.post("/v1/audio/transcriptions", responses=ERROR_RESPONSES)
     async def transcriptions(
         file: Annotated[UploadFile, File()],
         model: Annotated[str, Form()],
@@ -57,8 +68,8 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             raise ApiError(
                 400, "temperature: this server transcribes greedily; send 0 or leave it out", "temperature"
             )
-        transcriber = served.handle  # a tunesmith.tasks.handles.Transcriber
-        configured = transcriber.cfg.speech.language
+        transcriber = served.handle  # a Transcriber (HANDLE)
+        configured = transcriber.settings.language
         if language and configured and language.lower() != configured.lower():
             raise ApiError(
                 400, f"language: this model was tuned for '{configured}'; leave language out", "language"
@@ -88,8 +99,8 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
         if response_format == "json":
             return {"text": text}
         return {
-            "task": transcriber.cfg.speech.task,
-            "language": transcriber.cfg.speech.language or "english",
+            "task": transcriber.settings.task,
+            "language": transcriber.settings.language or "english",
             "duration": round(seconds, 3),
             "text": text,
             "segments": [

@@ -1,12 +1,13 @@
 """Text-to-text data: tables of source and target, validated row by row, split, tokenized and padded.
 
-Sources and targets longer than data.max_length / data.max_target_length are dropped or cut (data.on_overflow),
+Sources and targets longer than data.max_length / seq2seq.max_target_length are dropped or cut (data.on_overflow),
 and counted either way in the data report; a cut keeps the end-of-sequence token, so the model still learns to stop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -16,10 +17,13 @@ from tunesmith.data.prepare import (
     CheckedData,
     _length_stats,
     _split,
+    read_splits,
+    rows_report,
     three_splits,
 )
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.seq2seq.settings import Seq2SeqConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class SourceTarget:
     def key(self) -> tuple:
         return (self.source, self.target)
 
+    def token_count(self, renderer) -> int:
+        """The source's tokens, checked against data.max_length (targets: the training data report)."""
+        return len(renderer.tokenizer(self.source)["input_ids"])
+
 
 def _field(row: Row, name: str, setting: str) -> tuple[str | None, str | None]:
     """(text, problem): a missing field names the setting that chooses it."""
@@ -41,7 +49,7 @@ def _field(row: Row, name: str, setting: str) -> tuple[str | None, str | None]:
     if name not in data:
         present = ", ".join(sorted(data)) or "none"
         return None, (
-            f"missing field '{name}' (fields present: {present}); rename the column or set data.{setting}"
+            f"missing field '{name}' (fields present: {present}); rename the column or set seq2seq.{setting}"
         )
     value = data[name]
     if value is None:
@@ -53,16 +61,16 @@ def _field(row: Row, name: str, setting: str) -> tuple[str | None, str | None]:
     return value, None
 
 
-def validate_pairs(rows: list[Row], cfg: DataConfig) -> tuple[list[SourceTarget], list[str]]:
+def validate_pairs(rows: list[Row], settings: Seq2SeqConfig) -> tuple[list[SourceTarget], list[str]]:
     """Every row becomes a SourceTarget or a problem naming its file:line, the field and the fix."""
     examples, problems = [], []
     for row in rows:
         if row.error is not None or row.data is None:
             problems.append(f"{row.where}: {row.error or 'unreadable row'}")
             continue
-        source, problem = _field(row, cfg.source_field, "source_field")
+        source, problem = _field(row, settings.source_field, "source_field")
         if problem is None:
-            target, problem = _field(row, cfg.target_field, "target_field")
+            target, problem = _field(row, settings.target_field, "target_field")
         if problem is not None:
             problems.append(f"{row.where}: {problem}")
             continue
@@ -70,49 +78,28 @@ def validate_pairs(rows: list[Row], cfg: DataConfig) -> tuple[list[SourceTarget]
     return examples, problems
 
 
-def read_sources(path: str, cfg: DataConfig) -> tuple[list[SourceTarget], list[str]]:
+def read_sources(path: str, settings: Seq2SeqConfig) -> tuple[list[SourceTarget], list[str]]:
     """Inputs to predict: rows with a source (a target, when present, is kept as the reference)."""
     examples, problems = [], []
     for row in read_rows(path):
         if row.error is not None or row.data is None:
             problems.append(f"{row.where}: {row.error or 'unreadable row'}")
             continue
-        source, problem = _field(row, cfg.source_field, "source_field")
+        source, problem = _field(row, settings.source_field, "source_field")
         if problem is not None:
             problems.append(f"{row.where}: {problem}")
             continue
-        target = row.data.get(cfg.target_field)
+        target = row.data.get(settings.target_field)
         examples.append(SourceTarget(row.where, source, target if isinstance(target, str) else ""))
     return examples, problems
 
 
-def read_pairs(path: str, cfg: DataConfig) -> tuple[list[SourceTarget], list[str], int]:
-    rows = read_rows(path)
-    examples, problems = validate_pairs(rows, cfg)
-    return examples, problems, len(rows)
-
-
-def check_pairs(cfg: DataConfig) -> CheckedData:
+def check_pairs(cfg: DataConfig, settings: Seq2SeqConfig) -> CheckedData:
     """Read and validate every file; split test, then validation, exactly as the other tasks do."""
-    train, problems, read = read_pairs(cfg.train_file, cfg)
-    validation: list[SourceTarget] = []
-    test: list[SourceTarget] = []
-    for path, bucket in ((cfg.validation_file, validation), (cfg.test_file, test)):
-        if path:
-            examples, more, count = read_pairs(path, cfg)
-            bucket.extend(examples)
-            problems += more
-            read += count
-    report = {
-        "train_file": cfg.train_file,
-        "validation_file": cfg.validation_file,
-        "format": "source_target",
-        "fields": {"source": cfg.source_field, "target": cfg.target_field},
-        "rows_read": read,
-        "bad_rows": len(problems),
-        "bad_row_list": problems[:200],
-        "on_error": cfg.on_error,
-    }
+    validate = partial(validate_pairs, settings=settings)
+    train, validation, test, problems, read = read_splits(cfg, read_rows(cfg.train_file), validate)
+    report = rows_report(cfg, "source_target", problems, read)
+    report["fields"] = {"source": settings.source_field, "target": settings.target_field}
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
@@ -164,28 +151,26 @@ def _cut(ids: list[int], limit: int) -> list[int]:
 
 
 def tokenize_pairs(
-    examples: list[SourceTarget], cfg: DataConfig, encoder: SourceEncoder
+    examples: list[SourceTarget], cfg: DataConfig, max_target_length: int, encoder: SourceEncoder
 ) -> tuple[list[dict], list[SourceTarget], dict]:
     """Rows of input_ids (source) and labels (target, ending in EOS), the examples kept (in row order), and the
     overflow report: over-long ones are dropped or cut, and counted."""
     rows, kept, long_sources, long_targets = [], [], [], []
     for example in examples:
         source, target = encoder.encode_source(example.source), encoder.encode_target(example.target)
-        over_source, over_target = len(source) > cfg.max_length, len(target) > cfg.max_target_length
+        over_source, over_target = len(source) > cfg.max_length, len(target) > max_target_length
         if over_source:
             long_sources.append(f"{example.where}: source {len(source)} tokens")
         if over_target:
             long_targets.append(f"{example.where}: target {len(target)} tokens")
         if (over_source or over_target) and cfg.on_overflow == "drop":
             continue
-        rows.append(
-            {"input_ids": _cut(source, cfg.max_length), "labels": _cut(target, cfg.max_target_length)}
-        )
+        rows.append({"input_ids": _cut(source, cfg.max_length), "labels": _cut(target, max_target_length)})
         kept.append(example)
     action = "drop" if cfg.on_overflow == "drop" else "truncate"
     report = {
         "sources": {"max_length": cfg.max_length, "action": action, "count": len(long_sources)},
-        "targets": {"max_length": cfg.max_target_length, "action": action, "count": len(long_targets)},
+        "targets": {"max_length": max_target_length, "action": action, "count": len(long_targets)},
         "list": (long_sources + long_targets)[:50],
     }
     return rows, kept, report

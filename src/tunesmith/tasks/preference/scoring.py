@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.collate import IGNORE
-from tunesmith.data.preference import PreferenceCollator
+from tunesmith.tasks.preference.data import PreferenceCollator
 
 
 @dataclass
