@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tunesmith.tasks.preference.losses import (
+from tunesmith.tasks.preference.losses.base import (
+    LossSettings,
     LossSpec,
     Pairs,
     PreferenceLoss,
@@ -13,11 +12,8 @@ from tunesmith.tasks.preference.losses import (
     sigmoid_loss,
 )
 
-if TYPE_CHECKING:
-    from tunesmith.tasks.preference.settings import PreferenceConfig
 
-
-def dpo(pairs: Pairs, pref: PreferenceConfig) -> PreferenceLoss:
+def dpo(pairs: Pairs, pref: LossSettings) -> PreferenceLoss:
     """label_smoothing > 0 is conservative DPO (the chance a preference label is flipped), the form TRL's sigmoid
     loss had before 1.0 and LLaMA-Factory's dpo_label_smoothing has; at 0 it is TRL 1.16's loss_type="sigmoid"."""
     chosen_logratios = pairs.chosen - pairs.ref_chosen

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from tunesmith.tasks.preference.losses.base import (
+    LossSettings,
+    LossSpec,
+    Pairs,
+    PreferenceLoss,
+    TrlTwin,
+    register_loss,
+)
 
-from tunesmith.tasks.preference.losses import LossSpec, Pairs, PreferenceLoss, TrlTwin, register_loss
 
-if TYPE_CHECKING:
-    from tunesmith.tasks.preference.settings import PreferenceConfig
-
-
-def ipo(pairs: Pairs, pref: PreferenceConfig) -> PreferenceLoss:
+def ipo(pairs: Pairs, pref: LossSettings) -> PreferenceLoss:
     """Log-ratios per answer token, as TRL (confirmed with the authors), so that the squared loss does not grow
     with answer length."""
     chosen_logratios = pairs.chosen - pairs.ref_chosen

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from tunesmith.tasks.preference.losses import Answers, LossSpec, PreferenceLoss, TrlTwin, register_loss
+from tunesmith.tasks.preference.losses.base import (
+    Answers,
+    LossSettings,
+    LossSpec,
+    PreferenceLoss,
+    TrlTwin,
+    register_loss,
+)
 
-if TYPE_CHECKING:
-    from tunesmith.tasks.preference.settings import PreferenceConfig
 
-
-def kto(answers: Answers, pref: PreferenceConfig) -> PreferenceLoss:
+def kto(answers: Answers, pref: LossSettings) -> PreferenceLoss:
     """The reference point is KL(policy || reference) estimated, as TRL does, from mismatched pairs (each prompt
     with another row's answer: `kl_logps`), averaged over the batch, clamped at 0 and not differentiated."""
     beta = pref.beta

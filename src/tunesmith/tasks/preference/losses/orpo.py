@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from tunesmith.tasks.preference.losses import LossSpec, Pairs, PreferenceLoss, TrlTwin, register_loss
-
-if TYPE_CHECKING:
-    from tunesmith.tasks.preference.settings import PreferenceConfig
+from tunesmith.tasks.preference.losses.base import (
+    LossSettings,
+    LossSpec,
+    Pairs,
+    PreferenceLoss,
+    TrlTwin,
+    register_loss,
+)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -18,7 +20,7 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-def orpo(pairs: Pairs, pref: PreferenceConfig) -> PreferenceLoss:
+def orpo(pairs: Pairs, pref: LossSettings) -> PreferenceLoss:
     """The odds use per-token average log-probabilities; `chosen_nll` is the mean token NLL of the chosen rows,
     which TRL takes over prompt and answer (the spec's prompt_nll: scoring.sequence_logps computes it so)."""
     chosen_average = (pairs.chosen / pairs.chosen_lengths.clamp(min=1)).float()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tunesmith.tasks.preference.losses import (
+from tunesmith.tasks.preference.losses.base import (
+    LossSettings,
     LossSpec,
     Pairs,
     PreferenceLoss,
@@ -13,11 +12,8 @@ from tunesmith.tasks.preference.losses import (
     sigmoid_loss,
 )
 
-if TYPE_CHECKING:
-    from tunesmith.tasks.preference.settings import PreferenceConfig
 
-
-def simpo(pairs: Pairs, pref: PreferenceConfig) -> PreferenceLoss:
+def simpo(pairs: Pairs, pref: LossSettings) -> PreferenceLoss:
     """TRL's CPOTrainer with loss_type="simpo" and cpo_alpha=0 (with sft_weight w: cpo_alpha=w, CPO-SimPO)."""
     chosen_average = pairs.chosen / pairs.chosen_lengths.clamp(min=1)
     rejected_average = pairs.rejected / pairs.rejected_lengths.clamp(min=1)
