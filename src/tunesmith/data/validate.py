@@ -66,12 +66,8 @@ def _text(data: dict, field: str, required: bool = True) -> tuple[str | None, st
     return value, None
 
 
-def _messages(data: dict, field: str) -> tuple[tuple | None, str | None]:
-    value = data.get(field)
-    if field in data and value is None:
-        return None, f"field '{field}' is null; give it a list of {{role, content}} objects or remove the row"
-    if not isinstance(value, list) or not value:
-        return None, f"field '{field}' must be a non-empty list of {{role, content}} objects"
+def message_turns(value: list, field: str) -> tuple[tuple | None, str | None]:
+    """A list of chat messages as (role, content) pairs, or the first message that is not one (named by index)."""
     turns = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
@@ -82,9 +78,21 @@ def _messages(data: dict, field: str) -> tuple[tuple | None, str | None]:
         if not isinstance(content, str) or not content.strip():
             return None, f"{field}[{index}].content must be a non-empty string"
         turns.append((role, content))
+    return tuple(turns), None
+
+
+def _messages(data: dict, field: str) -> tuple[tuple | None, str | None]:
+    value = data.get(field)
+    if field in data and value is None:
+        return None, f"field '{field}' is null; give it a list of {{role, content}} objects or remove the row"
+    if not isinstance(value, list) or not value:
+        return None, f"field '{field}' must be a non-empty list of {{role, content}} objects"
+    turns, problem = message_turns(value, field)
+    if problem:
+        return None, problem
     if not any(role == "assistant" for role, _ in turns):
         return None, f"field '{field}' has no assistant message to learn from"
-    return tuple(turns), None
+    return turns, None
 
 
 def to_example(row: Row, fmt: str, cfg: DataConfig) -> tuple[Example | None, str | None]:

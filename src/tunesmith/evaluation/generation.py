@@ -46,15 +46,19 @@ def generate(
             use_cache=True,
             **sampling,
         )
-        for row in generated[:, width:].tolist():
-            answer = []
-            for token in row:
-                if token in stop_ids:
-                    break
-                answer.append(token)
-            outputs.append(tokenizer.decode(answer, skip_special_tokens=True).strip())
+        outputs += [answer_text(row, stop_ids, tokenizer) for row in generated[:, width:].tolist()]
     model.train(was_training)
     return outputs
+
+
+def answer_text(tokens: list[int], stop_ids, tokenizer) -> str:
+    """Generated tokens up to the first stop token, decoded without special tokens."""
+    answer = []
+    for token in tokens:
+        if token in stop_ids:
+            break
+        answer.append(token)
+    return tokenizer.decode(answer, skip_special_tokens=True).strip()
 
 
 class Cancellation(StoppingCriteria):

@@ -18,7 +18,7 @@ from tunesmith.data.collate import IGNORE, PadCollator
 from tunesmith.data.prepare import CheckedData, read_splits, rows_report, three_splits
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.data.templates import Messages, Renderer
-from tunesmith.data.validate import each_row
+from tunesmith.data.validate import each_row, message_turns
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.preference import losses
 from tunesmith.tasks.preference.settings import PreferenceConfig
@@ -68,20 +68,6 @@ class LabelledAnswer:
 # -- one row -> one example or one problem ---------------------------------------------------------------
 
 
-def _messages(value: list, field: str) -> tuple[Messages | None, str | None]:
-    turns = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            return None, f"{field}[{index}] must be an object with 'role' and 'content'"
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return None, f"{field}[{index}].role must be one of {sorted(ROLES)}, got {role!r}"
-        if not isinstance(content, str) or not content.strip():
-            return None, f"{field}[{index}].content is empty; every message needs text"
-        turns.append((role, content))
-    return tuple(turns), None
-
-
 def _conversation(data: dict, field: str) -> tuple[Messages | None, str | None]:
     """A text field as one message, or a list of {role, content} messages; (None, problem) otherwise."""
     if field not in data or data[field] is None:
@@ -94,7 +80,7 @@ def _conversation(data: dict, field: str) -> tuple[Messages | None, str | None]:
     if isinstance(value, list):
         if not value:
             return None, f"field '{field}' is an empty list"
-        return _messages(value, field)
+        return message_turns(value, field)
     return None, f"field '{field}' must be a string or a list of messages, got {type(value).__name__}"
 
 

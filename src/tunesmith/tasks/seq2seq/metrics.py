@@ -8,6 +8,7 @@ import torch
 
 from tunesmith.config import EvalConfig
 from tunesmith.data.collate import IGNORE
+from tunesmith.evaluation.generation import answer_text
 from tunesmith.evaluation.text_metrics import generation_scores
 from tunesmith.tasks.seq2seq.data import Seq2SeqCollator, SourceEncoder
 
@@ -75,13 +76,8 @@ def generate_targets(
             pad_token_id=pad_id,
             **sampling,
         )
-        for row in generated[:, 1:].tolist():  # the first token is the decoder's start token, not an answer
-            answer = []
-            for token in row:
-                if token in stop_ids:
-                    break
-                answer.append(token)
-            outputs.append(tokenizer.decode(answer, skip_special_tokens=True).strip())
+        # the first token is the decoder's start token, not an answer
+        outputs += [answer_text(row, stop_ids, tokenizer) for row in generated[:, 1:].tolist()]
     model.train(was_training)
     return outputs
 
