@@ -68,7 +68,7 @@ def load_plugins() -> None:
         plugin.load()
 
 
-def _lookup(table: dict[str, Any], name: str, kind: str, key: str | None) -> Any:
+def lookup(table: dict[str, Any], name: str, kind: str, key: str | None) -> Any:
     """The registered entry; an unknown name gets a did-you-mean (a ValueError inside config validation)."""
     load_plugins()
     if name in table:
@@ -82,11 +82,11 @@ def _lookup(table: dict[str, Any], name: str, kind: str, key: str | None) -> Any
 
 
 def get_task(name: str, key: str | None = "task") -> Any:
-    return _lookup(TASKS, name, "task", key)
+    return lookup(TASKS, name, "task", key)
 
 
 def get_method(name: str, key: str | None = "method.name") -> Any:
-    return _lookup(METHODS, name, "method", key)
+    return lookup(METHODS, name, "method", key)
 
 
 def task_names() -> list[str]:

@@ -3,7 +3,6 @@ its registration (LossSpec, TrlTwin, register_loss, get_loss) and the terms seve
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -11,7 +10,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from tunesmith.errors import TunesmithError
+from tunesmith.registry import lookup
 
 
 class LossSettings(Protocol):
@@ -121,14 +120,7 @@ def register_loss(spec: LossSpec) -> LossSpec:
 
 def get_loss(name: str, key: str | None = "preference.loss") -> LossSpec:
     """The registered loss; an unknown name gets a did-you-mean (a ValueError inside config validation)."""
-    if name in LOSSES:
-        return LOSSES[name]
-    close = difflib.get_close_matches(name, list(LOSSES), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(LOSSES)}"
-    message = f"unknown preference loss '{name}'; {hint}"
-    if key is None:  # the config schema adds the key path itself
-        raise ValueError(message)
-    raise TunesmithError(f"{key}: {message}")
+    return lookup(LOSSES, name, "preference loss", key)
 
 
 def names(where: Callable[[LossSpec], bool] = lambda spec: True) -> list[str]:
