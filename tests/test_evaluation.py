@@ -53,6 +53,8 @@ def test_forgetting_is_measured_and_flagged(forgetting_run, gentle_run):
         assert result["before"]["tokens"] == result["after"]["tokens"] > 0
     assert forgetting_run["forgetting"]["drift_percent"] > 50
     assert forgetting_run["forgetting"]["warning"] is True
+    # the warning names the remedy: replay, with a larger share the further past the threshold (>50% here)
+    assert forgetting_run["forgetting"]["remedy"].startswith("replay general text: data.replay: {share: 0.1}")
     assert abs(gentle_run["forgetting"]["drift_percent"]) < 0.5
     assert gentle_run["forgetting"]["warning"] is False
 
@@ -348,6 +350,19 @@ def test_a_fall_in_probe_accuracy_is_forgetting_and_a_rise_in_perplexity_too():
     assert not drift({"accuracy": 0.60}, {"accuracy": 0.80}, 10.0, "accuracy")["warning"]  # a gain is no loss
     assert drift({"perplexity": 8.0}, {"perplexity": 10.0}, 10.0)["warning"]  # +25%
     assert not drift({"perplexity": 10.0}, {"perplexity": 8.0}, 10.0)["warning"]
+
+
+def test_the_replay_remedy_grows_with_the_drift_and_with_the_share_already_used():
+    from tunesmith.evaluation.forgetting import describe, drift, replay_remedy
+
+    assert "data.replay: {share: 0.05}" in replay_remedy(15.0, 10.0, None)
+    assert "data.replay: {share: 0.1}" in replay_remedy(25.0, 10.0, None)
+    assert replay_remedy(25.0, 10.0, 0.05) == "raise data.replay.share from 0.05 to 0.1"
+    assert replay_remedy(25.0, 10.0, 0.2) == "raise data.replay.share from 0.2 to 0.3"
+    flagged = drift({"perplexity": 8.0}, {"perplexity": 10.0}, 10.0) | {"remedy": "raise data.replay.share"}
+    assert "forgotten general knowledge (raise data.replay.share; or lower the learning rate" in describe(
+        flagged, "r"
+    )
 
 
 def test_cli_report_compare_and_eval(gentle_run, forgetting_run, tmp_path, capsys):

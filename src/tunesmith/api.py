@@ -205,11 +205,15 @@ def evaluate(
     baseline: bool = False,
     generations: int | None = None,
     bench: list[str] | None = None,
+    judge: str | None = None,
+    judge_model: str | None = None,
 ) -> dict:
     """Score a finished run on its validation split (or `data`); with baseline, the untouched base model too.
 
     bench: lm-evaluation-harness benchmarks instead (multiple-choice .jsonl files, lm-eval task .yaml files
     pointing at local data, or "capitals", the built-in knowledge probe), base and tuned, with standard errors.
+    judge: an OpenAI-compatible server's address (its first model, or `judge_model`) or a run folder, comparing
+    base and tuned answers on the held-out prompts in both orders: win / tie / loss.
     """
     if bench:
         from tunesmith.commands.benchmark import benchmark_run
@@ -217,7 +221,7 @@ def evaluate(
         return benchmark_run(RunFolder.open(run_dir), bench)
     from tunesmith.commands.evaluate import evaluate_run
 
-    return evaluate_run(RunFolder.open(run_dir), data, baseline, generations)
+    return evaluate_run(RunFolder.open(run_dir), data, baseline, generations, judge, judge_model)
 
 
 def report(run_dir: str | Path) -> Path:

@@ -325,6 +325,14 @@ def _eval_arguments(parser):
         help="lm-eval benchmarks, base vs tuned: multiple-choice .jsonl files, lm-eval task .yaml files on "
         "local data, or `capitals` (the built-in knowledge probe)",
     )
+    parser.add_argument(
+        "--judge",
+        metavar="URL_OR_RUN",
+        help="a pairwise judge of base vs tuned answers on the held-out prompts, both orders: an "
+        "OpenAI-compatible server's address (e.g. a `tunesmith serve`; OPENAI_API_KEY is sent if set) or a run "
+        "folder judging in this process; nothing is contacted unless given",
+    )
+    parser.add_argument("--judge-model", help="the judge server's model (default: the first it lists)")
 
 
 def _show_eval(args, result) -> int:
@@ -467,7 +475,9 @@ VERBS: dict[str, Verb] = {
         "evaluate",
         "score a run: loss/perplexity, ROUGE/BLEU, or classification metrics",
         _eval_arguments,
-        lambda api, a: api.evaluate(a.run, a.data, a.baseline, a.generations, a.bench),
+        lambda api, a: api.evaluate(
+            a.run, a.data, a.baseline, a.generations, a.bench, a.judge, a.judge_model
+        ),
         _show_eval,
     ),
     "report": Verb(

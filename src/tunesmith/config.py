@@ -65,6 +65,41 @@ AUTO_TEST_RATIO = 0.1
 AUTO_TEST_MIN_ROWS = 300
 
 
+class MixSource(Section):
+    """One more training source for data.mix: its file and its weight beside data.train_weight."""
+
+    file: str
+    weight: float = Field(
+        gt=0, description="this source's share of each epoch is weight / the sum of weights"
+    )
+
+
+class ReplaySettings(Section):
+    """data.replay: a share of every epoch drawn from general text, against forgetting (docs/evaluation.md)."""
+
+    share: float = Field(
+        0.05, gt=0, lt=0.5, description="the share of each epoch's training rows that are replay rows"
+    )
+    source: str = Field(
+        "self",
+        description="self: the base model's own answers to `prompts`, generated once before training and cached "
+        "by model fingerprint; or a file of general text (.txt, one text per line) or of rows (text, chat "
+        "messages, prompt/response)",
+    )
+    prompts: str = Field(
+        "builtin",
+        description="self-replay's prompts: builtin (general instructions shipped with tunesmith), train (the "
+        "training data's own prompts) or a file (.txt, one prompt per line)",
+    )
+    max_prompts: int = Field(64, gt=0, description="self-replay: answer at most this many prompts")
+    max_new_tokens: int = Field(
+        192, gt=0, description="self-replay: answers that do not end within this many tokens are left out"
+    )
+    temperature: float = Field(
+        0.7, ge=0, description="self-replay: 0 is greedy; sampling is seeded (data.seed)"
+    )
+
+
 class DataConfig(Section):
     train_file: str
     validation_file: str | None = None
@@ -100,6 +135,16 @@ class DataConfig(Section):
     packing: bool = False
     max_examples: int | None = Field(None, gt=0)
     seed: int = 42
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="more training sources, each with a weight: every epoch holds all of train_file and, per "
+        "source, weight / train_weight times as many rows drawn from it (seeded; shuffled in with the rest)",
+    )
+    train_weight: float = Field(1.0, gt=0, description="train_file's weight beside data.mix's sources")
+    replay: ReplaySettings | None = Field(
+        None,
+        description="replay general text against forgetting: {share, source, prompts} (docs/evaluation.md)",
+    )
 
 
 class MethodConfig(Section):
@@ -410,6 +455,10 @@ class Config(Section):
         task = registry.get_task(self.task, key=None)
         method = registry.get_method(self.method.name, key=None)
         problems = task.config_problems(self) + method.config_problems(self, task.provides)
+        if (self.data.mix or self.data.replay) and "replay" not in task.provides:
+            problems.append(
+                f"data.mix and data.replay are not for {self.task}: {task.no_replay}; remove them"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         if self.data.on_overflow == "auto":
@@ -560,6 +609,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     config.data.train_file = resolve(config.data.train_file)
     config.data.validation_file = resolve(config.data.validation_file)
     config.data.test_file = resolve(config.data.test_file)
+    for source in config.data.mix:
+        source.file = resolve(source.file)
+    replay = config.data.replay
+    if replay is not None:  # `self`, `builtin` and `train` are names, not files
+        replay.source = replay.source if replay.source == "self" else resolve(replay.source)
+        replay.prompts = replay.prompts if replay.prompts in ("builtin", "train") else resolve(replay.prompts)
     config.eval.reference = resolve(config.eval.reference)
     # a file (.jsonl, .yaml) is resolved; a built-in probe's name (no suffix) is kept
     config.eval.benchmarks = [resolve(b) if Path(b).suffix else b for b in config.eval.benchmarks]

@@ -1,11 +1,18 @@
-"""`tunesmith eval RUN [--data FILE] [--baseline]`: score a finished run, optionally beside its untouched base."""
+"""`tunesmith eval RUN [--data FILE] [--baseline] [--judge URL_OR_RUN]`: score a finished run, optionally beside its
+untouched base and with a pairwise judge of the two."""
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tunesmith.console import say
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.generation import generate
+from tunesmith.evaluation.judge import Judge, compare_pairs, endpoint_judge
+from tunesmith.evaluation.judge import describe as describe_judge
 from tunesmith.evaluation.lm import COUNTS
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RunFolder, free_path
@@ -30,14 +37,52 @@ def side_by_side(tuned: dict, baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
+def judge_from(spec: str, model: str | None = None) -> Judge:
+    """--judge: an http(s) address of an OpenAI-compatible server, or a finished run folder judging here."""
+    if spec.startswith(("http://", "https://")):
+        return endpoint_judge(spec, model, os.environ.get("OPENAI_API_KEY"))
+    judge_run = RunFolder.open(spec)
+    judge_run.finished_summary("eval --judge")
+    loaded = get_task(judge_run.load_config().task).load_run(judge_run)
+    if not hasattr(loaded, "renderer"):
+        raise TunesmithError(
+            f"--judge {spec}: that run does not generate text; give a language model's run or a URL"
+        )
+
+    def ask(messages: list[dict]) -> str:
+        turns = tuple((m["role"], m["content"]) for m in messages)
+        return generate(loaded.model, loaded.renderer, [turns], max_new_tokens=8)[0]
+
+    return Judge(f"run {judge_run.path}", ask)
+
+
 def evaluate_run(
-    run: RunFolder, data: str | Path | None, baseline: bool, generations: int | None = None
+    run: RunFolder,
+    data: str | Path | None,
+    baseline: bool,
+    generations: int | None = None,
+    judge: str | None = None,
+    judge_model: str | None = None,
 ) -> dict:
     task = get_task(run.load_config().task)
     run.finished_summary("eval")
-    result = task.evaluate(run, data, baseline, generations)
+    referee = judge_from(judge, judge_model) if judge else None  # a bad address fails before any scoring
+    result = task.evaluate(run, data, baseline or referee is not None, generations)
     split = result.get("split", "validation")
+    generated = result.get("generated")
+    if referee is not None and not generated:
+        raise TunesmithError(
+            f"--judge compares generated answers, and this evaluation generated none ({task.name} runs generate "
+            "only when they are language models, and --generations must be above 0)"
+        )
     folder = _output_folder(run, data, split)
+    if referee is not None:
+        judged = compare_pairs(referee, generated)
+        say(describe_judge(judged))
+        (folder / "judge.json").write_text(json.dumps(judged, indent=2), encoding="utf-8")
+        result["judge"] = {k: v for k, v in judged.items() if k != "verdicts"} | {
+            "verdicts_file": "judge.json"
+        }
     generated = result.pop("generated", None)
     if generated:
         with (folder / "generations.jsonl").open("w", encoding="utf-8") as handle:

@@ -16,6 +16,7 @@ import numpy as np
 from tunesmith.config import AUTO_TEST_MIN_ROWS, AUTO_TEST_RATIO, DataConfig
 from tunesmith.console import say
 from tunesmith.data.collate import IGNORE
+from tunesmith.data.mix import read_sources
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Renderer
 from tunesmith.data.validate import Example, detect_format, validate_rows
@@ -35,6 +36,8 @@ class CheckedData:
     test: list = field(
         default_factory=list
     )  # scored once at the end; training and model selection never read it
+    # data.mix's files and data.replay's file (data/mix.py), read and validated; drawn into train by mix_train
+    sources: dict = field(default_factory=dict)
 
 
 def check_data(cfg: DataConfig) -> CheckedData:
@@ -42,12 +45,14 @@ def check_data(cfg: DataConfig) -> CheckedData:
     rows = read_rows(cfg.train_file)
     fmt = detect_format(rows, cfg)
     train, validation, test, problems, read = read_splits(cfg, rows, partial(validate_rows, cfg=cfg, fmt=fmt))
+    sources, source_problems = read_sources(cfg)
+    problems += source_problems
     report = rows_report(cfg, fmt, problems, read)
     if problems and cfg.on_error == "stop":
         return CheckedData([], [], report, problems)
     held_out = f"{cfg.validation_ratio:g} of {cfg.train_file} held out (seed {cfg.seed})"
     train, validation, test = three_splits(train, validation, test, cfg, report, _split, held_out)
-    return CheckedData(train, validation, report, problems, test)
+    return CheckedData(train, validation, report, problems, test, sources)
 
 
 def read_splits(cfg: DataConfig, train_rows: list, validate) -> tuple[list, list, list, list[str], int]:

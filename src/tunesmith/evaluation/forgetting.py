@@ -148,6 +148,18 @@ def drift(before: dict, after: dict, threshold_percent: float, key: str = "perpl
 POINTS = {"wer"}  # scores whose drift is their change in percentage points
 
 
+def replay_remedy(drift_percent: float, threshold_percent: float, share: float | None) -> str:
+    """What to set against the drift measured: data.replay with a share, larger the further past the threshold
+    (docs/evaluation.md measures 5% against the quickstart's forgetting); or a larger share than the run's."""
+    if share:
+        return f"raise data.replay.share from {share:g} to {min(0.3, 2 * share):g}"
+    suggested = 0.05 if drift_percent <= 2 * threshold_percent else 0.1
+    return (
+        f"replay general text: data.replay: {{share: {suggested:g}}} (the base model's own answers, generated once "
+        "before training)"
+    )
+
+
 def describe(result: dict, reference: str) -> str:
     metric = result["metric"]
     line = (
@@ -158,7 +170,9 @@ def describe(result: dict, reference: str) -> str:
     if result["warning"]:
         line += (
             f"; warning: drift beyond {result['threshold_percent']}{_unit(result)}: the model may have forgotten general "
-            "knowledge (lower the learning rate, train fewer steps, or use LoRA with a smaller rank)"
+            "knowledge ("
+            + (f"{result['remedy']}; or " if result.get("remedy") else "")
+            + "lower the learning rate, train fewer steps, or use LoRA with a smaller rank)"
         )
     return line
 

@@ -21,6 +21,24 @@ def generate(
     temperature: float = 0.0,
 ) -> list[str]:
     """Complete each conversation (ending with a user turn) and return the decoded answers."""
+    return [
+        text
+        for text, _ in generate_answers(
+            model, renderer, conversations, max_new_tokens, batch_size, temperature
+        )
+    ]
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    renderer: Renderer,
+    conversations: list[Messages],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+) -> list[tuple[str, bool]]:
+    """Each conversation's decoded answer, and whether it ended with a stop token inside max_new_tokens."""
     tokenizer = renderer.tokenizer
     pad_id = pad_token_id(tokenizer)
     stop_ids = renderer.stop_token_ids()
@@ -46,7 +64,8 @@ def generate(
             use_cache=True,
             **sampling,
         )
-        outputs += [answer_text(row, stop_ids, tokenizer) for row in generated[:, width:].tolist()]
+        for row in generated[:, width:].tolist():
+            outputs.append((answer_text(row, stop_ids, tokenizer), any(t in stop_ids for t in row)))
     model.train(was_training)
     return outputs
 

@@ -59,16 +59,6 @@ def embed(model, dataset, collator, batch_size: int, text: bool, desc: str = "em
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
-def model_fingerprint(model_path: str) -> str:
-    folder = Path(model_path)
-    parts = [str(folder.resolve()) if folder.exists() else model_path]
-    for file in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if file.is_file():
-            stat = file.stat()
-            parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
 def cached_embeddings(cache_dir: Path, key_parts: list, compute) -> tuple[np.ndarray, bool]:
     """Embeddings from cache_dir/features, keyed by model, examples and preprocessing; computed once."""
     key = hashlib.sha256(json.dumps([CACHE_VERSION, *key_parts], default=str).encode()).hexdigest()[:24]

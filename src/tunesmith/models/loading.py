@@ -158,3 +158,14 @@ def load_model(
                 f"model.name: {path} needs custom code from its repository; read that code, then set model.trust_remote_code: true"
             ) from None
         raise
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A key for caches of what a model computed: its folder and each file's name, size and modification time."""
+    folder = Path(model_path)
+    parts = [str(folder.resolve()) if folder.exists() else model_path]
+    for file in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if file.is_file():
+            stat = file.stat()
+            parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -60,6 +60,8 @@ class Task:
     summary: str = ""  # one line for docs and `tunesmith init`
     starter: str = ""  # the file under tunesmith/starters/ that `tunesmith init` prints for this task
     provides: frozenset[str] = frozenset()  # capabilities a method may need (methods/__init__.py `needs`)
+    # Why data.mix / data.replay do not apply (tasks that provide "replay" train extra rows with their own loss).
+    no_replay: str = "extra rows would need this task's labels, which general text does not carry"
     default_overflow: str = "drop"  # what data.on_overflow: auto means for this task
     verbs: frozenset[str] = frozenset()  # run verbs besides train/eval/report/export/push/serve
     pipeline_tag: str = ""  # the hub's pipeline tag in the model card

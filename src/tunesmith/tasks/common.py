@@ -14,7 +14,7 @@ from tunesmith.data.collate import pad_token_id
 from tunesmith.data.labelled import LabelSettings
 from tunesmith.data.prepare import bad_rows_error  # noqa: F401  (re-exported for the recipes)
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.forgetting import Reference, drift
+from tunesmith.evaluation.forgetting import Reference, drift, replay_remedy
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.run_folder import RunFolder, RunSummary, free_path
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
@@ -228,7 +228,11 @@ class ReferencePerplexity:
         )
 
     def drift(self, before: dict, after: dict, cfg) -> dict:
-        return drift(before, after, cfg.eval.forgetting_threshold) | {"reference": self.reference.path}
+        change = drift(before, after, cfg.eval.forgetting_threshold) | {"reference": self.reference.path}
+        if change["warning"]:
+            share = cfg.data.replay.share if cfg.data.replay else None
+            change["remedy"] = replay_remedy(change["drift_percent"], change["threshold_percent"], share)
+        return change
 
     def describe_drift(self, change: dict) -> str:
         return describe_drift(change, self.reference.path)

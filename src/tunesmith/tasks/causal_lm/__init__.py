@@ -7,6 +7,8 @@ import contextlib
 from tunesmith.config import Config
 from tunesmith.console import is_main, say
 from tunesmith.data.collate import pack, pad_token_id
+from tunesmith.data.mix import REPLAY, mix_train
+from tunesmith.data.mix import describe as describe_mix
 from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
 from tunesmith.evaluation.collapse import generator_alarm
@@ -18,6 +20,7 @@ from tunesmith.registry import register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks.base import Rung, Task
 from tunesmith.tasks.causal_lm import run as causal_lm_run
+from tunesmith.tasks.causal_lm.replay import self_replay
 from tunesmith.tasks.common import (
     ReferencePerplexity,
     classifier_settings_problems,
@@ -57,6 +60,20 @@ def sample_conversations(validation_examples, count: int):
     return [(e.where, e.messages[:-1], e.messages[-1][1]) for e in picked]
 
 
+def with_extra_sources(cfg: Config, checked, model_path: str, renderer: Renderer, cache_dir):
+    """data.mix and data.replay drawn into the training rows (self-replay generated here, once, and cached)."""
+    pools = dict(checked.sources)
+    self_replay_report = None
+    if cfg.data.replay is not None and cfg.data.replay.source == "self":
+        pools[REPLAY], self_replay_report = self_replay(cfg, model_path, renderer, checked.train, cache_dir)
+    checked = mix_train(checked, cfg.data, pools)
+    if self_replay_report is not None:
+        checked.report["mix"]["self_replay"] = self_replay_report
+    if "mix" in checked.report:
+        say(describe_mix(checked.report["mix"]))
+    return checked
+
+
 HALF_EPOCH = 0.5  # the fewest epochs of the small adapter rungs in `tunesmith plan`
 
 
@@ -64,7 +81,7 @@ class CausalLMTask(Task):
     name = "causal-lm"
     summary = "supervised fine-tuning of a language model on prompts and answers (or plain text)"
     starter = "sft"
-    provides = frozenset({"4-bit base"})
+    provides = frozenset({"4-bit base", "replay"})
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
     pipeline_tag = "text-generation"
@@ -142,6 +159,7 @@ class CausalLMTask(Task):
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
         tokenizer = load_tokenizer(model_path, cfg.model)
         renderer = Renderer(tokenizer, cfg.data.template)
+        checked = with_extra_sources(cfg, checked, model_path, renderer, cache_dir)
         data = tokenize_data(checked, cfg.data, renderer, cache_dir)
         report = {**checked.report, **data["report"]}
         test_rows, test_over = tokenize_examples(checked.test, cfg.data, renderer)

@@ -27,12 +27,11 @@ from tunesmith.methods.features import (
     embed,
     head_inputs,
     linear_head,
-    model_fingerprint,
     sentence_pooling,
     solve_head,
 )
 from tunesmith.models.heads import fresh_head_unless_same_labels
-from tunesmith.models.loading import load_model
+from tunesmith.models.loading import load_model, model_fingerprint
 from tunesmith.registry import register_section, register_task
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
@@ -253,6 +252,10 @@ class ClassificationTask(Task):
     """One label (or several) per example; the modality (text, image, audio) says how inputs become tensors."""
 
     provides = frozenset({"labels"})
+    no_replay = (
+        "general text carries none of this task's labels; the forgetting check's linear probe (eval.reference) "
+        "measures what the encoder kept, and method: features or last_n keeps the rest frozen"
+    )
     default_overflow = "truncate"
     verbs = frozenset({"predict"})
 

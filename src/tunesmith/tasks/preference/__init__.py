@@ -148,6 +148,10 @@ class PreferenceTask(Task):
     summary = f"preference tuning of a language model on chosen/rejected answers ({', '.join(losses.LOSSES)})"
     starter = "preference"
     provides = frozenset({"4-bit base"})
+    no_replay = (
+        "a preference row needs a chosen and a rejected answer, and replay as a likelihood term on general "
+        "text is not built for preference losses yet (tune with causal-lm and data.replay first)"
+    )
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
     pipeline_tag = "text-generation"
