@@ -46,14 +46,20 @@ def render_manpage(path: Path) -> str:
 
 def general_reference(path: Path, pages: int, seed: int = 0, chars: int = 600) -> dict:
     """`pages` manual pages' openings (after NAME), one per line: general text neither the task nor replay holds."""
-    files = sorted(f for s in SECTIONS for f in (Path("/usr/share/man") / f"man{s}").glob("*.gz"))
+    # gcloud's thousands of generated pages (where installed) would make the sample one command's reference
+    files = sorted(
+        f
+        for s in SECTIONS
+        for f in (Path("/usr/share/man") / f"man{s}").glob("*.gz")
+        if not f.name.startswith("gcloud")
+    )
     random.Random(seed).shuffle(files)
     texts, names = [], []
     for file in files:
         text = render_manpage(file)
         if len(text.split()) < 150:
             continue
-        cut = text[:chars]
+        cut = text.removeprefix("NAME ")[:chars]
         texts.append(cut[: cut.rfind(" ")])
         names.append(file.name)
         if len(texts) == pages:

@@ -205,6 +205,28 @@ def test_the_plan_grows_with_the_budget_and_shrinks_with_the_memory(tmp_path, ma
     assert all(option["cached"] for option in again["options"])
 
 
+def test_the_plan_proposes_self_replay_only_when_the_run_leaves_time_to_generate_it(tmp_path, make_config):
+    from tunesmith.commands.plan_replay import generation_seconds
+
+    roomy, _ = plan_for(tmp_path, make_config, "10m")
+    planned = __import__("yaml").safe_load(Path(roomy["config"]).read_text())
+    assert roomy["replay"] == planned["data"]["replay"] == {"share": 0.05}
+    assert any(
+        r.startswith("data.replay share 0.05: 5% of each epoch is the base model's own")
+        for r in roomy["reasons"]
+    )
+    config_from_dict(planned)  # a valid config
+    tight, _ = plan_for(tmp_path, make_config, "45s")  # the run fills its 45 s: nothing left to generate in
+    assert tight["replay"] is None
+    assert any(r.startswith("no data.replay: generating self-replay's 64 answers") for r in tight["reasons"])
+    # the estimate: the probe's step time per token (a step is ~3 forwards), times the tokens, times the slowdown
+    from tunesmith.commands.plan_probes import Measurement
+    from tunesmith.config import ReplaySettings
+
+    step = Measurement(seconds_per_step=0.6, evaluation_seconds=1, overhead_seconds=1, peak_memory_mb=1)
+    assert generation_seconds(step, 4, 50, ReplaySettings()) == pytest.approx(10 + 64 * 192 * 0.6 / 600 * 4.0)
+
+
 def test_probes_stop_at_their_share_and_the_run_gets_what_planning_left(tmp_path, make_config):
     # 2 minutes: planning may spend 40%, 48 s; each probe takes 20 s, so the third (full) would end past it
     result, calls = plan_for(tmp_path, make_config, "2m", cost=20.0)

@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 import yaml
 
+from tunesmith.commands import plan_replay
 from tunesmith.commands.plan_probes import (
     PROBE_FLOOR_SECONDS,
     PROBE_STEPS,
@@ -145,6 +146,14 @@ def token_lengths(cfg: Config, checked) -> list[int]:
         renderer = SimpleNamespace(tokenizer=tokenizer)
     counts = [token_count(example, renderer, cfg.data.loss_on) for example in checked.train]
     return [n for n in counts if n is not None]
+
+
+def answers_prompts(cfg: Config) -> bool:
+    """Whether the model renders chats (an instruct model): only such a model's answers make self-replay rows."""
+    path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
+    return cfg.data.template != "classic" and bool(
+        getattr(load_tokenizer(path, cfg.model), "chat_template", None)
+    )
 
 
 def model_max_length(cfg: Config) -> int | None:
@@ -406,6 +415,14 @@ def plan(
     if not fitting:
         raise TunesmithError(nothing_fits(options, planning, shape, memory_mb, run_budget))
     chosen = choose(fitting, lambda option, length: seconds_needed(rescaled(option, lengths, length), shape))
+    replay, replay_reason = plan_replay.propose(
+        cfg, the_task.provides, chosen.measurement, chosen.predicted_seconds, run_budget, rows_per_step,
+        mean_tokens(lengths, chosen.max_length) if lengths else cfg.data.max_length, answers_prompts(cfg),
+    )  # fmt: skip
+    if replay is not None:
+        raw.setdefault("data", {})["replay"] = replay
+    if replay_reason:
+        chosen.reasons.append(replay_reason)
     reasons.append(
         f"--time {format_seconds(budget)} is planning and training together: planning gets at most "
         f"{PROBE_SHARE:.0%} ({format_seconds(budget * PROBE_SHARE)}) and took {format_seconds(planning.elapsed())} "
@@ -428,6 +445,7 @@ def plan(
         "steps": chosen.steps,
         "predicted_seconds": round(chosen.predicted_seconds, 1),
         "predicted_peak_memory_mb": chosen.measurement.peak_memory_mb,
+        "replay": replay,
         "budget_seconds": budget,
         "planning_seconds": round(planning.elapsed(), 1),
         "run_budget_seconds": run_budget,
