@@ -154,3 +154,19 @@ def test_a_run_with_self_replay_trains_its_answers_and_reports_their_share(self_
     # trained like the task's rows: the answer supervised, the prompt not
     assert report["train_tokens"]["supervised_tokens"] < report["train_tokens"]["tokens"]
     assert summary["status"] == "finished"
+
+
+def test_data_check_plans_each_sources_rows_per_epoch_before_anything_is_generated(tmp_path, make_config):
+    general = write_jsonl(tmp_path / "general.jsonl", prompt_response_rows(30, seed=7))
+    raw = make_config(
+        rows=100,
+        data={"test_ratio": 0, "mix": [{"file": str(general), "weight": 0.5}], "replay": {"share": 0.1}},
+    )
+    checked = api.check_data(config_from_dict(raw))
+    mix = checked.report["mix"]
+    # 80 task rows; the mix source 40 a epoch; replay 10% of 120 / 0.9 = 13.3 -> 13 (its answers generated at training)
+    assert [(s["rows_per_epoch"], s["pool"]) for s in mix["sources"]] == [
+        (40, 30),
+        (13, "generated at training"),
+    ]
+    assert mix["rows_per_epoch"] == 133 and not (tmp_path / "cache" / "replay").exists()

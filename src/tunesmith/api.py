@@ -59,6 +59,10 @@ def check_data(
         if not isinstance(renderer, str)
         else lengths.not_checked(renderer)
     )
+    if cfg.data.mix or cfg.data.replay:
+        from tunesmith.data.mix import planned
+
+        checked.report["mix"] = planned(checked, cfg.data)
     if preview:
         from tunesmith.data.preview import preview as rendered
 

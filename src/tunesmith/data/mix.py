@@ -77,6 +77,31 @@ def epoch_counts(task_rows: int, cfg: DataConfig, pools: dict[str, list[Example]
     return counts
 
 
+def planned(checked, cfg: DataConfig) -> dict:
+    """What `tunesmith data check` says of data.mix and data.replay: each source's pool and rows per epoch
+    (self-replay's rows are the base model's answers, generated when training starts)."""
+    pools = dict(checked.sources)
+    if cfg.replay is not None and cfg.replay.source == "self":
+        pools[REPLAY] = []  # generated at training start; only its count is planned here
+    counts = epoch_counts(len(checked.train), cfg, pools)
+    total = len(checked.train) + sum(counts.values())
+    return {
+        "task_rows_per_epoch": len(checked.train),
+        "rows_per_epoch": total,
+        "sources": [
+            {
+                "source": name if name != REPLAY else f"replay: {cfg.replay.source}",
+                "pool": len(pools[name])
+                if name != REPLAY or cfg.replay.source != "self"
+                else "generated at training",
+                "rows_per_epoch": count,
+                "share": round(count / total, 4),
+            }
+            for name, count in counts.items()
+        ],
+    }
+
+
 def draw(pool: list[Example], count: int, seed: int) -> tuple[list[Example], int]:
     """`count` examples from `pool` in a seeded order, each used once before any repeats; and the repeats."""
     rng = random.Random(seed)
