@@ -153,6 +153,9 @@ def test_a_run_with_self_replay_trains_its_answers_and_reports_their_share(self_
     assert report["train_examples"] == 32 + mix["sources"][0]["rows_per_epoch"] and kept > 0
     # trained like the task's rows: the answer supervised, the prompt not
     assert report["train_tokens"]["supervised_tokens"] < report["train_tokens"]["tokens"]
+    shares = mix["supervised_token_shares"]
+    assert set(shares) == {"task", "replay: self"} and sum(shares.values()) == pytest.approx(1, abs=1e-3)
+    assert 0 < shares["replay: self"] < 1
     assert summary["status"] == "finished"
 
 

@@ -160,3 +160,21 @@ def describe(report: dict) -> str:
             f"{source['rows_per_epoch']} from {source['source']} ({100 * source['share']:.1f}%{repeats})"
         )
     return "data: each epoch mixes " + " + ".join(parts)
+
+
+def supervised_token_shares(mix: dict, train_rows: list[dict], ignore: int) -> dict:
+    """Each source's share of an epoch's supervised (loss-bearing) tokens: what the loss actually weighs, which
+    differs from the row share when rows differ in answer length. `train_rows` are tokenized in mix order (task rows
+    first, then each source's); where max_length dropped rows that order is lost, and the shares are not given."""
+    expected = mix["task_rows_per_epoch"] + sum(source["rows_per_epoch"] for source in mix["sources"])
+    if len(train_rows) != expected:
+        return {"not_counted": f"{expected - len(train_rows)} rows were dropped for length"}
+    counts, start = [], 0
+    for rows in [mix["task_rows_per_epoch"]] + [source["rows_per_epoch"] for source in mix["sources"]]:
+        counts.append(
+            sum(label != ignore for row in train_rows[start : start + rows] for label in row["labels"])
+        )
+        start += rows
+    total = sum(counts) or 1
+    names = ["task"] + [source["source"] for source in mix["sources"]]
+    return {name: round(count / total, 4) for name, count in zip(names, counts, strict=True)}

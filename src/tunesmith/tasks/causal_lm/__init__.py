@@ -6,8 +6,8 @@ import contextlib
 
 from tunesmith.config import Config
 from tunesmith.console import is_main, say
-from tunesmith.data.collate import pack, pad_token_id
-from tunesmith.data.mix import REPLAY, mix_train
+from tunesmith.data.collate import IGNORE, pack, pad_token_id
+from tunesmith.data.mix import REPLAY, mix_train, supervised_token_shares
 from tunesmith.data.mix import describe as describe_mix
 from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
@@ -162,6 +162,10 @@ class CausalLMTask(Task):
         checked = with_extra_sources(cfg, checked, model_path, renderer, cache_dir)
         data = tokenize_data(checked, cfg.data, renderer, cache_dir)
         report = {**checked.report, **data["report"]}
+        if "mix" in report:  # the loss weighs tokens, not rows: say each source's share of them too
+            report["mix"]["supervised_token_shares"] = supervised_token_shares(
+                report["mix"], data["train"], IGNORE
+            )
         test_rows, test_over = tokenize_examples(checked.test, cfg.data, renderer)
         if checked.test:
             report["over_max_length"]["test"] = test_over
