@@ -77,6 +77,10 @@ def general_reference(path: Path, pages: int, seed: int = 0, chars: int = 600) -
 def variant_config(folder: Path, name: str, args, replay: dict | None) -> Path:
     raw = yaml.safe_load((folder / "config.yaml").read_text())
     raw["train"] |= {"learning_rate": args.learning_rate, "epochs": args.epochs}
+    if args.max_steps:  # equal steps whatever the replay rows add to an epoch
+        raw["train"]["max_steps"] = args.max_steps
+    if args.method != "lora":
+        raw["method"] = {"name": args.method}
     raw["eval"] |= {"reference": "data/general.txt", "benchmarks": ["capitals"]}
     raw["output"]["name"] = name
     if replay:
@@ -130,6 +134,8 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
+    parser.add_argument("--max-steps", type=int, help="train.max_steps for both variants (equal steps)")
     parser.add_argument("--reference-pages", type=int, default=40)
     parser.add_argument("--only", choices=["none", "self"], help="run one variant (the other's row is kept)")
     parser.add_argument("--output", default="replay")
@@ -151,9 +157,11 @@ def main() -> None:
     result = {
         "setup": {
             "data": "the quickstart's BBC headlines (160 train, 20 validation, 20 test)",
-            "model": "SmolLM2-135M-Instruct, LoRA r=16 all-linear (the quickstart's method)",
+            "model": "SmolLM2-135M-Instruct",
+            "method": "LoRA r=16 all-linear (the quickstart's method)" if args.method == "lora" else args.method,
             "learning_rate": args.learning_rate,
             "epochs": args.epochs,
+            "max_steps": args.max_steps,
             "why_not_the_quickstart_settings": "at its 5e-4 for one epoch the reference perplexity falls: nothing "
             "to prevent",
             "reference": reference,
