@@ -158,7 +158,9 @@ def main() -> None:
         "setup": {
             "data": "the quickstart's BBC headlines (160 train, 20 validation, 20 test)",
             "model": "SmolLM2-135M-Instruct",
-            "method": "LoRA r=16 all-linear (the quickstart's method)" if args.method == "lora" else args.method,
+            "method": "LoRA r=16 all-linear (the quickstart's method)"
+            if args.method == "lora"
+            else args.method,
             "learning_rate": args.learning_rate,
             "epochs": args.epochs,
             "max_steps": args.max_steps,
