@@ -263,7 +263,11 @@ class TrainConfig(Section):
     sparse_lm_head: bool = Field(
         True, description="LM head and loss only at supervised positions (same loss, faster)"
     )
-    num_threads: int | None = Field(None, gt=0)
+    num_threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch's CPU threads; default: the cores other processes leave free, measured every step",
+    )
     load_best: bool = Field(True, description="end with the best checkpoint's weights (train.metric)")
     class_weights: bool = Field(
         False, description="classification: weight the loss by inverse class frequency"

@@ -44,6 +44,7 @@ class RunSummary:
     frozen_weights_bf16: dict | None = None  # bf16 adapter runs: frozen weights kept in bf16
     compile: dict | None = None  # train.compile's decision: {"enabled", "reason", the estimate it rests on}
     processes: int | None = None  # data-parallel processes
+    threads: dict | None = None  # CPU: torch's thread count chosen from other processes' load, and its changes
     template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
     stop_token_ids: list | None = None  # causal LM: tokens that end an answer
     defaults: dict | None = None  # settings left unset, chosen at run time: key -> {"value", "why"}

@@ -35,6 +35,7 @@ from tunesmith.training.callbacks import (
 )
 from tunesmith.training.checkpoints import STAGING, commit, fault_point
 from tunesmith.training.distributed import check_engine, per_device_batch
+from tunesmith.training.threads import ThreadGovernor, governed
 
 
 def planned_steps(cfg: Config, train_rows: int) -> int:
@@ -315,6 +316,8 @@ def standard_callbacks(
                 write=lambda record: run.update_summary(time_budget=record),
             )
         )
+    if governed(cfg.train.num_threads, world_size()):
+        callbacks.append(ThreadGovernor(say, write=lambda record: run.update_summary(threads=record)))
     if cfg.train.early_stopping_patience:
         if not has_validation:
             raise TunesmithError(

@@ -1,0 +1,131 @@
+"""Training beside another process: the quickstart's tokens/s on a quiet host, with one process busy on a whole
+core, and with one busy a third of the time, for two threads (torch's own count on 2 cores), one thread, and
+tunesmith's default (train.num_threads unset: the cores other processes leave free, revisited every step).
+
+The bench starts the load itself (a Python loop that spins for `duty` of every `period` seconds), runs each cell
+in its own process (`tunesmith train` on the quickstart's data and config, train.max_steps steps, evaluations off),
+and reads tokens/s from the run's run.json (training steps only). Run it on a quiet host: the load average
+before and after is in the results file, and any other job's load is measured with the cells.
+
+Run: .venv/bin/python bench/shared_cpu.py [--steps 4] [--repeats 1] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from results_file import Provenance, write_results
+from tunesmith import quickstart
+
+LOADS = {  # name -> (duty, period in seconds), or None for a quiet host
+    "quiet": None,
+    "one core busy": (1.0, 1.0),
+    "busy a third of the time": (1 / 3, 3.0),
+}
+SETTINGS = {  # name -> train.num_threads
+    "2 threads": 2,
+    "1 thread": 1,
+    "tunesmith default (auto)": None,
+}
+SPIN = """
+import sys, time
+duty, period = float(sys.argv[1]), float(sys.argv[2])
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < duty * period:
+        pass
+    if duty < 1:
+        time.sleep((1 - duty) * period)
+"""
+
+
+def start_load(load: tuple[float, float] | None) -> subprocess.Popen | None:
+    if load is None:
+        return None
+    return subprocess.Popen([sys.executable, "-c", SPIN, str(load[0]), str(load[1])])
+
+
+def train_once(config: Path, name: str, steps: int, threads: int | None) -> dict:
+    overrides = {
+        "train.max_steps": steps,
+        "train.num_threads": "null" if threads is None else threads,
+        "train.eval_steps": 10_000,
+        "eval.before_training": "false",
+        "eval.samples": 0,
+        "eval.reference": "null",
+        "data.test_file": "null",
+        "output.name": name,
+    }
+    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config)]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    summary = json.loads((config.parent / "runs" / name / "run.json").read_text())
+    return {
+        "tokens_per_second": summary["tokens_per_second"],
+        "train_seconds": summary["train_seconds"],
+        "command_seconds": round(wall, 1),
+        "threads": summary.get("threads"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workdir", default="/tmp/tunesmith-bench-shared-cpu")
+    args = parser.parse_args()
+    provenance = Provenance.begin()
+    workdir = Path(args.workdir)
+    config = quickstart.prepare(workdir)
+    rows = []
+    for load_name, load in LOADS.items():
+        for setting, threads in SETTINGS.items():
+            if load is None and threads == 1:
+                continue  # one thread on a quiet 2-core host only wastes a core
+            measured = []
+            for repeat in range(args.repeats):
+                background = start_load(load)
+                try:
+                    name = (
+                        f"{load_name}-{setting}-{repeat}".replace(" ", "_").replace("(", "").replace(")", "")
+                    )
+                    measured.append(train_once(config, name, args.steps, threads))
+                finally:
+                    if background is not None:
+                        background.kill()
+                        background.wait()
+            row = {
+                "load": load_name,
+                "setting": setting,
+                "tokens_per_second": statistics.median(m["tokens_per_second"] for m in measured),
+                "repeats": measured,
+            }
+            print(json.dumps({k: row[k] for k in ("load", "setting", "tokens_per_second")}), flush=True)
+            rows.append(row)
+    quiet = {row["setting"]: row["tokens_per_second"] for row in rows if row["load"] == "quiet"}
+    for row in rows:
+        base = quiet.get(row["setting"]) or quiet["tunesmith default (auto)"]
+        row["share_of_quiet"] = round(row["tokens_per_second"] / quiet["2 threads"], 3)
+        row["share_of_own_quiet"] = round(row["tokens_per_second"] / base, 3)
+    setup = {
+        "workload": f"the quickstart (SmolLM2-135M-Instruct, LoRA r=16 all-linear, 4 x 2 rows a step), {args.steps} steps",
+        "loads": {
+            name: None if load is None else {"duty": load[0], "period_seconds": load[1]}
+            for name, load in LOADS.items()
+        },
+        "share_of_quiet": "tokens/s over the quiet host's 2-thread tokens/s (torch's own count on 2 cores)",
+    }
+    write_results("shared_cpu", {"setup": setup, "rows": rows}, provenance)
+
+
+if __name__ == "__main__":
+    main()
