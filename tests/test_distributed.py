@@ -70,3 +70,64 @@ def test_missing_engine_is_refused_before_workers_start(make_config, tmp_path, c
     assert main(["train", str(config), "--nproc", "2", "--set", "train.distributed=deepspeed"]) == 2
     assert "train.distributed: deepspeed is not installed" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and launched == []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def distributed_config(make_config, tmp_path) -> Path:
+    raw = make_config(
+        rows=40,
+        train={"max_steps": 6, "batch_size": 4, "eval_steps": 3, "save_steps": 3},
+        eval={"samples": 0, "before_training": False},
+    )
+    raw["method"]["lora"]["dropout"] = 0.0  # dropout draws differ per rank; the rest is deterministic
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_two_nodes_on_one_machine_match_two_processes_on_one_node(make_config, tmp_path):
+    config = distributed_config(make_config, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "tunesmith.cli", "train", str(config)]
+    single = subprocess.run(
+        [*train, "--nproc", "2", "--set", "output.name=one-node"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [*train, "--set", "output.name=two-nodes", "--nnodes", "2", "--node-rank", str(rank)]
+            + ["--master-addr", "127.0.0.1", "--master-port", port, "--nproc", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    one, two = tmp_path / "runs" / "one-node", tmp_path / "runs" / "two-nodes"
+    single_losses, node_losses = train_losses(one), train_losses(two)
+    assert sorted(node_losses) == list(range(1, 7))
+    for step in single_losses:
+        assert abs(single_losses[step] - node_losses[step]) < 1e-4, (step, single_losses, node_losses)
+    summary = json.loads((two / "run.json").read_text())
+    assert (summary["processes"], summary["nodes"], summary["status"]) == (2, 2, "finished")
+    # one checkpoint folder, written once, readable by both nodes; every worker line says where it came from
+    assert sorted(p.name for p in (two / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
+    printed = "".join(stdout for stdout, _ in outputs)
+    assert "rank0]:run folder: " in printed and printed.count("run folder: ") == 1, printed[-3000:]
+    assert sorted(p.name for p in (two / "logs").iterdir()) == ["node-0", "node-1"]

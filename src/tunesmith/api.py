@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from tunesmith.config import Config, DataConfig, load_config, starter_config
-from tunesmith.console import world_size
 from tunesmith.data import lengths
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
@@ -89,25 +89,38 @@ def train(
     resume: bool = False,
     callbacks=(),
     nproc: int = 1,
+    cluster: distributed.Cluster | None = None,
 ) -> dict:
     """Fine-tune as the config says; returns the run summary (also in RUN/run.json).
 
-    nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun.
+    nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun;
+    `cluster` places this launch among several machines (c10d rendezvous) and sets torchrun's restarts after a
+    worker dies (the restarted group resumes from the last checkpoint). Every node runs the same call.
     """
+    cluster = cluster or distributed.Cluster(processes=nproc)
+    cluster.check()
     cfg, name = _config(config, overrides)
     task = get_task(cfg.task)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if nproc > 1 and world_size() == 1:
+    if cluster.launches and not _is_worker():
         task.validated_data(cfg)  # fail fast, before starting any worker
-        distributed.per_device_batch_for(cfg.train.batch_size, nproc)
+        distributed.per_device_batch_for(cfg.train.batch_size, cluster.world)
         distributed.check_engine(cfg.train.distributed)
-        run = RunFolder.for_training(cfg, name, resume)
-        if not resume:
+        if cluster.nodes > 1:
+            run = RunFolder.for_nodes(cfg, name, resume)
+        else:
+            run = RunFolder.for_training(cfg, name, resume)
+        if not resume and cluster.node_rank == 0:  # the other nodes' workers read it from the shared folder
             run.save_config(cfg)
-        distributed.launch(str(run.config_file), str(run.path), nproc, resume)
+        distributed.launch(str(run.config_file), str(run.path), cluster, resume)
         return run.read_summary().to_dict() | {"run_dir": str(run.path)}
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+
+
+def _is_worker() -> bool:
+    """A process torchrun or accelerate started (they set LOCAL_RANK even in a group of one)."""
+    return "LOCAL_RANK" in os.environ
 
 
 def predict(

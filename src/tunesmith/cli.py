@@ -73,6 +73,19 @@ def _train_arguments(parser):
     parser.add_argument(
         "--nproc", type=int, default=1, help="data-parallel processes on this machine (gloo on CPU)"
     )
+    nodes = parser.add_argument_group("several machines (run the same command on every node)")
+    nodes.add_argument("--nnodes", type=int, default=1, help="machines in the run")
+    nodes.add_argument("--node-rank", type=int, default=0, help="this machine's place, 0 .. nnodes-1")
+    nodes.add_argument(
+        "--master-addr", default="127.0.0.1", help="address of node 0, where the nodes meet (c10d rendezvous)"
+    )
+    nodes.add_argument("--master-port", type=int, default=29500, help="a free port on node 0")
+    nodes.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart the workers this many times after one dies; the run resumes from its last checkpoint",
+    )
     parser.add_argument(
         "--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded with weights_only=True)"
     )
@@ -86,7 +99,17 @@ def _call_train(api, args):
     # train.time_budget counts the whole command, imports included (ranks started by --nproc inherit it)
     os.environ.setdefault("TUNESMITH_STARTED_AT", str(psutil.Process().create_time()))
     overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
-    return api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
+    from tunesmith.training.distributed import Cluster
+
+    cluster = Cluster(
+        processes=args.nproc,
+        nodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        max_restarts=args.max_restarts,
+    )
+    return api.train(args.config, overrides, resume=args.resume, cluster=cluster)
 
 
 def _show_train(args, summary) -> int:
