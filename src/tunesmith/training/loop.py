@@ -32,6 +32,7 @@ from tunesmith.training.callbacks import (
     OverfitWatch,
     ProgressBar,
     TokenCounter,
+    injected_faults,
 )
 from tunesmith.training.checkpoints import STAGING, commit, fault_point
 from tunesmith.training.distributed import check_engine, per_device_batch
@@ -304,6 +305,7 @@ def standard_callbacks(
         ProgressBar(counter),
         OverfitWatch(cfg.eval.overfit_patience, bool(cfg.train.early_stopping_patience)),
         *extra,
+        *injected_faults(),
     ]
     if cfg.train.time_budget:
         callbacks.append(
