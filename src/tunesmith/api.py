@@ -118,6 +118,23 @@ def train(
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
 
+def launch(
+    config: str | Path,
+    target: str,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    engine: str | None = None,
+    overrides: list[str] | None = None,
+) -> str:
+    """A ready launch file for a cluster: an sbatch script (`slurm`, srun + torchrun), an `accelerate` config
+    (DDP, FSDP2, ZeRO-2/3) or a `skypilot` task; `engine` None keeps the config's train.distributed."""
+    from tunesmith.training import launch_files
+
+    cfg, _ = _config(config, overrides)
+    plan = launch_files.plan_for(cfg, config, nodes, gpus_per_node, engine, overrides or [])
+    return launch_files.write(target, plan)
+
+
 def _is_worker() -> bool:
     """A process torchrun or accelerate started (they set LOCAL_RANK even in a group of one)."""
     return "LOCAL_RANK" in os.environ

@@ -120,6 +120,23 @@ def _show_train(args, summary) -> int:
     return 0
 
 
+# -- launch ----------------------------------------------------------------------------------------------
+def _launch_arguments(parser):
+    from tunesmith.training.launch_files import ENGINES, TARGETS
+
+    parser.add_argument("config", help="the YAML config every node will train")
+    parser.add_argument("--print", dest="target", required=True, choices=TARGETS, help="which file to write")
+    parser.add_argument("--nodes", type=int, default=1, help="machines")
+    parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (worker processes) per machine")
+    parser.add_argument("--engine", choices=ENGINES, help="default: the config's train.distributed")
+    parser.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
+    _overrides(parser)
+
+
+def _call_launch(api, args):
+    return api.launch(args.config, args.target, args.nodes, args.gpus_per_node, args.engine, args.overrides)
+
+
 # -- data check ------------------------------------------------------------------------------------------
 def _data_arguments(parser):
     checks = parser.add_subparsers(dest="data_verb", required=True)
@@ -449,6 +466,13 @@ VERBS: dict[str, Verb] = {
         _show_init,
     ),
     "train": Verb("train", "fine-tune as CONFIG says", _train_arguments, _call_train, _show_train),
+    "launch": Verb(
+        "launch",
+        "write a cluster launch file for CONFIG: sbatch script, accelerate config or SkyPilot task",
+        _launch_arguments,
+        _call_launch,
+        _show_init,
+    ),
     "data": Verb(
         "check_data",
         "data tools",

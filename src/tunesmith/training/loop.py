@@ -256,7 +256,9 @@ def engine_arguments(cfg: Config, layer_class: str | None) -> dict:
     check_engine("deepspeed")
     return {
         "deepspeed": {
-            "zero_optimization": {"stage": 2},
+            # stage 3 gathers the sharded weights when saving, so checkpoints and model/ hold whole tensors
+            "zero_optimization": {"stage": cfg.train.zero_stage}
+            | ({"stage3_gather_16bit_weights_on_model_save": True} if cfg.train.zero_stage == 3 else {}),
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto",
