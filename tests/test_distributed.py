@@ -1,11 +1,14 @@
 """Data-parallel training on CPU with gloo: two processes (DDP or FSDP) follow the same loss curve as one."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
 
@@ -131,3 +134,38 @@ def test_two_nodes_on_one_machine_match_two_processes_on_one_node(make_config, t
     printed = "".join(stdout for stdout, _ in outputs)
     assert "rank0]:run folder: " in printed and printed.count("run folder: ") == 1, printed[-3000:]
     assert sorted(p.name for p in (two / "logs").iterdir()) == ["node-0", "node-1"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="`make setup` installs deepspeed")
+def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_follow_one_process(make_config, tmp_path):
+    """DeepSpeed's CPU accelerator (gloo underneath, its shm all-reduce built on first use with g++)."""
+    from safetensors.torch import load_file
+
+    from tunesmith import api
+
+    config = distributed_config(make_config, tmp_path)
+    alone = api.train(config, ["output.name=alone"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for stage in (2, 3):
+        command = [sys.executable, "-m", "tunesmith.cli", "train", str(config), "--nproc", "2"]
+        command += ["--set", f"output.name=zero{stage}", "--set", "train.distributed=deepspeed"]
+        result = subprocess.run(
+            [*command, "--set", f"train.zero_stage={stage}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        run = tmp_path / "runs" / f"zero{stage}"
+        single, sharded = train_losses(Path(alone["run_dir"])), train_losses(run)
+        assert sorted(sharded) == list(range(1, 7))
+        for step in single:
+            assert abs(single[step] - sharded[step]) < 1e-4, (stage, step, single, sharded)
+        # ZeRO-3 shards the weights: the saved adapter must still hold whole tensors, equal to one process's
+        expected = load_file(Path(alone["run_dir"]) / "model" / "adapter_model.safetensors")
+        saved = load_file(run / "model" / "adapter_model.safetensors")
+        assert saved.keys() == expected.keys()
+        for name in expected:
+            assert saved[name].shape == expected[name].shape, (stage, name)
+            assert torch.allclose(saved[name], expected[name], atol=1e-5), (stage, name)

@@ -32,10 +32,13 @@ class LaunchPlan:
 
     @property
     def overrides(self) -> list[str]:
-        """--set arguments: the user's, then the engine the file was written for."""
+        """KEY=VALUE for --set: the user's, then the engine the file was written for."""
         engine = [f"train.distributed={self.engine}"] if self.engine in ("ddp", "fsdp") else []
         engine = engine or ["train.distributed=deepspeed", f"train.zero_stage={self.engine[-1]}"]
-        return [part for setting in (*self.settings, *engine) for part in ("--set", setting)]
+        return [*self.settings, *engine]
+
+    def set_arguments(self) -> list[str]:
+        return [f"--set {shlex.quote(setting)}" for setting in self.overrides]
 
 
 def plan_for(
@@ -81,7 +84,7 @@ def torchrun_line(plan: LaunchPlan, node_rank: str, master_addr: str, run_id: st
         f'--log-dir="$TUNESMITH_RUN_DIR/logs/node-{node_rank}"',
         "-m tunesmith.cli train",
         shlex.quote(plan.config_file),
-        *(shlex.quote(part) for part in plan.overrides),
+        *plan.set_arguments(),
         "$RESUME",
     ]
     return " \\\n    ".join(arguments)
@@ -156,7 +159,7 @@ def accelerate(plan: LaunchPlan) -> str:
             "offload_param_device": "none",
         }
     command = ["accelerate launch --config_file accelerate.yaml --machine_rank $NODE_RANK"]
-    command += ["-m tunesmith.cli train", shlex.quote(plan.config_file), *map(shlex.quote, plan.overrides)]
+    command += ["-m tunesmith.cli train", shlex.quote(plan.config_file), *plan.set_arguments()]
     header = [
         f"# accelerate config for {plan.nodes} node(s) x {plan.gpus_per_node} GPU(s), engine {plan.engine}",
         f"# on every node: export TUNESMITH_RUN_DIR={shlex.quote(plan.run_dir)}  (storage every node mounts)",
@@ -180,6 +183,7 @@ def skypilot(plan: LaunchPlan) -> str:
     )
     task = {
         "name": Path(plan.run_dir).name,
+        "workdir": ".",  # synced to every node; run `sky launch` from the folder that holds the config
         "num_nodes": plan.nodes,
         "resources": {"accelerators": f"H100:{plan.gpus_per_node}"},  # any GPU type SkyPilot knows
         "setup": "pip install tunesmith deepspeed"
@@ -191,4 +195,16 @@ def skypilot(plan: LaunchPlan) -> str:
         f"# SkyPilot task: sky launch -c {Path(plan.run_dir).name} task.yaml\n"
         f"# {plan.run_dir} must be on storage every node mounts (a SkyPilot file_mounts bucket, or NFS)\n"
     )
-    return header + yaml.safe_dump(task, sort_keys=False, width=200)
+    return header + yaml.dump(task, Dumper=_BlockStrings, sort_keys=False, width=200)
+
+
+class _BlockStrings(yaml.SafeDumper):
+    """Multi-line strings (the run script) as YAML literal blocks, readable as the shell script they are."""
+
+
+_BlockStrings.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
