@@ -70,7 +70,7 @@ def check_engine(engine: str) -> None:
     """Refuse an engine whose package is missing before any worker starts."""
     if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise TunesmithError(
-            "train.distributed: deepspeed is not installed; `pip install deepspeed` (GPU machines) or use ddp/fsdp"
+            "train.distributed: deepspeed is not installed; `pip install tunesmith[deepspeed]` or use ddp/fsdp"
         )
 
 
