@@ -169,3 +169,24 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_follow_one_process(make_
         for name in expected:
             assert saved[name].shape == expected[name].shape, (stage, name)
             assert torch.allclose(saved[name], expected[name], atol=1e-5), (stage, name)
+
+
+def test_a_multi_node_run_names_one_folder_and_refuses_one_that_holds_a_run(make_config, tmp_path):
+    from tunesmith.config import config_from_dict
+    from tunesmith.errors import TunesmithError
+    from tunesmith.run_folder import RunFolder
+    from tunesmith.training.distributed import Cluster
+
+    cfg = config_from_dict(make_config(rows=8))
+    first = RunFolder.for_nodes(cfg, "cfg", resume=False)
+    assert (
+        first.path == tmp_path / "runs" / "cfg" and RunFolder.for_nodes(cfg, "cfg", False).path == first.path
+    )
+    first.metrics.write_text(
+        '{"step": 1, "loss": 1.0}\n'
+    )  # it trained: a fresh multi-node start must not reuse it
+    with pytest.raises(TunesmithError, match="already holds a run.*--resume"):
+        RunFolder.for_nodes(cfg, "cfg", resume=False)
+    assert RunFolder.for_nodes(cfg, "cfg", resume=True).path == first.path
+    with pytest.raises(TunesmithError, match="--node-rank: 2 is outside 0..1"):
+        Cluster(nodes=2, node_rank=2).check()
