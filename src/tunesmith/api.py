@@ -107,13 +107,20 @@ def train(
         task.validated_data(cfg)  # fail fast, before starting any worker
         distributed.per_device_batch_for(cfg.train.batch_size, cluster.world)
         distributed.check_engine(cfg.train.distributed)
+        if cfg.train.launcher == "ray":
+            from tunesmith.training import ray_launch
+
+            ray_launch.check_ray(cluster)
         if cluster.nodes > 1:
             run = RunFolder.for_nodes(cfg, name, resume)
         else:
             run = RunFolder.for_training(cfg, name, resume)
         if not resume and cluster.node_rank == 0:  # the other nodes' workers read it from the shared folder
             run.save_config(cfg)
-        distributed.launch(str(run.config_file), str(run.path), cluster, resume)
+        if cfg.train.launcher == "ray":
+            ray_launch.launch(_ray_worker, str(run.config_file), str(run.path), cluster, resume)
+        else:
+            distributed.launch(str(run.config_file), str(run.path), cluster, resume)
         return run.read_summary().to_dict() | {"run_dir": str(run.path)}
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
@@ -133,6 +140,14 @@ def launch(
     cfg, _ = _config(config, overrides)
     plan = launch_files.plan_for(cfg, config, nodes, gpus_per_node, engine, overrides or [])
     return launch_files.write(target, plan)
+
+
+def _ray_worker(settings: dict) -> None:
+    """One Ray Train worker: the same `train` call a torchrun worker makes (Ray has set RANK and WORLD_SIZE)."""
+    from tunesmith.training.ray_launch import worker_environment
+
+    worker_environment(settings)
+    train(settings["config_file"], resume=settings["resume"])
 
 
 def _is_worker() -> bool:
