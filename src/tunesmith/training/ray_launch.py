@@ -12,7 +12,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.run_folder import RUN_DIR_ENV
-from tunesmith.training.distributed import Cluster
+from tunesmith.training.distributed import RESTART_COUNT_ENV, Cluster
 
 
 def check_ray(cluster: Cluster) -> None:
@@ -60,5 +60,8 @@ def launch(worker: Callable[[dict], None], config_file: str, run_dir: str, clust
 
 
 def worker_environment(settings: dict) -> None:
-    """What a Ray worker sets before it trains: the run folder the launcher chose."""
+    """What a Ray worker sets before it trains: the run folder the launcher chose and, when the run has logged a
+    step already, that Ray restarted the group (FailureConfig), so the recipe resumes as after torchrun's restart."""
     os.environ[RUN_DIR_ENV] = settings["run_dir"]
+    restarted = (Path(settings["run_dir"]) / "metrics.jsonl").exists() and not settings["resume"]
+    os.environ[RESTART_COUNT_ENV] = "1" if restarted else "0"
