@@ -211,3 +211,27 @@ def test_ray_train_runs_the_same_recipe_on_two_cpu_workers(make_config, tmp_path
     assert sorted(under_ray) == list(range(1, 7))
     for step in single:
         assert abs(single[step] - under_ray[step]) < 1e-4, (step, single, under_ray)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU only: DeepSpeed on NCCL")
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="`make setup` installs deepspeed")
+def test_deepspeed_on_gpus_follows_ddp(make_config, tmp_path):
+    """The GPU check for a lent device: ZeRO-2/3 on NCCL (one process per GPU, at most two) against DDP, fp32."""
+    config = distributed_config(make_config, tmp_path)
+    processes = str(min(2, torch.cuda.device_count()))
+    losses = {}
+    for name, engine in (("ddp", ["ddp"]), ("zero2", ["deepspeed", "2"]), ("zero3", ["deepspeed", "3"])):
+        command = [sys.executable, "-m", "tunesmith.cli", "train", str(config), "--nproc", processes]
+        command += ["--set", f"output.name={name}", "--set", f"train.distributed={engine[0]}"]
+        command += ["--set", f"train.zero_stage={engine[1]}"] if len(engine) > 1 else []
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        losses[name] = train_losses(tmp_path / "runs" / name)
+    for name in ("zero2", "zero3"):
+        assert sorted(losses[name]) == list(range(1, 7))
+        for step, loss in losses["ddp"].items():
+            assert abs(loss - losses[name][step]) < 1e-3, (
+                name,
+                step,
+                losses,
+            )  # TF32/NCCL order: looser than CPU
