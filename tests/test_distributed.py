@@ -235,3 +235,16 @@ def test_deepspeed_on_gpus_follows_ddp(make_config, tmp_path):
                 step,
                 losses,
             )  # TF32/NCCL order: looser than CPU
+
+
+def test_a_node_that_cannot_see_the_run_folder_says_so(tmp_path, monkeypatch):
+    from tunesmith import api
+    from tunesmith.errors import TunesmithError
+
+    unseen = tmp_path / "runs" / "elsewhere"  # node 0 wrote config.yaml here, on storage this node lacks
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("TUNESMITH_RUN_DIR", str(unseen))
+    with pytest.raises(
+        TunesmithError, match="this node cannot see it; output.dir must be on storage every node"
+    ):
+        api.train(str(unseen / "config.yaml"))

@@ -14,7 +14,7 @@ from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
-from tunesmith.run_folder import RunFolder
+from tunesmith.run_folder import RUN_DIR_ENV, RunFolder
 from tunesmith.training import distributed
 
 
@@ -99,6 +99,7 @@ def train(
     """
     cluster = cluster or distributed.Cluster(processes=nproc)
     cluster.check()
+    _check_run_folder_visible(config)
     cfg, name = _config(config, overrides)
     task = get_task(cfg.task)
     if cfg.train.num_threads:
@@ -148,6 +149,17 @@ def _ray_worker(settings: dict) -> None:
 
     worker_environment(settings)
     train(settings["config_file"], resume=settings["resume"])
+
+
+def _check_run_folder_visible(config) -> None:
+    """A worker on another node reads config.yaml from the run folder node 0 wrote: if it is missing here, the
+    folder is not on storage this node shares (the usual multi-node mistake), not a config to create."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if _is_worker() and run_dir and isinstance(config, (str, Path)) and not Path(config).exists():
+        raise TunesmithError(
+            f"{config}: node 0 wrote the run's config.yaml into {run_dir}, but this node cannot see it; "
+            "output.dir must be on storage every node mounts (NFS, Lustre, a shared bucket)"
+        )
 
 
 def _is_worker() -> bool:
