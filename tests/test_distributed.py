@@ -245,6 +245,6 @@ def test_a_node_that_cannot_see_the_run_folder_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("TUNESMITH_RUN_DIR", str(unseen))
     with pytest.raises(
-        TunesmithError, match="this node cannot see it; output.dir must be on storage every node"
+        TunesmithError, match="this node cannot see it .*output.dir must be on storage every node mounts"
     ):
         api.train(str(unseen / "config.yaml"))

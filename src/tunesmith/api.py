@@ -152,13 +152,13 @@ def _ray_worker(settings: dict) -> None:
 
 
 def _check_run_folder_visible(config) -> None:
-    """A worker on another node reads config.yaml from the run folder node 0 wrote: if it is missing here, the
-    folder is not on storage this node shares (the usual multi-node mistake), not a config to create."""
+    """A worker on another node reads the config node 0 wrote into the run folder (or the launch file's config): if
+    it is missing here, the storage is not shared (the usual multi-node mistake), not a config to create."""
     run_dir = os.environ.get(RUN_DIR_ENV)
     if _is_worker() and run_dir and isinstance(config, (str, Path)) and not Path(config).exists():
         raise TunesmithError(
-            f"{config}: node 0 wrote the run's config.yaml into {run_dir}, but this node cannot see it; "
-            "output.dir must be on storage every node mounts (NFS, Lustre, a shared bucket)"
+            f"{config}: this node cannot see it (run folder {run_dir}); the config and output.dir must be on "
+            "storage every node mounts (NFS, Lustre, a shared bucket)"
         )
 
 
