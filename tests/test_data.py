@@ -172,6 +172,34 @@ def test_tokenization_cache_is_keyed_by_tokenizer(tmp_path, tokenizer):
     assert third["train"] != first["train"]
 
 
+def test_one_process_tokenizes_while_the_others_wait_for_its_cache(tmp_path, tokenizer):
+    """Workers of a run share the cache folder: the lock makes one of them tokenize and the rest read it."""
+    import fcntl
+    import threading
+
+    path = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(6))
+    cfg = DataConfig(train_file=str(path), validation_ratio=0)
+    checked = check_data(cfg)
+    first = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path)
+    cached = tmp_path / "tokenized" / f"{first['report']['cache']['key']}.npz"
+    cached.unlink()  # as if no one had tokenized yet; another worker holds the lock while it tokenizes
+    results = []
+    with open(cached.with_suffix(".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(
+            target=lambda: results.append(tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), tmp_path))
+        )
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not results  # it waits for the lock instead of tokenizing too
+        holder = tmp_path / "holder"  # the lock holder tokenizes, then its cache lands in the shared folder
+        second = tokenize_data(checked, cfg, Renderer(tokenizer, "chat"), holder)
+        (holder / "tokenized" / cached.name).replace(cached)
+    waiting.join(timeout=30)
+    assert results[0]["report"]["cache"]["hit"]  # the waiting worker read the holder's cache
+    assert results[0]["train"] == second["train"] == first["train"]
+
+
 # -- encodings and empty values ------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """Runs that survive faults: SIGKILL mid-checkpoint, corrupted checkpoints, SIGTERM, unsafe inputs, leaked secrets."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -195,3 +196,50 @@ def test_checkpoints_are_fsynced_before_the_rename_and_rotated_after(make_config
     after = events[commit + 1 :]
     assert after.index(("fsync", str(root))) < after.index(("delete", str(root / "checkpoint-2")))
     assert sorted(p.name for p in root.glob("checkpoint-*")) == ["checkpoint-4"]  # rotation did happen
+
+
+def test_elastic_restart_after_a_killed_worker_ends_with_the_uninterrupted_weights(make_config, tmp_path):
+    """--max-restarts: torchrun restarts both workers after one is SIGKILLed at step 5; they resume from
+    checkpoint-4 and end bit-identical to a run that was never interrupted."""
+    config = write_config(make_config, tmp_path, batch_size=4)
+    gloo = {"OMP_NUM_THREADS": "1"}
+    whole = tunesmith("train", str(config), "--nproc", "2", "--set", "output.name=whole", env=gloo)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    restarted = tunesmith(
+        "train", str(config), "--nproc", "2", "--max-restarts", "1", "--set", "output.name=elastic",
+        env={**gloo, "TUNESMITH_FAULT": "kill_worker:5"},
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in restarted.stderr, restarted.stderr[-3000:]  # SIGKILL
+    assert "restart 1 after a worker died: continuing from the last checkpoint" in restarted.stdout
+    assert "resuming from checkpoint-4" in restarted.stdout
+    first, second = adapter(tmp_path / "runs" / "whole"), adapter(tmp_path / "runs" / "elastic")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    summary = json.loads((tmp_path / "runs" / "elastic" / "run.json").read_text())
+    assert (summary["status"], summary["restarts"], summary["global_step"]) == ("finished", 1, 8)
+    logged = [
+        json.loads(line)
+        for line in (tmp_path / "runs" / "elastic" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["step"] for r in logged if "loss" in r) == list(range(1, 9))  # step 5 once, not twice
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="`make setup` installs ray")
+def test_ray_restart_after_a_killed_worker_resumes_to_the_uninterrupted_weights(make_config, tmp_path):
+    config = write_config(make_config, tmp_path, batch_size=4)
+    gloo = {"OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    whole = tunesmith("train", str(config), "--nproc", "2", "--set", "output.name=whole", env=gloo)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    restarted = tunesmith(
+        "train", str(config), "--nproc", "2", "--max-restarts", "1", "--set", "output.name=ray",
+        "--set", "train.launcher=ray", env={**gloo, "TUNESMITH_FAULT": "kill_worker:5"},
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert "resuming from checkpoint-4" in restarted.stdout + restarted.stderr
+    first, second = adapter(tmp_path / "runs" / "whole"), adapter(tmp_path / "runs" / "ray")
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    summary = json.loads((tmp_path / "runs" / "ray" / "run.json").read_text())
+    assert (summary["status"], summary["restarts"]) == ("finished", 1)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from tunesmith.config import Config, DataConfig, load_config, starter_config
-from tunesmith.console import world_size
 from tunesmith.data import lengths
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
-from tunesmith.run_folder import RunFolder
+from tunesmith.run_folder import RUN_DIR_ENV, RunFolder
 from tunesmith.training import distributed
 
 
@@ -89,25 +89,82 @@ def train(
     resume: bool = False,
     callbacks=(),
     nproc: int = 1,
+    cluster: distributed.Cluster | None = None,
 ) -> dict:
     """Fine-tune as the config says; returns the run summary (also in RUN/run.json).
 
-    nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun.
+    nproc > 1 runs data-parallel on that many local processes (gloo on CPU, NCCL on GPUs) through torchrun;
+    `cluster` places this launch among several machines (c10d rendezvous) and sets torchrun's restarts after a
+    worker dies (the restarted group resumes from the last checkpoint). Every node runs the same call.
     """
+    cluster = cluster or distributed.Cluster(processes=nproc)
+    cluster.check()
+    _check_run_folder_visible(config)
     cfg, name = _config(config, overrides)
     task = get_task(cfg.task)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if nproc > 1 and world_size() == 1:
+    if cluster.launches and not _is_worker():
         task.validated_data(cfg)  # fail fast, before starting any worker
-        distributed.per_device_batch_for(cfg.train.batch_size, nproc)
+        distributed.per_device_batch_for(cfg.train.batch_size, cluster.world)
         distributed.check_engine(cfg.train.distributed)
-        run = RunFolder.for_training(cfg, name, resume)
-        if not resume:
+        if cfg.train.launcher == "ray":
+            from tunesmith.training import ray_launch
+
+            ray_launch.check_ray(cluster)
+        if cluster.nodes > 1:
+            run = RunFolder.for_nodes(cfg, name, resume)
+        else:
+            run = RunFolder.for_training(cfg, name, resume)
+        if not resume and cluster.node_rank == 0:  # the other nodes' workers read it from the shared folder
             run.save_config(cfg)
-        distributed.launch(str(run.config_file), str(run.path), nproc, resume)
+        if cfg.train.launcher == "ray":
+            ray_launch.launch(_ray_worker, str(run.config_file), str(run.path), cluster, resume)
+        else:
+            distributed.launch(str(run.config_file), str(run.path), cluster, resume)
         return run.read_summary().to_dict() | {"run_dir": str(run.path)}
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
+
+
+def launch(
+    config: str | Path,
+    target: str,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    engine: str | None = None,
+    overrides: list[str] | None = None,
+) -> str:
+    """A ready launch file for a cluster: an sbatch script (`slurm`, srun + torchrun), an `accelerate` config
+    (DDP, FSDP2, ZeRO-2/3) or a `skypilot` task; `engine` None keeps the config's train.distributed."""
+    from tunesmith.training import launch_files
+
+    cfg, _ = _config(config, overrides)
+    plan = launch_files.plan_for(cfg, config, nodes, gpus_per_node, engine, overrides or [])
+    return launch_files.write(target, plan)
+
+
+def _ray_worker(settings: dict) -> None:
+    """One Ray Train worker: the same `train` call a torchrun worker makes (Ray has set RANK and WORLD_SIZE)."""
+    from tunesmith.training.ray_launch import worker_environment
+
+    worker_environment(settings)
+    train(settings["config_file"], resume=settings["resume"])
+
+
+def _check_run_folder_visible(config) -> None:
+    """A worker on another node reads the config node 0 wrote into the run folder (or the launch file's config): if
+    it is missing here, the storage is not shared (the usual multi-node mistake), not a config to create."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if _is_worker() and run_dir and isinstance(config, (str, Path)) and not Path(config).exists():
+        raise TunesmithError(
+            f"{config}: this node cannot see it (run folder {run_dir}); the config and output.dir must be on "
+            "storage every node mounts (NFS, Lustre, a shared bucket)"
+        )
+
+
+def _is_worker() -> bool:
+    """A process torchrun or accelerate started (they set LOCAL_RANK even in a group of one)."""
+    return "LOCAL_RANK" in os.environ
 
 
 def predict(

@@ -73,6 +73,19 @@ def _train_arguments(parser):
     parser.add_argument(
         "--nproc", type=int, default=1, help="data-parallel processes on this machine (gloo on CPU)"
     )
+    nodes = parser.add_argument_group("several machines (run the same command on every node)")
+    nodes.add_argument("--nnodes", type=int, default=1, help="machines in the run")
+    nodes.add_argument("--node-rank", type=int, default=0, help="this machine's place, 0 .. nnodes-1")
+    nodes.add_argument(
+        "--master-addr", default="127.0.0.1", help="address of node 0, where the nodes meet (c10d rendezvous)"
+    )
+    nodes.add_argument("--master-port", type=int, default=29500, help="a free port on node 0")
+    nodes.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart the workers this many times after one dies; the run resumes from its last checkpoint",
+    )
     parser.add_argument(
         "--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded with weights_only=True)"
     )
@@ -86,7 +99,17 @@ def _call_train(api, args):
     # train.time_budget counts the whole command, imports included (ranks started by --nproc inherit it)
     os.environ.setdefault("TUNESMITH_STARTED_AT", str(psutil.Process().create_time()))
     overrides = args.overrides + (["model.allow_pickle=true"] if args.allow_pickle else [])
-    return api.train(args.config, overrides, resume=args.resume, nproc=args.nproc)
+    from tunesmith.training.distributed import Cluster
+
+    cluster = Cluster(
+        processes=args.nproc,
+        nodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        max_restarts=args.max_restarts,
+    )
+    return api.train(args.config, overrides, resume=args.resume, cluster=cluster)
 
 
 def _show_train(args, summary) -> int:
@@ -95,6 +118,23 @@ def _show_train(args, summary) -> int:
     if world_size() == 1:  # not a worker rank: the launcher (or a single process) reports
         print(f"run: {summary['run_dir']} ({summary['status']})")
     return 0
+
+
+# -- launch ----------------------------------------------------------------------------------------------
+def _launch_arguments(parser):
+    from tunesmith.training.launch_files import ENGINES, TARGETS
+
+    parser.add_argument("config", help="the YAML config every node will train")
+    parser.add_argument("--print", dest="target", required=True, choices=TARGETS, help="which file to write")
+    parser.add_argument("--nodes", type=int, default=1, help="machines")
+    parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (worker processes) per machine")
+    parser.add_argument("--engine", choices=ENGINES, help="default: the config's train.distributed")
+    parser.add_argument("--output", "-o", help="write to this file instead of printing (never overwrites)")
+    _overrides(parser)
+
+
+def _call_launch(api, args):
+    return api.launch(args.config, args.target, args.nodes, args.gpus_per_node, args.engine, args.overrides)
 
 
 # -- data check ------------------------------------------------------------------------------------------
@@ -426,6 +466,13 @@ VERBS: dict[str, Verb] = {
         _show_init,
     ),
     "train": Verb("train", "fine-tune as CONFIG says", _train_arguments, _call_train, _show_train),
+    "launch": Verb(
+        "launch",
+        "write a cluster launch file for CONFIG: sbatch script, accelerate config or SkyPilot task",
+        _launch_arguments,
+        _call_launch,
+        _show_init,
+    ),
     "data": Verb(
         "check_data",
         "data tools",

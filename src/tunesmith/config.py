@@ -276,6 +276,13 @@ class TrainConfig(Section):
         None, gt=0, le=1, description="classification: each lower block's LR is this times the one above"
     )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"  # engine used when run on several processes
+    launcher: Literal["torchrun", "ray"] = Field(
+        "torchrun", description="what starts the workers of --nproc: torchrun, or Ray Train on a Ray cluster"
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2,
+        description="train.distributed deepspeed: ZeRO stage 2 (optimizer and gradients sharded) or 3 (weights too)",
+    )
     time_budget: float | None = Field(
         None,
         description="the whole run ends within this wall time (e.g. 20m, 1h): steps and LR schedule are "

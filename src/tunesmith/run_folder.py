@@ -43,7 +43,9 @@ class RunSummary:
     precision_probe: dict | None = None  # train.precision: {"precision", "reason", "probe": measured GFLOP/s}
     frozen_weights_bf16: dict | None = None  # bf16 adapter runs: frozen weights kept in bf16
     compile: dict | None = None  # train.compile's decision: {"enabled", "reason", the estimate it rests on}
-    processes: int | None = None  # data-parallel processes
+    processes: int | None = None  # data-parallel processes, all nodes together
+    nodes: int | None = None  # machines the processes ran on (--nnodes)
+    restarts: int | None = None  # times torchrun restarted the group after a worker died (--max-restarts)
     threads: dict | None = None  # CPU: torch's thread count chosen from other processes' load, and its changes
     template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
     stop_token_ids: list | None = None  # causal LM: tokens that end an answer
@@ -149,6 +151,22 @@ class RunFolder:
         path = next(path for path in candidates if not path.exists())
         path.mkdir(parents=True)
         return cls(path)
+
+    @classmethod
+    def for_nodes(cls, config: Config, default_name: str, resume: bool) -> RunFolder:
+        """The folder of a run spread over several machines: output.dir/name exactly, never name-2, since every
+        node's launcher must arrive at the same folder without talking to the others (workers start only
+        after all nodes have joined, so none has written into it yet)."""
+        run = cls(Path(config.output.dir) / (config.output.name or default_name))
+        if resume and not run.path.is_dir():
+            raise TunesmithError(f"--resume: {run.path} does not exist on this node; start without --resume")
+        if not resume and run.path.is_dir() and not run.failed_start():
+            raise TunesmithError(
+                f"output.name: {run.path} already holds a run; a multi-node run needs a folder of its own "
+                "(every node must name the same one): set another output.name, or continue it with --resume"
+            )
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
 
     def failed_start(self) -> bool:
         """The folder of a start that stopped before training began: nothing in it is worth keeping."""

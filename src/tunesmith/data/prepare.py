@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -321,6 +322,17 @@ def tokenize_data(checked: CheckedData, cfg: DataConfig, renderer: Renderer, cac
     """Tokenize both splits (or reuse a cache keyed by data, settings and tokenizer); return the splits and report."""
     key = _cache_key(checked, cfg, renderer)
     cache_file = cache_dir / "tokenized" / f"{key}.npz" if cache_dir else None
+    if cache_file is None:
+        return _tokenized(checked, cfg, renderer, key, None)
+    # One process tokenizes and the others wait, then read its cache: once per node, or once in all when
+    # the cache folder is on storage every node shares (flock is honoured by NFSv4 and Lustre).
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _tokenized(checked, cfg, renderer, key, cache_file)
+
+
+def _tokenized(checked: CheckedData, cfg: DataConfig, renderer: Renderer, key: str, cache_file) -> dict:
     if cache_file is not None and cache_file.exists():
         try:
             splits, meta = _load(cache_file, ["train", "validation"])

@@ -18,6 +18,23 @@ from tunesmith.evaluation.forgetting import Reference, drift, replay_remedy
 from tunesmith.evaluation.forgetting import describe as describe_drift
 from tunesmith.run_folder import RunFolder, RunSummary, free_path
 from tunesmith.training.checkpoints import checkpoint_step, latest_valid
+from tunesmith.training.distributed import restart_count
+
+
+def resume_after_restart(run: RunFolder, resume: bool) -> bool:
+    """Whether to resume: as asked, or, after torchrun restarted the group because a worker died
+    (--max-restarts), from the newest valid checkpoint; with none written yet the run starts over."""
+    attempt = restart_count()
+    if resume or attempt == 0:
+        return resume
+    if latest_valid(run.checkpoints)[0] is None:
+        dropped = run.truncate_metrics_after(0)
+        say(
+            f"restart {attempt} after a worker died: no checkpoint yet, training starts over ({dropped} metric lines dropped)"
+        )
+        return False
+    say(f"restart {attempt} after a worker died: continuing from the last checkpoint")
+    return True
 
 
 def resume_point(run: RunFolder) -> str:

@@ -29,10 +29,12 @@ from tunesmith.tasks.common import (
     evaluation_logged_at,
     evaluation_of_final_weights,
     finish_run,
+    resume_after_restart,
     resume_point,
     training_result,
 )
 from tunesmith.training.compile import compile_blocks, decide_compile, planned_tokens
+from tunesmith.training.distributed import node_count, restart_count
 from tunesmith.training.flops import training_flops
 from tunesmith.training.hardware import check_weights_dtype, describe_hardware, library_versions
 from tunesmith.training.loop import fit, stop_message
@@ -79,6 +81,7 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
     model_path = resolve_model(cfg.model, cache_dir)  # a missing model fails before a run folder exists
     run = RunFolder.for_training(cfg, default_name, resume)
     say(f"run folder: {run.path}")
+    resume = resume_after_restart(run, resume)
     run.save_config(cfg)
     data = task.prepare(cfg, checked, model_path, cache_dir)
     data.run = run
@@ -116,6 +119,8 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         parameters=parameters,
         **decided,
         processes=world_size(),
+        nodes=node_count(),
+        restarts=restart_count(),
         defaults=defaults.record(choices),
         hardware=describe_hardware(),
         versions=library_versions(),

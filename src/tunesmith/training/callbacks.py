@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -152,6 +153,26 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class KillWorker(TrainerCallback):
+    """Fault injection for the elastic tests (TUNESMITH_FAULT=kill_worker:STEP): the last rank dies with SIGKILL
+    after that step, on the group's first attempt only, so the group torchrun restarts runs through."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last_rank = os.environ.get("RANK") == str(int(os.environ.get("WORLD_SIZE", "1")) - 1)
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if state.global_step == self.step and last_rank and first_attempt:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return control
+
+
+def injected_faults() -> list[TrainerCallback]:
+    fault = os.environ.get("TUNESMITH_FAULT", "")
+    return [KillWorker(int(fault.split(":")[1]))] if fault.startswith("kill_worker:") else []
 
 
 class OverfitWatch(TrainerCallback):

@@ -32,6 +32,7 @@ from tunesmith.training.callbacks import (
     OverfitWatch,
     ProgressBar,
     TokenCounter,
+    injected_faults,
 )
 from tunesmith.training.checkpoints import STAGING, commit, fault_point
 from tunesmith.training.distributed import check_engine, per_device_batch
@@ -256,7 +257,9 @@ def engine_arguments(cfg: Config, layer_class: str | None) -> dict:
     check_engine("deepspeed")
     return {
         "deepspeed": {
-            "zero_optimization": {"stage": 2},
+            # stage 3 gathers the sharded weights when saving, so checkpoints and model/ hold whole tensors
+            "zero_optimization": {"stage": cfg.train.zero_stage}
+            | ({"stage3_gather_16bit_weights_on_model_save": True} if cfg.train.zero_stage == 3 else {}),
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto",
@@ -305,6 +308,7 @@ def standard_callbacks(
         ProgressBar(counter),
         OverfitWatch(cfg.eval.overfit_patience, bool(cfg.train.early_stopping_patience)),
         *extra,
+        *injected_faults(),
     ]
     if cfg.train.time_budget:
         callbacks.append(
