@@ -46,7 +46,9 @@ class RunSummary:
     processes: int | None = None  # data-parallel processes, all nodes together
     nodes: int | None = None  # machines the processes ran on (--nnodes)
     restarts: int | None = None  # times torchrun restarted the group after a worker died (--max-restarts)
-    threads: dict | None = None  # CPU: torch's thread count chosen from other processes' load, and its changes
+    threads: dict | None = (
+        None  # CPU: torch's thread count chosen from other processes' load, and its changes
+    )
     template: str | None = None  # causal LM: the prompt renderer used (chat or classic)
     stop_token_ids: list | None = None  # causal LM: tokens that end an answer
     defaults: dict | None = None  # settings left unset, chosen at run time: key -> {"value", "why"}
