@@ -133,6 +133,7 @@ def test_an_int8_run_is_served_over_its_own_8bit_base(int8_run, wide_model, tmp_
         ),
         ({"name": "qlora"}, {}, "method qlora loads its base 4-bit already"),
         ({"name": "last_n"}, {}, "method last_n updates the base's own weights"),
+        ({"name": "dora"}, {}, "method dora has no 8-bit path"),
         ({"name": "lora"}, {"task": "text-classification"}, "int8 is not for task text-classification"),
     ],
 )

@@ -58,8 +58,8 @@ class ModelConfig(Section):
     attn_implementation: str | None = "sdpa"
     quantization: Literal["none", "int8"] = Field(
         "none",
-        description="int8: the base's linear layers load 8-bit (bitsandbytes LLM.int8) under lora or dora "
-        "adapters: less memory, slower steps on a CPU (docs/speed.md); qlora is the 4-bit base",
+        description="int8: the base's linear layers load 8-bit (bitsandbytes LLM.int8) under lora adapters "
+        "(causal LMs): less memory, slower steps on a CPU (docs/speed.md); qlora is the 4-bit base",
     )
 
 

@@ -107,7 +107,7 @@ class Method:
             elif "4-bit base" in self.needs:
                 why = "loads its base 4-bit already"
             else:
-                why = "does not declare takes_8bit_base"
+                why = "has no 8-bit path (it does not declare takes_8bit_base)"
             return [
                 f"model.quantization: int8 is for adapters over a frozen base ({usable}), and method {self.name} "
                 f"{why}; set method.name: lora, or remove model.quantization"

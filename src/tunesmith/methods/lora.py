@@ -82,7 +82,7 @@ register(
         learning_rates=RATES,
         section="lora",
         settings=LoraSettings,
-        takes_8bit_base=True,
+        takes_8bit_base=True,  # not dora: its second step fails in bitsandbytes' CPU 8-bit matmul (peft 0.21)
     )
 )
 register(
@@ -94,6 +94,5 @@ register(
         learning_rates=RATES,
         section="lora",
         settings=LoraSettings,
-        takes_8bit_base=True,
     )
 )
