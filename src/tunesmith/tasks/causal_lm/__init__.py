@@ -145,6 +145,21 @@ class CausalLMTask(Task):
                 1.0,
                 "every weight trains: when the model is small enough for its optimizer state",
             ),
+            # Tried only when no float rung fits, after qlora: the richer of the two, chosen when both fit.
+            Rung(
+                "lora r=8 int8 base",
+                {
+                    "model.quantization": "int8",
+                    "method.name": "lora",
+                    "method.lora.r": 8,
+                    "method.lora.alpha": 16,
+                    "method.lora.target_modules": "all-linear",
+                },
+                HALF_EPOCH,
+                "an 8-bit base under adapters (nearer the float base than 4-bit): for when LoRA's float32 base "
+                "does not fit; on a CPU its steps are slower (docs/speed.md)",
+                True,
+            ),
         ]
 
     def validated_data(self, cfg: Config):
