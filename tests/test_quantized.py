@@ -63,7 +63,7 @@ def test_the_trade_off_is_said_when_an_int8_run_starts(tmp_path, wide_model, cap
     out = capsys.readouterr().out
     # 2 blocks of attention (q, o: 64x64; k, v: 32x64, two key-value heads) and MLP (3 x 64x128): 73,728 weights
     assert "model.quantization: int8: 73,728 base weights stored in 8 bits (0.1 MB instead of 0.3 MB" in out
-    assert "trains slower than lora on a float32 base" in out
+    assert "no faster than lora on a float32 base" in out
 
 
 def test_merge_folds_the_adapter_into_the_dequantized_base_with_parity(int8_run, tmp_path):

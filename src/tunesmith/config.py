@@ -59,7 +59,7 @@ class ModelConfig(Section):
     quantization: Literal["none", "int8"] = Field(
         "none",
         description="int8: the base's linear layers load 8-bit (bitsandbytes LLM.int8) under lora adapters "
-        "(causal LMs): less memory, slower steps on a CPU (docs/speed.md); qlora is the 4-bit base",
+        "(causal LMs): a quarter of the stored base weights; on a CPU no faster (docs/speed.md); qlora: 4-bit",
     )
 
 

@@ -44,8 +44,9 @@ def int8_tradeoff(model) -> str | None:
         # bitsandbytes' CPU backend trains an 8-bit layer by dequantizing its weights at every step, and its int8
         # matmul (inference) uses torch._int_mm only on AVX-512 CPUs; elsewhere it multiplies int8 in float32.
         line += (
-            "; on a CPU each step dequantizes the weights again, so it trains slower than lora on a float32 base "
-            "(measured in docs/speed.md): pick it when memory is short, not for speed"
+            "; on a CPU each training step dequantizes them again (a float32 step's work and more) and evaluation "
+            "rounds activations to int8 too, so it is no faster than lora on a float32 base and scores a little "
+            "worse, and the peak memory falls only where the base's weights are most of it (docs/speed.md)"
         )
     return line
 

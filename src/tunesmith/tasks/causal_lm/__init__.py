@@ -157,7 +157,7 @@ class CausalLMTask(Task):
                 },
                 HALF_EPOCH,
                 "an 8-bit base under adapters (nearer the float base than 4-bit): for when LoRA's float32 base "
-                "does not fit; on a CPU its steps are slower (docs/speed.md)",
+                "does not fit; on a CPU no faster, and its peak lower only where base weights dominate (docs/speed.md)",
                 True,
             ),
         ]
