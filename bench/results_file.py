@@ -25,7 +25,17 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 # The flags that decide tunesmith's precision and speed on a CPU (tunesmith.training.hardware.cpu_has_fast_bf16).
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-VERSIONED = ("torch", "transformers", "peft", "accelerate", "datasets", "trl", "scikit-learn", "tunesmith")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "trl",
+    "scikit-learn",
+    "bitsandbytes",
+    "tunesmith",
+)
 
 
 def cpu_info() -> tuple[str, set[str]]:

@@ -130,6 +130,7 @@ from tunesmith.tasks.causal_lm import CAUSAL_LM  # noqa: E402
 # A fixed measurement per rung of the causal-LM ladder: (seconds a step, peak MB)
 MEASURED = {
     "qlora r=8": (0.5, 900),
+    "lora r=8 int8 base": (0.8, 1500),
     "lora r=8 on q,v": (0.1, 2000),
     "lora r=16 all-linear": (0.2, 2500),
     "full": (0.4, 6000),
@@ -193,8 +194,11 @@ def test_the_plan_grows_with_the_budget_and_shrinks_with_the_memory(tmp_path, ma
     assert large["steps"] == 5 * 80  # capped at the generator's most epochs, not stretched to fill 10 minutes
     tight, _ = plan_for(tmp_path, make_config, "10m", memory="3G")
     assert tight["method"] == "lora r=16 all-linear"  # full needs 6000 MB
+    short, calls = plan_for(tmp_path, make_config, "10m", memory="1.8G")
+    # no float rung fits 1.8 GB: both quantized bases do, and the 8-bit one (nearer the float base) is chosen
+    assert short["method"] == "lora r=8 int8 base" and {"qlora r=8", "lora r=8 int8 base"} <= set(calls)
     starved, calls = plan_for(tmp_path, make_config, "10m", memory="1G")
-    assert starved["method"] == "qlora r=8" and calls[-1] == "qlora r=8"
+    assert starved["method"] == "qlora r=8"  # the 8-bit base needs 1500 MB
     again, calls = plan_for(tmp_path, make_config, "45s")
     assert calls == []  # cached: the same data, settings and host probe nothing
     assert (again["method"], again["steps"], again["predicted_seconds"]) == (

@@ -56,6 +56,11 @@ class ModelConfig(Section):
     allow_pickle: bool = False  # .bin/.pt weights can run code when unpickled: refused unless set
     revision: str | None = None
     attn_implementation: str | None = "sdpa"
+    quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: the base's linear layers load 8-bit (bitsandbytes LLM.int8) under lora adapters "
+        "(causal LMs): a quarter of the stored base weights; on a CPU no faster (docs/speed.md); qlora: 4-bit",
+    )
 
 
 # data.test_ratio: auto holds out AUTO_TEST_RATIO of train_file from AUTO_TEST_MIN_ROWS rows up: the test split

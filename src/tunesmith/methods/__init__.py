@@ -35,6 +35,7 @@ class Method:
     # share settings share the section (lora, dora and qlora: method.lora). None: the method has none.
     section: str | None = None
     settings: type | None = None
+    takes_8bit_base: bool = False  # adapters over a frozen base that model.quantization: int8 may load 8-bit
 
     def settings_of(self, cfg: MethodConfig) -> Any:
         """This method's settings in `cfg` (as written, or the defaults); None for a method without any."""
@@ -88,11 +89,34 @@ class Method:
                 f"method.name: {self.name} needs {', '.join(sorted(missing))}, which task {cfg.task} does not "
                 f"provide; use one of {', '.join(usable)}"
             )
+        if cfg.model.quantization == "int8":
+            problems += self._int8_problems(cfg.task, provides)
         if cfg.eval.reference and not self.trains_network:
             problems.append(
                 f"eval.reference: method {self.name} never changes the network, so nothing can be forgotten"
             )
         return problems
+
+    def _int8_problems(self, task: str, provides: frozenset[str]) -> list[str]:
+        if not self.takes_8bit_base:
+            usable = ", ".join(sorted(m.name for m in METHODS.values() if m.takes_8bit_base))
+            if not self.trains_network:
+                why = "never trains the network"
+            elif not self.is_adapter:
+                why = "updates the base's own weights, and 8-bit weights take no gradient steps"
+            elif "4-bit base" in self.needs:
+                why = "loads its base 4-bit already"
+            else:
+                why = "has no 8-bit path (it does not declare takes_8bit_base)"
+            return [
+                f"model.quantization: int8 is for adapters over a frozen base ({usable}), and method {self.name} "
+                f"{why}; set method.name: lora, or remove model.quantization"
+            ]
+        if "8-bit base" not in provides:
+            return [
+                f"model.quantization: int8 is not for task {task} (causal language models only); remove it"
+            ]
+        return []
 
 
 def register(method: Method) -> Method:

@@ -9,6 +9,7 @@ from pydantic import Field
 from tunesmith.config import MethodConfig, Section
 from tunesmith.methods import Method, register
 from tunesmith.models.anatomy import body_layers, head_names, model_shape
+from tunesmith.models.quantized import is_8bit
 
 
 class LoraSettings(Section):
@@ -46,15 +47,26 @@ def peft_config(model, settings: LoraSettings, use_dora: bool = False):
     )
 
 
+def ready_for_adapters(model):
+    """An 8-bit base (model.quantization: int8) frozen and its float layers kept float32, as peft asks."""
+    if not is_8bit(model):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def apply_lora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
+    model = ready_for_adapters(model)
     return get_peft_model(model, peft_config(model, cfg.section("lora")))
 
 
 def apply_dora(model, cfg: MethodConfig):
     from peft import get_peft_model
 
+    model = ready_for_adapters(model)
     return get_peft_model(model, peft_config(model, cfg.section("lora"), use_dora=True))
 
 
@@ -70,6 +82,7 @@ register(
         learning_rates=RATES,
         section="lora",
         settings=LoraSettings,
+        takes_8bit_base=True,  # not dora: its second step fails in bitsandbytes' CPU 8-bit matmul (peft 0.21)
     )
 )
 register(

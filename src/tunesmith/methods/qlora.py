@@ -22,15 +22,27 @@ def quantization_config(cfg: MethodConfig):
         ) from None
     from transformers import BitsAndBytesConfig
 
-    compute = (
-        torch.float16 if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else torch.bfloat16
-    )
+    if torch.cuda.is_available():
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        compute = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute,
     )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX, as training.hardware.cpu_has_fast_bf16 asks (a floor above methods): elsewhere a bf16
+    matmul runs ~20-100x slower than float32 (docs/speed.md), and a 4-bit layer computes in this dtype."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool(set(flags.split(":", 1)[-1].split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def apply_qlora(model, cfg: MethodConfig):

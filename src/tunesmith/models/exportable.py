@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tunesmith.models.quantized import dequantized_adapter, is_8bit
+
 MAX_VALIDATION_EXAMPLES = 256  # enough to see what int8 costs, small enough to run in seconds
 
 
@@ -42,6 +44,10 @@ class LogitsModule(torch.nn.Module):
 
 
 def merged(model) -> torch.nn.Module:
+    if is_8bit(
+        model
+    ):  # an adapter over an 8-bit base: merged into the dequantized weights, not rounded again
+        model = dequantized_adapter(model)
     if hasattr(model, "merge_and_unload"):  # a peft model: fold the adapters into the weights
         model = model.merge_and_unload()
     return model.float().cpu().eval()

@@ -127,7 +127,8 @@ def load_tokenizer(path: str, cfg: ModelConfig):
 def load_model(
     path: str, cfg: ModelConfig, quantization_config=None, auto_class: str = "AutoModelForCausalLM", **extra
 ):
-    """Load weights through a transformers Auto class; `extra` goes to from_pretrained (num_labels, id2label, ...)."""
+    """Load weights through a transformers Auto class; `extra` goes to from_pretrained (num_labels, id2label, ...).
+    `quantization_config`: the method's own (qlora's 4-bit); otherwise model.quantization decides."""
     import transformers
 
     kwargs = {
@@ -140,6 +141,10 @@ def load_model(
     kwargs["use_safetensors"] = None if cfg.allow_pickle else True
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if quantization_config is None and cfg.quantization == "int8":
+        from tunesmith.models.quantized import int8_config
+
+        quantization_config = int8_config()  # the base as the run trains on it, and again when it reloads
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"

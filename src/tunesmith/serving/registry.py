@@ -33,7 +33,7 @@ class Registry:
         self.models: dict[str, ServedModel] = {}
         self.bases: dict[
             str, object
-        ] = {}  # base model path -> the PeftModel holding that base and its adapters
+        ] = {}  # base model path|model.quantization -> the PeftModel holding that base and its adapters
         self.locks: dict[int, threading.Lock] = {}
         for run_dir in run_dirs:
             run = RunFolder.open(run_dir)
@@ -47,9 +47,11 @@ class Registry:
 
     def _load(self, model_id: str, run: RunFolder, summary: dict) -> ServedModel:
         """The run as its Task loads it; a language model's adapter joins a base already in memory."""
-        task = get_task(run.load_config().task)
-        base_path = summary.base_model_path
-        shared = self.bases.get(base_path) if summary.is_adapter else None
+        cfg = run.load_config()
+        task = get_task(cfg.task)
+        # an 8-bit base and the same base in float are different weights in memory: adapters share only like with like
+        base_key = f"{summary.base_model_path}|{cfg.model.quantization}"
+        shared = self.bases.get(base_key) if summary.is_adapter else None
         loaded = task.load_run(run, adapter_name=model_id, into=shared)
         served = ServedModel(model_id, task.name, run, routes=task.routes(), handle=loaded)
         if not isinstance(loaded, Generator):  # labellers, transcribers, taggers answer through their handle
@@ -58,7 +60,7 @@ class Registry:
         served.system_prompt = loaded.cfg.data.system_prompt
         served.adapter = model_id if summary.is_adapter else None
         if served.adapter and shared is None:
-            self.bases[base_path] = loaded.model
+            self.bases[base_key] = loaded.model
         served.lock = self.locks.setdefault(id(loaded.model), served.lock)  # adapters over one base share it
         return served
 

@@ -22,6 +22,7 @@ from tunesmith.evaluation import benchmarks
 from tunesmith.evaluation.collapse import describe as describe_collapse
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
+from tunesmith.models.quantized import int8_tradeoff
 from tunesmith.run_folder import RunFolder
 from tunesmith.tasks import defaults
 from tunesmith.tasks.common import (
@@ -101,6 +102,9 @@ def train(task, cfg: Config, default_name: str = "run", resume: bool = False, ca
         f"method {method.name}: {parameters['trainable']:,} trainable of {parameters['total']:,} parameters "
         f"({parameters['trainable_percent']}%)"
     )
+    tradeoff = int8_tradeoff(model)
+    if tradeoff:
+        say(tradeoff)
     solver = task.solver(cfg, model_path, model, method, data)  # as the user wrote it: a set rate means steps
     choices = choices if solver is None else solver.choices
     defaults.announce(choices)

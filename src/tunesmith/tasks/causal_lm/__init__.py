@@ -81,7 +81,7 @@ class CausalLMTask(Task):
     name = "causal-lm"
     summary = "supervised fine-tuning of a language model on prompts and answers (or plain text)"
     starter = "sft"
-    provides = frozenset({"4-bit base", "replay"})
+    provides = frozenset({"4-bit base", "8-bit base", "replay"})
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
     pipeline_tag = "text-generation"
@@ -144,6 +144,21 @@ class CausalLMTask(Task):
                 {"method.name": "full"},
                 1.0,
                 "every weight trains: when the model is small enough for its optimizer state",
+            ),
+            # Tried only when no float rung fits, after qlora: the richer of the two, chosen when both fit.
+            Rung(
+                "lora r=8 int8 base",
+                {
+                    "model.quantization": "int8",
+                    "method.name": "lora",
+                    "method.lora.r": 8,
+                    "method.lora.alpha": 16,
+                    "method.lora.target_modules": "all-linear",
+                },
+                HALF_EPOCH,
+                "an 8-bit base under adapters (nearer the float base than 4-bit): for when LoRA's float32 base "
+                "does not fit; on a CPU no faster, and its peak lower only where base weights dominate (docs/speed.md)",
+                True,
             ),
         ]
 
