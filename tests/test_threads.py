@@ -101,3 +101,15 @@ def test_a_busy_process_is_seen_on_a_real_proc():
     others = share.others_busy()
     busy.wait()
     assert others is not None and others >= 0.5  # the spinning child: most of one core, whatever else runs
+
+
+def test_before_the_first_step_a_busy_host_gets_fewer_threads(monkeypatch):
+    monkeypatch.setattr(threads, "TORCH_THREADS", 2)
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(threads.CpuShare, "others_busy", lambda self: 0.8)
+    monkeypatch.setattr(threads.CpuShare, "__init__", lambda self: setattr(self, "cores", 2))
+    chosen, said = [], []
+    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(threads.torch, "set_num_threads", chosen.append)
+    threads.fit_to_load(said.append)
+    assert chosen == [1] and said == ["threads: 1 of 2 for now (other processes busy on 0.8 cores)"]

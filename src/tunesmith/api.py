@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import Config, DataConfig, load_config, starter_config
+from tunesmith.console import say, world_size
 from tunesmith.data import lengths
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RUN_DIR_ENV, RunFolder
-from tunesmith.training import distributed
+from tunesmith.training import distributed, threads
 
 
 def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[Config, str]:
@@ -123,6 +124,10 @@ def train(
         else:
             distributed.launch(str(run.config_file), str(run.path), cluster, resume)
         return run.read_summary().to_dict() | {"run_dir": str(run.path)}
+    if threads.governed(cfg.train.num_threads, world_size()):
+        threads.fit_to_load(
+            say
+        )  # what runs before the first step (self-replay's generation, evaluations) too
     return task.train(cfg, default_name=name, resume=resume, callbacks=callbacks)
 
 

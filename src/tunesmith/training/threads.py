@@ -25,6 +25,8 @@ from transformers import TrainerCallback
 IGNORED_SHARE = 0.15
 # Shorter windows than this are too coarse for /proc's 10 ms ticks: the reading waits for the next step.
 SHORTEST_WINDOW_SECONDS = 0.5
+# torch's own count (the physical cores it may use), before anything here lowers it.
+TORCH_THREADS = torch.get_num_threads()
 
 
 def threads_for(cores: int, others_busy: float) -> int:
@@ -73,7 +75,7 @@ class ThreadGovernor(TrainerCallback):
         self.say, self.write = say, write
         self.set_threads = set_threads or torch.set_num_threads
         self.share = share or CpuShare()
-        self.most = most or torch.get_num_threads()  # torch's own choice: the physical cores it may use
+        self.most = most or TORCH_THREADS
         self.threads = self.most
         self.steps_at: Counter[int] = Counter()
         self.changes = 0
@@ -134,6 +136,20 @@ class ThreadGovernor(TrainerCallback):
                 "changes": self.changes,
             }
         )
+
+
+def fit_to_load(say) -> None:
+    """Before a run's first step (data, generation, evaluations): the threads the other processes' load leaves,
+    from half a second's reading. Decoding one token at a time is all barriers, so it suffers most."""
+    share = CpuShare()
+    time.sleep(SHORTEST_WINDOW_SECONDS)
+    others = share.others_busy()
+    if others is None:
+        return
+    wanted = min(TORCH_THREADS, threads_for(share.cores, others))
+    if wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)
+        say(f"threads: {wanted} of {TORCH_THREADS} for now (other processes busy on {others:.1f} cores)")
 
 
 def governed(num_threads: int | None, processes: int) -> bool:
