@@ -69,7 +69,7 @@ format: $(STAMP)
 # small ops more than on the cores, so two workers on 2 cores take 9.5 min where one took 17.
 TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=30 || [ $$? -eq 5 ]
 
 bench: setup
 	$(PY) bench/run.py

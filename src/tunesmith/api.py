@@ -16,7 +16,7 @@ from tunesmith.data.prepare import check_data as _check_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RUN_DIR_ENV, RunFolder
-from tunesmith.training import distributed, threads
+from tunesmith.training import distributed
 
 
 def _config(config: Config | str | Path, overrides: list[str] | None) -> tuple[Config, str]:
@@ -124,6 +124,8 @@ def train(
         else:
             distributed.launch(str(run.config_file), str(run.path), cluster, resume)
         return run.read_summary().to_dict() | {"run_dir": str(run.path)}
+    from tunesmith.training import threads  # imports transformers' Trainer (and peft): not for `data check`
+
     if threads.governed(cfg.train.num_threads, world_size()):
         threads.fit_to_load(
             say
