@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
+DEEPSPEED_STAMP := $(VENV)/.deepspeed-op-built
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -14,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test lint format bench clean system-deps
 
-setup: $(STAMP) $(LLAMA_CPP_STAMP) system-deps
+setup: $(STAMP) $(LLAMA_CPP_STAMP) $(DEEPSPEED_STAMP) system-deps
 
 # Debian packages the tests need: espeak-ng synthesizes the spoken-digit audio set; chromium and its
 # chromedriver render report.html headless; g++ and cmake compile llama.cpp (below).
@@ -50,6 +51,13 @@ $(LLAMA_CPP_STAMP): $(STAMP) | system-deps
 	@echo "building llama-cpp-python 0.3.36 (llama.cpp from source, once per .venv; about 4 minutes on 2 cores)"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=$(CURDIR)/$(LLAMA_CPP_INCLUDE)" \
 	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q "llama-cpp-python==0.3.36"
+	touch $@
+
+# DeepSpeed's CPU all-reduce (its shared-memory op) is compiled with g++ the first time a run uses it, into torch's
+# extensions cache (~/.cache/torch_extensions): about 3 minutes on 2 cores, so set-up does it once rather than the
+# first train.distributed: deepspeed test (tests/test_distributed.py) inside its time limit.
+$(DEEPSPEED_STAMP): $(STAMP) | system-deps
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None"
 	touch $@
 
 demo: $(STAMP)

@@ -7,7 +7,7 @@ matmul rates at the model's own shapes, then for each recipe the median and spre
 same held-out answers, and MFU: executed FLOPs per second over the measured rate of the precision the recipe used.
 Repeats run round-robin, so a change in the host's load touches every recipe alike. Writes
 bench/results/recipes.json (bench/results_file.py: with its meta block) and recipes.md from this run only.
-Run: .venv/bin/python bench/run.py [--train 50] [--repeats 3] [--only trl_tuned tunesmith]
+Run: .venv/bin/python bench/run.py [--train 50] [--repeats 3] [--only trl_tuned tunesmith] [--output recipes]
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=48, help="training examples (one epoch; 8 per step)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these recipes (bench/recipes.py names or labels)")
+    parser.add_argument(
+        "--output", default="recipes", help="results name: bench/results/NAME.json and NAME.md"
+    )
     args = parser.parse_args()
     provenance = Provenance.begin()
     model_dir = resolve_model(ModelConfig(name=str(quickstart.smollm2_folder())), default_cache_dir())
@@ -141,7 +144,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "rounds_done": repeat + 1,
             }
-            write_tables(table_rows(chosen, runs, rates, bf16_fast), setup, provenance)
+            write_tables(table_rows(chosen, runs, rates, bf16_fast), setup, provenance, args.output)
 
 
 def table_rows(chosen: dict, runs: dict, rates: dict, bf16_fast: bool) -> list[dict]:
@@ -153,7 +156,7 @@ def table_rows(chosen: dict, runs: dict, rates: dict, bf16_fast: bool) -> list[d
     return rows
 
 
-def write_tables(rows: list[dict], setup: dict, provenance: Provenance) -> None:
+def write_tables(rows: list[dict], setup: dict, provenance: Provenance, output: str = "recipes") -> None:
     by_recipe = {r["label"]: r for r in rows if r.get("tokens_per_second")}
     tuned = next((r for label, r in by_recipe.items() if label.startswith("TRL tuned")), None)
     classic = next((r for label, r in by_recipe.items() if label.startswith("classic")), None)
@@ -177,7 +180,7 @@ def write_tables(rows: list[dict], setup: dict, provenance: Provenance) -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    path = write_results("recipes", {"setup": setup, "rows": rows}, provenance)
+    path = write_results(output, {"setup": setup, "rows": rows}, provenance)
     meta = json.loads(path.read_text())["meta"]
     header = (
         f"{setup['train_examples']} BBC headline examples, one epoch, {setup['rounds_done']} of "
