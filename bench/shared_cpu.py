@@ -7,7 +7,7 @@ in its own process (`tunesmith train` on the quickstart's data and config, train
 and reads tokens/s from the run's run.json (training steps only). Run it on a quiet host: the load average
 before and after is in the results file, and any other job's load is measured with the cells.
 
-Run: .venv/bin/python bench/shared_cpu.py [--steps 4] [--repeats 1] [--workdir DIR]
+Run: .venv/bin/python bench/shared_cpu.py [--steps 4] [--repeats 1] [--workdir DIR] [--settings NAME ...] [--output NAME]
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/tunesmith-bench-shared-cpu")
+    parser.add_argument(
+        "--settings", nargs="*", choices=list(SETTINGS), help="only these settings (default: all)"
+    )
+    parser.add_argument("--output", default="shared_cpu", help="results name: bench/results/NAME.json")
     args = parser.parse_args()
     provenance = Provenance.begin()
     workdir = Path(args.workdir)
@@ -89,6 +93,8 @@ def main() -> None:
     rows = []
     for load_name, load in LOADS.items():
         for setting, threads in SETTINGS.items():
+            if args.settings and setting not in args.settings:
+                continue
             if load is None and threads == 1:
                 continue  # one thread on a quiet 2-core host only wastes a core
             measured = []
@@ -114,7 +120,8 @@ def main() -> None:
     quiet = {row["setting"]: row["tokens_per_second"] for row in rows if row["load"] == "quiet"}
     for row in rows:
         base = quiet.get(row["setting"]) or quiet["tunesmith default (auto)"]
-        row["share_of_quiet"] = round(row["tokens_per_second"] / quiet["2 threads"], 3)
+        if "2 threads" in quiet:
+            row["share_of_quiet"] = round(row["tokens_per_second"] / quiet["2 threads"], 3)
         row["share_of_own_quiet"] = round(row["tokens_per_second"] / base, 3)
     setup = {
         "workload": f"the quickstart (SmolLM2-135M-Instruct, LoRA r=16 all-linear, 4 x 2 rows a step), {args.steps} steps",
@@ -124,7 +131,7 @@ def main() -> None:
         },
         "share_of_quiet": "tokens/s over the quiet host's 2-thread tokens/s (torch's own count on 2 cores)",
     }
-    write_results("shared_cpu", {"setup": setup, "rows": rows}, provenance)
+    write_results(args.output, {"setup": setup, "rows": rows}, provenance)
 
 
 if __name__ == "__main__":
