@@ -325,3 +325,50 @@ def build_whisper_classifier_folder(path: Path, seconds: float = 1.0) -> Path:
     WhisperForAudioClassification(config).save_pretrained(path)
     extractor.save_pretrained(path)
     return path
+
+
+# The slowest tests, with their seconds in a two-worker run (`make test` prints the 30 slowest; 2026-12-04, a 2-core
+# host under load 4). pytest-xdist's worksteal hands each worker a contiguous share of the collection and lets an
+# idle worker steal from the end of another's: a slow test collected last becomes the run's tail, alone on one core
+# (the elastic test ran out its 300 s limit that way in CI). So the slow tests go first, shared between the workers
+# by their seconds; the rest keep their order.
+SLOWEST = {
+    "tests/test_faults.py::test_ray_restart_after_a_killed_worker_resumes_to_the_uninterrupted_weights": 186,
+    "tests/test_integration_smollm2.py::test_gguf_model_converts_trains_and_generates": 169,
+    "tests/test_distributed.py::test_two_nodes_on_one_machine_match_two_processes_on_one_node": 141,
+    "tests/test_distributed.py::test_two_processes_match_one_at_the_same_global_batch": 133,
+    "tests/test_distributed.py::test_deepspeed_zero2_and_zero3_on_two_cpu_processes_follow_one_process": 96,
+    "tests/test_ui.py::test_the_whole_path_in_a_real_browser_with_the_network_blocked": 79,
+    "tests/test_sweep.py::test_two_workers_share_one_study": 78,
+    "tests/test_preference_train.py::test_two_processes_follow_one_process_losses_and_rewards": 77,
+    "tests/test_faults.py::test_elastic_restart_after_a_killed_worker_ends_with_the_uninterrupted_weights": 73,
+    "tests/test_benchmarks.py::test_bench_scores_equal_lm_evals_own_cli_for_base_and_tuned": 72,
+    "tests/test_media_classification.py::test_whisper_encoder_learns_spoken_digits": 57,
+    "tests/test_sweep.py::test_sweep_prunes_and_its_best_config_reproduces_the_best_trial": 48,
+    "tests/test_sweep.py::test_a_killed_sweep_resumes_and_retries_the_interrupted_point": 41,
+    "tests/test_launch_files.py::test_accelerate_config_on_one_node_trains_like_one_process": 39,
+    "tests/test_autopilot.py::test_a_probe_measures_a_real_short_run_in_its_own_process": 39,
+    "tests/test_autopilot.py::test_a_features_probe_answers_each_validation_example_as_its_run_scored_them": 37,
+    "tests/test_faults.py::test_sigkill_during_checkpoint_write_then_resume_gives_identical_weights": 33,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = sorted((item for item in items if item.nodeid in SLOWEST), key=lambda item: -SLOWEST[item.nodeid])
+    if workers < 2 or not slow:
+        return
+    fronts: list[list] = [[] for _ in range(workers)]
+    for item in slow:  # each to the worker with the fewest seconds so far
+        min(fronts, key=lambda front: sum(SLOWEST[i.nodeid] for i in front)).append(item)
+    rest = [item for item in items if item.nodeid not in SLOWEST]
+    ordered, remaining = [], len(items)
+    for index, front in enumerate(
+        fronts
+    ):  # worksteal's first share: what is left over the workers not yet served
+        share = remaining // (workers - index)
+        take = max(share - len(front), 0)
+        ordered += front + rest[:take]
+        rest = rest[take:]
+        remaining -= len(front) + take
+    items[:] = ordered + rest

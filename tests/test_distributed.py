@@ -192,27 +192,6 @@ def test_a_multi_node_run_names_one_folder_and_refuses_one_that_holds_a_run(make
         Cluster(nodes=2, node_rank=2).check()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="`make setup` installs ray")
-def test_ray_train_runs_the_same_recipe_on_two_cpu_workers(make_config, tmp_path):
-    """train.launcher: ray: Ray Train's TorchTrainer starts the two workers (gloo); losses follow one process."""
-    from tunesmith import api
-
-    config = distributed_config(make_config, tmp_path)
-    alone = api.train(config, ["output.name=alone"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
-    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config), "--nproc", "2"]
-    command += ["--set", "output.name=ray", "--set", "train.launcher=ray"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run = tmp_path / "runs" / "ray"
-    summary = json.loads((run / "run.json").read_text())
-    assert (summary["processes"], summary["status"]) == (2, "finished")
-    single, under_ray = train_losses(Path(alone["run_dir"])), train_losses(run)
-    assert sorted(under_ray) == list(range(1, 7))
-    for step in single:
-        assert abs(single[step] - under_ray[step]) < 1e-4, (step, single, under_ray)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU only: DeepSpeed on NCCL")
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="`make setup` installs deepspeed")
 def test_deepspeed_on_gpus_follows_ddp(make_config, tmp_path):
