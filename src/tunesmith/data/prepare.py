@@ -17,9 +17,10 @@ import numpy as np
 from tunesmith.config import AUTO_TEST_MIN_ROWS, AUTO_TEST_RATIO, DataConfig
 from tunesmith.console import say
 from tunesmith.data.collate import IGNORE
+from tunesmith.data.conversation import uses_agent_features
 from tunesmith.data.mix import read_sources
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example, detect_format, validate_rows
 from tunesmith.errors import TunesmithError
 
@@ -146,9 +147,17 @@ def drop_test_overlap(test: list, seen: list, cfg: DataConfig, report: dict) -> 
     return kept
 
 
+def build_renderer(tokenizer, cfg: DataConfig, checked: CheckedData) -> Renderer:
+    """The training renderer: under template auto, tunesmith's tools template when the data has tools, calls or
+    reasoning and the model's own template cannot show them (docs/tools.md)."""
+    examples = [*checked.train, *checked.validation, *checked.test]
+    tools = any(isinstance(e, Example) and uses_agent_features(e.messages, e.tools) for e in examples)
+    return Renderer(tokenizer, cfg.template, tools=tools, reasoning_history=cfg.reasoning_history)
+
+
 def tokenize_examples(examples: list, cfg: DataConfig, renderer: Renderer) -> tuple[list[dict], dict]:
     """Tokenize a few examples (the test split) with the training settings; max_length applied and counted."""
-    return _fit([encode(e, renderer, cfg.loss_on) for e in examples], examples, cfg)
+    return _fit([encode(e, renderer, LossMask.of(cfg)) for e in examples], examples, cfg)
 
 
 def clean_and_split(train: list, validation: list, cfg: DataConfig, report: dict, split, held_out: str):
@@ -207,14 +216,12 @@ def _split(examples: list[Example], ratio: float, seed: int) -> tuple[list[Examp
 # -- tokenization -------------------------------------------------------------------------------
 
 
-def encode(example: Example, renderer: Renderer, loss_on: str) -> dict:
+def encode(example: Example, renderer: Renderer, mask: LossMask) -> dict:
     if example.text is not None:
         ids = renderer.encode_text(example.text)
         trained = [True] * len(ids)
     else:
-        ids, trained = renderer.encode_conversation(example.messages)
-        if loss_on == "all":
-            trained = [True] * len(ids)
+        ids, trained = renderer.encode_conversation(example.messages, example.tools, mask)
     return {"input_ids": ids, "labels": [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]}
 
 
@@ -279,6 +286,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _cache_key(checked: CheckedData, cfg: DataConfig, renderer: Renderer) -> str:
     digest = hashlib.sha256()
     settings = [CACHE_VERSION, renderer.kind, cfg.max_length, cfg.on_overflow, cfg.loss_on]
+    if (cfg.train_turns, cfg.train_reasoning, cfg.reasoning_history) != ("all", True, "drop"):
+        settings += [cfg.train_turns, cfg.train_reasoning, cfg.reasoning_history]  # defaults: keys as before
     digest.update(json.dumps(settings).encode())
     digest.update(tokenizer_fingerprint(renderer.tokenizer).encode())
     for split in (checked.train, checked.validation):
@@ -342,13 +351,16 @@ def _tokenized(checked: CheckedData, cfg: DataConfig, renderer: Renderer, key: s
             meta["cache"] = {"key": key, "hit": True}
             return {**splits, "report": meta}
     stop_ids = renderer.stop_token_ids()
-    train_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.train]
-    val_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.validation]
+    mask = LossMask.of(cfg)
+    train_encoded = [encode(e, renderer, mask) for e in checked.train]
+    val_encoded = [encode(e, renderer, mask) for e in checked.validation]
     train, train_over = _fit(train_encoded, checked.train, cfg)
     validation, val_over = _fit(val_encoded, checked.validation, cfg)
     meta = {
         "template": renderer.kind,
         "loss_on": cfg.loss_on,
+        "train_turns": cfg.train_turns,
+        "train_reasoning": cfg.train_reasoning,
         "over_max_length": {"train": train_over, "validation": val_over},
         "train_tokens": _length_stats(train),
         "validation_tokens": _length_stats(validation),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.data.conversation import uses_agent_features
 from tunesmith.errors import TunesmithError
 from tunesmith.export import gguf_checks, ollama
 from tunesmith.export.chat_template import run_template
@@ -43,7 +44,8 @@ def validation_conversations(task, cfg) -> list:
     checked = task.validated_data(cfg)
     examples = checked.validation or checked.train
     conversations = [getattr(e, "messages", None) for e in examples]
-    return [c for c in conversations if c and c[-1][0] == "assistant"]
+    # the llama.cpp checks render (role, content) only: conversations with tools or reasoning are not compared
+    return [c for c in conversations if c and c[-1][0] == "assistant" and not uses_agent_features(c)]
 
 
 def _merged_fp32(tuned) -> tuple[torch.nn.Module, dict | None]:
