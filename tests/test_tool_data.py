@@ -52,7 +52,7 @@ def with_message(index: int, **fields) -> dict:
 
 
 BAD_ROWS = [
-    (with_message(1, tool_calls=[call(name="weather")]), "messages[1].tool_calls[0] calls 'weather', which is not in"),
+    (with_message(1, tool_calls=[call(name="weather")]), "messages[1].tool_calls[0] calls 'weather', which is not among"),
     (with_message(1, tool_calls=[call(arguments='{"value": 5,')]), "messages[1].tool_calls[0].function.arguments is not valid JSON"),
     (with_message(1, tool_calls=[call(arguments='{"value": 5}')]), "does not satisfy the function's schema: 'unit' is a required property"),
     (with_message(1, tool_calls=[call(arguments={"value": "5", "unit": "km"})]), "schema at .value: '5' is not of type 'number'"),

@@ -46,6 +46,8 @@ def parse_tools(value, field: str) -> tuple[tuple[str, ...], dict[str, dict], st
         if name in schemas:
             return (), {}, f"{where}: function {name!r} is defined twice"
         parameters = function.get("parameters") or EMPTY_PARAMETERS
+        if not isinstance(parameters, dict):
+            return (), {}, f"{where}.function.parameters must be a JSON schema object"
         try:
             validators.validator_for(parameters).check_schema(parameters)
         except schema_errors.SchemaError as error:
@@ -64,7 +66,10 @@ def argument_problem(arguments, schema: dict) -> tuple[dict | None, str | None]:
             return None, f"is not valid JSON ({error.msg} at character {error.pos})"
     if not isinstance(arguments, dict):
         return None, f"must be a JSON object, got {type(arguments).__name__}"
-    error = schema_errors.best_match(validators.validator_for(schema)(schema).iter_errors(arguments))
+    try:
+        error = schema_errors.best_match(validators.validator_for(schema)(schema).iter_errors(arguments))
+    except Exception as failure:  # a schema that passed check_schema can still fail to apply (an unresolvable $ref)
+        return None, f"cannot be checked: the function's schema fails with {type(failure).__name__}: {failure}"
     if error is not None:
         path = "".join(f"[{part!r}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         return None, f"does not satisfy the function's schema{' at ' + path if path else ''}: {error.message}"
@@ -84,7 +89,7 @@ def parse_calls(value, where: str, schemas: dict[str, dict], index: int) -> tupl
         name = function["name"]
         if name not in schemas:
             known = ", ".join(sorted(schemas)) or "none: the row has no tools"
-            return (), f"{at} calls {name!r}, which is not in the row's tools ({known})"
+            return (), f"{at} calls {name!r}, which is not among the tools ({known})"
         arguments, problem = argument_problem(function.get("arguments", {}), schemas[name])
         if problem:
             return (), f"{at}.function.arguments {problem}"
