@@ -250,15 +250,21 @@ def serve_app(
     max_concurrency: int = 4,
     max_tokens_cap: int = 512,
     max_prompt_tokens: int = 2048,
+    reasoning: str = "separate",
 ):
-    """The FastAPI app serving these runs (OpenAI-compatible); LoRA runs over one base share it in memory."""
+    """The FastAPI app serving these runs (OpenAI-compatible); LoRA runs over one base share it in memory.
+
+    reasoning: a chat answer's <think>...</think> block in the message's reasoning_content (separate) or left
+    inline in its content (inline)."""
     import os
 
     from tunesmith.serving.app import create_app
     from tunesmith.serving.registry import Registry
 
     key = api_key or os.environ.get("TUNESMITH_API_KEY") or None
-    return create_app(Registry(run_dirs), key, max_concurrency, max_tokens_cap, max_prompt_tokens)
+    return create_app(
+        Registry(run_dirs), key, max_concurrency, max_tokens_cap, max_prompt_tokens, reasoning=reasoning
+    )
 
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, **options) -> None:

@@ -361,6 +361,7 @@ def _tokenized(checked: CheckedData, cfg: DataConfig, renderer: Renderer, key: s
         "loss_on": cfg.loss_on,
         "train_turns": cfg.train_turns,
         "train_reasoning": cfg.train_reasoning,
+        "reasoning_history": cfg.reasoning_history,  # drop: earlier turns' reasoning is not rendered
         "over_max_length": {"train": train_over, "validation": val_over},
         "train_tokens": _length_stats(train),
         "validation_tokens": _length_stats(validation),

@@ -138,9 +138,10 @@ class Renderer:
             previous = role
         return "".join(parts)
 
-    def prompt(self, messages: Messages, tools: tuple[str, ...] = ()) -> str:
-        """The text the model continues from: the conversation so far, ending where the assistant speaks."""
-        return self.render(messages, add_generation_prompt=True, tools=tools)
+    def prompt(self, messages: Messages, tools: tuple[str, ...] = (), prefill: str = "") -> str:
+        """The text the model continues from: the conversation so far, ending where the assistant speaks (and
+        `prefill`, the start of the answer when it is forced, e.g. a tool call's opening)."""
+        return self.render(messages, add_generation_prompt=True, tools=tools) + prefill
 
     def turns(self, messages: Messages, tools: tuple[str, ...] = ()) -> list[tuple[str, int | None]]:
         """Split a conversation into (text, index of the assistant message it renders, or None for the text
@@ -194,9 +195,9 @@ class Renderer:
         # Chat templates write BOS themselves; the classic format relies on the tokenizer's own.
         return self.kind == "classic"
 
-    def encode_prompt(self, messages: Messages, tools: tuple[str, ...] = ()) -> list[int]:
+    def encode_prompt(self, messages: Messages, tools: tuple[str, ...] = (), prefill: str = "") -> list[int]:
         """Token ids of a prompt for generation; training tokenizes its prompt pieces the same way."""
-        text = self.prompt(messages, tools)
+        text = self.prompt(messages, tools, prefill)
         return self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def encode_text(self, text: str) -> list[int]:

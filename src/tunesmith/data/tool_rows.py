@@ -68,8 +68,13 @@ def argument_problem(arguments, schema: dict) -> tuple[dict | None, str | None]:
         return None, f"must be a JSON object, got {type(arguments).__name__}"
     try:
         error = schema_errors.best_match(validators.validator_for(schema)(schema).iter_errors(arguments))
-    except Exception as failure:  # a schema that passed check_schema can still fail to apply (an unresolvable $ref)
-        return None, f"cannot be checked: the function's schema fails with {type(failure).__name__}: {failure}"
+    except (
+        Exception
+    ) as failure:  # a schema that passed check_schema can still fail to apply (an unresolvable $ref)
+        return (
+            None,
+            f"cannot be checked: the function's schema fails with {type(failure).__name__}: {failure}",
+        )
     if error is not None:
         path = "".join(f"[{part!r}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         return None, f"does not satisfy the function's schema{' at ' + path if path else ''}: {error.message}"
@@ -119,7 +124,9 @@ def content_of(message: dict, where: str, may_be_empty: bool) -> tuple[str | Non
     return content, None
 
 
-def parse_message(message, where: str, schemas: dict, index: int) -> tuple[Message | None, str | None]:
+def parse_message(
+    message, where: str, schemas: dict, index: int, empty_content: bool = False
+) -> tuple[Message | None, str | None]:
     if not isinstance(message, dict):
         return None, f"{where} must be an object with 'role' and 'content'"
     role = message.get("role")
@@ -135,7 +142,7 @@ def parse_message(message, where: str, schemas: dict, index: int) -> tuple[Messa
         calls, problem = parse_calls(message["tool_calls"], f"{where}.tool_calls", schemas, index)
         if problem:
             return None, problem
-    content, problem = content_of(message, where, may_be_empty=bool(calls or reasoning))
+    content, problem = content_of(message, where, may_be_empty=empty_content or bool(calls or reasoning))
     if problem:
         return None, problem
     train = message.get("train")
@@ -166,14 +173,15 @@ def answer_calls(messages: list[Message], field: str) -> tuple[list[Message], st
     return answered, None
 
 
-def chat_messages(value, field: str, tools_value, tools_field: str):
-    """(messages, tools, problem): a row's conversation in canonical form, or the first problem in it."""
+def chat_messages(value, field: str, tools_value, tools_field: str, empty_content: bool = False):
+    """(messages, tools, problem): a row's conversation in canonical form, or the first problem in it;
+    `empty_content`: empty or null texts are accepted (a request to the server, not a training row)."""
     tools, schemas, problem = parse_tools(tools_value, tools_field)
     if problem:
         return None, (), problem
     messages = []
     for index, message in enumerate(value):
-        parsed, problem = parse_message(message, f"{field}[{index}]", schemas, index)
+        parsed, problem = parse_message(message, f"{field}[{index}]", schemas, index, empty_content)
         if problem:
             return None, (), problem
         messages.append(parsed)
