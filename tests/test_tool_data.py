@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -226,3 +227,49 @@ def test_data_check_preview_shows_the_rendered_tools_and_the_masks(tmp_path, tin
     shown = capsys.readouterr().out
     assert "<tools>" in shown and f"[[<think>\nI convert.\n</think>\n\n{CALL_TEXT}<|im_end|>\n]]" in shown
     assert "[[About 3.11 miles.<|im_end|>\n]]" in shown and "[[<|im_start|>tool" not in shown
+
+
+def test_the_demo_data_is_valid_and_its_test_split_holds_out_values_countries_and_a_function(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tool_demo_data", Path(__file__).parents[1] / "bench" / "tool_demo_data.py"
+    )
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    paths = demo.write(tmp_path, train=120, test=60, seed=0)
+    checked = check_data(
+        DataConfig(
+            train_file=str(paths["train"]),
+            test_file=str(paths["test"]),
+            validation_ratio=0.0,
+            deduplicate=False,
+        )
+    )
+    assert checked.problems == [] and len(checked.train) == 120 and len(checked.test) == 60
+
+    def calls(examples):
+        return [call for e in examples for m in e.messages if isinstance(m, Message) for call in m.tool_calls]
+
+    train_calls, test_calls = calls(checked.train), calls(checked.test)
+    assert "convert_weight" not in {c.name for c in train_calls} | {
+        n for e in checked.train for n in map(lambda t: json.loads(t)["function"]["name"], e.tools)
+    }
+    assert "convert_weight" in {c.name for c in test_calls}
+    train_arguments = {json.dumps(v) for c in train_calls for v in c.argument_values.values()}
+    test_arguments = {json.dumps(v) for c in test_calls for v in c.argument_values.values()}
+    units = {json.dumps(u) for u in [*demo.LENGTH, *demo.WEIGHT, "C", "F"]}
+    assert not (train_arguments & test_arguments) - units  # numbers, dates and countries never repeat
+    checked_results = 0
+    for e in checked.train:
+        for call in calls([e]):
+            args, result = call.argument_values, json.loads(e.messages[2][1])
+            if call.name == "convert_length":
+                ratio = demo.LENGTH[args["from_unit"]] / demo.LENGTH[args["to_unit"]]
+                assert result["result"] == pytest.approx(args["value"] * ratio, abs=0.006)
+                checked_results += 1
+            elif call.name == "days_between":
+                days = datetime.date.fromisoformat(args["end"]) - datetime.date.fromisoformat(args["start"])
+                assert result["days"] == days.days
+                checked_results += 1
+    assert checked_results >= 10
