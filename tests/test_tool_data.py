@@ -224,7 +224,9 @@ def test_data_check_preview_shows_the_rendered_tools_and_the_masks(tmp_path, tin
     config = {"model": {"name": str(tiny_model)}, "data": {"train_file": str(data), "validation_ratio": 0.0}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     main(["data", "check", str(tmp_path / "config.yaml"), "--preview", "1"])
-    shown = capsys.readouterr().out
+    captured = capsys.readouterr()
+    shown = captured.out
+    assert "rendered with tunesmith's tools template" in captured.out + captured.err
     assert "<tools>" in shown and f"[[<think>\nI convert.\n</think>\n\n{CALL_TEXT}<|im_end|>\n]]" in shown
     assert "[[About 3.11 miles.<|im_end|>\n]]" in shown and "[[<|im_start|>tool" not in shown
 

@@ -152,7 +152,13 @@ def build_renderer(tokenizer, cfg: DataConfig, checked: CheckedData) -> Renderer
     reasoning and the model's own template cannot show them (docs/tools.md)."""
     examples = [*checked.train, *checked.validation, *checked.test]
     tools = any(isinstance(e, Example) and uses_agent_features(e.messages, e.tools) for e in examples)
-    return Renderer(tokenizer, cfg.template, tools=tools, reasoning_history=cfg.reasoning_history)
+    renderer = Renderer(tokenizer, cfg.template, tools=tools, reasoning_history=cfg.reasoning_history)
+    if renderer.tools_template and cfg.template == "auto":
+        say(
+            "data: tools, tool calls or reasoning rendered with tunesmith's tools template (ChatML + <tool_call>), "
+            "as the model's own chat template cannot show them (docs/tools.md)"
+        )
+    return renderer
 
 
 def tokenize_examples(examples: list, cfg: DataConfig, renderer: Renderer) -> tuple[list[dict], dict]:
@@ -358,6 +364,7 @@ def _tokenized(checked: CheckedData, cfg: DataConfig, renderer: Renderer, key: s
     validation, val_over = _fit(val_encoded, checked.validation, cfg)
     meta = {
         "template": renderer.kind,
+        "tools_template": renderer.tools_template,
         "loss_on": cfg.loss_on,
         "train_turns": cfg.train_turns,
         "train_reasoning": cfg.train_reasoning,

@@ -64,7 +64,11 @@ class Renderer:
         them is replaced by tunesmith's tools template; `reasoning_history`: drop or keep earlier turns' reasoning."""
         self.tokenizer = tokenizer
         self.reasoning_history = reasoning_history
-        if template == "tools" or (template == "auto" and tools and not renders_tools(tokenizer)):
+        # tunesmith's tools template replaced the tokenizer's (data check and train say so)
+        self.tools_template = template == "tools" or (
+            template == "auto" and tools and not renders_tools(tokenizer)
+        )
+        if self.tools_template:
             tokenizer.chat_template = TOOLS_TEMPLATE
             template = "chat"
         if template.endswith(".jinja"):
