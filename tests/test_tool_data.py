@@ -61,6 +61,7 @@ BAD_ROWS = [
     (with_message(2, tool_call_id="c9"), "messages[2] is a tool result for tool_call_id 'c9', but no earlier assistant call is open"),
     (with_message(0, thinking="hmm"), "messages[0].thinking is only for assistant messages, this one is 'user'"),
     (tool_row(tools=[{"name": "convert"}]), 'tools[0] must be {"type": "function"'),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "train": False}]}, "every assistant message says train: false"),
 ]  # fmt: skip
 
 
@@ -275,3 +276,17 @@ def test_the_demo_data_is_valid_and_its_test_split_holds_out_values_countries_an
                 assert result["days"] == days.days
                 checked_results += 1
     assert checked_results >= 10
+
+
+def test_a_conversation_left_with_nothing_to_learn_is_dropped_and_counted(tmp_path):
+    from tunesmith.data.prepare import tokenize_examples
+
+    muted_last = with_message(3, train=False)
+    path = write_jsonl(tmp_path / "tools.jsonl", [tool_row(), muted_last])
+    cfg = DataConfig(
+        train_file=str(path), validation_ratio=0.0, test_ratio=0, train_turns="last", max_length=2048
+    )
+    checked = check_data(cfg)
+    assert checked.problems == [] and len(checked.train) == 2
+    rows, report = tokenize_examples(checked.train, cfg, Renderer(build_tokenizer(), "tools"))
+    assert len(rows) == 1 and report["dropped_with_nothing_to_learn"] == 1

@@ -233,16 +233,18 @@ def encode(example: Example, renderer: Renderer, mask: LossMask) -> dict:
 
 def _fit(encoded: list[dict], examples: list[Example], cfg: DataConfig) -> tuple[list[dict], dict]:
     """Apply max_length: truncate or drop, and count every case."""
-    kept, over, emptied = [], [], []
+    kept, over, emptied, unlearned = [], [], [], []
     for item, example in zip(encoded, examples, strict=True):
-        if len(item["input_ids"]) > cfg.max_length:
+        truncated = len(item["input_ids"]) > cfg.max_length
+        if truncated:
             over.append(f"{example.where}: {len(item['input_ids'])} tokens")
             if cfg.on_overflow == "drop":
                 continue
             item = {key: value[: cfg.max_length] for key, value in item.items()}
-            if all(label == IGNORE for label in item["labels"]):
-                emptied.append(example.where)
-                continue
+        if all(label == IGNORE for label in item["labels"]):
+            # cut before its answer, or nothing learned at all (data.train_turns: last on a turn with train: false)
+            (emptied if truncated else unlearned).append(example.where)
+            continue
         kept.append(item)
     return kept, {
         "max_length": cfg.max_length,
@@ -250,6 +252,7 @@ def _fit(encoded: list[dict], examples: list[Example], cfg: DataConfig) -> tuple
         "count": len(over),
         "list": over[:50],
         "dropped_with_no_answer_left": len(emptied),
+        "dropped_with_nothing_to_learn": len(unlearned),
     }
 
 

@@ -99,6 +99,8 @@ def _messages(data: dict, field: str, tools_field: str) -> tuple[tuple | None, t
         return None, (), problem
     if not any(turn[0] == "assistant" for turn in turns):
         return None, (), f"field '{field}' has no assistant message to learn from"
+    if all(len(turn) > 2 and turn.train is False for turn in turns if turn[0] == "assistant"):
+        return None, (), f"field '{field}': every assistant message says train: false, so nothing is learned"
     return turns, tools, None
 
 
