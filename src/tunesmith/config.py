@@ -127,7 +127,9 @@ class DataConfig(Section):
         "tools", description="chat rows: the list of function definitions (docs/tools.md)"
     )
     text_field: str = "text"
-    template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
+    template: str = Field(
+        "auto", description="auto | classic | chat | tools (docs/tools.md) | a .jinja file | inline Jinja"
+    )
     system_prompt: str | None = None
     max_length: int = Field(1024, ge=8)
     on_overflow: Literal["auto", "drop", "truncate", "head_tail", "windows"] = Field(
