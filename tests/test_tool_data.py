@@ -212,7 +212,7 @@ def test_a_qwen_style_template_that_shows_tools_is_kept_and_training_ids_equal_i
     messages = tuple(m if isinstance(m, Message) else Message(*m) for m in plain.messages)
     messages = (messages[0], messages[1]._replace(reasoning=None), *messages[2:])
     ids, _ = renderer.encode_conversation(messages, plain.tools)
-    hf_messages = [renderer._template_message(m) for m in messages]
+    hf_messages = renderer.template_messages(messages, plain.tools)
     own = tokenizer.apply_chat_template(hf_messages, tools=[CONVERT], tokenize=False)
     assert ids == tokenizer(own, add_special_tokens=False)["input_ids"]
     assert CALL_TEXT in own and "<|im_start|>user\n<tool_response>\n3.11" in own  # Qwen's own tool turn

@@ -227,3 +227,12 @@ def test_reasoning_is_separated_or_kept_inline():
     inline = whole_message(ChatTurn((("user", "Is it?"),)), text, inline_reasoning=True)
     assert (separate["content"], separate["reasoning_content"]) == ("Yes.", "Short.")
     assert inline["content"] == text and "reasoning_content" not in inline
+
+
+def test_the_gguf_export_renders_tool_prompts_with_trainings_ids_in_llama_cpp(tool_run):
+    from test_gguf import require_llama_cpp
+
+    require_llama_cpp()
+    template = api.export(tool_run[0], "gguf", quantize="f32")["checks"]["template"]
+    assert template["tool_prompts"] == 16  # 8 conversations: before the call and after the tool's result
+    assert template["equal"] == template["equal_in_llama_cpp"] == template["prompts"] + 16

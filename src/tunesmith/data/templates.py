@@ -104,6 +104,19 @@ class Renderer:
     # -- text rendering -------------------------------------------------------------------------
     def render(self, messages: Messages, add_generation_prompt: bool, tools: tuple[str, ...] = ()) -> str:
         """The conversation as text; `tools`: function definitions as JSON text (Example.tools)."""
+        if self.kind == "chat":
+            extra = {"tools": [json.loads(tool) for tool in tools]} if tools else {}
+            return self.tokenizer.apply_chat_template(
+                self.template_messages(messages, tools),
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **extra,
+            )
+        return self._render_classic(self.template_messages(messages, tools), add_generation_prompt)
+
+    def template_messages(self, messages: Messages, tools: tuple[str, ...] = ()) -> list[dict]:
+        """The messages as the chat template reads them (OpenAI's dicts), earlier reasoning dropped or kept, and
+        reasoning inlined as <think>...</think> where the template has no field for it."""
         messages = [as_message(message) for message in messages]
         if self.reasoning_history == "drop":
             messages = drop_earlier_reasoning(messages)
@@ -112,26 +125,16 @@ class Renderer:
                 "data.template: this template cannot show tools, tool calls or reasoning; use data.template: auto "
                 "(which picks tunesmith's tools template, docs/tools.md) or tools"
             )
-        if self.kind == "chat":
-            extra = {"tools": [json.loads(tool) for tool in tools]} if tools else {}
-            return self.tokenizer.apply_chat_template(
-                [self._template_message(message) for message in messages],
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                **extra,
-            )
-        return self._render_classic(messages, add_generation_prompt)
-
-    def _template_message(self, message: Message) -> dict:
-        shown = to_openai(message)
-        if message.reasoning and not self.renders_reasoning:  # the template has no field for it: inline
-            shown.pop("reasoning_content")
-            shown["content"] = f"<think>\n{message.reasoning}\n</think>\n\n{message.content}"
+        shown = [to_openai(message) for message in messages]
+        for message, item in zip(messages, shown, strict=True):
+            if message.reasoning and not self.renders_reasoning:
+                item.pop("reasoning_content")
+                item["content"] = f"<think>\n{message.reasoning}\n</think>\n\n{message.content}"
         return shown
 
-    def _render_classic(self, messages: Messages, add_generation_prompt: bool) -> str:
+    def _render_classic(self, messages: list[dict], add_generation_prompt: bool) -> str:
         parts, previous = [], None
-        for role, content, *_ in messages:
+        for role, content in ((message["role"], message["content"]) for message in messages):
             if role == "system":
                 parts.append(f"{content}\n\n")
             elif role == "user":
