@@ -13,7 +13,7 @@ from tunesmith.config import DataConfig, config_from_dict
 from tunesmith.data.collate import IGNORE, PadCollator
 from tunesmith.data.prepare import check_data, encode, tokenize_data
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.errors import TunesmithError
 
 
@@ -110,7 +110,7 @@ def test_prompt_tokens_and_padding_are_masked_and_eos_is_kept(tokenizer):
     ]
     from tunesmith.data.validate import Example
 
-    encoded = [encode(Example("x", c), renderer, "response") for c in conversations]
+    encoded = [encode(Example("x", c), renderer, LossMask()) for c in conversations]
     batch = PadCollator(tokenizer.pad_token_id)(encoded)
     for row, conversation in enumerate(conversations):
         prompt_length = len(renderer.encode_prompt(conversation[:-1]))
@@ -138,7 +138,9 @@ def test_classic_template_appends_eos_to_answer(tokenizer):
 def test_whole_sequence_loss_option(tokenizer):
     from tunesmith.data.validate import Example
 
-    item = encode(Example("x", (("user", "cat"), ("assistant", "mat"))), Renderer(tokenizer, "chat"), "all")
+    item = encode(
+        Example("x", (("user", "cat"), ("assistant", "mat"))), Renderer(tokenizer, "chat"), LossMask("all")
+    )
     assert item["labels"] == item["input_ids"]
 
 

@@ -13,7 +13,7 @@ from transformers import (
 from conftest import prompt_response_rows, topic_rows
 from tunesmith.data.collate import PadCollator
 from tunesmith.data.prepare import encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 from tunesmith.tasks.classification.trainer import ClassificationTrainer, class_weights
 from tunesmith.tasks.modalities import TextCollator
@@ -84,7 +84,7 @@ def test_accumulation_matches_one_big_batch_for_causal_lm(tiny_model, tokenizer,
     model.config.use_cache = False
     renderer = Renderer(tokenizer, "chat")
     rows = [
-        encode(Example(str(i), (("user", r["prompt"]), ("assistant", r["response"]))), renderer, "response")
+        encode(Example(str(i), (("user", r["prompt"]), ("assistant", r["response"]))), renderer, LossMask())
         for i, r in enumerate(prompt_response_rows(4, seed=3))
     ]
     supervised = [sum(label != -100 for label in row["labels"]) for row in rows]

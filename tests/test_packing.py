@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pack
 from tunesmith.data.prepare import encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 
 CONVERSATIONS = [
@@ -30,7 +30,7 @@ def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def test_packed_loss_per_example_equals_unpacked(tiny_model, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
     renderer = Renderer(tokenizer, "chat")
-    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+    items = [encode(Example(str(i), c), renderer, LossMask()) for i, c in enumerate(CONVERSATIONS)]
 
     unpacked = []
     for item in items:
@@ -55,7 +55,7 @@ def test_packed_loss_per_example_equals_unpacked(tiny_model, tokenizer):
 def test_padded_batch_rows_do_not_change_packed_losses(tiny_model, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
     renderer = Renderer(tokenizer, "chat")
-    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+    items = [encode(Example(str(i), c), renderer, LossMask()) for i, c in enumerate(CONVERSATIONS)]
     rows = pack(items, max_length=40)
     assert len(rows) > 1
     collator = PackedCollator(tokenizer.pad_token_id)
@@ -73,11 +73,11 @@ TEXTS = ["the cat sat on a mat", "dogs ran to the park and birds sang songs abou
     "items_of",
     [
         pytest.param(
-            lambda r: [encode(Example(str(i), c), r, "all") for i, c in enumerate(CONVERSATIONS)],
+            lambda r: [encode(Example(str(i), c), r, LossMask("all")) for i, c in enumerate(CONVERSATIONS)],
             id="chat-loss-on-all",
         ),
         pytest.param(
-            lambda r: [encode(Example(str(i), text=t), r, "response") for i, t in enumerate(TEXTS)],
+            lambda r: [encode(Example(str(i), text=t), r, LossMask()) for i, t in enumerate(TEXTS)],
             id="plain-text",
         ),
     ],

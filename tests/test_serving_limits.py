@@ -249,13 +249,13 @@ def test_rendering_and_tokenizing_run_off_the_event_loop(server, monkeypatch):
     calls = []
     original = registry.prompt_tokens
 
-    def spy(served, messages):
+    def spy(served, messages, *tools_and_prefill):
         try:
             asyncio.get_running_loop()
             calls.append("event loop")
         except RuntimeError:
             calls.append("worker thread")
-        return original(served, messages)
+        return original(served, messages, *tools_and_prefill)
 
     monkeypatch.setattr(registry, "prompt_tokens", spy)
     assert chat(server[1]).status_code == 200

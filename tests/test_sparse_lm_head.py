@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 
 from tunesmith.data.collate import PadCollator
 from tunesmith.data.prepare import encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 from tunesmith.training.loop import CausalLMTrainer
 
@@ -27,7 +27,7 @@ def lora_trainer_and_batch(tmp_path, tiny_model, tokenizer):
     trainer = CausalLMTrainer(model=model, args=args)
     renderer = Renderer(tokenizer, "chat")
     batch = PadCollator(tokenizer.pad_token_id)(
-        [encode(Example("x", c), renderer, "response") for c in CONVERSATIONS]
+        [encode(Example("x", c), renderer, LossMask()) for c in CONVERSATIONS]
     )
     num_items = batch["labels"][:, 1:].ne(-100).sum()
     return trainer, model, batch, num_items

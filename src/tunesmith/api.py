@@ -13,6 +13,7 @@ from tunesmith.console import say, world_size
 from tunesmith.data import lengths
 from tunesmith.data.prepare import CheckedData
 from tunesmith.data.prepare import check_data as _check_rows
+from tunesmith.data.templates import LossMask
 from tunesmith.errors import TunesmithError
 from tunesmith.registry import get_task
 from tunesmith.run_folder import RUN_DIR_ENV, RunFolder
@@ -54,7 +55,7 @@ def check_data(
     cfg, _ = _config(target, overrides)
     every_row = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": "skip"})})
     checked = get_task(cfg.task).validated_data(every_row)  # on_error skip: every bad row listed, none raised
-    renderer = _renderer(cfg)
+    renderer = _renderer(cfg, checked)
     checked.report["lengths"] = (
         lengths.length_report(checked, cfg.data, renderer)
         if not isinstance(renderer, str)
@@ -68,18 +69,18 @@ def check_data(
         from tunesmith.data.preview import preview as rendered
 
         template = None if isinstance(renderer, str) else renderer
-        checked.report["preview"] = rendered(checked.train, template, cfg.data.loss_on, preview)
+        checked.report["preview"] = rendered(checked.train, template, LossMask.of(cfg.data), preview)
     return checked
 
 
-def _renderer(cfg: Config):
+def _renderer(cfg: Config, checked: CheckedData):
     """The config's tokenizer and template (as training renders), or why they cannot be loaded (said, not raised)."""
-    from tunesmith.data.templates import Renderer
+    from tunesmith.data.prepare import build_renderer
     from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
 
     try:
         path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
-        return Renderer(load_tokenizer(path, cfg.model), cfg.data.template)
+        return build_renderer(load_tokenizer(path, cfg.model), cfg.data, checked)
     except TunesmithError as exc:
         return f"token lengths not checked: {exc}"
 
@@ -249,15 +250,21 @@ def serve_app(
     max_concurrency: int = 4,
     max_tokens_cap: int = 512,
     max_prompt_tokens: int = 2048,
+    reasoning: str = "separate",
 ):
-    """The FastAPI app serving these runs (OpenAI-compatible); LoRA runs over one base share it in memory."""
+    """The FastAPI app serving these runs (OpenAI-compatible); LoRA runs over one base share it in memory.
+
+    reasoning: a chat answer's <think>...</think> block in the message's reasoning_content (separate) or left
+    inline in its content (inline)."""
     import os
 
     from tunesmith.serving.app import create_app
     from tunesmith.serving.registry import Registry
 
     key = api_key or os.environ.get("TUNESMITH_API_KEY") or None
-    return create_app(Registry(run_dirs), key, max_concurrency, max_tokens_cap, max_prompt_tokens)
+    return create_app(
+        Registry(run_dirs), key, max_concurrency, max_tokens_cap, max_prompt_tokens, reasoning=reasoning
+    )
 
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, **options) -> None:

@@ -303,6 +303,12 @@ def _serve_arguments(parser):
     parser.add_argument(
         "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
     )
+    parser.add_argument(
+        "--reasoning",
+        choices=["separate", "inline"],
+        default="separate",
+        help="a chat answer's <think> block: in reasoning_content (separate) or left in content (inline)",
+    )
 
 
 def _call_serve(api, args):
@@ -310,6 +316,7 @@ def _call_serve(api, args):
         "api_key": args.api_key,
         "max_concurrency": args.max_concurrency,
         "max_tokens_cap": args.max_tokens,
+        "reasoning": args.reasoning,
     }
     return api.serve(args.runs, args.host, args.port, **options)
 

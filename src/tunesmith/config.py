@@ -123,8 +123,13 @@ class DataConfig(Section):
     prompt_field: str = "prompt"
     response_field: str = "response"
     messages_field: str = "messages"
+    tools_field: str = Field(
+        "tools", description="chat rows: the list of function definitions (docs/tools.md)"
+    )
     text_field: str = "text"
-    template: str = Field("auto", description="auto | classic | chat | a .jinja file | inline Jinja")
+    template: str = Field(
+        "auto", description="auto | classic | chat | tools (docs/tools.md) | a .jinja file | inline Jinja"
+    )
     system_prompt: str | None = None
     max_length: int = Field(1024, ge=8)
     on_overflow: Literal["auto", "drop", "truncate", "head_tail", "windows"] = Field(
@@ -137,6 +142,16 @@ class DataConfig(Section):
     on_error: Literal["stop", "skip"] = "stop"
     deduplicate: bool = True
     loss_on: Literal["response", "all"] = "response"
+    train_turns: Literal["all", "last"] = Field(
+        "all", description="chat data: learn every assistant turn, or only the last one of each conversation"
+    )
+    train_reasoning: bool = Field(
+        True, description="chat data: learn assistant reasoning (<think>...</think>) as well as the answer"
+    )
+    reasoning_history: Literal["drop", "keep"] = Field(
+        "drop",
+        description="reasoning of assistant turns before the last user turn: left out (as Qwen3 renders) or kept",
+    )
     packing: bool = False
     max_examples: int | None = Field(None, gt=0)
     seed: int = 42

@@ -40,6 +40,7 @@ from tunesmith.config import Config, config_from_dict, parse_duration, read_yaml
 from tunesmith.console import say
 from tunesmith.data.lengths import token_count
 from tunesmith.data.readers import read_rows
+from tunesmith.data.templates import LossMask
 from tunesmith.errors import TunesmithError
 from tunesmith.models.loading import default_cache_dir, load_tokenizer, resolve_model
 from tunesmith.registry import get_method, get_task
@@ -134,17 +135,17 @@ def base_config(source: Path, model: str | None, task: str | None) -> dict:
 
 def token_lengths(cfg: Config, checked) -> list[int]:
     """Each training example's tokens as training renders it (empty for images and audio)."""
-    from tunesmith.data.templates import Renderer
+    from tunesmith.data.prepare import build_renderer
 
     path = resolve_model(cfg.model, default_cache_dir(cfg.output.cache_dir))
     tokenizer = load_tokenizer(path, cfg.model)
     try:
-        renderer = Renderer(tokenizer, cfg.data.template)
+        renderer = build_renderer(tokenizer, cfg.data, checked)
     except (
         TunesmithError
     ):  # an encoder has no EOS to render answers with; labelled texts need the tokenizer only
         renderer = SimpleNamespace(tokenizer=tokenizer)
-    counts = [token_count(example, renderer, cfg.data.loss_on) for example in checked.train]
+    counts = [token_count(example, renderer, LossMask.of(cfg.data)) for example in checked.train]
     return [n for n in counts if n is not None]
 
 

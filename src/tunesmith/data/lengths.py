@@ -5,7 +5,7 @@ from __future__ import annotations
 from tunesmith.config import DataConfig
 from tunesmith.data.labelled import LabelledExample
 from tunesmith.data.prepare import CheckedData, encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 
 SPLITS = ("train", "validation", "test")
@@ -19,13 +19,13 @@ def not_checked(reason: str = NO_TOKENIZER) -> dict:
     return {"checked": False, "reason": reason}
 
 
-def token_count(example, renderer: Renderer, loss_on: str) -> int | None:
+def token_count(example, renderer: Renderer, mask: LossMask) -> int | None:
     """Tokens the model sees for this example, rendered as training renders it; None for images and audio."""
     counts_itself = getattr(example, "token_count", None)
     if counts_itself is not None:  # a task package's own example type counts its tokens, given the renderer
         return counts_itself(renderer)
     if isinstance(example, Example):
-        return len(encode(example, renderer, loss_on)["input_ids"])
+        return len(encode(example, renderer, mask)["input_ids"])
     if isinstance(example, LabelledExample):
         if example.text is None:
             return None
@@ -38,7 +38,9 @@ def length_report(checked: CheckedData, cfg: DataConfig, renderer: Renderer, sho
     report: dict = {"checked": True, "max_length": cfg.max_length, "on_overflow": cfg.on_overflow}
     for split in SPLITS:
         examples = getattr(checked, split)
-        counted = [(n, e.where) for e in examples if (n := token_count(e, renderer, cfg.loss_on)) is not None]
+        counted = [
+            (n, e.where) for e in examples if (n := token_count(e, renderer, LossMask.of(cfg))) is not None
+        ]
         if examples and not counted:
             return not_checked("token lengths do not apply: the examples are images or audio")
         counted.sort(key=lambda pair: -pair[0])

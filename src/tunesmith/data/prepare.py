@@ -17,9 +17,10 @@ import numpy as np
 from tunesmith.config import AUTO_TEST_MIN_ROWS, AUTO_TEST_RATIO, DataConfig
 from tunesmith.console import say
 from tunesmith.data.collate import IGNORE
+from tunesmith.data.conversation import uses_agent_features
 from tunesmith.data.mix import read_sources
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example, detect_format, validate_rows
 from tunesmith.errors import TunesmithError
 
@@ -146,9 +147,23 @@ def drop_test_overlap(test: list, seen: list, cfg: DataConfig, report: dict) -> 
     return kept
 
 
+def build_renderer(tokenizer, cfg: DataConfig, checked: CheckedData) -> Renderer:
+    """The training renderer: under template auto, tunesmith's tools template when the data has tools, calls or
+    reasoning and the model's own template cannot show them (docs/tools.md)."""
+    examples = [*checked.train, *checked.validation, *checked.test]
+    tools = any(isinstance(e, Example) and uses_agent_features(e.messages, e.tools) for e in examples)
+    renderer = Renderer(tokenizer, cfg.template, tools=tools, reasoning_history=cfg.reasoning_history)
+    if renderer.tools_template and cfg.template == "auto":
+        say(
+            "data: tools, tool calls or reasoning rendered with tunesmith's tools template (ChatML + <tool_call>), "
+            "as the model's own chat template cannot show them (docs/tools.md)"
+        )
+    return renderer
+
+
 def tokenize_examples(examples: list, cfg: DataConfig, renderer: Renderer) -> tuple[list[dict], dict]:
     """Tokenize a few examples (the test split) with the training settings; max_length applied and counted."""
-    return _fit([encode(e, renderer, cfg.loss_on) for e in examples], examples, cfg)
+    return _fit([encode(e, renderer, LossMask.of(cfg)) for e in examples], examples, cfg)
 
 
 def clean_and_split(train: list, validation: list, cfg: DataConfig, report: dict, split, held_out: str):
@@ -207,29 +222,29 @@ def _split(examples: list[Example], ratio: float, seed: int) -> tuple[list[Examp
 # -- tokenization -------------------------------------------------------------------------------
 
 
-def encode(example: Example, renderer: Renderer, loss_on: str) -> dict:
+def encode(example: Example, renderer: Renderer, mask: LossMask) -> dict:
     if example.text is not None:
         ids = renderer.encode_text(example.text)
         trained = [True] * len(ids)
     else:
-        ids, trained = renderer.encode_conversation(example.messages)
-        if loss_on == "all":
-            trained = [True] * len(ids)
+        ids, trained = renderer.encode_conversation(example.messages, example.tools, mask)
     return {"input_ids": ids, "labels": [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]}
 
 
 def _fit(encoded: list[dict], examples: list[Example], cfg: DataConfig) -> tuple[list[dict], dict]:
     """Apply max_length: truncate or drop, and count every case."""
-    kept, over, emptied = [], [], []
+    kept, over, emptied, unlearned = [], [], [], []
     for item, example in zip(encoded, examples, strict=True):
-        if len(item["input_ids"]) > cfg.max_length:
+        truncated = len(item["input_ids"]) > cfg.max_length
+        if truncated:
             over.append(f"{example.where}: {len(item['input_ids'])} tokens")
             if cfg.on_overflow == "drop":
                 continue
             item = {key: value[: cfg.max_length] for key, value in item.items()}
-            if all(label == IGNORE for label in item["labels"]):
-                emptied.append(example.where)
-                continue
+        if all(label == IGNORE for label in item["labels"]):
+            # cut before its answer, or nothing learned at all (data.train_turns: last on a turn with train: false)
+            (emptied if truncated else unlearned).append(example.where)
+            continue
         kept.append(item)
     return kept, {
         "max_length": cfg.max_length,
@@ -237,6 +252,7 @@ def _fit(encoded: list[dict], examples: list[Example], cfg: DataConfig) -> tuple
         "count": len(over),
         "list": over[:50],
         "dropped_with_no_answer_left": len(emptied),
+        "dropped_with_nothing_to_learn": len(unlearned),
     }
 
 
@@ -279,6 +295,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _cache_key(checked: CheckedData, cfg: DataConfig, renderer: Renderer) -> str:
     digest = hashlib.sha256()
     settings = [CACHE_VERSION, renderer.kind, cfg.max_length, cfg.on_overflow, cfg.loss_on]
+    if (cfg.train_turns, cfg.train_reasoning, cfg.reasoning_history) != ("all", True, "drop"):
+        settings += [cfg.train_turns, cfg.train_reasoning, cfg.reasoning_history]  # defaults: keys as before
     digest.update(json.dumps(settings).encode())
     digest.update(tokenizer_fingerprint(renderer.tokenizer).encode())
     for split in (checked.train, checked.validation):
@@ -342,13 +360,18 @@ def _tokenized(checked: CheckedData, cfg: DataConfig, renderer: Renderer, key: s
             meta["cache"] = {"key": key, "hit": True}
             return {**splits, "report": meta}
     stop_ids = renderer.stop_token_ids()
-    train_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.train]
-    val_encoded = [encode(e, renderer, cfg.loss_on) for e in checked.validation]
+    mask = LossMask.of(cfg)
+    train_encoded = [encode(e, renderer, mask) for e in checked.train]
+    val_encoded = [encode(e, renderer, mask) for e in checked.validation]
     train, train_over = _fit(train_encoded, checked.train, cfg)
     validation, val_over = _fit(val_encoded, checked.validation, cfg)
     meta = {
         "template": renderer.kind,
+        "tools_template": renderer.tools_template,
         "loss_on": cfg.loss_on,
+        "train_turns": cfg.train_turns,
+        "train_reasoning": cfg.train_reasoning,
+        "reasoning_history": cfg.reasoning_history,  # drop: earlier turns' reasoning is not rendered
         "over_max_length": {"train": train_over, "validation": val_over},
         "train_tokens": _length_stats(train),
         "validation_tokens": _length_stats(validation),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 
 from tunesmith.data.prepare import IGNORE, encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 
 
@@ -39,13 +39,13 @@ def fields_of(example) -> dict:
     return shown
 
 
-def preview(examples: list, renderer: Renderer | None, loss_on: str, count: int) -> list[dict]:
+def preview(examples: list, renderer: Renderer | None, mask: LossMask, count: int) -> list[dict]:
     """The first `count` examples: {where, segments} when rendered by a template, else {where, fields}."""
     shown = []
     for example in examples[:count]:
         where = getattr(example, "where", "")
         if isinstance(example, Example) and renderer is not None:
-            item = encode(example, renderer, loss_on)
+            item = encode(example, renderer, mask)
             parts = segments(item["input_ids"], item["labels"], renderer.tokenizer)
             trained = sum(label != IGNORE for label in item["labels"])
             shown.append(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tunesmith.config import DataConfig
 from tunesmith.data.readers import Row
+from tunesmith.data.tool_rows import chat_messages
 from tunesmith.errors import TunesmithError
 
 ROLES = {"system", "user", "assistant"}
@@ -16,12 +17,14 @@ class Example:
     """One training example in canonical form: a conversation, or plain text (messages empty)."""
 
     where: str
-    messages: tuple[tuple[str, str], ...] = ()
+    # (role, content) pairs, or data.conversation.Message where a message has tool calls, results or reasoning
+    messages: tuple = ()
     text: str | None = None
+    tools: tuple[str, ...] = ()  # the row's function definitions, each as JSON text (data/conversation.py)
 
     @property
     def key(self) -> tuple:
-        return (self.messages, self.text)
+        return (self.messages, self.text, self.tools) if self.tools else (self.messages, self.text)
 
 
 def detect_format(rows: list[Row], cfg: DataConfig) -> str:
@@ -81,18 +84,24 @@ def message_turns(value: list, field: str) -> tuple[tuple | None, str | None]:
     return tuple(turns), None
 
 
-def _messages(data: dict, field: str) -> tuple[tuple | None, str | None]:
+def _messages(data: dict, field: str, tools_field: str) -> tuple[tuple | None, tuple, str | None]:
     value = data.get(field)
     if field in data and value is None:
-        return None, f"field '{field}' is null; give it a list of {{role, content}} objects or remove the row"
+        return (
+            None,
+            (),
+            f"field '{field}' is null; give it a list of {{role, content}} objects or remove the row",
+        )
     if not isinstance(value, list) or not value:
-        return None, f"field '{field}' must be a non-empty list of {{role, content}} objects"
-    turns, problem = message_turns(value, field)
+        return None, (), f"field '{field}' must be a non-empty list of {{role, content}} objects"
+    turns, tools, problem = chat_messages(value, field, data.get(tools_field), tools_field)
     if problem:
-        return None, problem
-    if not any(role == "assistant" for role, _ in turns):
-        return None, f"field '{field}' has no assistant message to learn from"
-    return turns, None
+        return None, (), problem
+    if not any(turn[0] == "assistant" for turn in turns):
+        return None, (), f"field '{field}' has no assistant message to learn from"
+    if all(len(turn) > 2 and turn.train is False for turn in turns if turn[0] == "assistant"):
+        return None, (), f"field '{field}': every assistant message says train: false, so nothing is learned"
+    return turns, tools, None
 
 
 def to_example(row: Row, fmt: str, cfg: DataConfig) -> tuple[Example | None, str | None]:
@@ -113,12 +122,12 @@ def to_example(row: Row, fmt: str, cfg: DataConfig) -> tuple[Example | None, str
         prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         return Example(row.where, (*system, ("user", prompt), ("assistant", output))), None
     if fmt == "chat":
-        turns, problem = _messages(data, cfg.messages_field)
+        turns, tools, problem = _messages(data, cfg.messages_field, cfg.tools_field)
         if problem:
             return None, problem
         if system and turns[0][0] != "system":
             turns = (*system, *turns)
-        return Example(row.where, turns), None
+        return Example(row.where, turns, tools=tools), None
     text, problem = _text(data, cfg.text_field)
     return (None, problem) if problem else (Example(row.where, text=text), None)
 

@@ -19,12 +19,15 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     temperature: float = 0.0,
+    tools: list[tuple[str, ...]] | None = None,
+    prefill: str = "",
 ) -> list[str]:
-    """Complete each conversation (ending with a user turn) and return the decoded answers."""
+    """Complete each conversation (ending with a user turn) and return the decoded answers; `tools`: each
+    conversation's function definitions, `prefill`: a forced start of every answer (returned with it)."""
     return [
         text
         for text, _ in generate_answers(
-            model, renderer, conversations, max_new_tokens, batch_size, temperature
+            model, renderer, conversations, max_new_tokens, batch_size, temperature, tools, prefill
         )
     ]
 
@@ -37,6 +40,8 @@ def generate_answers(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     temperature: float = 0.0,
+    tools: list[tuple[str, ...]] | None = None,
+    prefill: str = "",
 ) -> list[tuple[str, bool]]:
     """Each conversation's decoded answer, and whether it ended with a stop token inside max_new_tokens."""
     tokenizer = renderer.tokenizer
@@ -47,7 +52,13 @@ def generate_answers(
     model.eval()
     outputs = []
     for start in range(0, len(conversations), batch_size):
-        prompts = [renderer.encode_prompt(c) for c in conversations[start : start + batch_size]]
+        batch = range(start, min(start + batch_size, len(conversations)))
+        if tools is None and not prefill:  # seq2seq's renderer takes a conversation alone
+            prompts = [renderer.encode_prompt(conversations[i]) for i in batch]
+        else:
+            prompts = [
+                renderer.encode_prompt(conversations[i], tools[i] if tools else (), prefill) for i in batch
+            ]
         width = max(len(p) for p in prompts)
         # Left padding keeps every prompt's last token next to its first generated token.
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -65,7 +76,8 @@ def generate_answers(
             **sampling,
         )
         for row in generated[:, width:].tolist():
-            outputs.append((answer_text(row, stop_ids, tokenizer), any(t in stop_ids for t in row)))
+            text = answer_text(row, stop_ids, tokenizer)
+            outputs.append((prefill + text if prefill else text, any(t in stop_ids for t in row)))
     model.train(was_training)
     return outputs
 
@@ -108,15 +120,23 @@ def stream(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     cancellation: Cancellation | None = None,
+    tools: tuple[str, ...] = (),
+    prefill: str = "",
 ):
     """Yield the answer to one conversation piece by piece; joined, the pieces equal generate()'s answer.
 
-    With a `cancellation`, cancel() stops the generation after the current token and ends the pieces."""
+    With a `cancellation`, cancel() stops the generation after the current token and ends the pieces; `tools`
+    (function definitions as JSON text) are rendered into the prompt, `prefill` ends it (not yielded)."""
     from transformers import TextIteratorStreamer
 
     cancellation = cancellation or Cancellation()
     tokenizer = renderer.tokenizer
-    prompt = renderer.encode_prompt(conversation)
+    # seq2seq's renderer takes a conversation alone; only a chat Renderer is handed tools or a prefill
+    prompt = (
+        renderer.encode_prompt(conversation, tools, prefill)
+        if tools or prefill
+        else renderer.encode_prompt(conversation)
+    )
     device = next(model.parameters()).device
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

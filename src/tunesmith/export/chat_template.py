@@ -39,8 +39,17 @@ def run_template(renderer: Renderer) -> str:
     return template
 
 
-def render(template: str, messages: Messages, add_generation_prompt: bool, bos: str, eos: str) -> str:
-    """Render as llama-cpp-python's Jinja2ChatFormatter does (and transformers): sandboxed, trim/lstrip blocks."""
+def render(
+    template: str,
+    messages: Messages | list[dict],
+    add_generation_prompt: bool,
+    bos: str,
+    eos: str,
+    tools=None,
+) -> str:
+    """Render as llama-cpp-python's Jinja2ChatFormatter does (and transformers): sandboxed, trim/lstrip blocks;
+    `messages` as (role, content) pairs or as the template reads them (Renderer.template_messages), `tools` as
+    function definitions."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -52,7 +61,8 @@ def render(template: str, messages: Messages, add_generation_prompt: bool, bos: 
     )
     environment.filters["tojson"] = lambda value, **options: json.dumps(value, ensure_ascii=False, **options)
     return environment.from_string(template).render(
-        messages=[{"role": role, "content": content} for role, content in messages],
+        messages=[m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages],
+        tools=tools,
         add_generation_prompt=add_generation_prompt,
         bos_token=bos,
         eos_token=eos,

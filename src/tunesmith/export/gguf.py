@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.data.conversation import uses_agent_features
+from tunesmith.data.validate import Example
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluation.tool_calls import tool_turns
 from tunesmith.export import gguf_checks, ollama
 from tunesmith.export.chat_template import run_template
 from tunesmith.export.gguf_writer import (
@@ -38,12 +41,15 @@ MAX_CONVERSATIONS = 64  # validation conversations for the logits check: seconds
 MAX_PROMPTS = 20  # validation prompts for the template and llama.cpp checks
 
 
-def validation_conversations(task, cfg) -> list:
-    """The run's validation conversations that end with an answer (the prompts are what precedes it)."""
+def validation_conversations(task, cfg) -> tuple[list, list[tuple]]:
+    """The run's plain validation conversations that end with an answer (the prompts are what precedes it), and
+    its tool and reasoning ones as (conversation before an assistant turn, tools) pairs."""
     checked = task.validated_data(cfg)
     examples = checked.validation or checked.train
     conversations = [getattr(e, "messages", None) for e in examples]
-    return [c for c in conversations if c and c[-1][0] == "assistant"]
+    plain = [c for c in conversations if c and c[-1][0] == "assistant" and not uses_agent_features(c)]
+    with_tools = [e for e in examples if isinstance(e, Example)]
+    return plain, [(turn.prompt, turn.tools) for turn in tool_turns(with_tools, MAX_PROMPTS)][:MAX_PROMPTS]
 
 
 def _merged_fp32(tuned) -> tuple[torch.nn.Module, dict | None]:
@@ -90,7 +96,8 @@ def export_gguf(
     architecture, arch, _ = architecture_of(model)
     vocab = vocabulary(renderer, model.config.vocab_size)
     template = run_template(renderer)
-    conversations = validation_conversations(task, cfg)[:MAX_CONVERSATIONS]
+    conversations, tool_prompts = validation_conversations(task, cfg)
+    conversations = conversations[:MAX_CONVERSATIONS]
     system = [("system", cfg.data.system_prompt)] if cfg.data.system_prompt else []
     prompts = [c[:-1] for c in conversations[:MAX_PROMPTS]] or [(*system, ("user", "Hi"))]
     name = _model_name(run)
@@ -127,7 +134,9 @@ def export_gguf(
         checks = {"reload": gguf_checks.reload_check(model, staging, file_name, quantize, sequences, limits)}
         context = max(len(renderer.encode_prompt(p)) for p in prompts) + cfg.eval.max_new_tokens + 16
         llama = gguf_checks.open_llama(staging / file_name, max(context, 512))
-        checks["template"] = gguf_checks.template_check(staging / file_name, renderer, prompts, llama)
+        checks["template"] = gguf_checks.template_check(
+            staging / file_name, renderer, prompts, llama, tool_prompts
+        )
         checks["llama_cpp"] = gguf_checks.runtime_check(
             llama, model, renderer, prompts, cfg.eval.max_new_tokens, quantize
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -140,41 +141,56 @@ def _llama_cpp_prompt_ids(llama, template: str):
 
     formatter = Jinja2ChatFormatter(template, token_text(llama.token_eos()), token_text(llama.token_bos()))
 
-    def prompt_ids(prompt: Messages) -> list[int]:
-        text = formatter(messages=[{"role": role, "content": content} for role, content in prompt]).prompt
+    def prompt_ids(prompt: Messages | list[dict], tools=None) -> list[int]:
+        messages = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in prompt]
+        text = formatter(messages=messages, tools=tools).prompt
         return llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     return prompt_ids
 
 
-def template_check(path: Path, renderer: Renderer, prompts: list[Messages], llama=None) -> dict:
-    """The embedded template rendered by Jinja and tokenized gives exactly the ids tunesmith trained with."""
+def template_check(
+    path: Path, renderer: Renderer, prompts: list[Messages], llama=None, tool_prompts: list[tuple] = ()
+) -> dict:
+    """The embedded template rendered by Jinja and tokenized gives exactly the ids tunesmith trained with: for
+    plain prompts, and for `tool_prompts` ((conversation, tools as JSON text) pairs) with their tools."""
     meta = metadata(path)
     tokenizer = renderer.tokenizer
     llama_prompt_ids = _llama_cpp_prompt_ids(llama, meta["template"]) if llama is not None else None
+    cases = [(prompt, prompt, None, ()) for prompt in prompts] + [
+        (conversation, renderer.template_messages(conversation, tools), [json.loads(t) for t in tools], tools)
+        for conversation, tools in tool_prompts
+    ]
     equal = equal_llama = 0
     first_difference = None
-    for index, prompt in enumerate(prompts):
-        expected = renderer.encode_prompt(prompt)
-        text = render(meta["template"], prompt, True, meta["bos"], meta["eos"])
+    for index, (conversation, shown, tool_list, tools) in enumerate(cases):
+        expected = (
+            renderer.encode_prompt(conversation, tools) if tools else renderer.encode_prompt(conversation)
+        )
+        text = render(meta["template"], shown, True, meta["bos"], meta["eos"], tool_list)
         ids = [meta["bos_id"]] if meta["add_bos"] else []
         ids += tokenizer(text, add_special_tokens=False)["input_ids"]
         same = ids == expected
         equal += same
         if llama_prompt_ids is not None:  # rendered and tokenized by the runtime, from the file alone
-            same_llama = llama_prompt_ids(prompt) == expected
+            same_llama = llama_prompt_ids(shown, tool_list) == expected
             equal_llama += same_llama
             same = same and same_llama
         if not same and first_difference is None:
             first_difference = {"prompt": index, "text": text[:300]}
-    record = {"prompts": len(prompts), "equal": equal, "add_bos_token": meta["add_bos"]}
+    record = {
+        "prompts": len(prompts),
+        "tool_prompts": len(tool_prompts),
+        "equal": equal,
+        "add_bos_token": meta["add_bos"],
+    }
     if llama is not None:
         record["equal_in_llama_cpp"] = equal_llama
     if first_difference is not None:
         record["first_difference"] = first_difference
         raise TunesmithError(
             f"export --format gguf refused: the embedded template gives other token ids than training for prompt "
-            f"{first_difference['prompt']} ({equal} of {len(prompts)} equal, llama.cpp: {equal_llama}); "
+            f"{first_difference['prompt']} ({equal} of {len(cases)} equal, llama.cpp: {equal_llama}); "
             "nothing was written"
         )
     return record

@@ -123,6 +123,7 @@ class ServingContext:
     group_paths: dict[str, tuple[str, ...]]  # route group -> its paths, for "use ... instead" messages
     limits: Limits
     metrics: Metrics
+    reasoning: str = "separate"  # a chat answer's <think> block: in reasoning_content, or "inline" in content
 
     def model(self, model_id: str, group: str) -> ServedModel:
         """The served model `model_id`, if this route group answers for it; else a 404 or a 400 naming the routes."""

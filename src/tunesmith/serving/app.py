@@ -59,8 +59,10 @@ def create_app(
     max_tokens_cap: int = 512,
     max_prompt_tokens: int = 2048,
     limits: Limits | None = None,
+    reasoning: str = "separate",
 ) -> FastAPI:
-    """The app serving `registry`'s models; `limits`, when given, replaces the three caps before it."""
+    """The app serving `registry`'s models; `limits`, when given, replaces the three caps before it; `reasoning`:
+    a chat answer's <think> block in reasoning_content (separate) or left in content (inline)."""
     limits = limits or Limits(max_concurrency, max_tokens_cap, max_prompt_tokens)
     app = FastAPI(
         title="tunesmith",
@@ -77,6 +79,7 @@ def create_app(
         group_paths={name: module.PATHS for name, module in groups.items()},
         limits=limits,
         metrics=Metrics(),
+        reasoning=reasoning,
     )
     add_errors(app)
     add_common_routes(app, context)

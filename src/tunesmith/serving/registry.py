@@ -73,16 +73,21 @@ class Registry:
 
     # -- inference (called from worker threads; each model's lock serializes its use) ----------------
 
-    def conversation(self, served: ServedModel, messages: list[tuple[str, str]]):
+    def conversation(self, served: ServedModel, messages: list):
         system = (
             [("system", served.system_prompt)] if served.system_prompt and messages[0][0] != "system" else []
         )
         return (*system, *messages)
 
-    def prompt_tokens(self, served: ServedModel, messages) -> int:
-        return len(served.renderer.encode_prompt(self.conversation(served, messages)))
+    def prompt_tokens(self, served: ServedModel, messages, tools: tuple = (), prefill: str = "") -> int:
+        conversation = self.conversation(served, messages)
+        if tools or prefill:
+            return len(served.renderer.encode_prompt(conversation, tools, prefill))
+        return len(served.renderer.encode_prompt(conversation))
 
-    def stream(self, served: ServedModel, messages, max_tokens: int, temperature: float) -> Streaming:
+    def stream(
+        self, served: ServedModel, messages, max_tokens: int, temperature: float, tools=(), prefill: str = ""
+    ) -> Streaming:
         """Start generating the answer on a producer thread; its pieces arrive on the caller's event loop."""
         from tunesmith.evaluation.generation import stream
 
@@ -94,7 +99,14 @@ class Registry:
                     return
                 self._select(served)
                 yield from stream(
-                    served.model, served.renderer, conversation, max_tokens, temperature, cancellation
+                    served.model,
+                    served.renderer,
+                    conversation,
+                    max_tokens,
+                    temperature,
+                    cancellation,
+                    tools,
+                    prefill,
                 )
 
         return Streaming(pieces)

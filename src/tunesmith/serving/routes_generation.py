@@ -22,6 +22,7 @@ from tunesmith.http.context import ApiError, ServedModel, ServingContext, check_
 from tunesmith.http.schemas import ERROR_RESPONSES
 from tunesmith.serving.registry import Streaming
 from tunesmith.serving.schemas import ChatRequest, CompletionRequest
+from tunesmith.serving.tool_requests import AnswerReader, ChatTurn, read_chat, whole_message
 from tunesmith.tasks.handles import Generator
 
 GROUP = "generation"
@@ -36,11 +37,12 @@ class Answer:
     """What one request asked for, checked: the model, the conversation, and how many tokens it may get."""
 
     model: ServedModel
-    messages: list[tuple[str, str]]
+    turn: ChatTurn  # the conversation, with its tools and forced start
     budget: int
     temperature: float
     prompt_tokens: int
     kind: str  # "chat" or "completion": the shape of the response objects
+    inline_reasoning: bool = False  # serve --reasoning inline: <think> stays in content
 
 
 class GenerationStream(StreamingResponse):
@@ -65,25 +67,26 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
     limits, metrics, registry = context.limits, context.metrics, context.registry
 
     async def checked(
-        model_id: str, messages, max_tokens: int | None, temperature: float, kind: str
+        model: ServedModel, turn: ChatTurn, max_tokens: int | None, temperature: float, kind: str
     ) -> Answer:
-        model = context.model(model_id, GROUP)
         budget = max_tokens or min(256, limits.max_tokens)
         if budget > limits.max_tokens:
             raise ApiError(
                 400, f"max_tokens {budget} is above this server's cap of {limits.max_tokens}", "max_tokens"
             )
-        if not any(text.strip() for _, text in messages):
+        if not any(message[1].strip() for message in turn.messages) and not turn.tools:
             raise ApiError(400, "the prompt is empty", "messages")
         # Rendering the template and tokenizing take a while on long inputs: off the event loop.
-        length = await run_in_threadpool(registry.prompt_tokens, model, messages)
+        length = await run_in_threadpool(
+            registry.prompt_tokens, model, turn.messages, turn.tools, turn.prefill
+        )
         if length > limits.max_prompt_tokens:
             raise ApiError(
                 400,
                 f"the prompt is {length} tokens, above this server's limit of {limits.max_prompt_tokens}",
                 "messages",
             )
-        return Answer(model, messages, budget, temperature, length, kind)
+        return Answer(model, turn, budget, temperature, length, kind, context.reasoning == "inline")
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(body: ChatRequest, request: Request):
@@ -93,25 +96,29 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
                 f"messages has {len(body.messages)} messages, above this server's limit of {limits.max_messages}",
                 "messages",
             )
-        texts = {f"messages[{i}].content": m.content for i, m in enumerate(body.messages)}
+        texts = {f"messages[{i}].content": m.content or "" for i, m in enumerate(body.messages)}
         check_text_sizes(texts, limits, "messages", "message")
-        messages = [(m.role, m.content) for m in body.messages]
-        if messages[-1][0] != "user":
-            raise ApiError(400, "the last message must be the user's", "messages")
+        model = context.model(body.model, GROUP)
+        turn = read_chat(body, getattr(model.renderer, "renders_tools", False))
         max_tokens = body.max_completion_tokens or body.max_tokens
-        answer = await checked(body.model, messages, max_tokens, body.temperature, "chat")
+        answer = await checked(model, turn, max_tokens, body.temperature, "chat")
         return await respond(answer, body.stream, request)
 
     @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(body: CompletionRequest, request: Request):
         check_text_sizes({"prompt": body.prompt}, limits, "prompt", "prompt")
-        messages = [("user", body.prompt)]  # rendered with the run's template, as `tunesmith generate` does
-        answer = await checked(body.model, messages, body.max_tokens, body.temperature, "completion")
+        # rendered with the run's template, as `tunesmith generate` does
+        turn = ChatTurn((("user", body.prompt),))
+        model = context.model(body.model, GROUP)
+        answer = await checked(model, turn, body.max_tokens, body.temperature, "completion")
         return await respond(answer, body.stream, request)
 
     async def respond(answer: Answer, stream: bool, request: Request):
         shape = Shape(answer)
-        streaming = registry.stream(answer.model, answer.messages, answer.budget, answer.temperature)
+        turn = answer.turn
+        streaming = registry.stream(
+            answer.model, turn.messages, answer.budget, answer.temperature, turn.tools, turn.prefill
+        )
 
         def ended(cut_short: bool) -> None:
             metrics.generated.labels(answer.model.id).inc(streaming.new_tokens)
@@ -129,9 +136,18 @@ def add_routes(app: FastAPI, context: ServingContext) -> None:
             return shape.whole("".join(pieces), streaming.new_tokens)
 
         async def events():
+            reader = AnswerReader(answer.turn, answer.inline_reasoning)
             async for piece in streaming:
-                yield shape.event(piece, None)
-            yield shape.event("", "length" if streaming.new_tokens >= answer.budget else "stop")
+                if answer.kind != "chat":
+                    yield shape.event(piece, None)
+                elif delta := reader.delta(piece):
+                    yield shape.chunk(delta, None)
+            if answer.kind == "chat":
+                if closing := reader.closing_delta():
+                    yield shape.chunk(closing, None)
+                yield shape.chunk({}, shape.finish(streaming.new_tokens, "tool_calls" in closing))
+            else:
+                yield shape.event("", shape.finish(streaming.new_tokens, False))
             yield "data: [DONE]\n\n"
 
         return GenerationStream(events(), streaming, ended)
@@ -171,22 +187,26 @@ class Shape:
         prefix = "chatcmpl" if answer.kind == "chat" else "cmpl"
         self.id, self.created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
 
-    def choice(self, text: str, finish: str | None, delta: bool) -> dict:
-        if self.answer.kind == "chat":
-            key = "delta" if delta else "message"
-            return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": finish}
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    def finish(self, completion_tokens: int, called: bool) -> str:
+        if called:
+            return "tool_calls"
+        return "length" if completion_tokens >= self.answer.budget else "stop"
 
     def whole(self, text: str, completion_tokens: int) -> dict:
         prompt_tokens = self.answer.prompt_tokens
+        if self.answer.kind == "chat":
+            message = whole_message(self.answer.turn, text, self.answer.inline_reasoning)
+            finish = self.finish(completion_tokens, "tool_calls" in message)
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+        else:
+            finish = self.finish(completion_tokens, False)
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {
             "id": self.id,
             "object": "chat.completion" if self.answer.kind == "chat" else "text_completion",
             "created": self.created,
             "model": self.answer.model.id,
-            "choices": [
-                self.choice(text, "length" if completion_tokens >= self.answer.budget else "stop", False)
-            ],
+            "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -195,11 +215,19 @@ class Shape:
         }
 
     def event(self, text: str, finish: str | None) -> str:
+        """A text_completion chunk."""
+        return self.sse({"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+
+    def chunk(self, delta: dict, finish: str | None) -> str:
+        """A chat.completion.chunk: new content, reasoning_content or tool_calls of the assistant message."""
+        return self.sse({"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": finish})
+
+    def sse(self, choice: dict) -> str:
         body = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.answer.kind == "chat" else "text_completion",
             "created": self.created,
             "model": self.answer.model.id,
-            "choices": [self.choice(text, finish, True)],
+            "choices": [choice],
         }
         return f"data: {json.dumps(body)}\n\n"

@@ -44,7 +44,8 @@ def load_run_renderer(run: RunFolder) -> Renderer:
             f"{run.path}: no trained model yet (status: {summary.status}); finish training or --resume it"
         )
     tokenizer = load_tokenizer(str(run.model_dir), cfg.model)
-    return Renderer(tokenizer, "chat" if summary.template == "chat" else "classic")
+    template = "chat" if summary.template == "chat" else "classic"
+    return Renderer(tokenizer, template, reasoning_history=cfg.data.reasoning_history)
 
 
 def base_model_path(run: RunFolder, cfg: Config) -> str:

@@ -9,7 +9,7 @@ from tunesmith.console import is_main, say
 from tunesmith.data.collate import IGNORE, pack, pad_token_id
 from tunesmith.data.mix import REPLAY, mix_train, supervised_token_shares
 from tunesmith.data.mix import describe as describe_mix
-from tunesmith.data.prepare import check_data, tokenize_data, tokenize_examples
+from tunesmith.data.prepare import build_renderer, check_data, tokenize_data, tokenize_examples
 from tunesmith.data.templates import Renderer
 from tunesmith.evaluation.collapse import generator_alarm
 from tunesmith.evaluation.forgetting import read_reference_texts
@@ -173,7 +173,7 @@ class CausalLMTask(Task):
     # -- the pipeline's hooks (tasks/pipeline.py) ------------------------------------------------------------
     def prepare(self, cfg: Config, checked, model_path: str, cache_dir) -> Prepared:
         tokenizer = load_tokenizer(model_path, cfg.model)
-        renderer = Renderer(tokenizer, cfg.data.template)
+        renderer = build_renderer(tokenizer, cfg.data, checked)
         checked = with_extra_sources(cfg, checked, model_path, renderer, cache_dir)
         data = tokenize_data(checked, cfg.data, renderer, cache_dir)
         report = {**checked.report, **data["report"]}

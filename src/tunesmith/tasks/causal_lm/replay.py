@@ -32,7 +32,7 @@ CACHE_VERSION = "1"
 def replay_prompts(settings: ReplaySettings, train: list[Example]) -> list[str]:
     """The prompts self-replay answers: built-in, the training rows' own first user turns, or a .txt file."""
     if settings.prompts == "train":
-        prompts = [next((c for r, c in e.messages if r == "user"), None) for e in train]
+        prompts = [next((m[1] for m in e.messages if m[0] == "user"), None) for e in train]
         prompts = list(dict.fromkeys(p for p in prompts if p))
         if not prompts:
             raise TunesmithError(

@@ -11,6 +11,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate
 from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.evaluation.text_metrics import generation_scores
+from tunesmith.evaluation.tool_calls import NO_TRACE, tool_scores, tool_turns
 from tunesmith.models.exportable import MAX_VALIDATION_EXAMPLES, Exportable
 from tunesmith.models.loading import default_cache_dir, load_model
 from tunesmith.run_folder import RunFolder
@@ -46,6 +47,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
         say(f"eval: {overflow_line(over, 'evaluated')}")
     pad_id = pad_token_id(renderer.tokenizer)
     prompts = sample_conversations(examples, generations)
+    turns = tool_turns(examples, generations)
 
     def score(network) -> tuple[dict, list[str]]:
         scores = language_model_loss(network, rows, pad_id, cfg.eval.batch_size)
@@ -56,6 +58,8 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             scores |= generation_scores([p[2] for p in prompts], outputs)
             scores["generated_examples"] = scores.pop("examples")
             scores["examples"] = len(rows)
+        if turns:
+            scores |= score_tool_turns(network, renderer, turns, cfg.eval.max_new_tokens)
         return scores, outputs
 
     tuned, outputs = score(model)
@@ -69,6 +73,17 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
         with context:
             base, base_outputs = score(base_model)
     return eval_result(cfg, split, len(rows), (tuned, base), prompts, outputs, base_outputs)
+
+
+def score_tool_turns(network, renderer, turns: list, max_new_tokens: int) -> dict:
+    """evaluation/tool_calls.py's scores: each assistant turn generated from the conversation before it, its
+    tools rendered; reasoning turns once more with an empty trace forced."""
+    conversations, tools = [t.prompt for t in turns], [t.tools for t in turns]
+    outputs = generate(network, renderer, conversations, max_new_tokens, tools=tools)
+    no_trace = None
+    if any(turn.reference.reasoning for turn in turns):
+        no_trace = generate(network, renderer, conversations, max_new_tokens, tools=tools, prefill=NO_TRACE)
+    return tool_scores(turns, outputs, no_trace)
 
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:
