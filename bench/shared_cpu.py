@@ -85,38 +85,50 @@ def main() -> None:
     parser.add_argument(
         "--settings", nargs="*", choices=list(SETTINGS), help="only these settings (default: all)"
     )
+    parser.add_argument("--loads", nargs="*", choices=list(LOADS), help="only these loads (default: all)")
     parser.add_argument("--output", default="shared_cpu", help="results name: bench/results/NAME.json")
     args = parser.parse_args()
     provenance = Provenance.begin()
     workdir = Path(args.workdir)
     config = quickstart.prepare(workdir)
-    rows = []
-    for load_name, load in LOADS.items():
-        for setting, threads in SETTINGS.items():
-            if args.settings and setting not in args.settings:
-                continue
-            if load is None and threads == 1:
-                continue  # one thread on a quiet 2-core host only wastes a core
-            measured = []
-            for repeat in range(args.repeats):
-                background = start_load(load)
-                try:
-                    name = (
-                        f"{load_name}-{setting}-{repeat}".replace(" ", "_").replace("(", "").replace(")", "")
-                    )
-                    measured.append(train_once(config, name, args.steps, threads))
-                finally:
-                    if background is not None:
-                        background.kill()
-                        background.wait()
-            row = {
-                "load": load_name,
-                "setting": setting,
-                "tokens_per_second": statistics.median(m["tokens_per_second"] for m in measured),
-                "repeats": measured,
-            }
-            print(json.dumps({k: row[k] for k in ("load", "setting", "tokens_per_second")}), flush=True)
-            rows.append(row)
+    cells = [
+        (load_name, load, setting, threads)
+        for load_name, load in LOADS.items()
+        if not args.loads or load_name in args.loads
+        for setting, threads in SETTINGS.items()
+        if (not args.settings or setting in args.settings)
+        and not (load is None and threads == 1)  # one thread on a quiet 2-core host only wastes a core
+    ]
+    measured: dict[tuple[str, str], list[dict]] = {(cell[0], cell[2]): [] for cell in cells}
+    for repeat in range(
+        args.repeats
+    ):  # round-robin: a change in the host's own load touches every cell alike
+        for load_name, load, setting, threads in cells:
+            background = start_load(load)
+            try:
+                name = f"{load_name}-{setting}-{repeat}".replace(" ", "_").replace("(", "").replace(")", "")
+                measured[load_name, setting].append(train_once(config, name, args.steps, threads))
+            finally:
+                if background is not None:
+                    background.kill()
+                    background.wait()
+            shown = {"load": load_name, "setting": setting, "repeat": repeat + 1}
+            print(
+                json.dumps(
+                    shown | {"tokens_per_second": measured[load_name, setting][-1]["tokens_per_second"]}
+                )
+            )
+    rows = [
+        {
+            "load": load_name,
+            "setting": setting,
+            "tokens_per_second": statistics.median(m["tokens_per_second"] for m in runs),
+            "tokens_per_second_min": min(m["tokens_per_second"] for m in runs),
+            "tokens_per_second_max": max(m["tokens_per_second"] for m in runs),
+            "repeats": runs,
+        }
+        for (load_name, setting), runs in measured.items()
+    ]
     quiet = {row["setting"]: row["tokens_per_second"] for row in rows if row["load"] == "quiet"}
     for row in rows:
         base = quiet.get(row["setting"]) or quiet["tunesmith default (auto)"]
