@@ -310,11 +310,13 @@ def test_library_noise_stays_off_the_screen_unless_verbose(tmp_path):
     import sys
 
     noise = "Failed to load CPU gemm_4bit_forward from kernels-community: no kernels"
+    trust = "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' (offline)"
     fake = tmp_path / "libraries" / "bitsandbytes"
     fake.mkdir(parents=True)
     # A stand-in that speaks as bitsandbytes does at import, on any CPU (the real one only does on some).
     (fake / "__init__.py").write_text(
         f"import logging, warnings\nlogging.getLogger('bitsandbytes.backends.cpu.ops').warning({noise!r})\n"
+        f"logging.getLogger('kernels._internals.hf_hub').warning({trust!r})\n"
         "warnings.warn('bitsandbytes: a library UserWarning', UserWarning)\n"
     )
     data = write_jsonl(tmp_path / "d.jsonl", prompt_response_rows(3))
@@ -336,9 +338,9 @@ def test_library_noise_stays_off_the_screen_unless_verbose(tmp_path):
 
     quiet = tunesmith("data", "check", str(data))
     assert "all rows valid" in quiet and "bitsandbytes imported by the command: False" in quiet
-    assert "gemm_4bit_forward" not in quiet and "UserWarning" not in quiet
+    assert "gemm_4bit_forward" not in quiet and "UserWarning" not in quiet and "publisher trust" not in quiet
     verbose = tunesmith("--verbose", "data", "check", str(data))
-    assert noise in verbose and "a library UserWarning" in verbose
+    assert noise in verbose and trust in verbose and "a library UserWarning" in verbose
 
 
 def test_json_python_cannot_hold_is_a_bad_row_not_a_crash(tmp_path):

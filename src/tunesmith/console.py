@@ -33,7 +33,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", module=r"(torch|transformers|peft|trl|accelerate|datasets|bitsandbytes)\b"
     )
-    for library in ("bitsandbytes", "torch", "peft", "trl", "accelerate", "datasets"):
+    # `kernels` is what bitsandbytes asks for its CPU kernels (offline: "Skipping publisher trust check ..."), and
+    # DeepSpeed says which accelerator it picked on every import.
+    for library in ("bitsandbytes", "kernels", "DeepSpeed", "torch", "peft", "trl", "accelerate", "datasets"):
         logging.getLogger(library).setLevel(logging.ERROR)
     from transformers.utils import logging as transformers_logging
 
