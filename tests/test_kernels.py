@@ -261,3 +261,27 @@ def test_a_tiny_run_records_the_auto_decision_in_run_json(make_config, tmp_path)
     assert all(seconds > 0 for seconds in decision["probe"]["seconds"].values())
     assert decision["supervised_rows"] <= decision["plain_rows"]
     assert (tmp_path / "cache" / "kernels-probe").is_dir()  # cached per host and shapes
+
+
+SHAPE = {"hidden_size": 16, "vocabulary": 50, "precision": "fp32", "train_head": False, "weights": "float32"}
+
+
+def test_the_probe_is_measured_once_per_host_and_shape_then_read_from_the_cache(tmp_path):
+    first = kernels.probe_head_losses(["sparse_head", "chunked_ce"], SHAPE, tmp_path)
+    again = kernels.probe_head_losses(["sparse_head", "chunked_ce"], SHAPE, tmp_path)
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["seconds"] == first["seconds"] and set(first["seconds"]) == {"sparse_head", "chunked_ce"}
+    wider = kernels.probe_head_losses(["sparse_head", "chunked_ce"], SHAPE | {"vocabulary": 60}, tmp_path)
+    assert wider["cached"] is False
+
+
+def test_a_kernel_that_fails_in_the_probe_is_left_out_with_its_error(monkeypatch):
+    def broken(hidden, weight, targets):
+        raise RuntimeError("triton: no CUDA device")
+
+    monkeypatch.setitem(kernels.HEAD_LOSSES, "liger_ce", broken)
+    probe = kernels.probe_head_losses(["sparse_head", "liger_ce"], SHAPE, None)
+    assert set(probe["seconds"]) == {"sparse_head"}
+    assert probe["failed"] == {"liger_ce": "RuntimeError: triton: no CUDA device"}
+    rows = {"plain_rows": 400, "supervised_rows": 10}
+    assert kernels.pick_head_loss(probe, rows, 50, free=2**40)["head_loss"] == "sparse_head"

@@ -51,7 +51,7 @@ def liger_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "needs a CUDA GPU (Triton kernels); this run is on the CPU"
     if importlib.util.find_spec("liger_kernel") is None:
-        return "liger-kernel is not installed (`pip install liger-kernel`)"
+        return "liger-kernel is not installed (`pip install 'tunesmith[kernels]'`)"
     return None
 
 
@@ -91,27 +91,17 @@ def supervised_shapes(rows: list[dict], batch_size: int) -> dict:
     }
 
 
-def time_head_loss(
-    name: str,
-    hidden_size: int,
-    vocabulary: int,
-    dtype: torch.dtype,
-    train_head: bool,
-    precision: str,
-    device: str,
-) -> float:
-    """Seconds of one forward + backward of head loss `name` over PROBE_ROWS random rows: the fastest pass
-    (on a shared host the slower ones measure the other jobs), after one warm-up pass."""
+def time_head_loss(name: str, shape: dict, device: str) -> float:
+    """Seconds of one forward + backward of head loss `name` over PROBE_ROWS random rows at `shape`: the fastest
+    pass (on a shared host the slower ones measure the other jobs), after one warm-up pass."""
     generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(PROBE_ROWS, hidden_size, generator=generator).to(device, dtype).requires_grad_()
-    weight = (torch.randn(vocabulary, hidden_size, generator=generator) / hidden_size**0.5).to(device, dtype)
-    weight.requires_grad_(train_head)
+    width, vocabulary, dtype = shape["hidden_size"], shape["vocabulary"], getattr(torch, shape["weights"])
+    hidden = torch.randn(PROBE_ROWS, width, generator=generator).to(device, dtype).requires_grad_()
+    weight = (torch.randn(vocabulary, width, generator=generator) / width**0.5).to(device, dtype)
+    weight.requires_grad_(shape["train_head"])
     targets = torch.randint(0, vocabulary, (PROBE_ROWS,), generator=generator).to(device)
-    autocast = (
-        torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision in ("bf16", "fp16")
-        else contextlib.nullcontext()
-    )
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(shape["precision"])
+    autocast = torch.autocast(device, dtype=half) if half else contextlib.nullcontext()
 
     def one_pass() -> float:
         began = time.perf_counter()
@@ -141,25 +131,23 @@ def probe_key(shape: dict) -> str:
 
 def probe_head_losses(candidates: list[str], shape: dict, cache_dir: Path | None) -> dict:
     """Seconds per PROBE_ROWS rows of each candidate at `shape`, measured once and then read from `cache_dir`."""
-    cache = Path(cache_dir) / "kernels-probe" / f"{probe_key(shape | {'candidates': candidates})}.json"
-    if cache_dir is not None and cache.exists():
+    key = probe_key(shape | {"candidates": candidates})
+    cache = Path(cache_dir) / "kernels-probe" / f"{key}.json" if cache_dir is not None else None
+    if cache is not None and cache.exists():
         return json.loads(cache.read_text()) | {"cached": True}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, shape["weights"])
-    timings = {
-        name: time_head_loss(
-            name,
-            shape["hidden_size"],
-            shape["vocabulary"],
-            dtype,
-            shape["train_head"],
-            shape["precision"],
-            device,
-        )
-        for name in candidates
-    }
+    timings, failed = {}, {}
+    for name in candidates:
+        try:
+            timings[name] = time_head_loss(name, shape, device)
+        except Exception as error:  # a kernel that fails here (a Triton build, say) is left out, not fatal
+            if name == "sparse_head":
+                raise
+            failed[name] = f"{type(error).__name__}: {str(error)[:200]}"
     result = {"rows": PROBE_ROWS, "seconds": {k: float(f"{v:.4g}") for k, v in timings.items()}}
-    if cache_dir is not None:
+    if failed:
+        result["failed"] = failed
+    if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(result))
     return result | {"cached": False}
