@@ -163,10 +163,8 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
     """
 
     sparse_lm_head = True
-    head_loss = "sparse_head"
-    lm_head: torch.nn.Module | None = (
-        None  # the model's output embeddings, for head losses other than sparse_head
-    )
+    head_loss = "sparse_head"  # train.kernels' decision: sparse_head, chunked_ce or liger_ce
+    lm_head = None  # the model's output embeddings: chunked_ce and liger_ce project with its weight
     pad_token_id = 0
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -193,7 +191,7 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         targets = inputs.pop("labels")[:, 1:]  # the token at t+1 is predicted at position t
         keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
         picked = targets[:, keep]
-        if self.head_loss in HEAD_LOSSES and self.head_loss != "sparse_head" and not return_outputs:
+        if self.head_loss not in (None, "sparse_head") and not return_outputs:
             with head_hands_back_hidden_states(self.lm_head):
                 outputs = model(**inputs, logits_to_keep=keep)
             supervised = picked.ne(IGNORE)  # rows of other examples at a kept position are left out too
