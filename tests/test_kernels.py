@@ -285,3 +285,16 @@ def test_a_kernel_that_fails_in_the_probe_is_left_out_with_its_error(monkeypatch
     assert probe["failed"] == {"liger_ce": "RuntimeError: triton: no CUDA device"}
     rows = {"plain_rows": 400, "supervised_rows": 10}
     assert kernels.pick_head_loss(probe, rows, 50, free=2**40)["head_loss"] == "sparse_head"
+
+
+def test_an_adapted_lm_head_keeps_the_plain_head_loss(tiny_model, tmp_path):
+    """chunked_ce projects with the head's weight alone: a LoRA on the head would be left out, so it is refused."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(
+        TunesmithError, match="chunked_ce cannot run here: the LM head is a peft.tuners.lora.layer.Linear"
+    ):
+        decide(model, ["chunked_ce"])
+    decision = decide(model, "auto", cache_dir=tmp_path)
+    assert decision["head_loss"] == "sparse_head" and "chunked_ce" in decision["skipped"]
+    assert set(decision["probe"]["seconds"]) == {"sparse_head"}

@@ -40,9 +40,7 @@ LIGER_LAYERS = {"liger_rms_norm": "rms_norm", "liger_rope": "rope", "liger_swigl
 
 PROBE_ROWS = 128  # rows the head losses are timed at; a step's cost is the per-row time times its rows
 PROBE_SECONDS = 0.3  # per candidate, after one warm-up pass
-FASTER_BY = (
-    1.1  # another head loss must beat the plain head by this much: the probe is short and the host shared
-)
+FASTER_BY = 1.1  # another head loss must beat the plain head by this much: a short probe, a shared host
 LOGITS_SHARE = 0.25  # the plain head's logits may take this share of free memory before chunking is forced
 
 
@@ -63,14 +61,13 @@ def liger_supports(model_type: str) -> bool:
 
 def head_loss_unavailable(name: str, head, sparse_lm_head: bool, sharded: bool) -> str | None:
     """Why the head loss `name` cannot replace the plain head for this model, or None."""
-    if (
-        sharded
-    ):  # the head's weight is read after the model's forward, when FSDP or ZeRO-3 has sharded it again
+    if sharded:  # the head's weight is read after the forward, when FSDP or ZeRO-3 has sharded it again
         return "not with train.distributed fsdp or deepspeed on several processes"
     if not sparse_lm_head:
         return "it works at the sparse LM head's positions and train.sparse_lm_head is false"
-    if type(head) is not torch.nn.Linear or head.bias is not None:
-        return f"the LM head is a {type(head).__name__}{' with a bias' if head.bias is not None else ''}, not a plain linear layer"
+    if type(head) is not torch.nn.Linear or head.bias is not None:  # e.g. a LoRA-adapted head, or a bias
+        kind = f"{type(head).__module__}.{type(head).__name__}"
+        return f"the LM head is a {kind} (bias: {head.bias is not None}), not a bias-free torch Linear"
     if name == "liger_ce":
         return liger_unavailable()
     return None
@@ -262,4 +259,5 @@ def apply_liger(model, layers: list[str]) -> None:
 def describe(decision: dict) -> str:
     """One line for the console: what runs, and why."""
     liger = ", ".join(decision.get("liger") or []) or "none"
-    return f"kernels: loss {decision['head_loss'] or 'transformers default'}, Liger layers {liger} ({decision['reason']})"
+    head_loss = decision["head_loss"] or "transformers' own"
+    return f"kernels: head loss {head_loss}, Liger layers {liger} ({decision['reason']})"
