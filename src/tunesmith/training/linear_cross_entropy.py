@@ -13,7 +13,10 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100
-CHUNK_LOGITS = 4 * 2**20  # logits per chunk (16 MB in fp32): rows per chunk = this // vocabulary
+# Logits per chunk (64 MB in fp32): rows per chunk = this // vocabulary. Every chunk reads the whole head weight
+# twice, so on a CPU small chunks are bound by memory bandwidth (at SmolLM2's 49k x 576 head, chunks of 32 rows
+# ran at half the speed of chunks of 128); 341 rows a chunk keeps that cost small and the memory bounded.
+CHUNK_LOGITS = 16 * 2**20
 
 
 def chunk_rows_for(vocabulary: int) -> int:
@@ -46,15 +49,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             if not bool(kept.any()):  # nothing supervised in this chunk: no product at all
                 continue
             rows = hidden[start:stop].to(dtype)
-            logits = (rows @ head.T).float()
-            log_total = torch.logsumexp(logits, dim=-1)
+            # log_softmax, not logsumexp: on a CPU it is several times faster over 49k columns
+            log_probs = (rows @ head.T).float().log_softmax(dim=-1)
             picked = target.clamp(min=0)
-            true_logit = logits.gather(1, picked[:, None]).squeeze(1)
-            loss += torch.where(kept, log_total - true_logit, 0.0).sum()
+            loss -= torch.where(kept, log_probs.gather(1, picked[:, None]).squeeze(1), 0.0).sum()
             if not (need_hidden or need_weight):
                 continue
-            # d loss / d logits = softmax - one_hot(target), zero on ignored rows; reuses the logits' memory
-            grad = logits.sub_(log_total[:, None]).exp_()
+            # d loss / d logits = softmax - one_hot(target), zero on ignored rows; in the log-probs' memory
+            grad = log_probs.exp_()
             grad[torch.arange(grad.shape[0], device=grad.device), picked] -= 1.0
             grad.mul_(kept[:, None])
             grad = grad.to(dtype)
