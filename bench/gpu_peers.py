@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -319,6 +320,11 @@ def main() -> None:
     reason = no_cuda_reason()
     if reason:
         sys.exit(reason)
+    for name in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    ):  # the device reaches no hub; every worker inherits it
+        os.environ.setdefault(name, "1")
     bench(args)
 
 
