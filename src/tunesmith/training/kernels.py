@@ -160,14 +160,16 @@ def pick_head_loss(probe: dict, rows: dict, vocabulary: int, free: int) -> dict:
     the plain head's logits would not fit in LOGITS_SHARE of `free` memory (then the fastest that never holds
     them whole)."""
     candidates = list(probe["seconds"])
-    per_row = {name: seconds / probe["rows"] for name, seconds in probe["seconds"].items()}
+    projected = {
+        name: rows["plain_rows" if name == "sparse_head" else "supervised_rows"] for name in candidates
+    }
     predicted = {
-        name: per_row[name] * (rows["plain_rows"] if name == "sparse_head" else rows["supervised_rows"])
-        for name in candidates
+        name: float(f"{seconds / probe['rows'] * projected[name]:.4g}")
+        for name, seconds in probe["seconds"].items()
     }
     fastest = min(predicted, key=predicted.get)
     needed = logits_bytes(rows["plain_rows"], vocabulary)
-    times = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in predicted.items())
+    times = ", ".join(f"{name} {seconds * 1000:.3g} ms" for name, seconds in predicted.items())
     basis = (
         f"predicted per micro-batch of {rows['plain_rows']} head rows ({rows['supervised_rows']} supervised): "
         f"{times}"
