@@ -171,6 +171,16 @@ def test_kernels_config_refuses_unknown_or_conflicting_names_in_one_line(
     assert len(lines) == 1 and lines[0].startswith(message)
 
 
+def test_a_bare_off_in_yaml_means_off(tmp_path, make_config):
+    import yaml
+
+    path = tmp_path / "off.yaml"
+    path.write_text(yaml.safe_dump(make_config()).replace("train:\n", "train:\n  kernels: off\n"))
+    assert "  kernels: off\n" in path.read_text()  # YAML reads it as False
+    assert load_config(path).train.kernels == "off"
+    assert load_config(path, ["train.kernels=on"]).train.kernels == "auto"  # --set reads YAML too
+
+
 def test_kernels_config_takes_auto_off_a_name_or_a_list(tmp_path, make_config):
     for value, expected in [
         ("auto", "auto"),

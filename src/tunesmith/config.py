@@ -307,6 +307,12 @@ class TrainConfig(Section):
     def _duration(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
 
+    @field_validator("kernels", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (and `no`, `false`) as False: it means off, and true (`on`) auto
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("kernels")
     @classmethod
     def _known_kernels(cls, value: str | list[str]) -> str | list[str]:
