@@ -308,3 +308,16 @@ def test_an_adapted_lm_head_keeps_the_plain_head_loss(tiny_model, tmp_path):
     decision = decide(model, "auto", cache_dir=tmp_path)
     assert decision["head_loss"] == "sparse_head" and "chunked_ce" in decision["skipped"]
     assert set(decision["probe"]["seconds"]) == {"sparse_head"}
+
+
+def test_an_explicit_kernel_list_is_refused_for_a_task_that_is_not_a_causal_lm(make_config):
+    from tunesmith.config import config_from_dict
+
+    raw = make_config(train={"kernels": ["chunked_ce"]})
+    raw["task"] = "text-classification"
+    with pytest.raises(
+        TunesmithError, match="train.kernels: the LM head's loss and Liger kernels are for causal"
+    ):
+        config_from_dict(raw)
+    raw["train"]["kernels"] = "auto"  # auto and off stay valid for every task
+    assert config_from_dict(raw).train.kernels == "auto"
