@@ -113,6 +113,8 @@ def validation_loss(model, tokenizer, validation: list[dict]) -> float:
     with torch.no_grad():
         for start in range(0, len(items), 4):
             batch = PadCollator(tokenizer.pad_token_id)(items[start : start + 4])
+            # on the model's device: bench/gpu_peers.py scores GPU models with this too
+            batch = {key: value.to(model.device) for key, value in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
                 :, :-1
             ]

@@ -52,6 +52,37 @@ def test_packed_loss_per_example_equals_unpacked(tiny_model, tokenizer):
         assert abs(packed[slot] - unpacked[index]) < 1e-4, (slot, packed[slot], unpacked[index])
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_row_logits_equal_each_example_run_alone(tiny_model, tokenizer, attention):
+    """No token attends across examples: each example's logits in the packed row (no attention mask, position
+    ids restarting) are its logits run alone, to float rounding."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention).eval()
+    renderer = Renderer(tokenizer, "chat")
+    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+    rows = pack(items, max_length=512)
+    assert len(rows) == 1
+    batch = PackedCollator(tokenizer.pad_token_id)(rows)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
+        start = 0
+        for index in order:
+            ids = torch.tensor([items[index]["input_ids"]])
+            alone = model(input_ids=ids, use_cache=False).logits[0]
+            segment = packed[start : start + ids.shape[1]]
+            assert (segment - alone).abs().max().item() < 1e-5, (index, (segment - alone).abs().max().item())
+            start += ids.shape[1]
+    # and the check can fail: with plain positions (one sequence) the later examples see the earlier ones
+    with torch.no_grad():
+        joined = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+    last = items[order[-1]]["input_ids"]
+    alone = model(input_ids=torch.tensor([last]), use_cache=False).logits[0]
+    assert (joined[start - len(last) : start] - alone).abs().max().item() > 1e-3
+
+
 def test_padded_batch_rows_do_not_change_packed_losses(tiny_model, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
     renderer = Renderer(tokenizer, "chat")

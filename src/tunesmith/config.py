@@ -63,6 +63,9 @@ class ModelConfig(Section):
     )
 
 
+# train.kernels' names (tunesmith.training.kernels implements them; config sits below training, so they are here)
+KERNEL_NAMES = ("chunked_ce", "liger_ce", "liger_rms_norm", "liger_rope", "liger_swiglu")
+
 # data.test_ratio: auto holds out AUTO_TEST_RATIO of train_file from AUTO_TEST_MIN_ROWS rows up: the test split
 # then has at least 30 examples (an accuracy's standard error under 9 points); below that, a test figure is too
 # noisy to be worth the rows it takes from training, and the run reports validation alone.
@@ -283,6 +286,11 @@ class TrainConfig(Section):
     sparse_lm_head: bool = Field(
         True, description="LM head and loss only at supervised positions (same loss, faster)"
     )
+    kernels: str | list[str] = Field(
+        "auto",
+        description="auto: the LM head's loss kernel measured fastest here (and Liger's on CUDA); off; or a "
+        f"list of: {', '.join(KERNEL_NAMES)}",
+    )
     num_threads: int | None = Field(
         None,
         gt=0,
@@ -313,6 +321,29 @@ class TrainConfig(Section):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
+
+    @field_validator("kernels", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (and `no`, `false`) as False: it means off, and true (`on`) auto
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("kernels")
+    @classmethod
+    def _known_kernels(cls, value: str | list[str]) -> str | list[str]:
+        if value in ("auto", "off"):
+            return value
+        names = [value] if isinstance(value, str) else value
+        for name in names:
+            if name not in KERNEL_NAMES:
+                close = difflib.get_close_matches(name, [*KERNEL_NAMES, "auto", "off"], n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(
+                    f"unknown kernel '{name}'; {hint}use auto, off or a list of {', '.join(KERNEL_NAMES)}"
+                )
+        if {"chunked_ce", "liger_ce"} <= set(names):
+            raise ValueError("chunked_ce and liger_ce are two ways to compute the same loss; keep one")
+        return list(dict.fromkeys(names))
 
 
 class EvalConfig(Section):
@@ -486,6 +517,10 @@ class Config(Section):
         task = registry.get_task(self.task, key=None)
         method = registry.get_method(self.method.name, key=None)
         problems = task.config_problems(self) + method.config_problems(self, task.provides)
+        if isinstance(self.train.kernels, list) and "kernels" not in task.provides:
+            problems.append(
+                f"train.kernels: the LM head's loss and Liger kernels are for causal LMs, not {self.task}; use auto or off"
+            )
         if (self.data.mix or self.data.replay) and "replay" not in task.provides:
             problems.append(
                 f"data.mix and data.replay are not for {self.task}: {task.no_replay}; remove them"

@@ -43,6 +43,9 @@ class RunSummary:
     precision_probe: dict | None = None  # train.precision: {"precision", "reason", "probe": measured GFLOP/s}
     frozen_weights_bf16: dict | None = None  # bf16 adapter runs: frozen weights kept in bf16
     compile: dict | None = None  # train.compile's decision: {"enabled", "reason", the estimate it rests on}
+    kernels: dict | None = (
+        None  # causal LM train.kernels: {"head_loss", "liger", "reason", "skipped", probe timings}
+    )
     processes: int | None = None  # data-parallel processes, all nodes together
     nodes: int | None = None  # machines the processes ran on (--nnodes)
     restarts: int | None = None  # times torchrun restarted the group after a worker died (--max-restarts)

@@ -24,6 +24,7 @@ from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pad_toke
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.lm import language_model_loss
 from tunesmith.models.anatomy import transformer_blocks
+from tunesmith.models.loading import default_cache_dir
 from tunesmith.run_folder import RunFolder
 from tunesmith.training.budget import TimeBudget
 from tunesmith.training.callbacks import (
@@ -36,6 +37,8 @@ from tunesmith.training.callbacks import (
 )
 from tunesmith.training.checkpoints import STAGING, commit, fault_point
 from tunesmith.training.distributed import check_engine, per_device_batch
+from tunesmith.training.kernels import HEAD_LOSSES, apply_liger, decide_kernels, describe
+from tunesmith.training.memory import free_bytes
 from tunesmith.training.threads import ThreadGovernor, governed
 
 
@@ -133,15 +136,35 @@ class OwnEvaluation(AtomicCheckpoints):
             return metrics
 
 
+@contextlib.contextmanager
+def head_hands_back_hidden_states(head: torch.nn.Module):
+    """For one forward, the LM head returns its input: the model's `logits` are the hidden states at the kept
+    positions, for a head loss that projects them itself (training/kernels.py). The head keeps its weight, so
+    names, tied embeddings and DDP's gradient hooks see the same parameter."""
+    head.forward = _hidden_states  # an instance attribute: shadows the class's forward until deleted
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _hidden_states(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
 class CausalLMTrainer(AtomicCheckpoints, Trainer):
     """Trainer that runs the LM head and loss only where the next token is supervised (train.sparse_lm_head).
 
     With the prompt masked, most positions never reach the loss, yet the plain path projects every one onto
     the whole vocabulary (49k columns for SmolLM2). The loss is the same sum over supervised tokens divided by
-    the same count, so results match the plain path; bench/ measures the time saved.
+    the same count, so results match the plain path; bench/ measures the time saved. `head_loss` (train.kernels)
+    says how the head and loss run there: the plain head (`sparse_head`), or a kernel given the hidden states of
+    the supervised rows alone (`chunked_ce`, `liger_ce`) that never holds their logits whole.
     """
 
     sparse_lm_head = True
+    head_loss = "sparse_head"  # train.kernels' decision: sparse_head, chunked_ce or liger_ce
+    lm_head = None  # the model's output embeddings: chunked_ce and liger_ce project with its weight
     pad_token_id = 0
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -167,12 +190,20 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]  # the token at t+1 is predicted at position t
         keep = targets.ne(IGNORE).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, logits_to_keep=keep)
         picked = targets[:, keep]
-        logits = outputs.logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        )
+        if self.head_loss not in (None, "sparse_head") and not return_outputs:
+            with head_hands_back_hidden_states(self.lm_head):
+                outputs = model(**inputs, logits_to_keep=keep)
+            supervised = picked.ne(IGNORE)  # rows of other examples at a kept position are left out too
+            loss = HEAD_LOSSES[self.head_loss](
+                outputs.logits[supervised], self.lm_head.weight, picked[supervised]
+            )
+        else:
+            outputs = model(**inputs, logits_to_keep=keep)
+            logits = outputs.logits.float()
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
         count = num_items_in_batch if num_items_in_batch is not None else picked.ne(IGNORE).sum()
         loss = loss / count
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -386,8 +417,10 @@ def build_trainer(
     resuming: bool = False,
     gradient_checkpointing: bool = False,
 ) -> tuple[Trainer, TokenCounter]:
-    """The causal-LM Trainer: packed or padded batches, the LM head only at supervised positions."""
+    """The causal-LM Trainer: packed or padded batches, the LM head only at supervised positions, with the
+    kernels train.kernels decides (recorded in run.json)."""
     pad_id = pad_token_id(tokenizer)
+    kernels = choose_kernels(cfg, run, model, train_rows, precision)
     collator = (PackedCollator if cfg.data.packing else PadCollator)(pad_id)
     layer_class = type(transformer_blocks(model)[0]).__name__ if cfg.train.distributed == "fsdp" else None
     trainer, counter = set_up_trainer(
@@ -395,8 +428,23 @@ def build_trainer(
         resuming, gradient_checkpointing, layer_class, processing_class=tokenizer,
     )  # fmt: skip
     trainer.sparse_lm_head = cfg.train.sparse_lm_head
+    trainer.head_loss = kernels["head_loss"]
+    trainer.lm_head = model.get_output_embeddings()
     trainer.pad_token_id = pad_id
     return trainer, counter
+
+
+def choose_kernels(cfg: Config, run: RunFolder, model, train_rows: list[dict], precision: str) -> dict:
+    """train.kernels decided (measured under auto), said, recorded in run.json, and Liger's layers applied."""
+    sharded = world_size() > 1 and cfg.train.distributed != "ddp"
+    decision = decide_kernels(
+        cfg.train.kernels, model, precision, train_rows, per_device_batch(cfg.train.batch_size),
+        cfg.train.sparse_lm_head, sharded, default_cache_dir(cfg.output.cache_dir), free_bytes(),
+    )  # fmt: skip
+    apply_liger(model, decision["liger"])
+    say(describe(decision))
+    run.update_summary(kernels=decision)
+    return decision
 
 
 def quiet(trainer: Trainer) -> None:

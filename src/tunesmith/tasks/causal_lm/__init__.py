@@ -81,7 +81,7 @@ class CausalLMTask(Task):
     name = "causal-lm"
     summary = "supervised fine-tuning of a language model on prompts and answers (or plain text)"
     starter = "sft"
-    provides = frozenset({"4-bit base", "8-bit base", "replay"})
+    provides = frozenset({"4-bit base", "8-bit base", "replay", "kernels"})
     default_overflow = "drop"
     verbs = frozenset({"generate", "merge"})
     pipeline_tag = "text-generation"
