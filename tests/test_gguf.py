@@ -156,8 +156,11 @@ def test_gguf_refuses_an_unsupported_architecture(tmp_path):
 def test_gguf_refusals_are_one_line(lm_run, tmp_path):
     with pytest.raises(TunesmithError, match="GGUF export writes"):
         api.export(lm_run, "gguf", quantize="int8")
+    taken = tmp_path / "taken"  # its own folder: the module's f32 export may run before or after this test
+    taken.mkdir()
     with pytest.raises(TunesmithError, match="already exists"):
-        api.export(lm_run, "gguf", quantize="f32")
+        api.export(lm_run, "gguf", output=taken, quantize="f32")
+    assert list(taken.iterdir()) == []
 
 
 def test_k_quants_need_llama_cpps_quantizer(lm_run, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 from tunesmith.config import KERNEL_NAMES, load_config
 from tunesmith.data.collate import IGNORE, PackedCollator, PadCollator, pack
 from tunesmith.data.prepare import encode
-from tunesmith.data.templates import Renderer
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 from tunesmith.errors import TunesmithError
 from tunesmith.training import kernels
@@ -134,7 +134,7 @@ def test_chunked_head_loss_in_the_trainer_equals_the_sparse_head(
     tmp_path, tiny_model, tokenizer, method, packed
 ):
     trainer, model = trainer_for(tmp_path, tiny_model, method)
-    items = [encode(Example("x", c), Renderer(tokenizer, "chat"), "response") for c in CONVERSATIONS]
+    items = [encode(Example("x", c), Renderer(tokenizer, "chat"), LossMask()) for c in CONVERSATIONS]
     collate = PackedCollator(tokenizer.pad_token_id) if packed else PadCollator(tokenizer.pad_token_id)
     batch = collate(pack(items, 40) if packed else items)
     sparse_loss, sparse_grads = trainer_loss_and_grads(trainer, model, batch, "sparse_head")

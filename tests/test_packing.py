@@ -58,7 +58,7 @@ def test_packed_row_logits_equal_each_example_run_alone(tiny_model, tokenizer, a
     ids restarting) are its logits run alone, to float rounding."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention).eval()
     renderer = Renderer(tokenizer, "chat")
-    items = [encode(Example(str(i), c), renderer, "response") for i, c in enumerate(CONVERSATIONS)]
+    items = [encode(Example(str(i), c), renderer, LossMask()) for i, c in enumerate(CONVERSATIONS)]
     rows = pack(items, max_length=512)
     assert len(rows) == 1
     batch = PackedCollator(tokenizer.pad_token_id)(rows)

@@ -109,6 +109,12 @@ def launch(config_file: str, run_dir: str, cluster: Cluster, resume: bool) -> No
     env = {**os.environ, RUN_DIR_ENV: run_dir}
     if cluster.nodes > 1:  # every line a worker prints says where it came from
         env.setdefault(LOG_PREFIX_ENV, f"[node{cluster.node_rank} rank${{rank}}]:")
+    if cluster.max_restarts > 0:
+        # torchrun's workers share the agent's rendezvous store by default, and it outlives a restart: gloo's
+        # address keys of the attempt that died are still there, so the new rank 0 can read a dead rank's address
+        # before the new rank publishes its own and retry a refused connection until it times out (it did in CI,
+        # and under load here). Off, rank 0 hosts a fresh store on each attempt's own port.
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     result = subprocess.run(torchrun_command(config_file, run_dir, cluster, resume), env=env, check=False)
     if result.returncode != 0:
         raise TunesmithError(
