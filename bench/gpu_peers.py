@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -83,16 +82,6 @@ def no_cuda_reason() -> str | None:
 def bf16_peak_tflops(device_name: str) -> float | None:
     """The device's dense bf16 peak (datasheet), or None for a device not in the table (MFU is then left out)."""
     return next((peak for name, peak in BF16_PEAK_TFLOPS if name.lower() in device_name.lower()), None)
-
-
-def installed_versions() -> dict:
-    found = {}
-    for name in EXTRA_VERSIONS:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def summarize(recipe: str, runs: list[dict], peak_tflops: float | None) -> dict:
@@ -331,7 +320,7 @@ def main() -> None:
 def bench(args) -> None:
     import torch
 
-    from results_file import Provenance, write_results
+    from results_file import Provenance, versions, write_results
     from tunesmith import quickstart
     from tunesmith.config import ModelConfig
     from tunesmith.models.loading import default_cache_dir, resolve_model
@@ -371,7 +360,7 @@ def bench(args) -> None:
                 "repeats": args.repeats,
                 "rounds_done": repeat + 1,
                 "not_run": skipped,
-                "versions": installed_versions(),
+                "versions": versions(EXTRA_VERSIONS),
             }
             rows = [summarize(recipe, runs[recipe], peak) for recipe in recipes]
             write_results("gpu_peers", {"setup": setup, "rows": rows}, provenance)

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from results_file import Provenance, write_results
+from results_file import Provenance, train_quickstart_cell, write_results
 from tunesmith import quickstart
 
 CELLS = {"sparse head (kernels: off)": "off", "chunked_ce": "[chunked_ce]", "auto": "auto"}
@@ -34,28 +34,13 @@ HIDDEN, VOCABULARY, PASSES = 576, 49152, 5  # the first pass is a warm-up
 
 
 def train_once(config: Path, name: str, steps: int, kernels: str) -> dict:
-    overrides = {
-        "train.max_steps": steps,
-        "train.kernels": kernels,
-        "train.eval_steps": 10_000,
-        "eval.before_training": "false",
-        "eval.samples": 0,
-        "eval.reference": "null",
-        "data.test_file": "null",
-        "output.name": name,
-    }
-    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config)]
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    started = time.perf_counter()
-    subprocess.run(command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads((config.parent / "runs" / name / "run.json").read_text())
+    summary, wall = train_quickstart_cell(config, name, steps, {"train.kernels": kernels})
     return {
         "tokens_per_second": summary["tokens_per_second"],
         "peak_memory_mb": summary["peak_memory_mb"],
         "train_loss": summary["train_loss"],
         "train_seconds": summary["train_seconds"],
-        "command_seconds": round(time.perf_counter() - started, 1),
+        "command_seconds": wall,
         "kernels": summary["kernels"],
         "threads": summary.get("threads"),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -70,10 +71,10 @@ def host() -> dict:
     }
 
 
-def versions() -> dict:
+def versions(names: tuple[str, ...] = VERSIONED) -> dict:
     """Installed versions of the libraries the figures depend on ("not installed" where one is absent)."""
     found = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -127,3 +128,25 @@ def describe(meta: dict) -> str:
         + f"; load average {meta['load_average_before']} before, {meta['load_average_after']} after; "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     )
+
+
+def train_quickstart_cell(config: Path, name: str, steps: int, overrides: dict) -> tuple[dict, float]:
+    """One bench cell: `tunesmith train` of the quickstart in its own process, `steps` steps with evaluations, samples,
+    the reference check and the test split off, plus `overrides`; the run's run.json and the command's seconds."""
+    settings = {
+        "train.max_steps": steps,
+        "train.eval_steps": 10_000,
+        "eval.before_training": "false",
+        "eval.samples": 0,
+        "eval.reference": "null",
+        "data.test_file": "null",
+        "output.name": name,
+        **overrides,
+    }
+    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config)]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    return json.loads((config.parent / "runs" / name / "run.json").read_text()), round(wall, 1)

@@ -17,10 +17,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from results_file import Provenance, write_results
+from results_file import Provenance, train_quickstart_cell, write_results
 from tunesmith import quickstart
 
 LOADS = {  # name -> (duty, period in seconds), or None for a quiet host
@@ -52,27 +51,12 @@ def start_load(load: tuple[float, float] | None) -> subprocess.Popen | None:
 
 
 def train_once(config: Path, name: str, steps: int, threads: int | None) -> dict:
-    overrides = {
-        "train.max_steps": steps,
-        "train.num_threads": "null" if threads is None else threads,
-        "train.eval_steps": 10_000,
-        "eval.before_training": "false",
-        "eval.samples": 0,
-        "eval.reference": "null",
-        "data.test_file": "null",
-        "output.name": name,
-    }
-    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config)]
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    started = time.perf_counter()
-    subprocess.run(command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
-    summary = json.loads((config.parent / "runs" / name / "run.json").read_text())
+    threads_setting = "null" if threads is None else threads
+    summary, wall = train_quickstart_cell(config, name, steps, {"train.num_threads": threads_setting})
     return {
         "tokens_per_second": summary["tokens_per_second"],
         "train_seconds": summary["train_seconds"],
-        "command_seconds": round(wall, 1),
+        "command_seconds": wall,
         "threads": summary.get("threads"),
     }
 
