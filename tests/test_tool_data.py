@@ -233,13 +233,8 @@ def test_data_check_preview_shows_the_rendered_tools_and_the_masks(tmp_path, tin
 
 
 def test_the_demo_data_is_valid_and_its_test_split_holds_out_values_countries_and_a_function(tmp_path):
-    import importlib.util
+    from tunesmith import quickstart_tools as demo
 
-    spec = importlib.util.spec_from_file_location(
-        "tool_demo_data", Path(__file__).parents[1] / "bench" / "tool_demo_data.py"
-    )
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     paths = demo.write(tmp_path, train=120, test=60, seed=0)
     checked = check_data(
         DataConfig(
@@ -290,3 +285,20 @@ def test_a_conversation_left_with_nothing_to_learn_is_dropped_and_counted(tmp_pa
     assert checked.problems == [] and len(checked.train) == 2
     rows, report = tokenize_examples(checked.train, cfg, Renderer(build_tokenizer(), "tools"))
     assert len(rows) == 1 and report["dropped_with_nothing_to_learn"] == 1
+
+
+def test_quickstart_tools_writes_a_config_whose_data_checks_clean_and_keeps_what_the_user_edited(tmp_path):
+    from tunesmith import quickstart_tools as demo
+    from tunesmith.config import config_from_dict
+
+    config_path = demo.prepare(tmp_path / "tools", train=12, test=6)
+    cfg = config_from_dict(yaml.safe_load(config_path.read_text()), base=config_path.parent)
+    assert cfg.method.name == "lora" and cfg.eval.generations >= 6
+    checked = check_data(cfg.data)
+    assert checked.problems == [] and len(checked.test) == 6 and len(checked.train) + len(checked.validation) == 12
+    edited = config_path.read_text().replace("epochs: 2", "epochs: 3")
+    config_path.write_text(edited)
+    (tmp_path / "tools" / "data" / "train.jsonl").write_text(json.dumps(tool_row()) + "\n")
+    demo.prepare(tmp_path / "tools", train=12, test=6)
+    assert config_path.read_text() == edited
+    assert (tmp_path / "tools" / "data" / "train.jsonl").read_text() == json.dumps(tool_row()) + "\n"

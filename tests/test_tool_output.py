@@ -93,9 +93,16 @@ def test_tool_scores_count_names_exact_arguments_schema_and_silence_per_turn():
         "tool_arguments_exact": 100.0,
         "tool_arguments_valid": 100.0,
         "no_call_accuracy": 100.0,
+        "answer_after_tool_accuracy": 100.0,
+        "answer_after_tool_grounded": 100.0,
         "answer_accuracy": 100.0,
         "answer_accuracy_no_trace": 100.0,
     }
+    assert [t.after_tool for t in turns] == [None, "3.11", None]
+    guessed = tool_scores(turns[1:2], ["About 3 miles."])  # not the result's value
+    assert guessed["answer_after_tool_accuracy"] == 0.0 and guessed["answer_after_tool_grounded"] == 0.0
+    reworded = tool_scores(turns[1:2], ["That is 3.11 miles."])
+    assert reworded["answer_after_tool_accuracy"] == 0.0 and reworded["answer_after_tool_grounded"] == 100.0
     wrong_value = right.replace('"value": 5', '"value": 6')
     off_schema = right.replace('"unit": "km"', '"unit": "yd"')
     assert tool_scores(turns[:1], [wrong_value])["tool_arguments_exact"] == 0.0
@@ -105,3 +112,19 @@ def test_tool_scores_count_names_exact_arguments_schema_and_silence_per_turn():
     called_anyway = tool_scores(turns[1:], [right, "No."], ["", "Yes"])
     assert called_anyway["no_call_accuracy"] == 50.0
     assert called_anyway["answer_accuracy"] == 0.0 and called_anyway["answer_accuracy_no_trace"] == 100.0
+
+
+def test_result_values_are_the_scalars_of_a_json_result_or_its_whole_text():
+    from tunesmith.evaluation.tool_calls import grounded, result_values
+
+    assert sorted(
+        result_values('{"city": "Oslo", "weather": {"temp": 3.5, "tags": ["cold", null, true]}}')
+    ) == [
+        "3.5",
+        "Oslo",
+        "cold",
+    ]
+    assert result_values("sunny ") == ["sunny"] and result_values("") == []
+    assert grounded("It is OSLO at 3.5 degrees, cold.", '{"city": "Oslo", "t": 3.5, "w": "cold"}')
+    assert not grounded("It is Oslo.", '{"city": "Oslo", "t": 3.5}')
+    assert not grounded("anything", "  ")

@@ -133,11 +133,19 @@ def test_eval_scores_the_tuned_calls_against_the_base_model(tool_run):
         tuned["tool_name_accuracy"] == tuned["tool_arguments_exact"] == tuned["tool_arguments_valid"] == 100.0
     )
     assert tuned["no_call_accuracy"] == 100.0
-    assert base["tool_arguments_exact"] == 0.0
+    assert tuned["answer_after_tool_accuracy"] == tuned["answer_after_tool_grounded"] == 100.0
+    assert base["tool_arguments_exact"] == 0.0 and base["answer_after_tool_accuracy"] == 0.0
     saved = json.loads((Path(result["folder"]) / "evaluation.json").read_text())
     assert (
         saved["tuned"]["tool_arguments_exact"] == 100.0 and saved["baseline"]["tool_arguments_exact"] == 0.0
     )
+    assert saved["tool_turns_file"] == "tool_turns.jsonl"
+    turns = [
+        json.loads(line) for line in (Path(result["folder"]) / "tool_turns.jsonl").read_text().splitlines()
+    ]
+    assert [(t["functions"], t["after_tool"]) for t in turns] == [(["convert"], False), ([], True)]
+    assert turns[1]["reference"] == ANSWER and ANSWER in turns[1]["output"]
+    assert turns[1]["base_output"] != turns[1]["output"]
 
 
 def test_the_served_call_is_what_generate_writes_for_the_same_conversation(tool_run, client):

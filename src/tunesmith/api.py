@@ -352,8 +352,10 @@ def quickstart(
 
     kind preference: SmolLM2 learns BBC's headline style from preference pairs (in directory/preference), then
     its held-out pairs and generations are scored beside the base (`tunesmith eval --baseline`).
+    kind tools: SmolLM2 learns to call functions and answer from their results (in directory/tools), then its
+    held-out calls and answers are scored beside the base.
     """
-    demos = {"sft": _quickstart_sft, "preference": _quickstart_preference}
+    demos = {"sft": _quickstart_sft, "preference": _quickstart_preference, "tools": _quickstart_tools}
     if kind not in demos:
         raise TunesmithError(f"quickstart {kind}: unknown demo; choose one of {', '.join(demos)}")
     return demos[kind](Path(directory), overrides)
@@ -371,5 +373,13 @@ def _quickstart_preference(directory: Path, overrides: list[str] | None) -> dict
     from tunesmith import quickstart_preference as demo
 
     summary = train(demo.prepare(directory / "preference"), overrides)
+    demo.print_comparison(summary, evaluate(summary["run_dir"], baseline=True))
+    return summary
+
+
+def _quickstart_tools(directory: Path, overrides: list[str] | None) -> dict:
+    from tunesmith import quickstart_tools as demo
+
+    summary = train(demo.prepare(directory / "tools"), overrides)
     demo.print_comparison(summary, evaluate(summary["run_dir"], baseline=True))
     return summary

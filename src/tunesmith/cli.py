@@ -448,8 +448,9 @@ def _quickstart_arguments(parser):
         "kind",
         nargs="?",
         default="sft",
-        choices=("sft", "preference"),
-        help="sft: write headlines; preference: learn BBC's headline style from preference pairs (DPO)",
+        choices=("sft", "preference", "tools"),
+        help="sft: write headlines; preference: learn BBC's headline style from preference pairs (DPO); "
+        "tools: call functions and answer from their results",
     )
     parser.add_argument("--dir", default="quickstart", help="where the demo writes its data, config and runs")
     _overrides(parser)

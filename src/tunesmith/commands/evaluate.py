@@ -88,6 +88,12 @@ def evaluate_run(
         with (folder / "generations.jsonl").open("w", encoding="utf-8") as handle:
             for record in generated:
                 handle.write(json.dumps(record) + "\n")
+    turns = result.pop("tool_turns", None)
+    if turns:  # each assistant turn of the tool conversations generated, tuned and base, beside its reference
+        with (folder / "tool_turns.jsonl").open("w", encoding="utf-8") as handle:
+            for record in turns:
+                handle.write(json.dumps(record) + "\n")
+        result["tool_turns_file"] = "tool_turns.jsonl"
     result |= {
         "data": str(data) if data else f"{split} split of the run",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -8,6 +8,10 @@ rendered), the turn itself the reference. Percentages over the turns that can ha
 - `tool_arguments_exact`: those whose calls also have JSON-equal arguments;
 - `tool_arguments_valid`: those whose every call names a known function with arguments satisfying its schema;
 - `no_call_accuracy`: turns due no call where the model made none;
+- `answer_after_tool_accuracy`: turns answering right after a tool result whose answer matches the reference once
+  normalised (as below), and `answer_after_tool_grounded`: those whose answer states every value the result
+  returned (each scalar of the result's JSON, or its whole text when it is not JSON, found in the answer, case
+  aside): the model read the result rather than guessed;
 - `answer_accuracy` / `answer_accuracy_no_trace` (reasoning data): turns due an answer whose answer, its trace
   left aside, matches the reference once normalised (case, spaces, punctuation, articles); the second generated
   with an empty <think></think> forced at the start.
@@ -15,6 +19,7 @@ rendered), the turn itself the reference. Percentages over the turns that can ha
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ class ToolTurn:
     prompt: tuple  # the conversation before the turn
     tools: tuple[str, ...]
     reference: Message
+    after_tool: str | None = None  # the tool result this turn answers from, if the turn before it was one
 
 
 def tool_turns(examples: list, count: int) -> list[ToolTurn]:
@@ -43,7 +49,11 @@ def tool_turns(examples: list, count: int) -> list[ToolTurn]:
         messages = [as_message(message) for message in example.messages]
         for index, message in enumerate(messages):
             if message.role == "assistant" and index > 0:
-                turns.append(ToolTurn(example.where, tuple(example.messages[:index]), example.tools, message))
+                before = messages[index - 1]
+                result = before.content if before.role == "tool" else None
+                turns.append(
+                    ToolTurn(example.where, tuple(example.messages[:index]), example.tools, message, result)
+                )
     return turns
 
 
@@ -51,6 +61,29 @@ def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def result_values(result: str) -> list[str]:
+    """The scalars a tool result returned, as text: each leaf of its JSON, or the whole text if it is not JSON."""
+    try:
+        parsed = json.loads(result)
+    except ValueError:
+        return [result.strip()] if result.strip() else []
+    leaves, stack = [], [parsed]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif value is not None and not isinstance(value, bool):
+            leaves.append(str(value))
+    return leaves
+
+
+def grounded(answer: str, result: str) -> bool:
+    values = result_values(result)
+    return bool(values) and all(value.lower() in answer.lower() for value in values)
 
 
 def arguments_valid(call, tools: tuple[str, ...]) -> bool:
@@ -68,6 +101,7 @@ def percent(hits: list[bool]) -> float | None:
 def tool_scores(turns: list[ToolTurn], outputs: list[str], no_trace_outputs: list[str] | None = None) -> dict:
     """The scores above for `outputs`, one generated text per turn (and per turn with reasoning, without trace)."""
     named, exact, valid, silent, answered, answered_no_trace = [], [], [], [], [], []
+    after_exact, after_grounded = [], []
     for index, (turn, output) in enumerate(zip(turns, outputs, strict=True)):
         answer = read_answer(output)
         due = [(call.name, call.argument_values) for call in turn.reference.tool_calls]
@@ -77,6 +111,9 @@ def tool_scores(turns: list[ToolTurn], outputs: list[str], no_trace_outputs: lis
             valid.append(bool(answer.calls) and all(arguments_valid(c, turn.tools) for c in answer.calls))
             continue
         silent.append(not answer.calls)
+        if turn.after_tool is not None:
+            after_exact.append(normalize_answer(answer.content) == normalize_answer(turn.reference.content))
+            after_grounded.append(not answer.calls and grounded(answer.content, turn.after_tool))
         if turn.reference.reasoning:
             expected = normalize_answer(turn.reference.content)
             answered.append(normalize_answer(answer.content) == expected)
@@ -90,6 +127,8 @@ def tool_scores(turns: list[ToolTurn], outputs: list[str], no_trace_outputs: lis
         "tool_arguments_exact": percent(exact),
         "tool_arguments_valid": percent(valid),
         "no_call_accuracy": percent(silent),
+        "answer_after_tool_accuracy": percent(after_exact),
+        "answer_after_tool_grounded": percent(after_grounded),
         "answer_accuracy": percent(answered),
         "answer_accuracy_no_trace": percent(answered_no_trace) if no_trace_outputs is not None else None,
     }

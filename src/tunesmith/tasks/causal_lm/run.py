@@ -49,7 +49,7 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
     prompts = sample_conversations(examples, generations)
     turns = tool_turns(examples, generations)
 
-    def score(network) -> tuple[dict, list[str]]:
+    def score(network) -> tuple[dict, list[str], list[str]]:
         scores = language_model_loss(network, rows, pad_id, cfg.eval.batch_size)
         outputs = (
             generate(network, renderer, [p[1] for p in prompts], cfg.eval.max_new_tokens) if prompts else []
@@ -58,12 +58,14 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             scores |= generation_scores([p[2] for p in prompts], outputs)
             scores["generated_examples"] = scores.pop("examples")
             scores["examples"] = len(rows)
+        turn_outputs = []
         if turns:
-            scores |= score_tool_turns(network, renderer, turns, cfg.eval.max_new_tokens)
-        return scores, outputs
+            turn_scores, turn_outputs = score_tool_turns(network, renderer, turns, cfg.eval.max_new_tokens)
+            scores |= turn_scores
+        return scores, outputs, turn_outputs
 
-    tuned, outputs = score(model)
-    base, base_outputs = None, [None] * len(prompts)
+    tuned, outputs, turn_outputs = score(model)
+    base, base_outputs, base_turn_outputs = None, [None] * len(prompts), [None] * len(turns)
     if baseline:
         if hasattr(model, "disable_adapter"):  # LoRA/DoRA: the base is the same weights with the adapter off
             context, base_model = model.disable_adapter(), model
@@ -71,19 +73,33 @@ def evaluate(run: RunFolder, data, baseline: bool, generations: int | None) -> d
             base_model = load_model(run.read_summary().base_model_path, cfg.model)
             context = nullcontext()
         with context:
-            base, base_outputs = score(base_model)
-    return eval_result(cfg, split, len(rows), (tuned, base), prompts, outputs, base_outputs)
+            base, base_outputs, base_turn_outputs = score(base_model)
+    result = eval_result(cfg, split, len(rows), (tuned, base), prompts, outputs, base_outputs)
+    if turns:
+        result["tool_turns"] = [
+            {
+                "where": turn.where,
+                "functions": [call.name for call in turn.reference.tool_calls],
+                "after_tool": turn.after_tool is not None,
+                "reference": turn.reference.content,
+                "reference_calls": [[c.name, c.argument_values] for c in turn.reference.tool_calls],
+                "output": output,
+                "base_output": base_output,
+            }
+            for turn, output, base_output in zip(turns, turn_outputs, base_turn_outputs, strict=True)
+        ]
+    return result
 
 
-def score_tool_turns(network, renderer, turns: list, max_new_tokens: int) -> dict:
-    """evaluation/tool_calls.py's scores: each assistant turn generated from the conversation before it, its
-    tools rendered; reasoning turns once more with an empty trace forced."""
+def score_tool_turns(network, renderer, turns: list, max_new_tokens: int) -> tuple[dict, list[str]]:
+    """evaluation/tool_calls.py's scores and the generated turns: each assistant turn generated from the
+    conversation before it, its tools rendered; reasoning turns once more with an empty trace forced."""
     conversations, tools = [t.prompt for t in turns], [t.tools for t in turns]
     outputs = generate(network, renderer, conversations, max_new_tokens, tools=tools)
     no_trace = None
     if any(turn.reference.reasoning for turn in turns):
         no_trace = generate(network, renderer, conversations, max_new_tokens, tools=tools, prefill=NO_TRACE)
-    return tool_scores(turns, outputs, no_trace)
+    return tool_scores(turns, outputs, no_trace), outputs
 
 
 def exportable(run: RunFolder, auto_class: str) -> Exportable:

@@ -1,4 +1,6 @@
-"""Tool-use demo data made offline: functions whose results are computed here (length and temperature conversion,
+"""`tunesmith quickstart tools`: SmolLM2-135M-Instruct learns to call functions and answer from their results.
+
+The data is made offline: functions whose results are computed here (length, weight and temperature conversion,
 date arithmetic, a capital-city lookup in the table below), with a test split the training split never shows.
 
 Each row offers three tools (the right one among others), asks a question, calls the function with its arguments,
@@ -12,11 +14,16 @@ Run: .venv/bin/python bench/tool_demo_data.py OUT_DIR [--train 600] [--test 120]
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import random
 from pathlib import Path
+
+import yaml
+
+from tunesmith.quickstart import save_figures, smollm2_folder
+
+TRAIN_ROWS, TEST_ROWS, EPOCHS = 150, 40, 2  # bench/results/tool_demo.json measured these
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
@@ -189,16 +196,78 @@ def write(folder: Path, train: int, test: int, seed: int) -> dict[str, Path]:
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--train", type=int, default=600)
-    parser.add_argument("--test", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for split, path in write(args.out, args.train, args.test, args.seed).items():
-        print(f"{split}: {path}")
+def config(epochs: float = EPOCHS) -> dict:
+    """tunesmith's defaults (LoRA, learning rate and precision chosen by tunesmith) on the demo's files."""
+    return {
+        "model": {"name": str(smollm2_folder())},
+        "data": {
+            "train_file": "data/train.jsonl",
+            "test_file": "data/test.jsonl",
+            "validation_ratio": 0.1,
+            "max_length": 1024,
+        },
+        "method": {"name": "lora"},
+        "train": {"epochs": epochs},
+        "eval": {"generations": 10_000, "max_new_tokens": 96},  # every test conversation's turns generated
+        "output": {"dir": "runs", "name": "tools"},
+    }
 
 
-if __name__ == "__main__":
-    main()
+def prepare(
+    folder: str | Path = "quickstart-tools",
+    train: int = TRAIN_ROWS,
+    test: int = TEST_ROWS,
+    epochs: float = EPOCHS,
+) -> Path:
+    """Write the data and the config (keeping files the user already has); return the config path."""
+    folder = Path(folder)
+    if not (folder / "data" / "train.jsonl").exists() or not (folder / "data" / "test.jsonl").exists():
+        write(folder / "data", train, test, seed=0)
+    config_path = folder / "config.yaml"
+    if not config_path.exists():
+        header = (
+            "# tunesmith quickstart tools: SmolLM2-135M-Instruct learns to call functions (docs/tools.md).\n"
+        )
+        config_path.write_text(header + yaml.safe_dump(config(epochs), sort_keys=False), encoding="utf-8")
+    return config_path
+
+
+SHOWN = (
+    ("tool_name_accuracy", "right function"),
+    ("tool_arguments_exact", "exact arguments"),
+    ("tool_arguments_valid", "schema-valid arguments"),
+    ("no_call_accuracy", "no call when none is due"),
+    ("answer_after_tool_accuracy", "answer after the result"),
+    ("answer_after_tool_grounded", "answer states the result"),
+)
+
+
+def print_comparison(summary: dict, evaluation: dict) -> None:
+    """The held-out tool scores, base vs tuned, and two generated turns; saved first to <run>/quickstart.json."""
+    base, tuned = evaluation["baseline"] or {}, evaluation["tuned"]
+    saved = save_figures(
+        summary,
+        {
+            "evaluation_folder": str(evaluation["folder"]),
+            "base": {key: base.get(key) for key, _ in SHOWN},
+            "tuned": {key: tuned.get(key) for key, _ in SHOWN},
+        },
+    )
+    print(
+        f"\nheld-out assistant turns: {tuned.get('tool_turns')} (values, countries and one function never trained on)"
+    )
+    print(f"{'':28}{'base':>10}{'tuned':>10}")
+    for key, label in SHOWN:
+        if key in tuned:
+            print(f"{label + ' (%)':28}{base.get(key, float('nan')):>10.1f}{tuned[key]:>10.1f}")
+    turns = Path(evaluation["folder"]) / evaluation.get("tool_turns_file", "tool_turns.jsonl")
+    if turns.exists():
+        records = [json.loads(line) for line in turns.read_text(encoding="utf-8").splitlines()]
+        for record in [r for r in records if r["functions"]][:1] + [r for r in records if r["after_tool"]][
+            :1
+        ]:
+            print(f"\n[{record['where']}] reference: {record['reference_calls'] or record['reference']}")
+            print(f"    base:  {record['base_output']!r}")
+            print(f"    tuned: {record['output']!r}")
+    print(f"\nthe whole run on one page: {Path(summary['run_dir']) / 'report.html'}")
+    print(f"these figures, saved: {saved}")
