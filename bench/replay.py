@@ -139,14 +139,26 @@ def main() -> None:
     parser.add_argument("--reference-pages", type=int, default=40)
     parser.add_argument("--only", choices=["none", "self"], help="run one variant (the other's row is kept)")
     parser.add_argument("--output", default="replay")
+    parser.add_argument(
+        "--test-rows",
+        type=int,
+        default=20,
+        help="held-out test headlines (the quickstart's 20 are few to compare)",
+    )
+    parser.add_argument(
+        "--replay-max-new-tokens", type=int, help="data.replay.max_new_tokens (default: tunesmith's)"
+    )
     args = parser.parse_args()
     folder = Path(args.workdir)
-    prepare(folder)
+    prepare(folder, test=args.test_rows)
     reference = general_reference(folder / "data" / "general.txt", args.reference_pages)
     provenance = Provenance.begin()
     previous = Path(__file__).parent / "results" / f"{args.output}.json"
     rows = json.loads(previous.read_text()).get("rows", {}) if previous.exists() and args.only else {}
-    variants = {"none": None, "self": {"share": args.share, "source": "self"}}
+    self_replay = {"share": args.share, "source": "self"}
+    if args.replay_max_new_tokens:
+        self_replay["max_new_tokens"] = args.replay_max_new_tokens
+    variants = {"none": None, "self": self_replay}
     for name, replay in variants.items():
         if args.only and name != args.only:
             continue
@@ -156,7 +168,7 @@ def main() -> None:
         print(json.dumps(rows[name], indent=1), flush=True)
     result = {
         "setup": {
-            "data": "the quickstart's BBC headlines (160 train, 20 validation, 20 test)",
+            "data": f"the quickstart's BBC headlines (160 train, 20 validation, {args.test_rows} test)",
             "model": "SmolLM2-135M-Instruct",
             "method": "LoRA r=16 all-linear (the quickstart's method)"
             if args.method == "lora"
