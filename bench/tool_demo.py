@@ -75,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tunesmith-tools-"))
     if (workdir / "data").exists() or (workdir / "config.yaml").exists():
-        parser.error(f"{workdir} already holds demo data or a config (kept, not measured again): give a new --workdir")
+        parser.error(
+            f"{workdir} already holds demo data or a config (kept, not measured again): give a new --workdir"
+        )
     provenance = Provenance.begin()
     config = quickstart_tools.prepare(workdir, args.train, args.test, args.epochs)
     started = time.perf_counter()

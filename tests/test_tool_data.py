@@ -295,7 +295,11 @@ def test_quickstart_tools_writes_a_config_whose_data_checks_clean_and_keeps_what
     cfg = config_from_dict(yaml.safe_load(config_path.read_text()), base=config_path.parent)
     assert cfg.method.name == "lora" and cfg.eval.generations >= 6
     checked = check_data(cfg.data)
-    assert checked.problems == [] and len(checked.test) == 6 and len(checked.train) + len(checked.validation) == 12
+    assert (
+        checked.problems == []
+        and len(checked.test) == 6
+        and len(checked.train) + len(checked.validation) == 12
+    )
     edited = config_path.read_text().replace("epochs: 2", "epochs: 3")
     config_path.write_text(edited)
     (tmp_path / "tools" / "data" / "train.jsonl").write_text(json.dumps(tool_row()) + "\n")
