@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -74,9 +75,9 @@ def general_reference(path: Path, pages: int, seed: int = 0, chars: int = 600) -
     }
 
 
-def variant_config(folder: Path, name: str, args, replay: dict | None) -> Path:
+def variant_config(folder: Path, name: str, args, replay: dict | None, seed: int) -> Path:
     raw = yaml.safe_load((folder / "config.yaml").read_text())
-    raw["train"] |= {"learning_rate": args.learning_rate, "epochs": args.epochs}
+    raw["train"] |= {"learning_rate": args.learning_rate, "epochs": args.epochs, "seed": seed}
     if args.max_steps:  # equal steps whatever the replay rows add to an epoch
         raw["train"]["max_steps"] = args.max_steps
     if args.method != "lora":
@@ -128,6 +129,55 @@ def train(config: Path, folder: Path, name: str) -> dict:
     }
 
 
+MEASURES = (
+    "validation_loss_after",
+    "test_loss",
+    "perplexity_drift_percent",
+    "capitals_tuned",
+    "capitals_drop_points",
+)
+
+
+def previous_runs(path: Path, setup: dict, self_replay: dict) -> dict[str, dict[str, dict]]:
+    """Per variant, per train.seed, the rows an earlier run of the same setup wrote (a file from before --seeds
+    holds one row per variant: train.seed was tunesmith's default, 42)."""
+    runs: dict[str, dict[str, dict]] = {"none": {}, "self": {}}
+    if not path.exists():
+        return runs
+    previous = json.loads(path.read_text())
+    if previous.get("setup") != setup:
+        return runs
+    for name, row in previous.get("rows", {}).items():
+        if name in runs and (name == "none" or row.get("replay") == self_replay):
+            runs[name] = row["seeds"] if "seeds" in row else {"42": row | {"train_seed": 42}}
+            for kept in runs[name].values():  # kept rows say when they were measured
+                kept.setdefault("measured", previous["meta"]["date"])
+    return runs
+
+
+def median_row(rows: list[dict]) -> dict:
+    return {key: statistics.median(row[key] for row in rows) for key in MEASURES}
+
+
+def summarise(by_seed: dict[str, dict]) -> dict:
+    return {"median": median_row(list(by_seed.values())), "seeds": by_seed}
+
+
+def compare(rows: dict) -> dict:
+    none, self_ = rows["none"], rows["self"]
+    return {
+        "test_loss_change_percent": round(100 * (self_["test_loss"] / none["test_loss"] - 1), 2),
+        "perplexity_drift_ratio": round(
+            self_["perplexity_drift_percent"] / none["perplexity_drift_percent"], 3
+        )
+        if none["perplexity_drift_percent"]
+        else None,
+        "capitals_drop_ratio": round(self_["capitals_drop_points"] / none["capitals_drop_points"], 3)
+        if none["capitals_drop_points"]
+        else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/tunesmith-bench-replay")
@@ -139,6 +189,15 @@ def main() -> None:
     parser.add_argument("--reference-pages", type=int, default=40)
     parser.add_argument("--only", choices=["none", "self"], help="run one variant (the other's row is kept)")
     parser.add_argument("--output", default="replay")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[42],
+        help="train.seed (the trainer's shuffle) per repeat; the figures compared are the medians over seeds. "
+        "data.seed stays 42, so self-replay is generated once. Seeds already in --output with the same setup "
+        "are kept, not rerun",
+    )
     parser.add_argument(
         "--test-rows",
         type=int,
@@ -153,50 +212,55 @@ def main() -> None:
     prepare(folder, test=args.test_rows)
     reference = general_reference(folder / "data" / "general.txt", args.reference_pages)
     provenance = Provenance.begin()
-    previous = Path(__file__).parent / "results" / f"{args.output}.json"
-    rows = json.loads(previous.read_text()).get("rows", {}) if previous.exists() and args.only else {}
     self_replay = {"share": args.share, "source": "self"}
     if args.replay_max_new_tokens:
         self_replay["max_new_tokens"] = args.replay_max_new_tokens
-    variants = {"none": None, "self": self_replay}
-    for name, replay in variants.items():
-        if args.only and name != args.only:
-            continue
-        config = variant_config(folder, f"replay-{name}", args, replay)
-        print(f"{name}: training ({config}) ...", flush=True)
-        rows[name] = train(config, folder, f"replay-{name}") | {"replay": replay}
-        print(json.dumps(rows[name], indent=1), flush=True)
-    result = {
-        "setup": {
-            "data": f"the quickstart's BBC headlines (160 train, 20 validation, {args.test_rows} test)",
-            "model": "SmolLM2-135M-Instruct",
-            "method": "LoRA r=16 all-linear (the quickstart's method)"
-            if args.method == "lora"
-            else args.method,
-            "learning_rate": args.learning_rate,
-            "epochs": args.epochs,
-            "max_steps": args.max_steps,
-            "why_not_the_quickstart_settings": "at its 5e-4 for one epoch the reference perplexity falls: nothing "
-            "to prevent",
-            "reference": reference,
-            "probe": "capitals (built-in, lm-eval log-likelihood, 4 choices)",
-        },
-        "rows": rows,
+    setup = {
+        "data": f"the quickstart's BBC headlines (160 train, 20 validation, {args.test_rows} test)",
+        "model": "SmolLM2-135M-Instruct",
+        "method": "LoRA r=16 all-linear (the quickstart's method)" if args.method == "lora" else args.method,
+        "learning_rate": args.learning_rate,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "why_not_the_quickstart_settings": "at its 5e-4 for one epoch the reference perplexity falls: nothing "
+        "to prevent",
+        "reference": reference,
+        "probe": "capitals (built-in, lm-eval log-likelihood, 4 choices)",
     }
-    if {"none", "self"} <= set(rows):
-        none, self_ = rows["none"], rows["self"]
-        result["comparison"] = {
-            "test_loss_change_percent": round(100 * (self_["test_loss"] / none["test_loss"] - 1), 2),
-            "perplexity_drift_ratio": round(
-                self_["perplexity_drift_percent"] / none["perplexity_drift_percent"], 3
-            )
-            if none["perplexity_drift_percent"]
-            else None,
-            "capitals_drop_ratio": round(self_["capitals_drop_points"] / none["capitals_drop_points"], 3)
-            if none["capitals_drop_points"]
-            else None,
+    runs = previous_runs(Path(__file__).parent / "results" / f"{args.output}.json", setup, self_replay)
+    variants = {"none": None, "self": self_replay}
+    for seed in args.seeds:
+        for name, replay in variants.items():
+            if (args.only and name != args.only) or str(seed) in runs[name]:
+                continue
+            label = f"replay-{name}" if seed == 42 else f"replay-{name}-seed{seed}"
+            config = variant_config(folder, label, args, replay, seed)
+            print(f"{name}, train.seed {seed}: training ({config}) ...", flush=True)
+            measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            runs[name][str(seed)] = train(config, folder, label) | {
+                "replay": replay,
+                "train_seed": seed,
+                "measured": measured,
+            }
+            print(json.dumps(runs[name][str(seed)], indent=1), flush=True)
+            write_results(args.output, results(setup, runs), provenance)  # a bench cut short keeps its rows
+    print(write_results(args.output, results(setup, runs), provenance))
+
+
+def results(setup: dict, runs: dict[str, dict[str, dict]]) -> dict:
+    result = {"setup": setup, "rows": {name: summarise(by_seed) for name, by_seed in runs.items() if by_seed}}
+    seeds = sorted(set(runs["none"]) & set(runs["self"]), key=int)
+    if seeds:
+        result["comparison"] = compare(
+            {
+                "none": median_row([runs["none"][s] for s in seeds]),
+                "self": median_row([runs["self"][s] for s in seeds]),
+            }
+        ) | {"over_seeds": [int(s) for s in seeds], "how": "ratios of the medians over these seeds"}
+        result["comparison_per_seed"] = {
+            s: compare({"none": runs["none"][s], "self": runs["self"][s]}) for s in seeds
         }
-    print(write_results(args.output, result, provenance))
+    return result
 
 
 if __name__ == "__main__":

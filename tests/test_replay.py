@@ -12,8 +12,8 @@ from conftest import prompt_response_rows, write_jsonl
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.data.mix import mix_train
-from tunesmith.data.prepare import check_data
-from tunesmith.data.templates import Renderer
+from tunesmith.data.prepare import check_data, encode
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.causal_lm import replay
 
@@ -141,6 +141,25 @@ def test_self_replay_is_generated_once_and_reused_by_model_fingerprint(
     self_replay_config.data.replay.temperature = 2.5
     replay.self_replay(self_replay_config, str(tiny_model), renderer, [], cache)
     assert len(calls) == 3 and len(list((cache / "replay").glob("*.json"))) == 3
+
+
+def test_self_replay_leaves_out_answers_over_max_length_so_the_drawn_share_is_trained(
+    self_replay_config, tiny_model, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    renderer = Renderer(AutoTokenizer.from_pretrained(tiny_model))
+    cache = tmp_path / "cache"
+    pool, report = replay.self_replay(self_replay_config, str(tiny_model), renderer, [], cache)
+    lengths = [len(encode(e, renderer, LossMask.of(self_replay_config.data))["input_ids"]) for e in pool]
+    assert report["left_out_over_max_length"] == 0 and len(set(lengths)) > 1
+    # the same answers (from the cache), a max_length between the shortest and the longest row
+    self_replay_config.data.max_length = sorted(lengths)[len(lengths) // 2]
+    fitting, narrow = replay.self_replay(self_replay_config, str(tiny_model), renderer, [], cache)
+    limit = self_replay_config.data.max_length
+    assert narrow["cache"]["hit"] and len(fitting) == sum(n <= limit for n in lengths)
+    assert narrow["left_out_over_max_length"] == sum(n > limit for n in lengths) > 0
+    assert narrow["answers_kept"] + narrow["left_out_over_max_length"] == report["answers_kept"]
 
 
 def test_a_run_with_self_replay_trains_its_answers_and_reports_their_share(self_replay_config):

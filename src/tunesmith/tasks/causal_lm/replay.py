@@ -18,8 +18,8 @@ import torch
 
 from tunesmith.config import Config, ReplaySettings
 from tunesmith.console import say
-from tunesmith.data.prepare import tokenizer_fingerprint
-from tunesmith.data.templates import Renderer
+from tunesmith.data.prepare import encode, tokenizer_fingerprint
+from tunesmith.data.templates import LossMask, Renderer
 from tunesmith.data.validate import Example
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.generation import generate_answers
@@ -89,17 +89,23 @@ def self_replay(
             temporary = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp")
             temporary.write_text(json.dumps({"answers": answers, "seconds": seconds, **generation}))
             temporary.replace(cache_file)  # ranks may write the same key at once: each lands whole
-    pool = [
+    ended_answers = [
         Example(f"self-replay:{index + 1}", (*conversation, ("assistant", text)))
         for index, (conversation, (text, ended)) in enumerate(zip(conversations, answers, strict=True))
         if ended and text.strip()
     ]
+    # An answer whose row is over data.max_length would be dropped (or cut) when the epoch is tokenized: the
+    # replay share drawn would not be the share trained. Left out here, and counted.
+    mask = LossMask.of(cfg.data)
+    pool = [e for e in ended_answers if len(encode(e, renderer, mask)["input_ids"]) <= cfg.data.max_length]
+    too_long = len(ended_answers) - len(pool)
     report = {
         "source": "self: the base model's answers",
         "prompts": settings.prompts,
         "prompts_answered": len(prompts),
         "answers_kept": len(pool),
-        "left_out_unfinished_or_empty": len(prompts) - len(pool),
+        "left_out_unfinished_or_empty": len(prompts) - len(ended_answers),
+        "left_out_over_max_length": too_long,
         "generation": generation,
         "generation_seconds": seconds,
         "cache": {"key": key, "hit": hit},
@@ -112,15 +118,21 @@ def self_replay(
             else f"(generated in {seconds:.0f}s, cached as {key})"
         )
         + (
-            f"; {len(prompts) - len(pool)} did not end within {settings.max_new_tokens} tokens"
-            if len(pool) < len(prompts)
+            f"; {len(prompts) - len(ended_answers)} did not end within {settings.max_new_tokens} tokens"
+            if len(ended_answers) < len(prompts)
+            else ""
+        )
+        + (
+            f"; {too_long} ended but are over data.max_length={cfg.data.max_length} tokens"
+            if too_long
             else ""
         )
     )
     if not pool:
         raise TunesmithError(
             f"data.replay: none of the base model's {len(prompts)} answers ended within max_new_tokens="
-            f"{settings.max_new_tokens}; raise data.replay.max_new_tokens or give a replay file as data.replay.source"
+            f"{settings.max_new_tokens} and fit data.max_length={cfg.data.max_length}; raise "
+            "data.replay.max_new_tokens (or data.max_length) or give a replay file as data.replay.source"
         )
     return pool, report
 
