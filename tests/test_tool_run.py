@@ -18,6 +18,7 @@ from conftest import tiny_config, write_jsonl
 from test_tool_data import CONVERT, tool_row
 from tunesmith import api
 from tunesmith.config import config_from_dict
+from tunesmith.export import ollama
 
 QUESTION = [{"role": "user", "content": "5 km in miles?"}]
 ANSWER = "About 3.11 miles."
@@ -241,6 +242,12 @@ def test_the_gguf_export_renders_tool_prompts_with_trainings_ids_in_llama_cpp(to
     from test_gguf import require_llama_cpp
 
     require_llama_cpp()
-    template = api.export(tool_run[0], "gguf", quantize="f32")["checks"]["template"]
+    record = api.export(tool_run[0], "gguf", quantize="f32")
+    template = record["checks"]["template"]
     assert template["tool_prompts"] == 16  # 8 conversations: before the call and after the tool's result
     assert template["equal"] == template["equal_in_llama_cpp"] == template["prompts"] + 16
+    # Ollama's Go template is checked on plain chats only: the Modelfile, README and record say so
+    folder = Path(record["output"])
+    assert record["ollama_template"]["tools"] == ollama.TOOLS_NOT_RENDERED
+    assert f"# NOTE: {ollama.TOOLS_NOT_RENDERED}" in (folder / "Modelfile").read_text()
+    assert ollama.TOOLS_NOT_RENDERED in (folder / "README.md").read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.console import say
 from tunesmith.data.conversation import uses_agent_features
 from tunesmith.data.validate import Example
 from tunesmith.errors import TunesmithError
@@ -146,8 +147,13 @@ def export_gguf(
 
         meta = gguf_checks.metadata(staging / file_name)
         parts, record["ollama_template"] = ollama.checked_parts(template, meta["bos"], meta["eos"], prompts)
+        if tool_prompts:  # the Go template is checked on plain chats only: say so where Ollama users look
+            record["ollama_template"]["tools"] = ollama.TOOLS_NOT_RENDERED
+            say(f"export: Ollama: {ollama.TOOLS_NOT_RENDERED}")
         stops = [renderer.tokenizer.convert_ids_to_tokens(s) for s in vocab.stop_ids]
-        (staging / "Modelfile").write_text(ollama.modelfile(file_name, parts, stops, cfg.data.system_prompt))
+        (staging / "Modelfile").write_text(
+            ollama.modelfile(file_name, parts, stops, cfg.data.system_prompt, tools=bool(tool_prompts))
+        )
         (staging / "README.md").write_text(ollama.readme(target.resolve(), file_name, name, record))
         record["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         record["seconds"] = round(time.time() - started, 1)

@@ -14,6 +14,13 @@ from pathlib import Path
 from tunesmith.data.templates import Messages
 from tunesmith.export.chat_template import render
 
+# The Go template is made from, and checked on, plain chats (system, user, assistant text): it has no form for
+# .Tools, tool calls or tool results, and Ollama could not be run here to check one on token ids.
+TOOLS_NOT_RENDERED = (
+    "the run was trained on tool calls, but the Modelfile's TEMPLATE renders plain chats only (no tools, tool "
+    "calls or tool results); for tools use llama.cpp with --jinja (the GGUF's own template, checked on ids)"
+)
+
 MARKS = {
     "system": "TunesmithSystemMark",
     "user": "TunesmithUserMark",
@@ -121,8 +128,12 @@ def _quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile(gguf_name: str, parts: TemplateParts | None, stops: list[str], system: str | None) -> str:
+def modelfile(
+    gguf_name: str, parts: TemplateParts | None, stops: list[str], system: str | None, tools: bool = False
+) -> str:
     lines = [f"FROM ./{gguf_name}"]
+    if tools:
+        lines.append(f"# NOTE: {TOOLS_NOT_RENDERED}")
     if parts is not None:
         lines.append(f"TEMPLATE {_quoted(parts.go_template())}")
     else:
@@ -150,7 +161,7 @@ ollama create {model_name} -f Modelfile
 ollama run {model_name} "your prompt"
 ```
 The Modelfile carries the run's prompt format (TEMPLATE), its stop tokens{" and system prompt" if record.get("system_prompt") else ""}.
-
+{"**Tools:** " + record["ollama_template"]["tools"] + "." + chr(10) if record.get("ollama_template", {}).get("tools") else ""}
 ## llama.cpp
 ```
 llama-server -m {folder / gguf_name} --jinja --temp 0
