@@ -1,5 +1,5 @@
 """Training beside another process: the quickstart's tokens/s on a quiet host, with one process busy on a whole
-core, and with one busy a third of the time, for two threads (torch's own count on 2 cores), one thread, and
+core, and with one busy a third (or two thirds) of the time, for two threads (torch's own count on 2 cores), one thread, and
 tunesmith's default (train.num_threads unset: the cores other processes leave free, revisited every step).
 
 The bench starts the load itself (a Python loop that spins for `duty` of every `period` seconds), runs each cell
@@ -26,6 +26,7 @@ LOADS = {  # name -> (duty, period in seconds), or None for a quiet host
     "quiet": None,
     "one core busy": (1.0, 1.0),
     "busy a third of the time": (1 / 3, 3.0),
+    "busy two thirds of the time": (2 / 3, 3.0),
 }
 SETTINGS = {  # name -> train.num_threads
     "2 threads": 2,
