@@ -116,7 +116,9 @@ def main() -> None:
     ]
     quiet = {row["setting"]: row["tokens_per_second"] for row in rows if row["load"] == "quiet"}
     for row in rows:
-        base = quiet.get(row["setting"]) or quiet["tunesmith default (auto)"]
+        base = quiet.get(row["setting"]) or quiet.get("tunesmith default (auto)") or quiet.get("2 threads")
+        if base is None:
+            continue  # no quiet row measured to compare with
         if "2 threads" in quiet:
             row["share_of_quiet"] = round(row["tokens_per_second"] / quiet["2 threads"], 3)
         row["share_of_own_quiet"] = round(row["tokens_per_second"] / base, 3)

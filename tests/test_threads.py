@@ -15,10 +15,12 @@ from tunesmith.training.threads import CpuShare, ThreadGovernor, governed, threa
     [
         (2, 0.0, 2),  # a quiet host: every core
         (2, 0.1, 2),  # the kernel's own threads and short commands do not cost a core
-        (2, 0.33, 1),  # a process busy a third of one core: its core is left to it
+        (2, 0.33, 2),  # a process busy a third of the time: two threads still train faster
+        (2, 0.67, 1),  # busy two thirds of the time: its core is left to it
         (2, 1.0, 1),
         (2, 3.0, 1),  # never fewer than one thread
         (16, 3.6, 12),
+        (16, 3.4, 13),
     ],
 )
 def test_a_core_another_process_keeps_busy_is_left_to_it(cores, others, expected):
