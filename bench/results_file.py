@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ class Provenance:
     @classmethod
     def begin(cls, command: list[str] | None = None) -> Provenance:
         argv = command if command is not None else [Path(sys.executable).name, *sys.argv]
-        return cls(time.time(), " ".join(argv), load_average())
+        return cls(time.time(), shlex.join(argv), load_average())
 
     def meta(self) -> dict:
         return {
@@ -130,9 +131,12 @@ def describe(meta: dict) -> str:
     )
 
 
-def train_quickstart_cell(config: Path, name: str, steps: int, overrides: dict) -> tuple[dict, float]:
+def train_quickstart_cell(
+    config: Path, name: str, steps: int, overrides: dict, env: dict | None = None
+) -> tuple[dict, float]:
     """One bench cell: `tunesmith train` of the quickstart in its own process, `steps` steps with evaluations, samples,
-    the reference check and the test split off, plus `overrides`; the run's run.json and the command's seconds."""
+    the reference check and the test split off, plus `overrides` (and `env` added to the process's environment); the
+    run's run.json and the command's seconds."""
     settings = {
         "train.max_steps": steps,
         "train.eval_steps": 10_000,
@@ -147,6 +151,8 @@ def train_quickstart_cell(config: Path, name: str, steps: int, overrides: dict) 
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
-    subprocess.run(command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=config.parent, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     wall = time.perf_counter() - started
     return json.loads((config.parent / "runs" / name / "run.json").read_text()), round(wall, 1)

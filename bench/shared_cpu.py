@@ -1,6 +1,7 @@
 """Training beside another process: the quickstart's tokens/s on a quiet host, with one process busy on a whole
-core, and with one busy a third (or two thirds) of the time, for two threads (torch's own count on 2 cores), one thread, and
-tunesmith's default (train.num_threads unset: the cores other processes leave free, revisited every step).
+core, and with one busy a third (or two thirds) of the time, for two threads (torch's own count on 2 cores), one thread,
+two threads that sleep at once at OpenMP's barriers (OMP_WAIT_POLICY=PASSIVE), and tunesmith's default
+(train.num_threads unset: the cores other processes leave free, revisited every step).
 
 The bench starts the load itself (a Python loop that spins for `duty` of every `period` seconds), runs each cell
 in its own process (`tunesmith train` on the quickstart's data and config, train.max_steps steps, evaluations off),
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -28,10 +30,13 @@ LOADS = {  # name -> (duty, period in seconds), or None for a quiet host
     "busy a third of the time": (1 / 3, 3.0),
     "busy two thirds of the time": (2 / 3, 3.0),
 }
-SETTINGS = {  # name -> train.num_threads
-    "2 threads": 2,
-    "1 thread": 1,
-    "tunesmith default (auto)": None,
+SETTINGS = {  # name -> (train.num_threads, environment added to the run's process)
+    "2 threads": (2, {}),
+    "1 thread": (1, {}),
+    "tunesmith default (auto)": (None, {}),
+    # GNU OpenMP (torch's wheel) reads its wait policy once at start-up: passive threads sleep at a barrier at once
+    # instead of spinning first, so they leave a shared core to the other process sooner and wake later.
+    "2 threads, passive wait": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 SPIN = """
 import sys, time
@@ -51,9 +56,9 @@ def start_load(load: tuple[float, float] | None) -> subprocess.Popen | None:
     return subprocess.Popen([sys.executable, "-c", SPIN, str(load[0]), str(load[1])])
 
 
-def train_once(config: Path, name: str, steps: int, threads: int | None) -> dict:
+def train_once(config: Path, name: str, steps: int, threads: int | None, env: dict) -> dict:
     threads_setting = "null" if threads is None else threads
-    summary, wall = train_quickstart_cell(config, name, steps, {"train.num_threads": threads_setting})
+    summary, wall = train_quickstart_cell(config, name, steps, {"train.num_threads": threads_setting}, env)
     return {
         "tokens_per_second": summary["tokens_per_second"],
         "train_seconds": summary["train_seconds"],
@@ -77,10 +82,10 @@ def main() -> None:
     workdir = Path(args.workdir)
     config = quickstart.prepare(workdir)
     cells = [
-        (load_name, load, setting, threads)
+        (load_name, load, setting, threads, env)
         for load_name, load in LOADS.items()
         if not args.loads or load_name in args.loads
-        for setting, threads in SETTINGS.items()
+        for setting, (threads, env) in SETTINGS.items()
         if (not args.settings or setting in args.settings)
         and not (load is None and threads == 1)  # one thread on a quiet 2-core host only wastes a core
     ]
@@ -88,11 +93,11 @@ def main() -> None:
     for repeat in range(
         args.repeats
     ):  # round-robin: a change in the host's own load touches every cell alike
-        for load_name, load, setting, threads in cells:
+        for load_name, load, setting, threads, env in cells:
             background = start_load(load)
             try:
-                name = f"{load_name}-{setting}-{repeat}".replace(" ", "_").replace("(", "").replace(")", "")
-                measured[load_name, setting].append(train_once(config, name, args.steps, threads))
+                name = re.sub(r"[^A-Za-z0-9-]+", "_", f"{load_name}-{setting}-{repeat}")
+                measured[load_name, setting].append(train_once(config, name, args.steps, threads, env))
             finally:
                 if background is not None:
                     background.kill()
@@ -128,6 +133,7 @@ def main() -> None:
             name: None if load is None else {"duty": load[0], "period_seconds": load[1]}
             for name, load in LOADS.items()
         },
+        "settings": {name: {"train.num_threads": t, "environment": e} for name, (t, e) in SETTINGS.items()},
         "share_of_quiet": "tokens/s over the quiet host's 2-thread tokens/s (torch's own count on 2 cores)",
     }
     write_results(args.output, {"setup": setup, "rows": rows}, provenance)
