@@ -99,12 +99,12 @@ def validation_loss(model, tokenizer, validation: list[dict]) -> float:
     """Mean loss over answer tokens of the held-out examples, computed the same way (fp32) for every recipe."""
     from tunesmith.data.collate import PadCollator
     from tunesmith.data.prepare import encode
-    from tunesmith.data.templates import Renderer
+    from tunesmith.data.templates import LossMask, Renderer
     from tunesmith.data.validate import Example
 
     renderer = Renderer(tokenizer, "chat")
     items = [
-        encode(Example("v", (("user", r["prompt"]), ("assistant", r["response"]))), renderer, "response")
+        encode(Example("v", (("user", r["prompt"]), ("assistant", r["response"]))), renderer, LossMask())
         for r in validation
     ]
     model = model.float()

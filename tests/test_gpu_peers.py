@@ -83,3 +83,37 @@ def test_each_trl_recipe_s_settings_are_sft_config_fields_with_the_intended_valu
     assert configs["unsloth"].bf16 and not configs["unsloth"].gradient_checkpointing  # Unsloth's own instead
     assert {c.max_steps for c in configs.values()} == {3}
     assert {c.per_device_train_batch_size for c in configs.values()} == {gpu_peers.BATCH}
+
+
+def test_the_shared_validation_loss_is_the_token_mean_over_answers_whatever_the_padding(
+    tiny_model, tokenizer
+):
+    """bench/recipes.py's validation_loss (bench/run.py and bench/gpu_peers.py score every recipe with it): five
+    rows in a batch of four and one of one equal each row scored alone, weighted by its answer tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import prompt_response_rows
+    from tunesmith.data.prepare import encode
+    from tunesmith.data.templates import LossMask, Renderer
+    from tunesmith.data.validate import Example
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from recipes import validation_loss
+    finally:
+        sys.path.remove(str(BENCH))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    rows = prompt_response_rows(5, seed=3)
+    renderer = Renderer(tokenizer, "chat")
+    total, count = 0.0, 0
+    for row in rows:
+        item = encode(
+            Example("v", (("user", row["prompt"]), ("assistant", row["response"]))), renderer, LossMask()
+        )
+        answers = sum(label != -100 for label in item["labels"][1:])
+        with torch.no_grad():
+            loss = model(
+                input_ids=torch.tensor([item["input_ids"]]), labels=torch.tensor([item["labels"]])
+            ).loss
+        total, count = total + float(loss) * answers, count + answers
+    assert validation_loss(model, tokenizer, rows) == pytest.approx(total / count, rel=1e-5)
