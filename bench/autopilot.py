@@ -422,7 +422,7 @@ def main() -> None:
             row["load_after"] = round(os.getloadavg()[0], 2)
             result["bbc"] = sorted([*result["bbc"], row], key=lambda r: r["budget_seconds"])
             print(
-                json.dumps({k: row[k] for k in ("budget", "method", "test", "train_command_seconds")}),
+                json.dumps({k: row.get(k) for k in ("budget", "method", "test", "train_command_seconds")}),
                 flush=True,
             )
             write(output, result, provenance)

@@ -52,7 +52,10 @@ def fine_tune_anchor(run_dir: str) -> dict:
     task = get_task(cfg.task)
     tuned = task.load_run(run)
     model = tuned.model.float().cpu().eval()
-    conversations = gguf.validation_conversations(task, cfg)[: gguf.MAX_CONVERSATIONS]
+    conversations, _ = gguf.validation_conversations(
+        task, cfg
+    )  # the plain ones (tool prompts are checked on ids)
+    conversations = conversations[: gguf.MAX_CONVERSATIONS]
     sequences = [tuned.renderer.encode_conversation(c)[0][: cfg.data.max_length] for c in conversations]
     kl_sum = agree = count = 0.0
     with torch.no_grad():
