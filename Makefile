@@ -75,7 +75,7 @@ format: $(STAMP)
 # pytest exits 5 when it collects no test: that is not a failure. The tests run in TEST_WORKERS processes
 # (pytest-xdist), one torch thread each (tests/conftest.py): many tests wait on subprocesses, imports and
 # small ops more than on the cores, so two workers on 2 cores took 9.5 min where one took 17 (an earlier suite).
-# Measured 2026-12-04 19:09 UTC on a quiet 2-core AVX-512 BF16 host: 692 tests in 10 min 25 s, the slowest first
+# Measured 2026-12-05 13:13 UTC on a quiet 2-core AVX-512 BF16 host: 699 tests in 10 min 34 s, the slowest first
 # (tests/conftest.py SLOWEST); set-up from nothing (make setup: packages, llama.cpp, DeepSpeed's op) is extra.
 TEST_WORKERS ?= 2
 test: lint
