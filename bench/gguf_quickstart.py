@@ -52,11 +52,11 @@ def fine_tune_anchor(run_dir: str) -> dict:
     task = get_task(cfg.task)
     tuned = task.load_run(run)
     model = tuned.model.float().cpu().eval()
-    conversations, _ = gguf.validation_conversations(
-        task, cfg
-    )  # the plain ones (tool prompts are checked on ids)
-    conversations = conversations[: gguf.MAX_CONVERSATIONS]
-    sequences = [tuned.renderer.encode_conversation(c)[0][: cfg.data.max_length] for c in conversations]
+    plain, _tool_prompts = gguf.validation_conversations(task, cfg)  # tool prompts are checked on ids
+    sequences = [
+        tuned.renderer.encode_conversation(c)[0][: cfg.data.max_length]
+        for c in plain[: gguf.MAX_CONVERSATIONS]
+    ]
     kl_sum = agree = count = 0.0
     with torch.no_grad():
         for ids, mask in gguf_checks.batches(sequences):

@@ -12,14 +12,18 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
-def gpu_peers():
+def bench_modules():
+    """bench/ on the import path while the module's tests run (its scripts import each other by name)."""
     sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_peers
+    yield
+    sys.path.remove(str(BENCH))
 
-        yield gpu_peers
-    finally:
-        sys.path.remove(str(BENCH))
+
+@pytest.fixture(scope="module")
+def gpu_peers(bench_modules):
+    import gpu_peers
+
+    return gpu_peers
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="refuses only on a host without CUDA")
@@ -86,22 +90,18 @@ def test_each_trl_recipe_s_settings_are_sft_config_fields_with_the_intended_valu
 
 
 def test_the_shared_validation_loss_is_the_token_mean_over_answers_whatever_the_padding(
-    tiny_model, tokenizer
+    bench_modules, tiny_model, tokenizer
 ):
     """bench/recipes.py's validation_loss (bench/run.py and bench/gpu_peers.py score every recipe with it): five
     rows in a batch of four and one of one equal each row scored alone, weighted by its answer tokens."""
     from transformers import AutoModelForCausalLM
 
     from conftest import prompt_response_rows
+    from recipes import validation_loss
     from tunesmith.data.prepare import encode
     from tunesmith.data.templates import LossMask, Renderer
     from tunesmith.data.validate import Example
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from recipes import validation_loss
-    finally:
-        sys.path.remove(str(BENCH))
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     rows = prompt_response_rows(5, seed=3)
     renderer = Renderer(tokenizer, "chat")
